@@ -1,0 +1,1 @@
+"""dashboard: the Streamlit defect dashboard (reads storage only)."""

@@ -1,0 +1,1 @@
+"""deploy: service scripts, the pytriton server, compose files for a real deployment."""

@@ -1,0 +1,1 @@
+"""inference: the INP-Former network, engines (ONNX Runtime, PyTorch, Triton, zero-shot), consumers."""

@@ -1,0 +1,46 @@
+"""The engine seam: score a batch of frames of one product.
+
+Every engine (ONNX Runtime, PyTorch, Triton client, zero-shot) takes the same input and returns
+the same output, and they share :mod:`inference.preprocess` (resize/layout, done outside the
+graph because frame sizes vary) and :mod:`inference.postprocess` (verdict, mask), so exported and
+local results cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class UnknownProduct(LookupError):
+    """No model (and no zero-shot fallback) is registered for a product."""
+
+    def __init__(self, product: str, known: list[str] | None = None) -> None:
+        known_s = f"; known products: {', '.join(sorted(known))}" if known else ""
+        super().__init__(f"no active model for product {product!r}{known_s}")
+        self.product = product
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine's backend (e.g. the Triton server) cannot be reached right now; retry later."""
+
+
+@dataclass
+class EngineOutput:
+    scores: np.ndarray          # (N,) float32 image anomaly scores
+    maps: np.ndarray            # (N, h, w) float32 anomaly maps at the model's input resolution
+    model_version: str          # the registry version that produced them ("zero-shot" for cold start)
+    threshold: float            # the version's calibrated image threshold
+    infer_ms: float = 0.0       # wall time spent in the engine for the whole batch
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
+        """Score RGB uint8 (H, W, 3) images of one product (any sizes)."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""ingest: camera sources, the frame envelope, the synthetic line simulator, publishing to the bus."""

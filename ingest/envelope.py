@@ -1,0 +1,207 @@
+"""The frame envelope: one camera frame plus what is needed to route, order and audit it.
+
+Wire format (Kafka and the in-memory bus alike):
+  * key     = ``camera`` (UTF-8) so one camera's frames stay in one partition, in order;
+  * value   = the encoded image bytes (JPEG or PNG), untouched;
+  * headers = ``li-v`` (envelope version) and ``li-meta`` (compact JSON of the metadata below).
+
+Keeping the image as the raw value (not base64 inside JSON) keeps messages small: a 1-2 MP JPEG
+is 100-400 kB, well under the 8 MiB limit configured consistently on broker, producer and
+consumer (see ``Settings.max_message_bytes``). Larger frames are refused at publish time with a
+clear error rather than silently failing inside the client.
+
+Version history:
+  * v1: product, line, camera, frame_id, capture_ts, encoding, shape.
+  * v2: + optional ``specimen_id`` and ``view`` (multi-camera specimen fusion). v1 messages are
+    still accepted (the new fields default to ``None``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+ENVELOPE_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+Encoding = Literal["jpeg", "png"]
+
+
+class PoisonFrame(ValueError):
+    """A message that can never be processed. ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class FrameEnvelope:
+    product: str
+    line: str
+    camera: str
+    frame_id: int
+    payload: bytes = field(repr=False)
+    encoding: Encoding = "jpeg"
+    shape: tuple[int, ...] = ()  # (H, W) or (H, W, C) of the decoded image
+    capture_ts: float = field(default_factory=time.time)  # seconds since epoch, UTC
+    specimen_id: str | None = None
+    view: str | None = None
+    version: int = ENVELOPE_VERSION
+
+    # --- wire ---------------------------------------------------------------------------
+    def meta(self) -> dict:
+        d = asdict(self)
+        d.pop("payload")
+        d["shape"] = list(self.shape)
+        return d
+
+    def to_message(self) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """(key, value, headers) for a bus."""
+        meta = self.meta()
+        headers = [
+            ("li-v", str(self.version).encode()),
+            ("li-meta", json.dumps(meta, separators=(",", ":")).encode()),
+        ]
+        return self.camera.encode(), self.payload, headers
+
+    @classmethod
+    def from_message(cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> "FrameEnvelope":
+        """Parse a bus message; raises :class:`PoisonFrame` with a reason for anything malformed."""
+        hdr = {k: v for k, v in (headers or [])}
+        if "li-meta" not in hdr:
+            raise PoisonFrame("bad_envelope", "missing li-meta header")
+        try:
+            meta = json.loads(hdr["li-meta"].decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("li-meta is not an object")
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise PoisonFrame("bad_envelope", f"li-meta is not JSON: {exc}") from None
+        version = meta.get("version", 1)
+        if version not in SUPPORTED_VERSIONS:
+            raise PoisonFrame("bad_envelope", f"unsupported envelope version {version!r}")
+        if not value:
+            raise PoisonFrame("empty_payload", "message has no image bytes")
+        try:
+            env = cls(
+                product=_req_str(meta, "product"),
+                line=_req_str(meta, "line"),
+                camera=_req_str(meta, "camera"),
+                frame_id=_req_int(meta, "frame_id"),
+                payload=bytes(value),
+                encoding=meta.get("encoding", "jpeg"),
+                shape=tuple(int(x) for x in meta.get("shape") or ()),
+                capture_ts=float(meta.get("capture_ts", time.time())),
+                specimen_id=_opt_str(meta, "specimen_id"),
+                view=_opt_str(meta, "view"),
+                version=int(version),
+            )
+        except (TypeError, ValueError) as exc:
+            raise PoisonFrame("bad_envelope", str(exc)) from None
+        if env.encoding not in ("jpeg", "png"):
+            raise PoisonFrame("bad_encoding", f"encoding {env.encoding!r} is not jpeg or png")
+        if key is not None and key.decode("utf-8", "replace") != env.camera:
+            raise PoisonFrame("bad_envelope", "message key does not match camera")
+        return env
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The idempotency key: redelivery of the same (camera, frame_id) is harmless."""
+        return (self.camera, self.frame_id)
+
+
+def _req_str(meta: dict, name: str) -> str:
+    v = meta.get(name)
+    if not isinstance(v, str) or not v or len(v) > 128:
+        raise ValueError(f"field {name!r} must be a non-empty string of at most 128 characters")
+    return v
+
+
+def _opt_str(meta: dict, name: str) -> str | None:
+    v = meta.get(name)
+    if v is None:
+        return None
+    return _req_str(meta, name)
+
+
+def _req_int(meta: dict, name: str) -> int:
+    v = meta.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"field {name!r} must be a non-negative integer")
+    return v
+
+
+def encode_image(image: np.ndarray, encoding: Encoding = "jpeg", quality: int = 92) -> bytes:
+    """Encode an RGB (H,W,3) or grayscale (H,W) uint8 image."""
+    import cv2
+
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", bgr,
+                           [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == "jpeg" else [])
+    if not ok:
+        raise ValueError("OpenCV could not encode the image")
+    return buf.tobytes()
+
+
+def decode_image(env: FrameEnvelope, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode to RGB uint8 (H, W, 3). Raises :class:`PoisonFrame` for anything unusable."""
+    import cv2
+
+    if env.shape:
+        if len(env.shape) not in (2, 3) or any(d <= 0 for d in env.shape):
+            raise PoisonFrame("bad_shape", f"declared shape {env.shape} is not (H,W) or (H,W,C)")
+        if env.shape[0] * env.shape[1] > max_pixels:
+            raise PoisonFrame("oversized", f"declared {env.shape[0]}x{env.shape[1]} exceeds {max_pixels} pixels")
+    buf = np.frombuffer(env.payload, dtype=np.uint8)
+    # Check the header's dimensions before allocating the full image (decompression bombs).
+    hdr_shape = _peek_dims(env.payload)
+    if hdr_shape is not None and hdr_shape[0] * hdr_shape[1] > max_pixels:
+        raise PoisonFrame("oversized", f"image header says {hdr_shape[1]}x{hdr_shape[0]}, over {max_pixels} pixels")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise PoisonFrame("undecodable", f"{len(env.payload)} bytes are not a valid {env.encoding} image")
+    if img.dtype != np.uint8:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(img.max())))
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        raise PoisonFrame("bad_channels", f"{img.shape[2]} channels; expected 1, 3 or 4")
+    if env.shape and tuple(env.shape[:2]) != tuple(img.shape[:2]):
+        raise PoisonFrame("shape_mismatch", f"declared {tuple(env.shape[:2])}, decoded {tuple(img.shape[:2])}")
+    if min(img.shape[:2]) < 16:
+        raise PoisonFrame("too_small", f"{img.shape[1]}x{img.shape[0]} is below 16 px")
+    return img
+
+
+def _peek_dims(data: bytes) -> tuple[int, int] | None:
+    """(H, W) from a PNG IHDR or JPEG SOF header, without decoding; None if not found."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        n = len(data)
+        while i + 9 < n:
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            seglen = int.from_bytes(data[i + 2:i + 4], "big")
+            if seglen < 2:
+                return None
+            i += 2 + seglen
+    return None

@@ -1,0 +1,29 @@
+"""Errors every package raises for the user-facing failure modes, so the CLI can print one clear line."""
+
+from __future__ import annotations
+
+from lineinspect.settings import ConfigError, redact_url
+
+__all__ = ["ConfigError", "ServiceUnavailable"]
+
+_HINTS = {
+    "kafka": "start it with `bash deploy/services.sh start kafka` (or point LINEINSPECT_BUS_URL at your broker)",
+    "postgresql": "start it with `bash deploy/services.sh start postgres` (or set LINEINSPECT_DB_URL)",
+    "redis": "start it with `bash deploy/services.sh start redis` (or set LINEINSPECT_CACHE_URL=memory://)",
+    "triton": "start it with `lineinspect serve-triton` (or set LINEINSPECT_ENGINE_URL=local://auto)",
+}
+
+
+class ServiceUnavailable(RuntimeError):
+    """A service named in the settings cannot be reached; says which one and how to start it."""
+
+    def __init__(self, service: str, url: str, cause: str = "") -> None:
+        hint = _HINTS.get(service, "")
+        msg = f"{service} is not reachable at {redact_url(url)}"
+        if cause:
+            msg += f" ({cause})"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+        self.service = service
+        self.url = url

@@ -1,0 +1,61 @@
+"""Structured logging: key=value (or JSON) lines, secrets redacted before they reach a handler."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+
+from lineinspect.settings import redact_url
+
+_SECRETISH = re.compile(r"(?i)(password|passwd|secret|token|sasl_plain_password)(\s*[=:]\s*)(\S+)")
+
+
+def _scrub(text: str) -> str:
+    return _SECRETISH.sub(lambda m: m.group(1) + m.group(2) + "***", redact_url(text))
+
+
+class _KVFormatter(logging.Formatter):
+    def __init__(self, as_json: bool) -> None:
+        super().__init__()
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": _scrub(record.getMessage()),
+        }
+        extra = getattr(record, "kv", None)
+        if extra:
+            fields.update({k: (_scrub(v) if isinstance(v, str) else v) for k, v in extra.items()})
+        if record.exc_info:
+            fields["exc"] = _scrub(self.formatException(record.exc_info))
+        if self.as_json:
+            return json.dumps(fields, default=str)
+        return " ".join(f"{k}={_q(v)}" for k, v in fields.items())
+
+
+def _q(v: object) -> str:
+    s = str(v)
+    return json.dumps(s) if (" " in s or "=" in s or not s) else s
+
+
+def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(_KVFormatter(as_json))
+    root.addHandler(h)
+    root.setLevel(level.upper())
+    for noisy in ("kafka", "urllib3", "matplotlib", "PIL", "tritonclient", "pytriton", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def kv(**fields: object) -> dict:
+    """``log.info("batch stored", extra=kv(n=8, ms=12.5))``"""
+    return {"kv": fields}

@@ -1,0 +1,188 @@
+"""One typed settings object for every component.
+
+Values come from (highest first) CLI flags, ``LINEINSPECT_*`` environment variables, an optional
+``.env``-style file named by ``LINEINSPECT_ENV_FILE``, then the defaults below. The defaults are
+the *embedded* deployment (SQLite, in-memory bus and cache) so ``lineinspect demo`` needs nothing.
+Service URLs pick the implementation: ``kafka://`` vs ``memory://``, ``postgresql+psycopg://`` vs
+``sqlite:///``, ``redis://`` vs ``memory://``, ``triton-grpc://`` / ``triton-http://`` vs
+``local://onnx`` / ``local://torch``.
+
+Secrets (passwords inside URLs, SASL credentials) are never logged: use :func:`redact_url`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("LINEINSPECT_HOME", Path.cwd() / "var"))
+
+
+class ConfigError(ValueError):
+    """A broken or inconsistent configuration; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    """Everything a lineinspect process needs to know, passed down explicitly (no globals)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LINEINSPECT_",
+        env_file=os.environ.get("LINEINSPECT_ENV_FILE"),
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- where things live -------------------------------------------------------------
+    home: Path = Field(default_factory=_default_home, description="Working folder for embedded state.")
+    data: Path = Field(default=Path("../shared/data"), description="MVTec-layout real data root.")
+    models_dir: Path | None = Field(default=None, description="Model registry folder; default <home>/models.")
+
+    # --- services (URL picks the implementation) ---------------------------------------
+    bus_url: str = "memory://"
+    db_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite:///<home>/lineinspect.sqlite")
+    cache_url: str = "memory://"
+    engine_url: str = Field(default="local://auto", description="local://auto|onnx|torch, triton-grpc://h:p, triton-http://h:p")
+
+    # --- Kafka -------------------------------------------------------------------------
+    topic_frames: str = "lineinspect.frames"
+    topic_dlq: str = "lineinspect.frames.dlq"
+    topic_partitions: int = 6
+    consumer_group: str = "lineinspect-inference"
+    max_message_bytes: int = 8 * 1024 * 1024
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    # --- consumer ----------------------------------------------------------------------
+    batch_max_records: int = 8
+    batch_max_wait_ms: int = 50
+    metrics_port: int = 0  # 0 = no HTTP metrics endpoint
+    metrics_host: str = "127.0.0.1"
+    max_frame_pixels: int = 40_000_000
+    keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
+    keep_normal_cap: int = 500
+    keep_flagged_frames: bool = True
+
+    # --- engines -----------------------------------------------------------------------
+    threads: int = Field(default=0, description="Intra-op threads for local engines; 0 = all cores")
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    triton_max_batch: int = 16
+    triton_queue_delay_us: int = 2000
+    tile: bool = False
+
+    # --- Redis -------------------------------------------------------------------------
+    cache_ttl_s: int = 24 * 3600
+    anomaly_stream_maxlen: int = 10_000
+
+    # --- retention / retraining ----------------------------------------------------------
+    retention_days: float = 30.0
+    threshold_quantile: float = 0.99
+    zero_shot_min_normals: int = 50
+
+    # --- dashboard -----------------------------------------------------------------------
+    dashboard_port: int = 8501
+    dashboard_password: SecretStr | None = None
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("topic_partitions", "batch_max_records", "batch_max_wait_ms", "keep_normal_cap")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @field_validator("bus_url")
+    @classmethod
+    def _bus(cls, v: str) -> str:
+        if not (v.startswith("memory://") or v.startswith("kafka://")):
+            raise ValueError("bus_url must start with memory:// or kafka://host:port[,host:port]")
+        return v
+
+    @field_validator("cache_url")
+    @classmethod
+    def _cache(cls, v: str) -> str:
+        if not (v.startswith("memory://") or v.startswith("redis://") or v.startswith("rediss://")):
+            raise ValueError("cache_url must start with memory://, redis:// or rediss://")
+        return v
+
+    @field_validator("engine_url")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        ok = ("local://", "triton-grpc://", "triton-http://", "zero-shot://")
+        if not v.startswith(ok):
+            raise ValueError(f"engine_url must start with one of {ok}")
+        return v
+
+    # derived ----------------------------------------------------------------------------
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or (self.home / "models")
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.home / 'lineinspect.sqlite').as_posix()}"
+
+    @property
+    def kafka_bootstrap(self) -> list[str]:
+        if not self.bus_url.startswith("kafka://"):
+            raise ConfigError(f"bus_url {self.bus_url!r} is not a kafka:// URL")
+        return [h for h in self.bus_url[len("kafka://"):].strip("/").split(",") if h]
+
+    def with_overrides(self, **kw: Any) -> "Settings":
+        """Return a copy with CLI overrides applied (``None`` means 'not given')."""
+        data = {k: v for k, v in kw.items() if v is not None}
+        if not data:
+            return self
+        unknown = set(data) - set(type(self).model_fields)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {sorted(unknown)}")
+        return type(self)(**{**self.model_dump(), **data})  # re-validated
+
+    def safe_dict(self) -> dict[str, Any]:
+        """Settings for logs: secrets masked, URL passwords redacted."""
+        out: dict[str, Any] = {}
+        for k, v in self.model_dump().items():
+            if isinstance(v, SecretStr) or (v is not None and "password" in k):
+                out[k] = "***" if v else None
+            elif isinstance(v, str) and "://" in v:
+                out[k] = redact_url(v)
+            else:
+                out[k] = str(v) if isinstance(v, Path) else v
+        return out
+
+
+_URL_PW = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<at>@)")
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
+    return _URL_PW.sub(lambda m: m.group("pre") + "***" + m.group("at"), url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, turning validation errors into a readable ConfigError."""
+    from pydantic import ValidationError
+
+    try:
+        s = Settings()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid configuration (LINEINSPECT_* environment):\n" + "\n".join(lines)) from None
+    try:
+        return s.with_overrides(**overrides)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid configuration (command-line options):\n" + "\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""storage: SQLAlchemy models and migrations, the result store, the Redis/in-memory cache, the model registry."""

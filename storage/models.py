@@ -1,0 +1,217 @@
+"""SQLAlchemy 2 ORM schema: the same models on PostgreSQL (production) and SQLite (embedded).
+
+Design notes
+* ``inspection_results`` is the big table (one row per frame). Its natural key
+  ``(camera_id, frame_id)`` is UNIQUE, which is what makes redelivered Kafka messages harmless:
+  writes are ``INSERT .. ON CONFLICT DO NOTHING``.
+* Time columns are epoch seconds (float, UTC) so time bucketing is plain arithmetic that runs
+  inside either database (``floor(captured_at / 60)``) and aggregates stay in SQL.
+* Masks are compressed single-channel PNGs in ``masks.png`` (bytea / BLOB), only for frames with
+  a defect verdict; normal frames have no mask row. Keeping bytes in the database (rather than
+  files with paths) means consumers and the trainer can run on different hosts with nothing but
+  the database in common, and retention is one DELETE.
+* Full frames are kept for flagged frames (``frame_images``: the dashboard's "full frame" view)
+  and for accumulated normal training data (``training_samples``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# BIGINT primary keys on PostgreSQL, INTEGER (rowid alias, autoincrement) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Product(Base):
+    __tablename__ = "products"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    expected_views: Mapped[int | None] = mapped_column(Integer, nullable=True)  # specimen fusion
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Line(Base):
+    __tablename__ = "lines"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Camera(Base):
+    __tablename__ = "cameras"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class InspectionResult(Base):
+    __tablename__ = "inspection_results"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id"))
+    frame_id: Mapped[int] = mapped_column(BigInteger)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"))
+    specimen_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    view: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    captured_at: Mapped[float] = mapped_column(Float)      # camera timestamp
+    inferred_at: Mapped[float] = mapped_column(Float)      # engine returned
+    stored_at: Mapped[float] = mapped_column(Float)        # row written
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(16))       # "ok" | "defect"
+    model_version: Mapped[str] = mapped_column(String(64)) # registry version, or "zero-shot"
+    engine: Mapped[str] = mapped_column(String(32))        # onnx | torch | triton | zero-shot
+    infer_ms: Mapped[float] = mapped_column(Float)         # engine time for its batch
+    latency_ms: Mapped[float] = mapped_column(Float)       # capture -> stored
+    batch_size: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    defect_area_px: Mapped[int] = mapped_column(Integer, default=0)
+    false_alarm: Mapped[bool] = mapped_column(Boolean, default=False)  # operator override
+
+    mask: Mapped["Mask | None"] = relationship(back_populates="result", uselist=False, cascade="all, delete-orphan")
+
+    __table_args__ = (
+        UniqueConstraint("camera_id", "frame_id", name="uq_result_camera_frame"),
+        Index("ix_result_product_time", "product_id", "captured_at"),
+        Index("ix_result_time", "captured_at"),
+        Index("ix_result_verdict_time", "verdict", "captured_at"),
+        Index("ix_result_specimen", "product_id", "specimen_id"),
+    )
+
+
+class Mask(Base):
+    __tablename__ = "masks"
+    result_id: Mapped[int] = mapped_column(ForeignKey("inspection_results.id", ondelete="CASCADE"), primary_key=True)
+    png: Mapped[bytes] = mapped_column(LargeBinary)   # single-channel 8-bit PNG, 0/255, frame size
+    heat_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # 8-bit anomaly map (0..255 = 0..2x thr)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    result: Mapped[InspectionResult] = relationship(back_populates="mask")
+
+
+class FrameImage(Base):
+    """Encoded frames kept for flagged results (dashboard full view, false-alarm relabelling)."""
+
+    __tablename__ = "frame_images"
+    result_id: Mapped[int] = mapped_column(ForeignKey("inspection_results.id", ondelete="CASCADE"), primary_key=True)
+    encoding: Mapped[str] = mapped_column(String(8))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class TrainingSample(Base):
+    """Accumulated normal data per product: clearly-normal frames and operator false alarms."""
+
+    __tablename__ = "training_samples"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("inspection_results.id", ondelete="SET NULL"), nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))  # clear_normal | false_alarm | seed
+    encoding: Mapped[str] = mapped_column(String(8))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (
+        UniqueConstraint("product_id", "sha256", name="uq_sample_product_sha"),
+        Index("ix_sample_product_time", "product_id", "created_at"),
+    )
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # candidate | active | retired | rejected
+    path: Mapped[str] = mapped_column(Text)          # model directory
+    checksum: Mapped[str] = mapped_column(String(64))  # sha256 of the weights file, verified at load
+    backbone: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    data_snapshot: Mapped[dict] = mapped_column(JSON, default=dict)
+    parent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    promoted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    __table_args__ = (UniqueConstraint("product_id", "version", name="uq_model_product_version"),)
+
+
+class Specimen(Base):
+    """One physical part seen by several cameras / lights, decided from its views' results."""
+
+    __tablename__ = "specimens"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    specimen_id: Mapped[str] = mapped_column(String(128))
+    expected_views: Mapped[int] = mapped_column(Integer)
+    received_views: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(16))
+    fusion: Mapped[str] = mapped_column(String(16))  # max | topk_mean
+    complete: Mapped[bool] = mapped_column(Boolean)
+    first_seen_at: Mapped[float] = mapped_column(Float)
+    decided_at: Mapped[float] = mapped_column(Float)
+    result_ids: Mapped[list] = mapped_column(JSON, default=list)
+    __table_args__ = (
+        UniqueConstraint("product_id", "specimen_id", name="uq_specimen_product_id"),
+        Index("ix_specimen_time", "decided_at"),
+    )
+
+
+class JobLock(Base):
+    """One retraining job per product at a time, across processes and hosts."""
+
+    __tablename__ = "job_locks"
+    name: Mapped[str] = mapped_column(String(160), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(160))
+    acquired_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class JobRun(Base):
+    __tablename__ = "job_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))      # retrain | prune | ...
+    status: Mapped[str] = mapped_column(String(16))    # running | ok | failed | skipped
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ConsumerStat(Base):
+    """Periodic consumer health snapshots (throughput, batch size, lag, DLQ) for the dashboard."""
+
+    __tablename__ = "consumer_stats"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    consumer: Mapped[str] = mapped_column(String(160))
+    at: Mapped[float] = mapped_column(Float)
+    frames: Mapped[int] = mapped_column(Integer)          # frames stored since the last snapshot
+    seconds: Mapped[float] = mapped_column(Float)         # length of that interval
+    mean_batch: Mapped[float] = mapped_column(Float)
+    p50_latency_ms: Mapped[float] = mapped_column(Float)
+    p99_latency_ms: Mapped[float] = mapped_column(Float)
+    lag: Mapped[int] = mapped_column(Integer)
+    dlq_total: Mapped[int] = mapped_column(Integer)
+    engine: Mapped[str] = mapped_column(String(64))
+    engine_ok: Mapped[bool] = mapped_column(Boolean)
+    __table_args__ = (Index("ix_consumer_stats_at", "at"),)

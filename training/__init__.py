@@ -1,0 +1,1 @@
+"""training: data loading, training, evaluation metrics, retraining and promotion."""
