@@ -1,0 +1,48 @@
+"""PyTorch engine for one model directory (eager; the reference the exported engines are checked against)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.engines.base import EngineOutput
+from inference.model_dir import LoadedModel, load_model_dir
+from inference.preprocess import batch_to_input
+
+
+class TorchEngine:
+    """Scores frames with the model dir's InpFormer; ``product`` is informational (one model per engine)."""
+
+    name = "torch"
+
+    def __init__(self, model_dir: str | Path, threads: int = 0, device: str = "cpu", batch_size: int = 16) -> None:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.loaded: LoadedModel = load_model_dir(model_dir, device=device)
+        self.device = device
+        self.batch_size = batch_size
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.loaded.input_hw
+
+    def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
+        t0 = time.perf_counter()
+        hw = self.input_hw
+        scores, maps = [], []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = torch.from_numpy(batch_to_input(images[i:i + self.batch_size], hw)).to(self.device)
+                amap, score = self.loaded.module(x)
+                maps.append(amap.float().cpu().numpy())
+                scores.append(score.float().cpu().numpy())
+        out_scores = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
+        out_maps = np.concatenate(maps) if maps else np.zeros((0, *hw), np.float32)
+        return EngineOutput(out_scores.astype(np.float32), out_maps.astype(np.float32), self.loaded.version,
+                            self.loaded.threshold, (time.perf_counter() - t0) * 1000.0)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,62 @@
+"""Anomaly map and image score as pure, traceable tensor functions.
+
+Shared by INP-Former and the PatchCore baseline so both are scored identically, and written
+with static shapes only (fixed Gaussian conv kernel, ``topk`` with k from the static map size)
+so the whole pipeline exports to ONNX in one graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius 4 sigma (the reach scipy's gaussian_filter uses)."""
+    if sigma <= 0:
+        raise ValueError("sigma must be > 0")
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
+    """Separable blur of (N, H, W) maps with reflect padding (no dark border from zero padding)."""
+    r = kernel1d.numel() // 2
+    x = maps.unsqueeze(1)
+    kh = kernel1d.view(1, 1, -1, 1).to(maps.dtype)
+    kw = kernel1d.view(1, 1, 1, -1).to(maps.dtype)
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kh)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kw)
+    return x.squeeze(1)
+
+
+def cosine_distance_map(enc: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
+    """1 - cos over channels: (N, C, h, w) x 2 -> (N, h, w)."""
+    return 1.0 - F.cosine_similarity(enc, dec, dim=1, eps=1e-6)
+
+
+def fuse_maps(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Upsample per-group (N, h, w) maps bilinearly to the input size and average them."""
+    ups = [F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False) for m in maps]
+    return torch.cat(ups, dim=1).mean(dim=1)
+
+
+def topk_mean_score(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """Image score = mean of the top ``fraction`` of pixels of each (N, H, W) map."""
+    n_pix = maps.shape[-2] * maps.shape[-1]
+    k = max(1, int(math.ceil(n_pix * fraction)))
+    return torch.topk(maps.flatten(1), k, dim=1).values.mean(dim=1)
+
+
+def anomaly_map_and_score(
+    enc: list[torch.Tensor], dec: list[torch.Tensor], size: tuple[int, int], kernel1d: torch.Tensor,
+    top_fraction: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group cosine distance -> upsample -> mean -> blur -> top-fraction score."""
+    per_group = [cosine_distance_map(e, d) for e, d in zip(enc, dec)]
+    amap = gaussian_blur(fuse_maps(per_group, size), kernel1d)
+    return amap, topk_mean_score(amap, top_fraction)

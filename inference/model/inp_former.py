@@ -1,0 +1,254 @@
+"""INP-Former (Luo et al., CVPR 2025) adapted to a frozen CNN backbone.
+
+Pipeline: frozen encoder -> multi-scale maps on one token grid, concatenated into two fused groups
+(shallow / deep) -> linear projection to the model width -> (a) an INP extractor: M learnable
+queries cross-attend to the tokens and become the image's *intrinsic normal prototypes*; (b) a
+noisy bottleneck MLP (dropout) -> an INP-guided decoder whose attention uses the INPs as the only
+keys/values (L2-normalised q/k, ReLU, learnable per-head scale, no softmax, no residual around
+attention), so a token can only be rebuilt from normal prototypes -> per-group output heads that
+reconstruct the frozen encoder groups (decoder halves reversed). Anomalies are where the
+reconstruction fails (1 - cos).
+
+All the learnable parts live in :class:`InpHead`; the backbone is frozen and rebuilt from its
+package at load time, so ``weights.pt`` holds only the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inference.model.anomaly_map import anomaly_map_and_score, gaussian_kernel1d
+from inference.model.backbones import FrozenBackbone, build_backbone, default_groups, resize_to_grid
+
+
+@dataclass
+class InpConfig:
+    """Architecture hyper-parameters; stored verbatim in a model dir's config.json."""
+
+    backbone: str = "efficientnet_lite0"
+    groups: list[list[int]] = field(default_factory=list)  # block indices per fused group; [] = backbone default
+    input_hw: tuple[int, int] = (256, 256)
+    token_stride: int = 8          # token grid = input / stride
+    local_pool: int = 3            # k x k average pooling of encoder maps (PatchCore's locally-aware patches); 1 = off
+    width: int = 128
+    head_dim: int = 32
+    mlp_ratio: float = 4.0
+    n_inps: int = 6
+    extractor_blocks: int = 1
+    decoder_blocks: int = 8
+    dropout: float = 0.2           # bottleneck dropout during training
+    sigma: float = 4.0
+    top_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.input_hw = (int(self.input_hw[0]), int(self.input_hw[1]))
+        if not self.groups:
+            self.groups = default_groups(self.backbone)
+        self.groups = [list(map(int, g)) for g in self.groups]
+        if len(self.groups) < 1:
+            raise ValueError("need at least one feature group")
+        if self.decoder_blocks % len(self.groups):
+            raise ValueError("decoder_blocks must be a multiple of the number of groups")
+        if any(s % self.token_stride for s in self.input_hw):
+            raise ValueError(f"input size {self.input_hw} must be a multiple of token_stride {self.token_stride}")
+        if self.width % self.head_dim:
+            raise ValueError("width must be a multiple of head_dim")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.input_hw[0] // self.token_stride, self.input_hw[1] // self.token_stride)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_hw"] = list(self.input_hw)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InpConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out or dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class CrossAttention(nn.Module):
+    """Softmax cross-attention (used by the INP extractor: queries gather from the tokens)."""
+
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.h = dim // head_dim
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        n, lq, d = x.shape
+        q = self.q(x).view(n, lq, self.h, -1).transpose(1, 2)
+        k, v = self.kv(ctx).view(n, ctx.shape[1], 2, self.h, -1).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        out = attn.softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(n, lq, d))
+
+
+class InpAttention(nn.Module):
+    """INP-guided attention: cos(q, k) -> ReLU -> x learnable per-head scale; values are the INPs."""
+
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.h = dim // head_dim
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.scale = nn.Parameter(torch.ones(self.h, 1, 1))
+        self.proj = nn.Linear(dim, dim)
+
+    def attention(self, x: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
+        """Attention weights (N, heads, tokens, M); exposed for tests."""
+        n, lq, _ = x.shape
+        q = F.normalize(self.q(x).view(n, lq, self.h, -1).transpose(1, 2), dim=-1)
+        k = F.normalize(self.k(inps).view(n, inps.shape[1], self.h, -1).transpose(1, 2), dim=-1)
+        return F.relu(q @ k.transpose(-2, -1)) * self.scale
+
+    def forward(self, x: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
+        n, lq, d = x.shape
+        v = self.v(inps).view(n, inps.shape[1], self.h, -1).transpose(1, 2)
+        out = self.attention(x, inps) @ v
+        return self.proj(out.transpose(1, 2).reshape(n, lq, d))
+
+
+class ExtractorBlock(nn.Module):
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.nq, self.nk, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim, head_dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        q = q + self.attn(self.nq(q), self.nk(tokens))
+        return q + self.mlp(self.n2(q))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.n1, self.nk, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = InpAttention(dim, head_dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
+        x = self.attn(self.n1(x), self.nk(inps))  # no residual: the token must come from the INPs
+        return x + self.mlp(self.n2(x))
+
+
+@dataclass
+class HeadOutput:
+    dec: list[torch.Tensor]      # per group (N, C_g, h, w), aligned with the encoder groups
+    tokens: torch.Tensor         # projected encoder tokens (N, L, D) (coherence-loss side)
+    inps: torch.Tensor           # (N, M, D)
+
+
+class InpHead(nn.Module):
+    """Everything learnable: projection, INP extractor, bottleneck, decoder, output heads."""
+
+    def __init__(self, cfg: InpConfig, group_channels: list[int]) -> None:
+        super().__init__()
+        d = cfg.width
+        self.cfg = cfg
+        self.group_channels = list(group_channels)
+        self.proj = nn.Linear(sum(group_channels), d)
+        self.queries = nn.Parameter(torch.randn(cfg.n_inps, d) * 0.02)
+        self.extractor = nn.ModuleList(ExtractorBlock(d, cfg.head_dim, cfg.mlp_ratio) for _ in range(cfg.extractor_blocks))
+        self.bottleneck = nn.Sequential(nn.Dropout(cfg.dropout), Mlp(d, int(d * cfg.mlp_ratio), d, cfg.dropout))
+        self.decoder = nn.ModuleList(DecoderBlock(d, cfg.head_dim, cfg.mlp_ratio) for _ in range(cfg.decoder_blocks))
+        self.out = nn.ModuleList(nn.Linear(d, c) for c in group_channels)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, enc: list[torch.Tensor]) -> HeadOutput:
+        n, _, h, w = enc[0].shape
+        tokens = self.proj(torch.cat(enc, dim=1).flatten(2).transpose(1, 2))   # (N, L, D)
+        inps = self.queries.unsqueeze(0).expand(n, -1, -1)
+        for blk in self.extractor:
+            inps = blk(inps, tokens)
+        x = self.bottleneck(tokens)
+        per_block = []
+        for blk in self.decoder:
+            x = blk(x, inps)
+            per_block.append(x)
+        g = len(enc)
+        size = len(self.decoder) // g
+        fused = [torch.stack(per_block[i * size:(i + 1) * size]).mean(0) for i in range(g)][::-1]
+        dec = [self.out[i](f).transpose(1, 2).reshape(n, -1, h, w) for i, f in enumerate(fused)]
+        return HeadOutput(dec, tokens, inps)
+
+
+class InpFormer(nn.Module):
+    """Frozen backbone + :class:`InpHead` + anomaly map; ``forward(x) -> (map (N,H,W), score (N,))``.
+
+    ``x``: float RGB NCHW in [0, 1] at ``cfg.input_hw`` (see :mod:`inference.preprocess`).
+    """
+
+    def __init__(self, cfg: InpConfig, backbone: FrozenBackbone | None = None, checkpoint: str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        blocks = sorted({b for g in cfg.groups for b in g})
+        self.backbone = backbone or build_backbone(cfg.backbone, blocks, checkpoint)
+        ch = self.backbone.channels()
+        self.head = InpHead(cfg, [sum(ch[b] for b in g) for g in cfg.groups])
+        self.register_buffer("blur_kernel", gaussian_kernel1d(cfg.sigma), persistent=False)
+
+    def train(self, mode: bool = True) -> "InpFormer":
+        super().train(mode)
+        self.backbone.train(False)
+        return self
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen encoder groups on the token grid: list of (N, C_g, h, w) (the reconstruction targets)."""
+        return encode_groups(self.backbone(x), self.backbone.blocks, self.cfg)
+
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], HeadOutput]:
+        """Encoder targets and the head's output for training from images."""
+        enc = self.encode(x)
+        return enc, self.head(enc)
+
+    def score_features(self, enc: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(enc)
+        return anomaly_map_and_score(enc, out.dec, self.cfg.input_hw, self.blur_kernel, self.cfg.top_fraction)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.score_features(self.encode(x))
+
+
+def encode_groups(maps: list[torch.Tensor], blocks: list[int], cfg: InpConfig) -> list[torch.Tensor]:
+    """Backbone maps (one per block, in ``blocks`` order) -> locally-aware, grid-resized groups."""
+    by_block = dict(zip(blocks, maps))
+    out = []
+    for g in cfg.groups:
+        parts = []
+        for b in g:
+            f = by_block[b]
+            if cfg.local_pool > 1:
+                f = F.avg_pool2d(f, cfg.local_pool, stride=1, padding=cfg.local_pool // 2, count_include_pad=False)
+            parts.append(resize_to_grid(f, cfg.grid))
+        out.append(torch.cat(parts, dim=1))
+    return out

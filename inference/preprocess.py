@@ -1,0 +1,73 @@
+"""Frame <-> model-input conversions shared by every engine (kept outside the exported graph).
+
+Frames arrive at any size; the graph has a static input size (``config.json: input_hw``), so the
+resize happens here, once, identically for ONNX Runtime, PyTorch and Triton clients. Colour
+normalisation is *inside* the graph (see :mod:`inference.model.backbones`): this module only
+resizes and scales to [0, 1].
+
+Input geometry: the model input is ``input_hw`` (H, W). By default it is square (the frame is
+squashed, as MVTec practice does); ``aspect_input_hw`` picks an aspect-preserving size for a
+product whose frames are far from square. The choice is recorded in the model's config.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Accept (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 and return (H, W, 3) uint8 RGB."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if image.ndim == 3 and image.shape[2] == 4:
+        return image[:, :, :3]
+    raise ValueError(f"expected an (H, W[, 1|3|4]) image, got shape {image.shape}")
+
+
+def resize_rgb(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize to (H, W): INTER_AREA when shrinking (no aliasing), INTER_LINEAR when growing."""
+    h, w = int(hw[0]), int(hw[1])
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = image.shape[0] * image.shape[1] >= h * w
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def to_input(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """One RGB uint8 frame -> float32 (3, H, W) in [0, 1] at the model input size."""
+    x = resize_rgb(as_rgb(image), hw).astype(np.float32) * (1.0 / 255.0)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def batch_to_input(images: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
+    """Frames of any sizes -> float32 (N, 3, H, W)."""
+    if not images:
+        return np.zeros((0, 3, int(hw[0]), int(hw[1])), np.float32)
+    return np.stack([to_input(im, hw) for im in images])
+
+
+def map_to_frame(amap: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an (h, w) float anomaly map back to the frame's (H, W) (bilinear)."""
+    h, w = int(frame_hw[0]), int(frame_hw[1])
+    if amap.shape[:2] == (h, w):
+        return amap.astype(np.float32, copy=False)
+    return cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def aspect_input_hw(frame_hw: tuple[int, int], short_side: int, multiple: int = 32) -> tuple[int, int]:
+    """Aspect-preserving input size: shorter side ``short_side``, both sides multiples of ``multiple``."""
+    h, w = frame_hw
+    if h <= 0 or w <= 0:
+        raise ValueError("frame size must be positive")
+    s = short_side / min(h, w)
+    rnd = lambda v: max(multiple, int(round(v * s / multiple)) * multiple)  # noqa: E731
+    return rnd(h), rnd(w)

@@ -1,0 +1,68 @@
+"""``lineinspect train`` and ``lineinspect eval``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lineinspect.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an INP-Former model for one or more products (categories)")
+    p.add_argument("--data", type=Path, default=None, help="MVTec-layout data root (default LINEINSPECT_DATA)")
+    p.add_argument("--category", action="append", required=True,
+                   help="category, e.g. mvtec_3d_ad/tire (relative to --data); repeat to train one unified model")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--size", type=int, default=256, help="square model input size in pixels (multiple of 32)")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (default: TrainConfig.iters)")
+    p.add_argument("--few-shot", type=int, default=0, help="train on K images with augmentation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    p.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="evaluate a model directory on a category's test split")
+    e.add_argument("--model", type=Path, required=False, help="model directory")
+    e.add_argument("--data", type=Path, default=None)
+    e.add_argument("--category", required=True)
+    e.add_argument("--json", type=Path, default=None, help="write metrics JSON here")
+    e.add_argument("--zero-shot", action="store_true", help="evaluate the zero-shot engine instead of a model")
+    e.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto")
+    e.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace, settings: Any) -> int:
+    from inference.model.inp_former import InpConfig
+    from training.data import load_split
+    from training.train import TrainConfig, train
+
+    root = Path(args.data or settings.data)
+    if args.size % 32:
+        raise ConfigError(f"--size must be a multiple of 32 (got {args.size})")
+    fit: list[Path] = []
+    held: list[Path] = []
+    from training.data import hold_out
+
+    cfg = TrainConfig(model=InpConfig(backbone=args.backbone, input_hw=(args.size, args.size)),
+                      few_shot=args.few_shot, threads=settings.threads,
+                      threshold_quantile=settings.threshold_quantile,
+                      cache_dir=str(Path(settings.home) / "cache" / "features"), categories=list(args.category))
+    for cat in args.category:
+        split = load_split(root, cat, "train")
+        kept, out = hold_out(split.items, cfg.holdout, args.seed)
+        fit += [it.path for it in kept]
+        held += [it.path for it in out]
+    out_dir = train(fit, cfg, args.out, iters=args.iters, seed=args.seed, resume=not args.no_resume,
+                    calibration_images=held, extra_config={"data_root": str(root)})
+    print(out_dir)
+    return 0
+
+
+def run_eval(args: argparse.Namespace, settings: Any) -> int:
+    from training.evaluate import run_eval as _run_eval
+
+    if not args.zero_shot and args.model is None:
+        raise ConfigError("eval needs --model DIR (or --zero-shot)")
+    return int(_run_eval(args, settings))
