@@ -12,6 +12,15 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from lineinspect.errors import ServiceUnavailable
+
+
+class CacheUnavailable(ServiceUnavailable):
+    """The cache cannot take writes right now (unreachable, or out of memory); nothing was half-applied.
+
+    A consumer catches it, logs it and carries on: the database already holds the results.
+    """
+
 
 @runtime_checkable
 class Cache(Protocol):

@@ -1,0 +1,396 @@
+"""The result store: every scored frame, its mask and kept frames, in one database.
+
+Consumers deliver at least once, so every write is idempotent on ``(camera, frame_id)``
+(``INSERT .. ON CONFLICT DO NOTHING`` in the dialect's own syntax) and a redelivered batch returns
+the ids of the rows already there. Product / line / camera rows are created on first sight with
+the same insert-or-nothing-then-select pattern, which is safe when several consumers meet a new
+camera at once. Only plain values (ints, dicts, tuples) leave this module, never ORM objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from lineinspect.settings import redact_url
+from storage.db import WRITE, make_engine, service_errors, upgrade
+from storage.models import (
+    Camera,
+    ConsumerStat,
+    FrameImage,
+    InspectionResult,
+    Line,
+    Mask,
+    Product,
+    Specimen,
+    TrainingSample,
+)
+from storage.records import ResultRow
+
+VERDICTS = ("ok", "defect")
+SAMPLE_SOURCES = ("clear_normal", "false_alarm", "seed")
+
+
+def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM class -> Insert
+    """The dialect's INSERT construct (PostgreSQL or SQLite), which has ``on_conflict_*``."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
+
+
+def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **extra) -> dict[str, int]:  # noqa: ANN001
+    """Ids of ``model`` rows by unique ``name``, inserting the missing ones (race-safe).
+
+    ``extra`` maps column -> {name: value} for columns the new rows need (a camera's line).
+    """
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    found = dict(conn.execute(select(model.name, model.id).where(model.name.in_(wanted))).all())
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        values = [{"name": n, "created_at": now, **{c: m[n] for c, m in extra.items()}} for n in missing]
+        conn.execute(dialect_insert(conn, model).values(values).on_conflict_do_nothing(index_elements=["name"]))
+        found.update(conn.execute(select(model.name, model.id).where(model.name.in_(missing))).all())
+    return found
+
+
+@dataclass(frozen=True)
+class TrainingSampleRow:
+    """One kept frame (iterates as ``(sha256, data, source, created_at)``)."""
+
+    sha256: str
+    data: bytes
+    source: str
+    created_at: float
+
+    def __iter__(self):  # noqa: ANN204 - tuple-style unpacking
+        return iter((self.sha256, self.data, self.source, self.created_at))
+
+
+class ResultStore:
+    """Writes and reads inspection results; one instance is shared by a process's threads."""
+
+    def __init__(self, engine: Engine, url: str, normal_cap: int = 500) -> None:
+        if normal_cap <= 0:
+            raise ValueError("normal_cap must be > 0")
+        self.engine = engine
+        self.url = url
+        self.normal_cap = normal_cap
+        self._ids: dict[str, dict[str, int]] = {"product": {}, "line": {}, "camera": {}}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, db_url: str, migrate: bool = True, normal_cap: int = 500) -> "ResultStore":
+        """Connect (and by default migrate to head); unreachable PostgreSQL -> ServiceUnavailable."""
+        if migrate:
+            upgrade(db_url)
+        with service_errors(db_url):
+            engine = make_engine(db_url)
+        return cls(engine, db_url, normal_cap=normal_cap)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResultStore({redact_url(self.url)!r})"
+
+    # --- writes ---------------------------------------------------------------------------
+    def save_results(self, rows: list[ResultRow], normal_cap: int | None = None) -> list[int | None]:
+        """Store a batch in one transaction; returns each row's result id (the old id for a duplicate).
+
+        Durable when it returns. Masks and frames are written for newly inserted defect rows;
+        ``keep_as_normal`` rows with frame bytes become training samples (deduplicated by sha256
+        per product, the newest ``normal_cap`` clear-normal samples kept).
+        """
+        if not rows:
+            return []
+        for r in rows:
+            _validate(r)
+        cap = self.normal_cap if normal_cap is None else normal_cap
+        if cap <= 0:
+            raise ValueError("normal_cap must be > 0")
+        now = time.time()
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+            with conn.begin():
+                ids = self._resolve_ids(conn, rows, now)
+                result_ids, new_keys = self._insert_results(conn, rows, ids, now)
+                self._insert_payloads(conn, rows, ids, result_ids, new_keys, now, cap)
+        self._remember(ids)
+        return [result_ids.get((ids["camera"][r.camera], int(r.frame_id))) for r in rows]
+
+    def _resolve_ids(self, conn: Connection, rows: list[ResultRow], now: float) -> dict[str, dict[str, int]]:
+        with self._lock:
+            known = {k: dict(v) for k, v in self._ids.items()}
+        ids = {k: dict(v) for k, v in known.items()}
+        products = {r.product for r in rows} - ids["product"].keys()
+        lines = {r.line for r in rows} - ids["line"].keys()
+        ids["product"].update(ensure_named(conn, Product, products, now))
+        ids["line"].update(ensure_named(conn, Line, lines, now))
+        cam_line = {r.camera: ids["line"][r.line] for r in rows if r.camera not in ids["camera"]}
+        ids["camera"].update(ensure_named(conn, Camera, cam_line, now, line_id=cam_line))
+        return ids
+
+    def _remember(self, ids: dict[str, dict[str, int]]) -> None:
+        """Cache ids only after the commit, so a rolled-back insert never leaves a dangling id."""
+        with self._lock:
+            for kind, m in ids.items():
+                self._ids[kind].update(m)
+
+    def _insert_results(self, conn: Connection, rows: list[ResultRow], ids: dict, now: float):  # noqa: ANN202
+        values: dict[tuple[int, int], dict] = {}
+        for r in rows:
+            key = (ids["camera"][r.camera], int(r.frame_id))
+            if key in values:  # the same frame twice in one batch: the first one wins
+                continue
+            values[key] = {
+                "camera_id": key[0], "frame_id": key[1], "product_id": ids["product"][r.product],
+                "line_id": ids["line"][r.line], "specimen_id": r.specimen_id, "view": r.view,
+                "captured_at": float(r.captured_at), "inferred_at": float(r.inferred_at), "stored_at": now,
+                "score": float(r.score), "threshold": float(r.threshold), "verdict": r.verdict,
+                "model_version": r.model_version, "engine": r.engine, "infer_ms": float(r.infer_ms),
+                "latency_ms": (now - float(r.captured_at)) * 1000.0, "batch_size": int(r.batch_size),
+                "width": int(r.width), "height": int(r.height), "defect_area_px": int(r.defect_area_px),
+                "false_alarm": False,
+            }
+        t = InspectionResult
+        stmt = (dialect_insert(conn, t).values(list(values.values()))
+                .on_conflict_do_nothing(index_elements=["camera_id", "frame_id"])
+                .returning(t.id, t.camera_id, t.frame_id))
+        result_ids = {(c, f): i for i, c, f in conn.execute(stmt).all()}
+        new_keys = set(result_ids)
+        missing = [k for k in values if k not in result_ids]
+        if missing:
+            cams = sorted({c for c, _ in missing})
+            frames = sorted({f for _, f in missing})
+            q = select(t.id, t.camera_id, t.frame_id).where(t.camera_id.in_(cams), t.frame_id.in_(frames))
+            wanted = set(missing)
+            result_ids.update({(c, f): i for i, c, f in conn.execute(q).all() if (c, f) in wanted})
+        return result_ids, new_keys
+
+    def _insert_payloads(self, conn: Connection, rows: list[ResultRow], ids: dict, result_ids: dict,
+                         new_keys: set, now: float, cap: int) -> None:
+        masks, frames, samples = [], [], []
+        done: set[tuple[int, int]] = set()
+        for r in rows:
+            key = (ids["camera"][r.camera], int(r.frame_id))
+            if key not in new_keys or key in done:
+                continue
+            done.add(key)
+            rid = result_ids[key]
+            if r.verdict == "defect" and r.mask_png is not None:
+                masks.append({"result_id": rid, "png": bytes(r.mask_png),
+                              "heat_png": bytes(r.heat_png) if r.heat_png is not None else None,
+                              "width": int(r.width), "height": int(r.height)})
+            if r.verdict == "defect" and r.frame_bytes is not None:
+                frames.append({"result_id": rid, "encoding": r.frame_encoding, "data": bytes(r.frame_bytes)})
+            if r.keep_as_normal and r.frame_bytes is not None and r.verdict == "ok":
+                samples.append({"product_id": ids["product"][r.product], "result_id": rid,
+                                "sha256": hashlib.sha256(r.frame_bytes).hexdigest(), "source": "clear_normal",
+                                "encoding": r.frame_encoding, "data": bytes(r.frame_bytes), "created_at": now})
+        if masks:
+            conn.execute(dialect_insert(conn, Mask).values(masks).on_conflict_do_nothing(index_elements=["result_id"]))
+        if frames:
+            conn.execute(dialect_insert(conn, FrameImage).values(frames)
+                         .on_conflict_do_nothing(index_elements=["result_id"]))
+        if samples:
+            conn.execute(dialect_insert(conn, TrainingSample).values(samples)
+                         .on_conflict_do_nothing(index_elements=["product_id", "sha256"]))
+            for pid in sorted({s["product_id"] for s in samples}):
+                _cap_samples(conn, pid, "clear_normal", cap)
+
+    def mark_false_alarm(self, result_id: int) -> bool:
+        """Flag a result as a false alarm and keep its stored frame as a normal training sample.
+
+        Returns whether a training sample was added (``False`` when no frame was stored or the
+        same image is already a sample). Unknown ids raise ``KeyError``.
+        """
+        now = time.time()
+        t = InspectionResult
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+            with conn.begin():
+                product_id = conn.execute(select(t.product_id).where(t.id == result_id)).scalar_one_or_none()
+                if product_id is None:
+                    raise KeyError(f"no inspection result with id {result_id}")
+                conn.execute(update(t).where(t.id == result_id).values(false_alarm=True))
+                frame = conn.execute(select(FrameImage.encoding, FrameImage.data)
+                                     .where(FrameImage.result_id == result_id)).first()
+                if frame is None:
+                    return False
+                enc, data = frame
+                stmt = (dialect_insert(conn, TrainingSample)
+                        .values(product_id=product_id, result_id=result_id, sha256=hashlib.sha256(data).hexdigest(),
+                                source="false_alarm", encoding=enc, data=data, created_at=now)
+                        .on_conflict_do_nothing(index_elements=["product_id", "sha256"])
+                        .returning(TrainingSample.id))
+                return conn.execute(stmt).first() is not None
+
+    def add_training_sample(self, product: str, data: bytes, source: str = "seed", encoding: str = "png") -> bool:
+        """Keep an image as normal training data (e.g. seed images); ``False`` when already kept."""
+        if source not in SAMPLE_SOURCES:
+            raise ValueError(f"source must be one of {SAMPLE_SOURCES}, not {source!r}")
+        now = time.time()
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+            with conn.begin():
+                pid = ensure_named(conn, Product, [product], now)[product]
+                stmt = (dialect_insert(conn, TrainingSample)
+                        .values(product_id=pid, result_id=None, sha256=hashlib.sha256(data).hexdigest(),
+                                source=source, encoding=encoding, data=bytes(data), created_at=now)
+                        .on_conflict_do_nothing(index_elements=["product_id", "sha256"])
+                        .returning(TrainingSample.id))
+                return conn.execute(stmt).first() is not None
+
+    def record_consumer_stat(self, consumer: str, frames: int, seconds: float, mean_batch: float,
+                             p50_latency_ms: float, p99_latency_ms: float, lag: int, dlq_total: int,
+                             engine: str, engine_ok: bool, at: float | None = None) -> None:
+        """Append one consumer health snapshot (the dashboard's throughput / lag view)."""
+        with service_errors(self.url), self.engine.begin() as conn:
+            conn.execute(ConsumerStat.__table__.insert().values(
+                consumer=consumer, at=time.time() if at is None else float(at), frames=int(frames),
+                seconds=float(seconds), mean_batch=float(mean_batch), p50_latency_ms=float(p50_latency_ms),
+                p99_latency_ms=float(p99_latency_ms), lag=int(lag), dlq_total=int(dlq_total),
+                engine=engine, engine_ok=bool(engine_ok)))
+
+    def save_specimen(self, product: str, specimen_id: str, *, expected_views: int, received_views: int,
+                      score: float, threshold: float, verdict: str, fusion: str, complete: bool,
+                      first_seen_at: float, decided_at: float, result_ids: list[int]) -> int:
+        """Insert or update (by product + specimen_id) a specimen decision; returns its row id."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
+        now = time.time()
+        values = {"expected_views": int(expected_views), "received_views": int(received_views),
+                  "score": float(score), "threshold": float(threshold), "verdict": verdict, "fusion": fusion,
+                  "complete": bool(complete), "first_seen_at": float(first_seen_at),
+                  "decided_at": float(decided_at), "result_ids": [int(i) for i in result_ids]}
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+            with conn.begin():
+                pid = ensure_named(conn, Product, [product], now)[product]
+                ins = dialect_insert(conn, Specimen).values(product_id=pid, specimen_id=specimen_id, **values)
+                stmt = ins.on_conflict_do_update(index_elements=["product_id", "specimen_id"], set_=values)
+                conn.execute(stmt)
+                return conn.execute(select(Specimen.id).where(Specimen.product_id == pid,
+                                                              Specimen.specimen_id == specimen_id)).scalar_one()
+
+    def set_expected_views(self, product: str, expected_views: int | None) -> None:
+        """How many views make a complete specimen of ``product`` (``None``: not fused)."""
+        now = time.time()
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+            with conn.begin():
+                pid = ensure_named(conn, Product, [product], now)[product]
+                conn.execute(update(Product).where(Product.id == pid).values(expected_views=expected_views))
+
+    # --- reads ----------------------------------------------------------------------------
+    def count_results(self, product: str | None = None) -> int:
+        q = select(func.count()).select_from(InspectionResult)
+        if product is not None:
+            q = q.join(Product, Product.id == InspectionResult.product_id).where(Product.name == product)
+        with service_errors(self.url), self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def get_result(self, camera: str, frame_id: int) -> dict | None:
+        """One result with names, mask/heatmap PNG bytes and the kept frame (``None`` if absent)."""
+        return self._one_result((Camera.name == camera) & (InspectionResult.frame_id == int(frame_id)))
+
+    def get_result_by_id(self, result_id: int) -> dict | None:
+        return self._one_result(InspectionResult.id == int(result_id))
+
+    def _one_result(self, where) -> dict | None:  # noqa: ANN001 - SQL expression
+        t = InspectionResult
+        q = (select(*t.__table__.columns, Product.name.label("product"), Line.name.label("line"),
+                    Camera.name.label("camera"), Mask.png, Mask.heat_png, FrameImage.data.label("frame_bytes"),
+                    FrameImage.encoding.label("frame_encoding"))
+             .join(Product, Product.id == t.product_id).join(Line, Line.id == t.line_id)
+             .join(Camera, Camera.id == t.camera_id)
+             .outerjoin(Mask, Mask.result_id == t.id).outerjoin(FrameImage, FrameImage.result_id == t.id)
+             .where(where))
+        with service_errors(self.url), self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is None:
+            return None
+        out = dict(row._mapping)
+        for k in ("camera_id", "line_id", "product_id"):
+            out.pop(k)
+        out["mask_png"] = out.pop("png")
+        return out
+
+    def training_samples(self, product: str, limit: int | None = None) -> list[TrainingSampleRow]:
+        """Kept normal images of ``product``, newest first: ``(sha256, data, source, created_at)``."""
+        s = TrainingSample
+        q = (select(s.sha256, s.data, s.source, s.created_at).join(Product, Product.id == s.product_id)
+             .where(Product.name == product).order_by(s.created_at.desc(), s.id.desc()))
+        if limit is not None:
+            q = q.limit(int(limit))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return [TrainingSampleRow(sha, bytes(data), src, ts) for sha, data, src, ts in conn.execute(q).all()]
+
+    def count_training_samples(self, product: str, since: float | None = None) -> int:
+        """Samples of ``product`` (created at or after ``since`` when given): the retrain trigger."""
+        s = TrainingSample
+        q = select(func.count()).select_from(s).join(Product, Product.id == s.product_id).where(Product.name == product)
+        if since is not None:
+            q = q.where(s.created_at >= float(since))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def products(self) -> list[str]:
+        with service_errors(self.url), self.engine.connect() as conn:
+            return list(conn.execute(select(Product.name).order_by(Product.name)).scalars())
+
+    def get_specimen(self, product: str, specimen_id: str) -> dict | None:
+        q = (select(*Specimen.__table__.columns).join(Product, Product.id == Specimen.product_id)
+             .where(Product.name == product, Specimen.specimen_id == specimen_id))
+        with service_errors(self.url), self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is None:
+            return None
+        out = dict(row._mapping)
+        out["product"] = product
+        return out
+
+    def consumer_stats(self, consumer: str | None = None, limit: int = 100) -> list[dict]:
+        """Newest snapshots first."""
+        q = select(*ConsumerStat.__table__.columns)
+        if consumer is not None:
+            q = q.where(ConsumerStat.consumer == consumer)
+        q = q.order_by(ConsumerStat.at.desc(), ConsumerStat.id.desc()).limit(int(limit))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q).all()]
+
+
+def _cap_samples(conn: Connection, product_id: int, source: str, cap: int) -> int:
+    """Delete all but the newest ``cap`` samples of one product and source; returns how many went."""
+    s = TrainingSample
+    old = (select(s.id).where(s.product_id == product_id, s.source == source)
+           .order_by(s.created_at.desc(), s.id.desc()).offset(cap))
+    doomed = list(conn.execute(old).scalars())
+    if doomed:
+        conn.execute(delete(s).where(s.id.in_(doomed)))
+    return len(doomed)
+
+
+def _validate(r: ResultRow) -> None:
+    if not isinstance(r, ResultRow):
+        raise TypeError(f"save_results takes ResultRow objects, not {type(r).__name__}")
+    for name in ("product", "line", "camera"):
+        v = getattr(r, name)
+        if not isinstance(v, str) or not v or len(v) > 128:
+            raise ValueError(f"ResultRow.{name} must be a non-empty string of at most 128 characters, not {v!r}")
+    if r.verdict not in VERDICTS:
+        raise ValueError(f"ResultRow.verdict must be one of {VERDICTS}, not {r.verdict!r}")
+    if int(r.frame_id) < 0:
+        raise ValueError(f"ResultRow.frame_id must be >= 0, not {r.frame_id}")
