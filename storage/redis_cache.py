@@ -82,9 +82,11 @@ class RedisCache:
             yield
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise CacheUnavailable("redis", self.url, redact_url(str(exc)) or type(exc).__name__) from exc
+        except rexc.OutOfMemoryError as exc:
+            raise CacheUnavailable("redis", self.url, f"out of memory (maxmemory reached): {exc}") from exc
         except rexc.ResponseError as exc:
             text = str(exc)
-            if "OOM" in text:
+            if "OOM" in text:  # older clients report it as a plain ResponseError
                 raise CacheUnavailable("redis", self.url, f"out of memory (maxmemory reached): {text}") from exc
             if "NOAUTH" in text or "WRONGPASS" in text:
                 raise CacheUnavailable("redis", self.url, "authentication failed") from exc
