@@ -1,0 +1,160 @@
+"""Streamlit-cached access to storage: one engine / cache handle per URL (``st.cache_resource``)
+and short-lived query results (``st.cache_data``), so reruns and several browser tabs share one
+connection pool and a page re-queries at most once per TTL. Query logic lives in
+:mod:`storage.queries`; this module only caches it and turns rows into DataFrames."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine
+
+from dashboard.imaging import accumulate_masks
+from storage import queries as q
+from storage.queries import Filters
+
+log = logging.getLogger(__name__)
+
+LIVE_TTL_S = 10        # numbers that change with every stored frame
+SLOW_TTL_S = 60        # heavier aggregates that change slowly (mask accumulation, registry)
+
+
+@st.cache_resource(show_spinner=False)
+def engine(url: str) -> Engine:
+    """The process-wide engine for ``url`` (WAL / busy timeout on SQLite, pre-ping on PostgreSQL)."""
+    from storage.db import open_engine
+
+    return open_engine(url)
+
+
+@st.cache_resource(show_spinner=False)
+def cache(url: str) -> Any | None:
+    """The Redis / in-memory cache handle, or ``None`` when it cannot be opened (the pages then
+    say so and fall back to the database)."""
+    try:
+        from storage import open_cache
+        from lineinspect.settings import load_settings
+
+        return open_cache(load_settings(cache_url=url))
+    except Exception as exc:  # noqa: BLE001 - a dead cache must not take the dashboard down
+        log.warning("cache unavailable: %s", type(exc).__name__)
+        return None
+
+
+def clear() -> None:
+    """Forget cached query results (after a write such as marking a false alarm)."""
+    st.cache_data.clear()
+
+
+def _with(url: str, fn: Any, *args: Any, **kw: Any) -> Any:
+    with engine(url).connect() as conn:
+        return fn(conn, *args, **kw)
+
+
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False)
+def entities(url: str) -> dict[str, list[dict[str, Any]]]:
+    return {"products": _with(url, q.products), "lines": _with(url, q.lines), "cameras": _with(url, q.cameras)}
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def time_bounds(url: str) -> tuple[float | None, float | None]:
+    return _with(url, q.time_bounds)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def summary(url: str, f: Filters) -> q.Summary:
+    return _with(url, q.summary, f)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def breakdown(url: str, f: Filters, by: str) -> pd.DataFrame:
+    df = pd.DataFrame(_with(url, q.breakdown, f, by),
+                      columns=["id", "name", "inspected", "defects", "false_alarms", "mean_score", "first_at", "last_at"])
+    df["defect_rate"] = (df["defects"] / df["inspected"]).where(df["inspected"] > 0, 0.0)
+    return df
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def trend(url: str, f: Filters, bucket_s: float, origin: float) -> list[dict[str, Any]]:
+    return _with(url, q.trend, f, bucket_s, origin)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def score_histogram(url: str, f: Filters, bin_width: float) -> pd.DataFrame:
+    return pd.DataFrame(_with(url, q.score_histogram, f, bin_width),
+                        columns=["product_id", "bin_start", "bin_end", "count", "defects", "false_alarms"])
+
+
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False)
+def thresholds(url: str) -> dict[int, dict[str, Any]]:
+    return _with(url, q.current_thresholds)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def anomalies(url: str, f: Filters, limit: int, include_false_alarms: bool) -> list[dict[str, Any]]:
+    return _with(url, q.latest_anomalies, f, limit, include_false_alarms)
+
+
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False, max_entries=256)
+def anomaly_images(url: str, result_id: int) -> dict[str, Any]:
+    return _with(url, q.anomaly_images, result_id)
+
+
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False)
+def location_map(url: str, product_id: int, f: Filters, limit: int, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Accumulated defect-location map from a bounded sample of the newest masks."""
+    return accumulate_masks(_with(url, q.recent_defect_masks, product_id, f, limit), grid)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def specimen_summary(url: str, f: Filters) -> pd.DataFrame:
+    return pd.DataFrame(_with(url, q.specimen_summary, f),
+                        columns=["product_id", "product", "specimens", "defects", "complete", "incomplete"])
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def recent_specimens(url: str, f: Filters, limit: int) -> pd.DataFrame:
+    return pd.DataFrame(_with(url, q.recent_specimens, f, limit))
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def specimen_frames(url: str, product_id: int, specimen_id: str) -> pd.DataFrame:
+    return pd.DataFrame(_with(url, q.specimen_frames, product_id, specimen_id))
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def consumer_health(url: str, since: float | None, until: float | None) -> pd.DataFrame:
+    return pd.DataFrame(_with(url, q.consumer_health, since, until))
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def consumer_series(url: str, bucket_s: float, since: float | None, until: float | None) -> pd.DataFrame:
+    return pd.DataFrame(_with(url, q.consumer_series, bucket_s, since, until))
+
+
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False)
+def model_versions(url: str, product_ids: tuple[int, ...]) -> pd.DataFrame:
+    rows = _with(url, q.model_versions, product_ids)
+    for r in rows:
+        r["metrics"] = json.dumps(r["metrics"], sort_keys=True)
+    return pd.DataFrame(rows)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def triton_ready(health_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
+    """GET ``/v2/health/ready``: (ready, human-readable detail)."""
+    try:
+        with urllib.request.urlopen(health_url, timeout=timeout_s) as resp:  # noqa: S310 - configured http URL
+            return resp.status == 200, f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"unreachable ({reason})"

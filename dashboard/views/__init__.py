@@ -1,0 +1,1 @@
+"""Dashboard pages: Streamlit scripts run by ``dashboard/app.py`` through ``st.navigation`` (not imported)."""
