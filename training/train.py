@@ -42,6 +42,7 @@ class TrainConfig:
     coherence_weight: float = 0.2
     soft_coherence: bool = False
     mining_power: float = 3.0
+    train_tokens: int = 256            # token positions decoded per step (0 = all); see InpHead.forward
     holdout: float = 0.15              # share of train normals kept back for calibration
     few_shot: int = 0                  # k > 0: train on k images plus augmented copies
     aug_copies: int = 10
@@ -166,8 +167,13 @@ def train(
             g["lr"] = warmup_cosine(it, cfg.iters, cfg.lr, cfg.final_lr, warmup)
         idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
         enc = [f[idx] for f in feats]
-        o = head(enc)
-        loss = inp_former_loss(enc, o.dec, o.tokens, o.inps, cfg.coherence_weight, cfg.mining_power, cfg.soft_coherence)
+        n_tok = enc[0].shape[-2] * enc[0].shape[-1]
+        tok = None
+        if 0 < cfg.train_tokens < n_tok:
+            tok = torch.randperm(n_tok, generator=gen)[: cfg.train_tokens]
+        o = head(enc, tok)
+        tgt = enc if tok is None else [e.flatten(2)[:, :, tok] for e in enc]
+        loss = inp_former_loss(tgt, o.dec, o.tokens, o.inps, cfg.coherence_weight, cfg.mining_power, cfg.soft_coherence)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)

@@ -183,13 +183,16 @@ class InpHead(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def forward(self, enc: list[torch.Tensor]) -> HeadOutput:
+    def forward(self, enc: list[torch.Tensor], token_idx: torch.Tensor | None = None) -> HeadOutput:
+        """Rebuild the encoder groups. With ``token_idx`` (training only) the decoder runs on that
+        subset of token positions and ``dec`` holds (N, C_g, len(idx)) - valid because, given the
+        INPs (extracted from *all* tokens), every token is decoded independently of the others."""
         n, _, h, w = enc[0].shape
         tokens = self.proj(torch.cat(enc, dim=1).flatten(2).transpose(1, 2))   # (N, L, D)
         inps = self.queries.unsqueeze(0).expand(n, -1, -1)
         for blk in self.extractor:
             inps = blk(inps, tokens)
-        x = self.bottleneck(tokens)
+        x = self.bottleneck(tokens if token_idx is None else tokens[:, token_idx])
         per_block = []
         for blk in self.decoder:
             x = blk(x, inps)
@@ -197,7 +200,9 @@ class InpHead(nn.Module):
         g = len(enc)
         size = len(self.decoder) // g
         fused = [torch.stack(per_block[i * size:(i + 1) * size]).mean(0) for i in range(g)][::-1]
-        dec = [self.out[i](f).transpose(1, 2).reshape(n, -1, h, w) for i, f in enumerate(fused)]
+        dec = [self.out[i](f).transpose(1, 2) for i, f in enumerate(fused)]
+        if token_idx is None:
+            dec = [d.reshape(n, -1, h, w) for d in dec]
         return HeadOutput(dec, tokens, inps)
 
 

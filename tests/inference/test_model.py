@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from inference.model.anomaly_map import gaussian_blur, gaussian_kernel1d, topk_mean_score
+from inference.model.inp_former import DecoderBlock, InpAttention, InpConfig, InpFormer
+
+
+def tiny_cfg(**kw) -> InpConfig:
+    base = dict(backbone="random_tiny", input_hw=(64, 64), width=32, head_dim=16, decoder_blocks=2, n_inps=3)
+    return InpConfig(**{**base, **kw})
+
+
+def test_forward_shapes_and_groups():
+    m = InpFormer(tiny_cfg()).eval()
+    x = torch.rand(2, 3, 64, 64)
+    amap, score = m(x)
+    assert amap.shape == (2, 64, 64) and score.shape == (2,)
+    enc = m.encode(x)
+    assert [e.shape for e in enc] == [(2, 16, 8, 8), (2, 24, 8, 8)]
+    out = m.head(enc)
+    assert [d.shape for d in out.dec] == [e.shape for e in enc]
+    assert out.inps.shape == (2, 3, 32) and out.tokens.shape == (2, 64, 32)
+
+
+def test_token_subset_decodes_same_values_as_full():
+    m = InpFormer(tiny_cfg()).eval()
+    enc = m.encode(torch.rand(2, 3, 64, 64))
+    idx = torch.tensor([0, 5, 63])
+    full = m.head(enc).dec
+    sub = m.head(enc, idx).dec
+    for f, s in zip(full, sub):
+        assert torch.allclose(f.flatten(2)[:, :, idx], s, atol=1e-6)
+
+
+def test_inp_attention_is_normalised_relu_cosine():
+    att = InpAttention(32, 16)
+    with torch.no_grad():
+        att.scale.copy_(torch.tensor([2.0, 0.5]).view(2, 1, 1))
+        att.q.bias.zero_()  # q(3x) = 3 q(x): normalisation must make that invisible
+    x, p = torch.randn(1, 10, 32) * 50, torch.randn(1, 4, 32) * 50  # large inputs: q/k norms must not matter
+    a = att.attention(x, p)
+    assert a.shape == (1, 2, 10, 4)
+    assert (a >= 0).all()
+    assert a[0, 0].max() <= 2.0 + 1e-5 and a[0, 1].max() <= 0.5 + 1e-5
+    assert torch.allclose(att.attention(x * 3, p), a, atol=1e-5)
+
+
+def test_decoder_has_no_residual_around_attention():
+    blk = DecoderBlock(32, 16, 2.0).eval()
+    blk.attn.forward = lambda x, inps: torch.zeros_like(x)  # attention contributes nothing
+    a = blk(torch.randn(1, 5, 32), torch.randn(1, 3, 32))
+    b = blk(torch.randn(1, 5, 32) * 10, torch.randn(1, 3, 32))
+    assert torch.allclose(a, b)  # the input token never leaks past the attention
+
+
+def test_backbone_is_frozen_and_stays_in_eval():
+    m = InpFormer(tiny_cfg()).train()
+    assert not any(p.requires_grad for p in m.backbone.parameters())
+    assert not m.backbone.training and m.head.training
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        tiny_cfg(input_hw=(60, 64))
+    with pytest.raises(ValueError):
+        tiny_cfg(decoder_blocks=3)
+    assert InpConfig.from_dict(tiny_cfg().to_dict()) == tiny_cfg()
+
+
+def test_blur_kernel_sums_to_one_and_keeps_constants():
+    k = gaussian_kernel1d(4.0)
+    assert k.numel() == 33 and abs(float(k.sum()) - 1.0) < 1e-6
+    assert torch.allclose(gaussian_blur(torch.full((1, 40, 40), 3.0), k), torch.full((1, 40, 40), 3.0), atol=1e-5)
+    spike = torch.zeros(1, 41, 41)
+    spike[0, 20, 20] = 1.0
+    out = gaussian_blur(spike, k)
+    assert abs(float(out.sum()) - 1.0) < 1e-4 and out[0, 20, 20] == out.max()
+
+
+def test_top_one_percent_score():
+    m = torch.zeros(1, 10, 20)  # 200 px -> top 2
+    m[0, 0, 0], m[0, 3, 3], m[0, 5, 5] = 10.0, 6.0, 1.0
+    assert float(topk_mean_score(m, 0.01)) == pytest.approx(8.0)

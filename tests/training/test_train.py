@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import torch
+
+from inference.model.inp_former import InpConfig
+from inference.model_dir import load_model_dir
+from training.train import TrainConfig, calibrate, split_holdout, train
+
+
+def images(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (48, 72, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def cfg(**kw):
+    m = InpConfig(backbone="random_tiny", input_hw=(64, 64), width=32, head_dim=16, decoder_blocks=2)
+    return TrainConfig(**{"model": m, "batch_size": 4, "train_tokens": 16, "checkpoint_every": 3, **kw})
+
+
+def weights(path):
+    return torch.load(path / "weights.pt", weights_only=True)
+
+
+def test_same_seed_same_weights_and_a_complete_model_dir(tmp_path):
+    ims = images()
+    a = train(ims, cfg(), tmp_path / "a", iters=6, seed=3, progress=False)
+    b = train(ims, cfg(), tmp_path / "b", iters=6, seed=3, progress=False)
+    c = train(ims, cfg(), tmp_path / "c", iters=6, seed=4, progress=False)
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    lm = load_model_dir(a)
+    assert lm.config["seed"] == 3 and lm.config["calibration_images"] == 2
+    assert lm.calibration["threshold"] > 0 and not (a / "checkpoint.pt").exists()
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    ims = images()
+    full = train(ims, cfg(), tmp_path / "full", iters=6, seed=0, progress=False)
+    part = tmp_path / "part"
+    c = cfg()
+    train(ims, c, part, iters=3, seed=0, progress=False)  # leaves no checkpoint: simulate a crash mid-run
+    # run 6 iters but interrupt after the 3-iteration checkpoint by raising from the optimiser
+    import training.train as tt
+
+    calls = {"n": 0}
+    real_step = tt.StableAdamW.step
+
+    def crashing_step(self, closure=None):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(self, closure)
+
+    tt.StableAdamW.step = crashing_step
+    try:
+        try:
+            train(ims, cfg(), part, iters=6, seed=0, progress=False)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        tt.StableAdamW.step = real_step
+    assert torch.load(part / "checkpoint.pt", weights_only=True)["iter"] == 3
+    train(ims, cfg(), part, iters=6, seed=0, progress=False)
+    wf, wp = weights(full), weights(part)
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+
+
+def test_few_shot_and_feature_cache(tmp_path):
+    out = train(images(8), cfg(few_shot=2, aug_copies=3, cache_dir=str(tmp_path / "cache")), tmp_path / "m",
+                iters=2, seed=0, progress=False)
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["train_images"] == 2 and conf["train_feature_rows"] == 8
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # fit (augmented) + calibration features
+
+
+def test_calibration_threshold_is_a_quantile_times_margin():
+    cal = calibrate(np.linspace(0, 1, 101), 0.99, 1.1)
+    assert cal["threshold"] == __import__("pytest").approx(0.99 * 1.1)
+    assert cal["quantiles"]["p50"] == __import__("pytest").approx(0.5)
+
+
+def test_split_holdout_is_deterministic_and_disjoint():
+    ims = images(20)
+    fit, held = split_holdout(ims, 0.15, 0)
+    fit2, held2 = split_holdout(ims, 0.15, 0)
+    assert len(held) == 3 and len(fit) == 17
+    assert all(a is b for a, b in zip(held, held2))
