@@ -13,6 +13,7 @@ version per product; engines poll :meth:`active_versions` (one small query) to h
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import time
@@ -80,12 +81,14 @@ class ModelRegistry:
 
     # --- writes ---------------------------------------------------------------------------
     def register(self, product: str, model_dir: str | Path, version: str | None = None, *,
-                 metrics: dict | None = None, threshold: float, backbone: str, data_snapshot: dict | None = None,
+                 metrics: dict | None = None, threshold: float | None = None, backbone: str | None = None,
+                 data_snapshot: dict | None = None,
                  parent_version: str | None = None, status: str = "candidate", move: bool = False) -> str:
         """Copy (or ``move``) ``model_dir`` into the registry as a new version; returns its name.
 
         ``status`` may be ``candidate`` or ``rejected`` (a failed candidate kept for the record);
-        making a version active is :meth:`promote`'s job.
+        making a version active is :meth:`promote`'s job. ``threshold`` and ``backbone`` default to
+        the model directory's ``calibration.json`` / ``config.json``.
         """
         _check_product(product)
         if status not in ("candidate", "rejected"):
@@ -95,6 +98,7 @@ class ModelRegistry:
         src = Path(model_dir)
         if not (src / WEIGHTS_FILE).is_file():
             raise RegistryError(f"{src} is not a model directory: {WEIGHTS_FILE} is missing")
+        threshold, backbone = _describe(src, threshold, backbone)
         checksum = file_sha256(src / WEIGHTS_FILE)
         staging = self.models_dir / product / f".incoming-{uuid.uuid4().hex}"
         staging.parent.mkdir(parents=True, exist_ok=True)
@@ -251,6 +255,31 @@ def _next_version(conn: Connection, product_id: int) -> str:
     names = conn.execute(select(ModelVersion.version).where(ModelVersion.product_id == product_id)).scalars()
     numbers = [int(m.group(1)) for n in names if (m := _VERSION.match(n))]
     return f"v{max(numbers, default=0) + 1:04d}"
+
+
+def _describe(model_dir: Path, threshold: float | None, backbone: str | None) -> tuple[float, str]:
+    """Fill a missing threshold / backbone name from the model directory's own JSON files."""
+    if threshold is None:
+        calib = _read_json(model_dir / "calibration.json")
+        if "threshold" not in calib:
+            raise RegistryError(f"no threshold given and {model_dir}/calibration.json has none")
+        threshold = calib["threshold"]
+    if backbone is None:
+        bb = _read_json(model_dir / "config.json").get("backbone")
+        backbone = bb.get("name") if isinstance(bb, dict) else bb
+        if not backbone:
+            raise RegistryError(f"no backbone given and {model_dir}/config.json names none")
+    return float(threshold), str(backbone)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot read {path}: {exc}") from None
+    return obj if isinstance(obj, dict) else {}
 
 
 def _check_product(product: str) -> None:

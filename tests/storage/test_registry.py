@@ -139,3 +139,14 @@ def test_concurrent_registrations_get_distinct_versions(registry, tmp_path):
     assert sorted(out) == ["v0001", "v0002", "v0003", "v0004"]
     assert {registry.get("bolt", v).weights_path.read_bytes() for v in out} == {f"weights t{i}".encode()
                                                                                  for i in range(4)}
+
+
+def test_threshold_and_backbone_default_to_the_model_dir(registry, tmp_path):
+    d = _model_dir(tmp_path, "j")
+    (d / "calibration.json").write_text('{"threshold": 0.37}')
+    (d / "config.json").write_text('{"backbone": {"name": "efficientnet_lite1", "weights_sha256": "ab"}}')
+    info = registry.get("bolt", registry.register("bolt", d))
+    assert (info.threshold, info.backbone) == (0.37, "efficientnet_lite1")
+    bare = _model_dir(tmp_path, "k")
+    with pytest.raises(RegistryError, match="threshold"):
+        registry.register("bolt", bare, backbone="x")
