@@ -328,6 +328,17 @@ class ResultStore:
         out["mask_png"] = out.pop("png")
         return out
 
+    def results_for_camera(self, camera: str, min_frame_id: int = 0, limit: int = 100_000) -> list[dict]:
+        """A camera's results (no image bytes) with ``frame_id >= min_frame_id``, in frame order."""
+        t = InspectionResult
+        q = (select(t.id, t.frame_id, t.captured_at, t.stored_at, t.score, t.threshold, t.verdict,
+                    t.model_version, t.engine, t.latency_ms, t.defect_area_px, t.false_alarm,
+                    Product.name.label("product"))
+             .join(Camera, Camera.id == t.camera_id).join(Product, Product.id == t.product_id)
+             .where(Camera.name == camera, t.frame_id >= int(min_frame_id)).order_by(t.frame_id).limit(int(limit)))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q).all()]
+
     def training_samples(self, product: str, limit: int | None = None) -> list[TrainingSampleRow]:
         """Kept normal images of ``product``, newest first: ``(sha256, data, source, created_at)``."""
         s = TrainingSample

@@ -169,3 +169,12 @@ def test_bad_rows_are_rejected_before_anything_is_written(store, bad):
 
 def test_empty_batch(store):
     assert store.save_results([]) == []
+
+
+def test_results_for_camera_in_frame_order(store):
+    store.save_results([make_row(i, "defect" if i == 4 else "ok", camera="cam1") for i in (5, 3, 4)]
+                       + [make_row(9, camera="cam2")])
+    rows = store.results_for_camera("cam1", min_frame_id=4)
+    assert [(r["frame_id"], r["verdict"]) for r in rows] == [(4, "defect"), (5, "ok")]
+    assert rows[0]["product"] == "bolt" and "mask_png" not in rows[0]
+    assert store.results_for_camera("nope") == []
