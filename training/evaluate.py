@@ -113,7 +113,11 @@ def _load_engine(args: argparse.Namespace, settings: Any) -> Engine:
             from inference.engines.zero_shot import ZeroShotEngine
         except ImportError:
             raise ConfigError("zero-shot engine not available in this build") from None
-        return ZeroShotEngine(settings=settings) if _accepts(ZeroShotEngine, "settings") else ZeroShotEngine()
+        # With --model the zero-shot engine uses that model's INP distance (a model trained on
+        # other products); without it, the training-free GRNR method.
+        method = "inp" if getattr(args, "model", None) else "grnr"
+        return ZeroShotEngine(method=method, model_dir=getattr(args, "model", None),
+                              threshold_quantile=settings.threshold_quantile, threads=settings.threads)
     from inference.engines.local import load_local_engine
 
     if args.model is None:
@@ -121,15 +125,6 @@ def _load_engine(args: argparse.Namespace, settings: Any) -> Engine:
     if not Path(args.model).is_dir():
         raise ConfigError(f"model directory {args.model} does not exist")
     return load_local_engine(args.model, kind=getattr(args, "engine", None) or "auto", threads=settings.threads)
-
-
-def _accepts(cls: type, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def run_eval(args: argparse.Namespace, settings: Any) -> int:

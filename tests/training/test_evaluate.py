@@ -129,3 +129,19 @@ def test_format_table_handles_nan() -> None:
     row = {k: float("nan") for k in E.METRIC_KEYS} | {"category": "c", "n_images": 3, "images_per_second": 12.0}
     table = E.format_table([row])
     assert "n/a" in table and "12.0" in table
+
+
+def test_run_eval_zero_shot_builds_the_engine_from_settings(sim_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    split = load_split(sim_root, None, "test")
+    made = {}
+
+    def factory(**kw):
+        made.update(kw)
+        return OracleEngine(split, noise=0.05)
+
+    monkeypatch.setitem(sys.modules, "inference.engines.zero_shot", types.SimpleNamespace(ZeroShotEngine=factory))
+    args = argparse.Namespace(model=None, data=sim_root, category=None, json=None, zero_shot=True, engine=None)
+    assert E.run_eval(args, Settings(threads=2, threshold_quantile=0.95)) == 0
+    assert made == {"method": "grnr", "model_dir": None, "threshold_quantile": 0.95, "threads": 2}
