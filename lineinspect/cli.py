@@ -14,6 +14,7 @@ from lineinspect.settings import load_settings
 # Each module exposes ``register(subparsers)``; its parsers set ``func(args, settings) -> int``.
 COMMAND_MODULES = (
     "lineinspect.demo",       # demo
+    "lineinspect.config_cli", # config
     "training.cli",           # train, eval, retrain, models, scheduler
     "ingest.cli",             # publish
     "inference.cli",          # consume, export, serve-triton
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        return 0
     except Exception:  # noqa: BLE001 - last resort: a readable message plus the traceback in the log
         logging.getLogger("lineinspect").exception("command failed")
         return 1
