@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--few-shot", type=int, default=0, help="train on K images with augmentation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--tile", action="store_true",
+                   help="train on random --size crops of the full-resolution images (for tiled inference)")
+    p.add_argument("--tiles-per-image", type=int, default=16, help="random crops per image with --tile")
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a model directory on a category's test split")
@@ -54,8 +57,15 @@ def run_train(args: argparse.Namespace, settings: Any) -> int:
         kept, out = hold_out(split.items, cfg.holdout, args.seed)
         fit += [it.path for it in kept]
         held += [it.path for it in out]
+    extra: dict[str, Any] = {"data_root": str(root)}
+    if getattr(args, "tile", False):
+        from training.tiles import crops_from_images
+
+        fit = crops_from_images(fit, args.size, args.tiles_per_image, args.seed)
+        held = crops_from_images(held, args.size, args.tiles_per_image, args.seed + 1) if held else held
+        extra["tiled"] = {"tile": args.size, "tiles_per_image": args.tiles_per_image}
     out_dir = train(fit, cfg, args.out, iters=args.iters, seed=args.seed, resume=not args.no_resume,
-                    calibration_images=held, extra_config={"data_root": str(root)})
+                    calibration_images=held, extra_config=extra)
     print(out_dir)
     return 0
 
