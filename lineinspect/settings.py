@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     threshold_quantile: float = 0.99
     zero_shot_min_normals: int = 50
 
+    # --- zero-shot cold start (inference/engines/zero_shot.py) ----------------------------
+    zero_shot_fallback: bool = Field(default=True, description="score products without an active model zero-shot")
+    zero_shot_method: Literal["grnr", "inp"] = "grnr"
+    zero_shot_model_dir: Path | None = Field(default=None, description="INP-Former trained on other products (method inp)")
+    zero_shot_window: int = Field(default=200, description="recent scores per product for the zero-shot threshold")
+
+    # --- multi-camera specimen fusion (inference/fusion.py) ---------------------------------
+    fusion_default_views: int = Field(default=3, description="views per specimen when products.expected_views is unset")
+    fusion_method: Literal["max", "topk_mean"] = "max"
+    fusion_topk: int = 2
+    fusion_timeout_s: float = Field(default=30.0, description="decide an incomplete specimen this long after its first view")
+
     # --- dashboard -----------------------------------------------------------------------
     dashboard_port: int = 8501
     dashboard_password: SecretStr | None = None
