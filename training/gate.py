@@ -102,16 +102,18 @@ def decide(candidate: Evaluation, active: Evaluation | None, policy: GatePolicy 
             reasons.append(f"held-back FPR {candidate.fpr:.3f} > bound {policy.max_fpr:.3f}")
         else:
             notes.append(f"held-back FPR {candidate.fpr:.3f} <= {policy.max_fpr:.3f}")
-    if reasons or active is None:
-        if active is None and not reasons:
+    if active is None:
+        if not reasons:
             notes.append("first version of the product: absolute checks only")
         return GateDecision(not reasons, reasons, notes)
+    if not candidate.finite:
+        return GateDecision(False, reasons, notes)
 
     if active.n_normal != candidate.n_normal or active.n_anomalous != candidate.n_anomalous:
         reasons.append(f"versions were scored on different slices ({candidate.n_normal}+{candidate.n_anomalous} "
                        f"vs {active.n_normal}+{active.n_anomalous} images)")
     if not active.finite:
-        notes.append("active version produced non-finite scores; comparing on absolute checks only")
+        notes.append("active version produced non-finite scores: no comparison, absolute checks only")
         return GateDecision(not reasons, reasons, notes)
     if candidate.fpr is not None and active.fpr is not None:
         rise = candidate.fpr - active.fpr
