@@ -61,7 +61,7 @@ def live() -> None:
     chart = (
         base.mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(y="ucl:Q")
         + base.mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(y="lcl:Q")
-        + base.mark_rule(color="#2a9d8f").encode(y="center:Q")
+        + base.mark_line(color="#2a9d8f").encode(y="center:Q")
         + base.mark_line(color="#457b9d").encode(y=alt.Y("rate:Q", title="defect rate", axis=alt.Axis(format="%")))
         + base.mark_point(filled=True, size=60).encode(
             y="rate:Q",
