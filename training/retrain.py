@@ -61,6 +61,10 @@ class RetrainError(ConfigError):
     """A retrain that cannot run as asked (too few samples, bad folders); the message says why."""
 
 
+class NotEnoughSamples(RetrainError):
+    """The product has not accumulated enough normal samples yet (the scheduler records a skip)."""
+
+
 # --- data --------------------------------------------------------------------------------------
 
 def decode_sample(data: bytes) -> np.ndarray:
@@ -332,7 +336,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
     t0 = time.perf_counter()
     rows = store.training_samples(product, limit=opts.max_samples)
     if len(rows) < max(4, opts.min_samples):
-        raise RetrainError(f"{product} has {len(rows)} training samples; at least {max(4, opts.min_samples)} "
+        raise NotEnoughSamples(f"{product} has {len(rows)} training samples; at least {max(4, opts.min_samples)} "
                            f"are needed (let the line run, or import seeds: lineinspect retrain --product "
                            f"{product} --seed-from DIR)")
     snap = take_snapshot(rows, product)
