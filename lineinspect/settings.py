@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        """Secret fields may also come from ``LINEINSPECT_<FIELD>_FILE`` (Docker/K8s secrets)."""
+        from lineinspect.secrets import fill_secret_files
+
+        return fill_secret_files(data, [k for k, f in cls.model_fields.items() if "SecretStr" in str(f.annotation)])
+
     @field_validator("topic_partitions", "batch_max_records", "batch_max_wait_ms", "keep_normal_cap")
     @classmethod
     def _positive(cls, v: int) -> int:
@@ -162,6 +170,10 @@ class Settings(BaseSettings):
         if unknown:
             raise ConfigError(f"unknown setting(s): {sorted(unknown)}")
         return type(self)(**{**self.model_dump(), **data})  # re-validated
+
+    def __repr_args__(self):  # noqa: ANN204 - pydantic's repr hook: URL passwords never reach a repr/traceback
+        for k, v in super().__repr_args__():
+            yield k, (redact_url(v) if isinstance(v, str) and "://" in v else v)
 
     def safe_dict(self) -> dict[str, Any]:
         """Settings for logs: secrets masked, URL passwords redacted."""
