@@ -148,8 +148,10 @@ def cameras(conn: Connection) -> list[dict[str, Any]]:
 
 
 def time_bounds(conn: Connection) -> tuple[float | None, float | None]:
-    """(first, last) ``captured_at`` in the table; both come from the time index."""
-    lo, hi = conn.execute(select(func.min(R.c.captured_at), func.max(R.c.captured_at))).one()
+    """(first, last) ``captured_at`` in the table. Two statements, because SQLite answers a lone
+    MIN or MAX from the end of the time index but scans the table for both in one query."""
+    lo = conn.execute(select(func.min(R.c.captured_at))).scalar()
+    hi = conn.execute(select(func.max(R.c.captured_at))).scalar()
     return (None if lo is None else float(lo), None if hi is None else float(hi))
 
 
