@@ -1,0 +1,204 @@
+"""Per-product engine routing with hot swap of newly promoted model versions.
+
+:class:`ModelRouter` keeps one engine per product that has an active version in the model
+registry. A background thread polls ``registry.active_versions()`` every ``poll_s`` seconds; when a
+product's active version changes it verifies the weights' checksum, builds the new engine *first*
+and then swaps the reference under a lock, so requests keep flowing through the old engine until
+the new one is ready. The replaced engine is closed one poll later, after in-flight batches end.
+A version that fails to load is logged and skipped; the product keeps its current engine.
+
+Engine construction sits behind an *engine factory* (``VersionInfo -> Engine``) so other engine
+kinds plug in without touching the routing; :func:`open_engine` picks by ``settings.engine_url``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from inference.engines.base import Engine, EngineOutput, UnknownProduct
+from lineinspect.errors import ConfigError
+from lineinspect.logs import kv
+from lineinspect.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Any], Engine]  # storage.registry.VersionInfo -> Engine
+
+
+def local_engine_factory(settings: Settings) -> EngineFactory:
+    """``local://auto|onnx|torch``: an in-process engine on the version's model directory."""
+    kind = settings.engine_url[len("local://"):].strip("/") or "auto"
+
+    def build(info: Any) -> Engine:
+        from inference.engines.local import load_local_engine
+
+        return load_local_engine(info.path, kind=kind, threads=settings.threads)
+
+    return build
+
+
+@dataclass
+class _Route:
+    version: str
+    threshold: float
+    engine: Engine
+
+
+class ModelRouter:
+    """An :class:`inference.engines.base.Engine` over every product with an active model."""
+
+    name = "router"
+
+    def __init__(self, settings: Settings, registry: Any, engine_factory: EngineFactory | None = None,
+                 fallback: Engine | None = None, poll_s: float = 5.0, verify: bool = True, start: bool = True) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.factory = engine_factory or local_engine_factory(settings)
+        self.fallback = fallback
+        self.poll_s = poll_s
+        self.verify = verify
+        self._routes: dict[str, _Route] = {}
+        self._retired: list[Engine] = []
+        self._failed: dict[str, str] = {}  # product -> version that failed to load (not retried until it changes)
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._last_refresh = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+        if start and poll_s > 0:
+            self._thread = threading.Thread(target=self._poll, name="model-router", daemon=True)
+            self._thread.start()
+
+    # --- routing table ------------------------------------------------------------------
+    def products(self) -> dict[str, str]:
+        """{product: active version currently served}."""
+        with self._lock:
+            return {p: r.version for p, r in self._routes.items()}
+
+    def refresh(self) -> list[str]:
+        """Sync the routes with the registry now; returns the products whose engine changed."""
+        with self._refresh_lock:
+            self._last_refresh = time.monotonic()
+            try:
+                active = self.registry.active_versions()
+            except Exception as exc:  # noqa: BLE001 - a registry hiccup must not stop inference
+                log.warning("model registry unavailable; keeping current engines", extra=kv(error=str(exc)))
+                return []
+            with self._lock:
+                retired, self._retired = self._retired, []
+            for eng in retired:
+                _close(eng)
+            changed = []
+            for product, info in active.items():
+                cur = self._routes.get(product)
+                if cur is not None and cur.version == info.version:
+                    if cur.threshold != float(info.threshold):
+                        with self._lock:
+                            self._routes[product] = _Route(cur.version, float(info.threshold), cur.engine)
+                    continue
+                if self._failed.get(product) == info.version:
+                    continue
+                try:
+                    if self.verify and hasattr(self.registry, "verify"):
+                        self.registry.verify(info)
+                    engine = self.factory(info)
+                except Exception as exc:  # noqa: BLE001 - keep serving the old version
+                    self._failed[product] = info.version
+                    log.error("cannot load model version; keeping the current one",
+                              extra=kv(product=product, version=info.version, error=str(exc)))
+                    continue
+                with self._lock:
+                    old = self._routes.get(product)
+                    self._routes[product] = _Route(info.version, float(info.threshold), engine)
+                    if old is not None:
+                        self._retired.append(old.engine)
+                self._failed.pop(product, None)
+                changed.append(product)
+                log.info("model routed", extra=kv(product=product, version=info.version,
+                                                  previous=old.version if old else None, engine=getattr(engine, "name", "?")))
+            gone = [p for p in self._routes if p not in active]
+            if gone:
+                with self._lock:
+                    for p in gone:
+                        self._retired.append(self._routes.pop(p).engine)
+                log.info("products without an active model", extra=kv(products=gone))
+                changed.extend(gone)
+            return changed
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+
+    # --- Engine ---------------------------------------------------------------------------
+    def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
+        with self._lock:
+            route = self._routes.get(product)
+        if route is None and time.monotonic() - self._last_refresh > 1.0:
+            self.refresh()  # a product promoted moments ago
+            with self._lock:
+                route = self._routes.get(product)
+        if route is None:
+            if self.fallback is not None:
+                out = self.fallback.infer(product, images)
+                out.engine_name = getattr(self.fallback, "name", "fallback")  # type: ignore[attr-defined]
+                return out
+            raise UnknownProduct(product, list(self.products()))
+        out = route.engine.infer(product, images)
+        out.model_version = route.version
+        out.threshold = route.threshold
+        out.engine_name = getattr(route.engine, "name", "local")  # type: ignore[attr-defined]
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.poll_s + 5)
+        with self._lock:
+            engines = [r.engine for r in self._routes.values()] + self._retired
+            self._routes, self._retired = {}, []
+        for eng in engines:
+            _close(eng)
+        if self.fallback is not None:
+            _close(self.fallback)
+
+
+def _close(engine: Engine) -> None:
+    try:
+        engine.close()
+    except Exception as exc:  # noqa: BLE001 - closing is best effort
+        log.warning("engine close failed", extra=kv(error=str(exc)))
+
+
+def open_engine(settings: Settings, registry: Any) -> Engine:
+    """The engine ``settings.engine_url`` names.
+
+    * ``local://auto|onnx|torch``: a :class:`ModelRouter` of in-process engines;
+    * ``zero-shot://grnr|inp``: the same router, with the zero-shot engine for products that have
+      no active model yet (cold start);
+    * ``triton-grpc://host:port`` / ``triton-http://host:port``: the Triton client (the server
+      routes by product model name).
+    """
+    url = settings.engine_url
+    if url.startswith("local://"):
+        return ModelRouter(settings, registry)
+    if url.startswith("zero-shot://"):
+        from inference.engines.zero_shot import ZeroShotEngine
+
+        method = url[len("zero-shot://"):].strip("/") or "grnr"
+        fallback = ZeroShotEngine(method=method, threshold_quantile=settings.threshold_quantile,
+                                  min_scores=settings.zero_shot_min_normals, threads=settings.threads)
+        settings = settings.with_overrides(engine_url="local://auto")
+        return ModelRouter(settings, registry, fallback=fallback)
+    if url.startswith(("triton-grpc://", "triton-http://")):
+        from inference.engines.triton_engine import TritonEngine
+
+        return TritonEngine(url)
+    raise ConfigError(f"engine_url {url!r} is not local://, zero-shot:// or triton-*://")

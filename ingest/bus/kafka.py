@@ -1,0 +1,253 @@
+"""Apache Kafka behind the bus seam (kafka-python).
+
+Delivery is at least once: consumers never auto-commit; :meth:`KafkaBatchConsumer.commit` is called
+by the inference consumer only after the results are durable in the database, and redelivered
+frames are harmless because results are keyed by ``(camera, frame_id)``.
+
+Sizes: frames up to ``settings.max_message_bytes`` (8 MiB by default) are refused up front when
+larger; the broker/topic limit (``max.message.bytes``), the producer's ``max_request_size`` and
+the consumer's fetch sizes all carry :data:`FRAMING` bytes of headroom on top, so a frame that
+passes the check is never rejected deeper down (deploy/kafka/server.properties.in matches).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from typing import Any
+
+from ingest.bus import check_size, dlq_headers
+from ingest.bus.base import Record
+from lineinspect.errors import ConfigError, ServiceUnavailable
+from lineinspect.logs import kv
+from lineinspect.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FRAMING = 64 * 1024  # record-batch overhead allowed on top of max_message_bytes
+
+
+def security_config(settings: Settings) -> dict[str, Any]:
+    """kafka-python client options for SSL / SASL from the settings (nothing for PLAINTEXT)."""
+    proto = settings.kafka_security_protocol
+    cfg: dict[str, Any] = {"security_protocol": proto}
+    if proto in ("SSL", "SASL_SSL") and settings.kafka_ssl_cafile:
+        if not settings.kafka_ssl_cafile.is_file():
+            raise ConfigError(f"kafka_ssl_cafile {settings.kafka_ssl_cafile} does not exist")
+        cfg["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    if proto.startswith("SASL"):
+        if not (settings.kafka_sasl_mechanism and settings.kafka_sasl_username and settings.kafka_sasl_password):
+            raise ConfigError(f"kafka_security_protocol={proto} needs LINEINSPECT_KAFKA_SASL_MECHANISM, "
+                              "_SASL_USERNAME and _SASL_PASSWORD")
+        cfg.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                   sasl_plain_username=settings.kafka_sasl_username,
+                   sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
+    return cfg
+
+
+def _unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailable:
+    return ServiceUnavailable("kafka", settings.bus_url, f"{type(exc).__name__}: {exc}")
+
+
+def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 30.0) -> None:
+    """Create missing topics with ``topic_partitions`` partitions and the raised message size."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-admin",
+                                 request_timeout_ms=int(timeout_s * 1000), **security_config(settings))
+    except KafkaError as exc:
+        raise _unavailable(settings, exc) from exc
+    try:
+        existing = set(admin.list_topics())
+        replicas = min(3, max(1, len(admin.describe_cluster().get("brokers") or [])))
+        new = [NewTopic(t, settings.topic_partitions, replicas,
+                        topic_configs={"max.message.bytes": str(settings.max_message_bytes + FRAMING)})
+               for t in dict.fromkeys(topics) if t not in existing]
+        if new:
+            try:
+                admin.create_topics(new, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
+                log.info("created kafka topics", extra=kv(topics=[t.name for t in new], partitions=settings.topic_partitions))
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+    except KafkaError as exc:
+        raise _unavailable(settings, exc) from exc
+    finally:
+        admin.close()
+
+
+class KafkaPublisher:
+    """Frames to ``settings.topic_frames``, keyed by camera; ``acks=all`` and retries for durability."""
+
+    def __init__(self, settings: Settings, linger_ms: int = 5, create_topics: bool = True) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        self.settings = settings
+        self.topic = settings.topic_frames
+        if create_topics:
+            ensure_topics(settings, [settings.topic_frames, settings.topic_dlq])
+        compression = "lz4" if importlib.util.find_spec("lz4") else None
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-publisher",
+                acks="all", linger_ms=linger_ms, compression_type=compression, retries=10,
+                max_request_size=settings.max_message_bytes + FRAMING, max_block_ms=30_000,
+                **security_config(settings))
+        except KafkaError as exc:
+            raise _unavailable(settings, exc) from exc
+        self._failed: list[BaseException] = []
+
+    def publish(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]], topic: str | None = None) -> None:
+        check_size(key, value, headers, self.settings.max_message_bytes)
+        if self._failed:
+            raise self._failed.pop(0)
+        fut = self._producer.send(topic or self.topic, key=key, value=value, headers=headers)
+        fut.add_errback(self._on_error)
+
+    def _on_error(self, exc: BaseException) -> None:
+        log.error("kafka delivery failed", extra=kv(error=str(exc)))
+        self._failed.append(exc)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise _unavailable(self.settings, exc) from exc
+        if self._failed:
+            raise RuntimeError(f"{len(self._failed)} message(s) were not delivered; first: {self._failed[0]}")
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+class KafkaBatchConsumer:
+    """Batches from ``settings.topic_frames`` in a consumer group; commits only what it is told to.
+
+    A rebalance listener tracks the assignment: after a partition is revoked, commits for it are
+    dropped (its new owner re-reads from the last commit; the store makes the replay harmless).
+    """
+
+    def __init__(self, settings: Settings, group: str | None = None, create_topics: bool = True) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+        from kafka.errors import KafkaError
+
+        self.settings = settings
+        self.topic = settings.topic_frames
+        self.dlq_topic = settings.topic_dlq
+        self.group = group or settings.consumer_group
+        if create_topics:
+            ensure_topics(settings, [self.topic, self.dlq_topic])
+        fetch = settings.max_message_bytes + FRAMING
+        sec = security_config(settings)
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=settings.kafka_bootstrap, group_id=self.group, client_id="lineinspect-consumer",
+                enable_auto_commit=False, auto_offset_reset="earliest",
+                max_poll_records=max(settings.batch_max_records, 1),
+                fetch_max_bytes=max(fetch, 52_428_800), max_partition_fetch_bytes=fetch,
+                session_timeout_ms=10_000, heartbeat_interval_ms=3_000, max_poll_interval_ms=300_000,
+                **sec)
+            self._dlq = KafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-dlq", acks="all", retries=10,
+                max_request_size=fetch + FRAMING, **sec)
+        except KafkaError as exc:
+            raise _unavailable(settings, exc) from exc
+        self._assigned: set[int] = set()
+        owner = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                owner._assigned -= {tp.partition for tp in revoked if tp.topic == owner.topic}
+                log.info("partitions revoked", extra=kv(group=owner.group, partitions=sorted(tp.partition for tp in revoked)))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                owner._assigned |= {tp.partition for tp in assigned if tp.topic == owner.topic}
+                log.info("partitions assigned", extra=kv(group=owner.group, partitions=sorted(tp.partition for tp in assigned)))
+
+        self._consumer.subscribe([self.topic], listener=_Listener())
+
+    def assignment(self) -> list[int]:
+        return sorted(self._assigned)
+
+    def poll_batch(self, max_records: int, max_wait_ms: int) -> list[Record]:
+        from kafka.errors import KafkaError
+
+        out: list[Record] = []
+        deadline = time.monotonic() + max_wait_ms / 1000.0
+        try:
+            while len(out) < max_records:
+                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                got = self._consumer.poll(timeout_ms=remaining_ms, max_records=max_records - len(out))
+                for tp_records in got.values():
+                    out.extend(Record(m.topic, m.partition, m.offset, m.key, m.value,
+                                      [(k, v) for k, v in (m.headers or [])], m.timestamp) for m in tp_records)
+                if remaining_ms == 0:
+                    break
+        except KafkaError as exc:
+            if out:
+                log.warning("kafka poll failed; returning the records in hand", extra=kv(error=str(exc), n=len(out)))
+                return out
+            raise _unavailable(self.settings, exc) from exc
+        return out
+
+    def commit(self, records: list[Record]) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+        from kafka.structs import OffsetAndMetadata
+
+        offsets: dict[int, int] = {}
+        for r in records:
+            if r.topic == self.topic:
+                offsets[r.partition] = max(offsets.get(r.partition, 0), r.offset + 1)
+        owned = {p: o for p, o in offsets.items() if p in self._assigned}
+        lost = sorted(set(offsets) - set(owned))
+        if lost:
+            log.info("not committing revoked partitions (their new owner replays them)", extra=kv(partitions=lost))
+        if not owned:
+            return
+        try:
+            self._consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in owned.items()})
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            log.warning("commit rejected by a rebalance; the records will be redelivered", extra=kv(error=str(exc)))
+        except KafkaError as exc:
+            raise _unavailable(self.settings, exc) from exc
+
+    def dead_letter(self, record: Record, reason: str, detail: str = "") -> None:
+        """Produce the record to the DLQ and wait for the broker's ack (the caller commits after)."""
+        from kafka.errors import KafkaError
+
+        headers = list(record.headers) + dlq_headers(record, reason, detail)
+        try:
+            self._dlq.send(self.dlq_topic, key=record.key, value=record.value, headers=headers).get(timeout=30)
+        except KafkaError as exc:
+            raise _unavailable(self.settings, exc) from exc
+
+    def lag(self) -> dict[int, int]:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        tps = [TopicPartition(self.topic, p) for p in sorted(self._assigned)]
+        if not tps:
+            return {}
+        try:
+            ends = self._consumer.end_offsets(tps, timeout_ms=5_000)
+            out = {}
+            for tp in tps:
+                committed = self._consumer.committed(tp, timeout_ms=5_000) or 0
+                out[tp.partition] = max(0, ends.get(tp, 0) - committed)
+            return out
+        except KafkaError as exc:
+            log.warning("lag unavailable", extra=kv(error=str(exc)))
+            return {}
+
+    def close(self) -> None:
+        try:
+            self._dlq.close(timeout=5)
+        finally:
+            self._consumer.close(autocommit=False)
