@@ -49,6 +49,16 @@ def parse_engine_url(url: str) -> tuple[str, str]:
 class _ModelInfo:
     input_hw: tuple[int, int]
     max_batch: int
+    per_request_version: bool    # the server returns model_version/threshold outputs (pytriton server)
+    version: str = ""            # else: from the config's parameters (standalone Triton repo)
+    threshold: float = 0.0
+
+
+def _param(cfg: dict, key: str) -> str | None:
+    p = (cfg.get("parameters") or {}).get(key)
+    if isinstance(p, dict):
+        return p.get("string_value") or p.get("stringValue")
+    return None
 
 
 class TritonEngine:
@@ -121,7 +131,15 @@ class TritonEngine:
         dims = [int(d) for d in inp["shape"]][-3:]
         if len(dims) != 3 or dims[0] != 3 or min(dims[1:]) <= 0:
             raise ConfigError(f"Triton model {name} input shape {inp['shape']} is not (N, 3, H, W) with a static H, W")
-        info = _ModelInfo((dims[1], dims[2]), max(1, int(cfg.get("max_batch_size") or cfg.get("maxBatchSize") or 1)))
+        out_names = {o["name"] for o in meta.get("outputs", [])}
+        per_request = OUT_VERSION in out_names and OUT_THRESHOLD in out_names
+        version = _param(cfg, "lineinspect_version") or f"{name}/{meta.get('versions', ['?'])[-1]}"
+        try:
+            threshold = float(_param(cfg, "threshold") or "nan")
+        except ValueError:
+            threshold = float("nan")
+        info = _ModelInfo((dims[1], dims[2]), max(1, int(cfg.get("max_batch_size") or cfg.get("maxBatchSize") or 1)),
+                          per_request, version, threshold)
         with self._lock:
             self._info[product] = info
         return info
@@ -133,7 +151,7 @@ class TritonEngine:
             return False
 
     # --- the engine interface -------------------------------------------------------------
-    def _request(self, product: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    def _request(self, product: str, x: np.ndarray, info: _ModelInfo) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
         name = triton_model_name(product)
         if self.protocol == "grpc":
             import tritonclient.grpc as tc
@@ -141,11 +159,14 @@ class TritonEngine:
             import tritonclient.http as tc
         inp = tc.InferInput(INPUT, list(x.shape), "FP32")
         inp.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        outs = [tc.InferRequestedOutput(n) for n in (OUT_MAP, OUT_SCORE, OUT_VERSION, OUT_THRESHOLD)]
+        names = (OUT_MAP, OUT_SCORE, OUT_VERSION, OUT_THRESHOLD) if info.per_request_version else (OUT_MAP, OUT_SCORE)
+        outs = [tc.InferRequestedOutput(n) for n in names]
         kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         res = self._call(product, lambda c: c.infer(name, [inp], outputs=outs, **kw))
         amap = res.as_numpy(OUT_MAP).astype(np.float32, copy=False)
         score = res.as_numpy(OUT_SCORE).reshape(-1).astype(np.float32, copy=False)
+        if not info.per_request_version:
+            return amap, score, [info.version] * len(score), np.full(len(score), info.threshold, np.float32)
         versions = [v.decode() if isinstance(v, bytes) else str(v) for v in res.as_numpy(OUT_VERSION).reshape(-1)]
         thr = res.as_numpy(OUT_THRESHOLD).reshape(-1).astype(np.float32, copy=False)
         return amap, score, versions, thr
@@ -159,7 +180,7 @@ class TritonEngine:
         for _attempt in range(3):  # a hot swap between two chunks of one call: score the call again
             maps, scores, versions, thrs = [], [], [], []
             for i in range(0, x.shape[0], info.max_batch):
-                m, s, v, t = self._request(product, x[i:i + info.max_batch])
+                m, s, v, t = self._request(product, x[i:i + info.max_batch], info)
                 maps.append(m)
                 scores.append(s)
                 versions += v
