@@ -129,3 +129,43 @@ def test_redis_password_from_file_and_tls_reach_the_client(tmp_path: Path, monke
     inline = RedisCache("redis://:inline@cache:6379/0")
     assert inline._r.connection_pool.connection_kwargs["password"] == "inline"
     assert PW not in repr(plain) and "inline" not in repr(inline)
+
+
+def test_kafka_sasl_ssl_settings_reach_every_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kafka
+
+    from ingest.bus.kafka import KafkaBatchConsumer, KafkaPublisher, security_config
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("LINEINSPECT_KAFKA_SASL_PASSWORD_FILE", secret_file(tmp_path, PW))
+    s = load_settings(bus_url="kafka://broker:9093", kafka_security_protocol="SASL_SSL",
+                      kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="li", kafka_ssl_cafile=ca)
+    want = {"security_protocol": "SASL_SSL", "ssl_cafile": str(ca), "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": "li", "sasl_plain_password": PW}
+    assert security_config(s) == want
+    seen: list[dict] = []
+
+    class Capture:
+        def __init__(self, *args: object, **kw: object) -> None:
+            seen.append(kw)
+
+        def subscribe(self, *a: object, **kw: object) -> None:
+            pass
+
+    monkeypatch.setattr(kafka, "KafkaProducer", Capture)
+    monkeypatch.setattr(kafka, "KafkaConsumer", Capture)
+    KafkaPublisher(s, create_topics=False)
+    KafkaBatchConsumer(s, create_topics=False)
+    assert len(seen) == 3  # publisher, consumer, dead-letter producer
+    for kw in seen:
+        assert {k: kw.get(k) for k in want} == want
+    assert security_config(s.with_overrides(kafka_security_protocol="PLAINTEXT")) == {"security_protocol": "PLAINTEXT"}
+
+
+def test_kafka_sasl_without_credentials_is_a_config_error() -> None:
+    from ingest.bus.kafka import security_config
+
+    s = Settings(bus_url="kafka://b:9093", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN")
+    with pytest.raises(ConfigError, match="SASL_USERNAME"):
+        security_config(s)
