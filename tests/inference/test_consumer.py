@@ -1,0 +1,219 @@
+"""InferenceConsumer on the memory bus with a deterministic fake engine, SQLite and MemoryCache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.consumer import InferenceConsumer
+from inference.engines.base import EngineOutput, EngineUnavailable, UnknownProduct
+from inference.metrics import ConsumerMetrics
+from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
+from ingest.publisher import FramePublisher
+from lineinspect.errors import ServiceUnavailable
+from lineinspect.settings import Settings
+from storage.memory_cache import MemoryCache
+from storage.store import ResultStore
+
+THRESHOLD = 0.5
+
+
+class FakeEngine:
+    """Score = mean red level / 255; map = red channel at 1/4 resolution / 255 (deterministic)."""
+
+    name = "fake"
+
+    def __init__(self, products: tuple[str, ...] = ("widget", "gear")) -> None:
+        self.products = products
+        self.calls: list[int] = []
+
+    def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
+        if product not in self.products:
+            raise UnknownProduct(product, list(self.products))
+        self.calls.append(len(images))
+        maps = np.stack([im[::4, ::4, 0].astype(np.float32)[:16, :16] / 255.0 for im in images])
+        scores = np.array([im[:, :, 0].mean() / 255.0 for im in images], np.float32)
+        return EngineOutput(scores, maps, "v0001", THRESHOLD, infer_ms=1.0)
+
+    def close(self) -> None:
+        pass
+
+
+def frame(level: int, defect: bool = False) -> np.ndarray:
+    img = np.full((64, 64, 3), level, np.uint8)
+    if defect:
+        img[:, :, 0] = 250
+    return img
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, batch_max_records=4, batch_max_wait_ms=20, topic_frames="frames",
+                    topic_dlq="frames.dlq", keep_normal_margin=0.8)
+
+
+@pytest.fixture()
+def store(tmp_path: Path):  # noqa: ANN201
+    s = ResultStore.open(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    yield s
+    s.close()
+
+
+def publish(bus: MemoryBus, settings: Settings, n: int, camera: str = "cam-1", product: str = "widget",
+            defect_every: int = 3, first: int = 1000) -> list[int]:
+    pub = FramePublisher(settings, product, "L1", camera, MemoryPublisher(bus, settings.topic_frames),
+                         first_frame_id=first, encoding="png")
+    defects = []
+    for i in range(n):
+        d = i % defect_every == 0
+        env = pub.publish(frame(20 + i, defect=d))
+        if d:
+            defects.append(env.frame_id)
+    return defects
+
+
+def make(settings: Settings, bus: MemoryBus, store, engine=None, cache=None, **kw) -> InferenceConsumer:  # noqa: ANN001
+    return InferenceConsumer(settings, MemoryConsumer(bus, settings.topic_frames, "g", settings.topic_dlq),
+                             engine or FakeEngine(), store, cache, ConsumerMetrics(settings),
+                             backoff_initial_s=0.01, backoff_max_s=0.05, **kw)
+
+
+def test_one_row_per_frame_with_masks_and_cache(settings: Settings, store: ResultStore) -> None:
+    bus = MemoryBus(partitions=3)
+    defects = publish(bus, settings, 10)
+    publish(bus, settings, 5, camera="cam-2", product="gear", first=1)
+    cache = MemoryCache()
+    c = make(settings, bus, store, cache=cache)
+    assert c.run(max_frames=15, idle_timeout_s=2) == 15
+    rows = store.results_for_camera("cam-1")
+    assert sorted(r["frame_id"] for r in rows) == list(range(1000, 1010))
+    flagged = {r["frame_id"] for r in rows if r["verdict"] == "defect"}
+    assert flagged == set(defects)
+    assert store.count_results() == 15
+    mask_row = store.get_result("cam-1", defects[0])
+    assert mask_row is not None
+    assert sum(n for _, n, _ in cache.counters("widget", "L1", minutes=5)) == 10
+    assert cache.latest("cam-2")["frame_id"] == 5
+    assert sum(bus.committed("g", "frames").values()) == 15
+    # clearly normal frames became training samples; defect frames did not
+    assert store.count_training_samples("widget") == 10 - len(defects)
+    c.close()
+
+
+def test_poison_and_unknown_product_go_to_the_dlq_and_are_committed(settings: Settings, store: ResultStore) -> None:
+    bus = MemoryBus(partitions=2)
+    publish(bus, settings, 3)
+    raw = MemoryPublisher(bus, settings.topic_frames)
+    raw.publish(b"cam-1", b"not an image", [("li-v", b"2")])  # no li-meta
+    publish(bus, settings, 2, camera="cam-9", product="unknown-thing", first=1)
+    c = make(settings, bus, store)
+    assert c.run(max_frames=6, idle_timeout_s=2) == 6
+    assert store.count_results() == 3
+    reasons = sorted(dict(r.headers)["li-dlq-reason"].decode() for r in bus.records(settings.topic_dlq))
+    assert reasons == ["bad_envelope", "unknown_product", "unknown_product"]
+    assert sum(bus.committed("g", "frames").values()) == 6
+    assert c.dead_lettered == 3
+    c.close()
+
+
+class FailingStore:
+    def __init__(self, real: ResultStore, failures: int) -> None:
+        self.real, self.failures, self.calls = real, failures, 0
+
+    def save_results(self, rows):  # noqa: ANN001, ANN201
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ServiceUnavailable("postgresql", "postgresql://db", "connection refused")
+        return self.real.save_results(rows)
+
+
+def test_store_outage_blocks_commit_then_recovers(settings: Settings, store: ResultStore) -> None:
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 4)
+    failing = FailingStore(store, failures=10**9)
+    c = make(settings, bus, failing)
+    t = threading.Thread(target=c.run, kwargs={"max_frames": 4})
+    t.start()
+    deadline = time.monotonic() + 5
+    while failing.calls < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert failing.calls >= 3 and bus.committed("g", "frames") == {}
+    c.request_stop()
+    t.join(5)
+    assert not t.is_alive() and bus.committed("g", "frames") == {} and store.count_results() == 0
+    c.close()  # leaves the group; the batch is redelivered to the next consumer
+    c2 = make(settings, bus, FailingStore(store, failures=2))
+    assert c2.run(max_frames=4, idle_timeout_s=2) == 4
+    assert store.count_results() == 4 and bus.committed("g", "frames") == {0: 4}
+    c2.close()
+
+
+def test_redelivery_is_harmless(settings: Settings, store: ResultStore) -> None:
+    bus = MemoryBus(partitions=2)
+    publish(bus, settings, 6)
+    cache = MemoryCache()
+    c = make(settings, bus, store, cache=cache)
+    batch = c.bus.poll_batch(6, 50)
+    c.process(batch)
+    c.process(batch)  # the same records again (a replay after a rebalance)
+    assert store.count_results() == 6
+    assert sum(n for _, n, _ in cache.counters("widget", "L1", minutes=5)) == 6
+    c.close()
+
+
+class FlakyEngine(FakeEngine):
+    def __init__(self, unavailable: int = 0, bad_level: int | None = None) -> None:
+        super().__init__()
+        self.unavailable, self.bad_level = unavailable, bad_level
+
+    def infer(self, product, images):  # noqa: ANN001, ANN201
+        if self.unavailable > 0:
+            self.unavailable -= 1
+            raise EngineUnavailable("triton is restarting")
+        if self.bad_level is not None and any(int(im[0, 0, 1]) == self.bad_level for im in images):
+            raise RuntimeError("engine crashed on this frame")
+        return super().infer(product, images)
+
+
+def test_engine_outage_is_waited_out_and_a_frame_that_always_fails_is_isolated(settings: Settings, store: ResultStore) -> None:
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 4, defect_every=100)
+    c = make(settings, bus, store, engine=FlakyEngine(unavailable=3, bad_level=22))
+    assert c.run(max_frames=4, idle_timeout_s=2) == 4
+    assert store.count_results() == 3
+    (dlq,) = bus.records(settings.topic_dlq)
+    assert dict(dlq.headers)["li-dlq-reason"] == b"engine_error"
+    assert c.metrics.engine_errors._value.get() >= 3
+    c.close()
+
+
+def test_cache_failure_does_not_block_the_commit(settings: Settings, store: ResultStore) -> None:
+    class BrokenCache:
+        def record_results(self, results):  # noqa: ANN001, ANN201
+            raise ConnectionError("redis down")
+
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 3)
+    c = make(settings, bus, store, cache=BrokenCache())
+    assert c.run(max_frames=3, idle_timeout_s=2) == 3
+    assert store.count_results() == 3 and bus.committed("g", "frames") == {0: 3}
+    c.close()
+
+
+def test_two_consumers_share_the_work_and_a_crash_loses_nothing(settings: Settings, store: ResultStore) -> None:
+    bus = MemoryBus(partitions=4)
+    for cam in range(6):
+        publish(bus, settings, 8, camera=f"cam-{cam}")
+    a, b = make(settings, bus, store), make(settings, bus, store)
+    batch = a.bus.poll_batch(4, 50)
+    a.close()  # crash mid-batch: nothing committed, its partitions move to b
+    assert batch
+    assert b.run(idle_timeout_s=0.5) == 48
+    assert store.count_results() == 48
+    snap = store.consumer_stats()
+    assert snap and snap[0]["frames"] > 0
+    b.close()

@@ -1,0 +1,46 @@
+"""Verdict, masks and heatmaps from anomaly maps."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from inference.postprocess import binary_mask, defect_area, heat_png, heat_u8, mask_png, pixel_threshold, verdict
+
+
+def test_verdict_rule() -> None:
+    assert verdict(0.5, 0.5) == "defect"
+    assert verdict(0.49, 0.5) == "ok"
+    assert verdict(float("nan"), 0.5) == "defect"
+    with pytest.raises(ValueError):
+        verdict(0.1, float("inf"))
+
+
+def test_mask_is_resized_to_the_frame_and_thresholded() -> None:
+    amap = np.zeros((8, 8), np.float32)
+    amap[2:4, 4:6] = 1.0
+    mask = binary_mask(amap, 0.5, (32, 64))
+    assert mask.shape == (32, 64) and mask.dtype == bool
+    ys, xs = np.nonzero(mask)
+    assert 6 <= ys.min() and ys.max() <= 17 and 30 <= xs.min() and xs.max() <= 49  # the hot cell, scaled 4x/8x
+    assert defect_area(mask) == int(mask.sum()) > 0
+    assert pixel_threshold(0.3) == 0.3 and pixel_threshold(0.3, 0.7) == 0.7
+
+
+def test_mask_png_round_trip() -> None:
+    mask = np.zeros((10, 12), bool)
+    mask[3:5, 2:9] = True
+    back = cv2.imdecode(np.frombuffer(mask_png(mask), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (10, 12) and back.dtype == np.uint8
+    assert np.array_equal(back == 255, mask) and set(np.unique(back)) <= {0, 255}
+
+
+def test_heat_scale_is_zero_to_twice_the_threshold() -> None:
+    amap = np.array([[0.0, 0.5, 1.0, 3.0, np.nan]], np.float32)
+    assert heat_u8(amap, 0.5).tolist() == [[0, 128, 255, 255, 255]]
+    png = heat_png(np.full((4, 4), 0.25, np.float32), 0.5, frame_hw=(8, 6))
+    back = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (8, 6) and int(back[0, 0]) == 64
+    with pytest.raises(ValueError):
+        heat_u8(amap, 0.0)

@@ -1,0 +1,94 @@
+"""Camera sources and pacing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ingest.sources import FolderSource, Pacer, SourceError, VideoSource, open_source, parse_size
+
+
+def _write_images(folder: Path, n: int) -> list[np.ndarray]:
+    imgs = []
+    for i in range(n):
+        img = np.full((20, 30, 3), (i * 40, 10, 200), np.uint8)
+        cv2.imwrite(str(folder / f"img_{i:02d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        imgs.append(img)
+    return imgs
+
+
+def test_folder_source_sorted_rgb_and_loop(tmp_path: Path) -> None:
+    imgs = _write_images(tmp_path, 3)
+    (tmp_path / "notes.txt").write_text("not an image")
+    got = list(open_source(f"folder://{tmp_path}"))
+    assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, imgs))
+    looping = iter(open_source(f"folder://{tmp_path}?loop=1"))
+    assert np.array_equal([next(looping) for _ in range(5)][4], imgs[1])
+    assert isinstance(open_source(str(tmp_path)), FolderSource)
+
+
+def test_sim_source_matches_the_simulator() -> None:
+    from ingest.simulator import LineSimulator
+
+    src = open_source("sim://widget?defect_rate=0.5&seed=3&size=64", count=4)
+    frames = list(src)
+    assert len(frames) == 4 and frames[0].shape == (64, 64, 3) and frames[0].dtype == np.uint8
+    ref = LineSimulator("widget", size=(64, 64), defect_rate=0.5, seed=3).frame(2)
+    assert np.array_equal(frames[2], ref.image) and src.truth[2] == ref.defect
+
+
+def test_video_file_source(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    if not w.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for i in range(5):
+        w.write(np.full((24, 32, 3), i * 50, np.uint8))
+    w.release()
+    src = open_source(str(path))
+    assert isinstance(src, VideoSource)
+    frames = list(src)
+    src.close()
+    assert len(frames) == 5 and frames[0].shape == (24, 32, 3)
+
+
+@pytest.mark.parametrize("spec", ["", "sim://", "nope://x", "/does/not/exist", "usb:abc", "sim://w?defect_rate=2"])
+def test_bad_sources_fail_clearly(spec: str) -> None:
+    with pytest.raises(SourceError):
+        open_source(spec)
+
+
+def test_single_image_is_refused(tmp_path: Path) -> None:
+    _write_images(tmp_path, 1)
+    with pytest.raises(SourceError, match="single image"):
+        open_source(str(tmp_path / "img_00.png"))
+
+
+def test_parse_size() -> None:
+    assert parse_size("64") == (64, 64) and parse_size("48x80") == (48, 80)
+    with pytest.raises(SourceError):
+        parse_size("8")
+
+
+def test_pacer_schedules_without_bursting() -> None:
+    now = [0.0]
+    slept = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    p = Pacer(10, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        p.wait()
+    assert slept == pytest.approx([0.1, 0.1])
+    now[0] += 5.0  # a long stall: the next frame goes now, no catch-up burst
+    p.wait()
+    p.wait()
+    assert slept[-1] == pytest.approx(0.1)
+    Pacer(0).wait()  # no pacing
+    with pytest.raises(ValueError):
+        Pacer(-1)
