@@ -36,8 +36,12 @@ if [ ! -f "$LI_VENV/.base-$LI_HASH" ]; then
   echo "import site; site.addsitedir('$LI_BASE_SITE')" > "$LI_SITE/00-lineinspect-base.pth"
   touch "$LI_VENV/.base-$LI_HASH"
 fi
+# Path-based editable install (a .pth naming this checkout): new packages and modules are seen at
+# once, unlike setuptools' default finder, which snapshots the package list at install time.
 if [ ! -x "$LI_VENV/bin/lineinspect" ] || [ "$LI_ROOT/pyproject.toml" -nt "$LI_VENV/bin/lineinspect" ]; then
-  "$LI_BASE/bin/pip" --python "$LI_VENV/bin/python" install -q --no-deps --no-build-isolation -e "$LI_ROOT" >/dev/null 2>&1
+  "$LI_BASE/bin/pip" --python "$LI_VENV/bin/python" install -q --no-deps --no-build-isolation \
+    --config-settings editable_mode=compat -e "$LI_ROOT" >"$LI_VENV/install.log" 2>&1 \
+    || { cat "$LI_VENV/install.log" >&2; echo "lineinspect: editable install failed" >&2; return 1; }
 fi
 export VIRTUAL_ENV="$LI_VENV"
 export PATH="$LI_VENV/bin:$PATH"
