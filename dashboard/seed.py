@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = SeedConfig(results=args.results, hours=args.hours, seed=args.seed,
                      end=args.end if args.end is not None else time.time())
+    from storage.db import upgrade
+
+    upgrade(args.db)  # the migrated schema, so real consumers can keep writing into a demo database
     t = time.perf_counter()
     truth = seed_history(create_engine(args.db), cfg)
     print(f"seeded {truth.captured_at.size} results, {truth.specimens} specimens in {time.perf_counter() - t:.1f} s")

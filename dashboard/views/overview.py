@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import charts, context, data
 
+MAX_BUCKETS = 3000
 ctx = context.current()
 st.title("Overview")
 st.caption(f"{ctx.range_label} · times in UTC · defects exclude frames marked as false alarms")
@@ -30,19 +31,23 @@ def live() -> None:
         st.info(f"No inspection results in this range. Newest result: {charts.fmt_ts(data.time_bounds(ctx.db_url)[1])}.")
         return
 
-    bucket_s, origin = charts.BUCKETS[bucket_name]
-    rows = data.trend(ctx.db_url, f, bucket_s, origin)
     lo = f.start if f.start is not None else s.first_at
     hi = f.end if f.end is not None else s.last_at + 1e-6
+    name = bucket_name
+    if (hi - lo) / charts.BUCKETS[name][0] > MAX_BUCKETS:  # a week of minutes is unreadable: go coarser
+        name = next((n for n, (w, _) in charts.BUCKETS.items() if (hi - lo) / w <= MAX_BUCKETS), list(charts.BUCKETS)[-1])
+        st.caption(f"{bucket_name} buckets are too many for this range; showing per {name}.")
+    bucket_s, origin = charts.BUCKETS[name]
+    rows = data.trend(ctx.db_url, f, bucket_s, origin)
     rows = charts.fill_buckets(rows, lo, hi, bucket_s, origin)
     df = pd.DataFrame(rows)
     df["time"] = pd.to_datetime(df["start"], unit="s", utc=True)
-    if bucket_name.startswith("shift"):
+    if name.startswith("shift"):
         df["label"] = [charts.shift_label(t, origin) for t in df["start"]]
     else:
         df["label"] = df["time"].dt.strftime("%Y-%m-%d %H:%M")
 
-    st.subheader(f"Inspected and defects per {bucket_name}")
+    st.subheader(f"Inspected and defects per {name}")
     counts = df.melt(id_vars=["time", "label"], value_vars=["inspected", "defects"], var_name="series", value_name="frames")
     st.altair_chart(
         alt.Chart(counts).mark_line(point=len(df) <= 60).encode(

@@ -202,3 +202,12 @@ def test_empty_database_pages_render(make_app, tmp_path) -> None:
         assert not at.exception, (page, [e.value for e in at.exception])
     with create_engine(url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(TrainingSample)).scalar_one() == 0
+
+
+def test_overview_falls_back_to_coarser_buckets_on_long_ranges(make_app, tmp_path) -> None:
+    url, t = seed_file(tmp_path / "week.sqlite", SeedConfig(results=600, hours=24 * 5, images=0))
+    at = make_app(url)
+    at.radio(key="overview_bucket").set_value("minute").run()
+    assert not at.exception
+    assert any("showing per hour" in c for c in captions(at))
+    assert metrics(at)["Inspected"] == f"{t.captured_at.size:,}"

@@ -27,3 +27,14 @@ def test_seed_refuses_a_non_empty_database(tmp_path) -> None:
         seed_history(engine, SeedConfig(results=50, images=0))
     with pytest.raises(ValueError):
         SeedConfig(results=0)
+
+
+def test_seed_command_line_migrates_and_seeds(tmp_path, capsys) -> None:
+    from sqlalchemy import inspect
+
+    from dashboard.seed import main
+
+    url = f"sqlite:///{(tmp_path / 'cli.sqlite').as_posix()}"
+    assert main(["--db", url, "--results", "200", "--hours", "1"]) == 0
+    assert "seeded" in capsys.readouterr().out
+    assert "alembic_version" in inspect(create_engine(url)).get_table_names()
