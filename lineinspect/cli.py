@@ -15,7 +15,8 @@ from lineinspect.settings import load_settings
 COMMAND_MODULES = (
     "lineinspect.demo",       # demo
     "lineinspect.config_cli", # config
-    "training.cli",           # train, eval, retrain, models, scheduler
+    "training.cli",           # train, eval
+    "training.retrain_cli",   # retrain, models, scheduler
     "ingest.cli",             # publish
     "inference.cli",          # consume, export, serve-triton
     "storage.cli",            # db-upgrade, prune
