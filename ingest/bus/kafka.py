@@ -50,7 +50,7 @@ def _unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailable:
     return ServiceUnavailable("kafka", settings.bus_url, f"{type(exc).__name__}: {exc}")
 
 
-def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 30.0) -> None:
+def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 30.0, connect_timeout_s: float = 10.0) -> None:
     """Create missing topics with ``topic_partitions`` partitions and the raised message size."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -58,7 +58,8 @@ def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 30.0
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-admin",
-                                 request_timeout_ms=int(timeout_s * 1000), **security_config(settings))
+                                 request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(connect_timeout_s * 1000), **security_config(settings))
     except KafkaError as exc:
         raise _unavailable(settings, exc) from exc
     try:
@@ -82,21 +83,23 @@ def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 30.0
 class KafkaPublisher:
     """Frames to ``settings.topic_frames``, keyed by camera; ``acks=all`` and retries for durability."""
 
-    def __init__(self, settings: Settings, linger_ms: int = 5, create_topics: bool = True) -> None:
+    def __init__(self, settings: Settings, linger_ms: int = 5, create_topics: bool = True,
+                 connect_timeout_s: float = 10.0) -> None:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
         self.settings = settings
         self.topic = settings.topic_frames
+        boot = int(connect_timeout_s * 1000)
         if create_topics:
-            ensure_topics(settings, [settings.topic_frames, settings.topic_dlq])
+            ensure_topics(settings, [settings.topic_frames, settings.topic_dlq], connect_timeout_s=connect_timeout_s)
         compression = "lz4" if importlib.util.find_spec("lz4") else None
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-publisher",
                 acks="all", linger_ms=linger_ms, compression_type=compression, retries=10,
                 max_request_size=settings.max_message_bytes + FRAMING, max_block_ms=30_000,
-                **security_config(settings))
+                bootstrap_timeout_ms=boot, **security_config(settings))
         except KafkaError as exc:
             raise _unavailable(settings, exc) from exc
         self._failed: list[BaseException] = []
@@ -133,7 +136,8 @@ class KafkaBatchConsumer:
     dropped (its new owner re-reads from the last commit; the store makes the replay harmless).
     """
 
-    def __init__(self, settings: Settings, group: str | None = None, create_topics: bool = True) -> None:
+    def __init__(self, settings: Settings, group: str | None = None, create_topics: bool = True,
+                 connect_timeout_s: float = 10.0) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
         from kafka.errors import KafkaError
 
@@ -141,8 +145,9 @@ class KafkaBatchConsumer:
         self.topic = settings.topic_frames
         self.dlq_topic = settings.topic_dlq
         self.group = group or settings.consumer_group
+        boot = int(connect_timeout_s * 1000)
         if create_topics:
-            ensure_topics(settings, [self.topic, self.dlq_topic])
+            ensure_topics(settings, [self.topic, self.dlq_topic], connect_timeout_s=connect_timeout_s)
         fetch = settings.max_message_bytes + FRAMING
         sec = security_config(settings)
         try:
@@ -152,10 +157,10 @@ class KafkaBatchConsumer:
                 max_poll_records=max(settings.batch_max_records, 1),
                 fetch_max_bytes=max(fetch, 52_428_800), max_partition_fetch_bytes=fetch,
                 session_timeout_ms=10_000, heartbeat_interval_ms=3_000, max_poll_interval_ms=300_000,
-                **sec)
+                bootstrap_timeout_ms=boot, **sec)
             self._dlq = KafkaProducer(
                 bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-dlq", acks="all", retries=10,
-                max_request_size=fetch + FRAMING, **sec)
+                max_request_size=fetch + FRAMING, bootstrap_timeout_ms=boot, **sec)
         except KafkaError as exc:
             raise _unavailable(settings, exc) from exc
         self._assigned: set[int] = set()

@@ -1,0 +1,90 @@
+"""The Kafka bus against the broker from deploy/services.sh: sizes, commits, lag, DLQ, outages."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from ingest.bus import MessageTooLarge
+from ingest.bus.kafka import KafkaBatchConsumer, KafkaPublisher
+from lineinspect.errors import ServiceUnavailable
+from lineinspect.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@pytest.fixture()
+def settings(kafka_url: str) -> Settings:
+    rid = uuid.uuid4().hex[:10]
+    return Settings(bus_url=kafka_url, topic_frames=f"li-bus-{rid}", topic_dlq=f"li-bus-{rid}.dlq",
+                    topic_partitions=2, consumer_group=f"li-bus-{rid}")
+
+
+def _drain(c: KafkaBatchConsumer, n: int, timeout_s: float = 30.0) -> list:
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out += c.poll_batch(n - len(out), 500)
+    return out
+
+
+def test_publish_consume_commit_lag_and_dlq(settings: Settings) -> None:
+    pub = KafkaPublisher(settings)
+    big = b"x" * (2 * 1024 * 1024)  # over Kafka's 1 MiB default: the raised limits must agree
+    for i in range(6):
+        pub.publish(f"cam{i % 3}".encode(), big if i == 0 else str(i).encode(), [("i", str(i).encode())])
+    pub.flush(30)
+    with pytest.raises(MessageTooLarge):
+        pub.publish(b"cam0", b"x" * (settings.max_message_bytes + 1), [])
+    pub.close()
+
+    c = KafkaBatchConsumer(settings)
+    got = _drain(c, 6)
+    assert sorted(dict(r.headers)["i"] for r in got) == [str(i).encode() for i in range(6)]
+    assert any(len(r.value) == len(big) for r in got)
+    assert sum(c.lag().values()) == 6  # nothing committed yet
+    c.commit(got[:3])
+    c.dead_letter(got[0], "undecodable", "test detail")
+    c.commit(got)
+    assert sum(c.lag().values()) == 0
+    c.close()
+
+    # a new member of the same group starts after the commits: nothing is redelivered
+    c2 = KafkaBatchConsumer(settings)
+    assert c2.poll_batch(6, 3000) == []
+    c2.close()
+
+    from kafka import KafkaConsumer
+
+    dlq = KafkaConsumer(settings.topic_dlq, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                        consumer_timeout_ms=5000, group_id=None, max_partition_fetch_bytes=9 * 1024 * 1024)
+    (msg,) = list(dlq)
+    dlq.close()
+    h = dict(msg.headers)
+    assert h["li-dlq-reason"] == b"undecodable" and h["li-dlq-detail"] == b"test detail"
+    assert h["li-src-topic"] == settings.topic_frames.encode() and h["i"] == dict(got[0].headers)["i"]
+    assert msg.value == got[0].value
+
+
+def test_uncommitted_records_are_redelivered(settings: Settings) -> None:
+    pub = KafkaPublisher(settings)
+    for i in range(4):
+        pub.publish(b"cam", str(i).encode(), [])
+    pub.flush(30)
+    pub.close()
+    c = KafkaBatchConsumer(settings)
+    first = _drain(c, 4)
+    c.commit(first[:1])
+    c.close()  # the other three were never committed
+    c2 = KafkaBatchConsumer(settings)
+    again = _drain(c2, 3)
+    c2.close()
+    assert [r.value for r in again] == [b"1", b"2", b"3"]
+
+
+def test_unreachable_broker_names_kafka() -> None:
+    s = Settings(bus_url="kafka://127.0.0.1:9", topic_frames="x")
+    with pytest.raises(ServiceUnavailable, match="kafka is not reachable"):
+        KafkaPublisher(s, connect_timeout_s=2)
