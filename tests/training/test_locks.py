@@ -6,12 +6,13 @@ from sqlalchemy import select
 
 from storage.models import JobLock
 from storage.store import ResultStore
+from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - SQLite and PostgreSQL fixtures
 from training.locks import DbLock, Heartbeat, LockHeld
 
 
 @pytest.fixture()
-def engine(tmp_path):
-    store = ResultStore.open(f"sqlite:///{(tmp_path / 'l.sqlite').as_posix()}")
+def engine(db_url):  # noqa: F811 - every lock test runs on SQLite and (integration) PostgreSQL
+    store = ResultStore.open(db_url)
     yield store.engine
     store.close()
 

@@ -17,7 +17,15 @@ from training.scheduler import (
     run_job,
     start_run,
 )
+from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - SQLite and PostgreSQL fixtures
 from tests.training.test_retrain import add_frames, options
+
+
+@pytest.fixture()
+def db_store(db_url):  # noqa: F811 - job bookkeeping on SQLite and (integration) PostgreSQL
+    s = ResultStore.open(db_url)
+    yield s
+    s.close()
 
 
 def utc(y, mo, d, h, mi=0):
@@ -61,8 +69,8 @@ def test_schedule_validation():
         Schedule(cron="every night")
 
 
-def test_run_job_records_ok_failed_and_skipped(store):
-    eng = store.engine
+def test_run_job_records_ok_failed_and_skipped(db_store):
+    eng = db_store.engine
     ok = run_job(eng, "widget", lambda lost: "trained v0001")
     assert ok.status == "ok" and ok.detail == "trained v0001"
 
@@ -87,7 +95,8 @@ def test_run_job_records_ok_failed_and_skipped(store):
     assert DbLock(eng, "retrain:widget").current_holder() is None      # released after every job
 
 
-def test_only_one_of_two_concurrent_jobs_runs(store):
+def test_only_one_of_two_concurrent_jobs_runs(db_store):
+    store = db_store
     started, release = threading.Event(), threading.Event()
 
     def slow(lost):
