@@ -118,10 +118,10 @@ def stitch(tile_maps: list[np.ndarray], corners: list[tuple[int, int]], frame_hw
     return st.result()
 
 
-def top_fraction_score(amap: np.ndarray, fraction: float = 0.01) -> float:
-    """Mean of the top ``fraction`` of pixels (the same rule as the model's image score)."""
+def top_fraction_score(amap: np.ndarray, fraction: float = 0.01, area: int | None = None) -> float:
+    """Mean of the top ``fraction`` of ``area`` pixels (default: the whole map), the model's image-score rule."""
     flat = amap.ravel()
-    k = max(1, int(math.ceil(flat.size * fraction)))
+    k = min(flat.size, max(1, int(math.ceil((flat.size if area is None else area) * fraction))))
     return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
 
 
@@ -137,13 +137,18 @@ class TilingEngine:
     """Wraps any engine: tiles at ``tile`` (default: the inner engine's input size), ``overlap``,
     ``chunk`` tiles per inner call. Maps come back at the frames' own resolution x ``map_scale``
     (all frames of a batch are brought to the first frame's map size when sizes differ).
+
+    Frame score: mean of the top ``top_fraction`` of the stitched map, where the fraction is taken
+    of one *tile's* area (``score_area="tile"``, default) so a score means the same thing whatever
+    the frame size - 1 % of a 4096 px frame would be ~170 000 px, far larger than a defect of a few
+    dozen pixels, and would average it away. ``score_area="frame"`` uses the whole frame's area.
     """
 
     name = "tiled"
 
     def __init__(self, inner: Engine, tile: tuple[int, int] | int | None = None, overlap: float = 0.25,
                  chunk: int = 16, map_scale: float = 1.0, top_fraction: float = 0.01,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, score_area: str = "tile") -> None:
         if tile is None:
             tile = getattr(inner, "input_hw", None)
             if tile is None:
@@ -160,6 +165,9 @@ class TilingEngine:
         self.map_scale = float(map_scale)
         self.top_fraction = top_fraction
         self.threshold = threshold
+        if score_area not in ("tile", "frame"):
+            raise ValueError(f"score_area must be 'tile' or 'frame', not {score_area!r}")
+        self.score_area = score_area
         self.name = f"{getattr(inner, 'name', 'engine')}+tiled"
         self.stats = TileStats()
 
@@ -212,7 +220,10 @@ class TilingEngine:
         done = [m for m in maps if m is not None]
         if len(done) != len(frames):
             raise RuntimeError("some frames were not stitched")
-        return done, [top_fraction_score(m, self.top_fraction) for m in done], last
+        area = None
+        if self.score_area == "tile":
+            area = int(round(self.tile_hw[0] * self.map_scale) * round(self.tile_hw[1] * self.map_scale))
+        return done, [top_fraction_score(m, self.top_fraction, area) for m in done], last
 
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         t0 = time.perf_counter()

@@ -94,8 +94,10 @@ def test_spot_defect_is_reconstructed_at_full_resolution() -> None:
     m2[400:406, 800:806] = 0
     assert float(m2.max()) < 1e-6
     assert out.model_version == "v1" and out.threshold == 0.5
-    k = int(np.ceil(700 * 1100 * 0.01))
-    assert out.scores[0] == pytest.approx(36 / k, rel=1e-4)   # top-1% mean of the stitched map
+    k = int(np.ceil(64 * 64 * 0.01))                      # top 1% of a tile's area (41 px)
+    assert out.scores[0] == pytest.approx(36 / k, rel=1e-4)
+    frame_rule = TilingEngine(SpotEngine((64, 64)), overlap=0.25, score_area="frame").infer("p", [frame])
+    assert frame_rule.scores[0] == pytest.approx(36 / int(np.ceil(700 * 1100 * 0.01)), rel=1e-4)
     # the whole-frame alternative: downscaled to one 64 px input the spot is below one pixel
     small = SpotEngine((64, 64)).infer("p", [cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)])
     assert float(small.maps[0].max()) < 0.2
@@ -129,6 +131,9 @@ def test_calibrate_and_setting_switch() -> None:
     thr = calibrate_tiled(eng, "p", frames, quantile=1.0, margin=1.0)
     assert thr == pytest.approx(30 / 255, rel=1e-4)
     assert top_fraction_score(np.arange(100, dtype=np.float32), 0.02) == pytest.approx(98.5)
+    assert top_fraction_score(np.arange(100, dtype=np.float32), 0.01, area=400) == pytest.approx(97.5)
+    with pytest.raises(ValueError):
+        TilingEngine(SpotEngine(), score_area="half")
 
     class S:
         tile = True
