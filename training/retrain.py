@@ -380,18 +380,30 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
         cand_a, _ = score_images(work, product, anomalies, opts.engine_kind, opts.threads)
         cand_eval = evaluate_scores(cand_n, cand_a, cand_thr)
         act_eval: Evaluation | None = None
+        active_error: str | None = None
         if active is not None:
-            registry.verify(active)
-            act_n, act_thr = score_images(active.path, product, gate_normals, opts.engine_kind, opts.threads)
-            act_a, _ = score_images(active.path, product, anomalies, opts.engine_kind, opts.threads)
-            act_eval = evaluate_scores(act_n, act_a, act_thr)
+            try:  # a corrupt or unloadable active version must not block its replacement
+                registry.verify(active)
+                act_n, act_thr = score_images(active.path, product, gate_normals, opts.engine_kind, opts.threads)
+                act_a, _ = score_images(active.path, product, anomalies, opts.engine_kind, opts.threads)
+                act_eval = evaluate_scores(act_n, act_a, act_thr)
+            except Exception as exc:  # noqa: BLE001 - recorded with the version, judged on absolute checks
+                active_error = f"{type(exc).__name__}: {exc}"
+                log.warning("active version could not be scored", extra=kv(product=product, version=active.version,
+                                                                           error=active_error))
         decision = decide(cand_eval, act_eval, opts.policy)
+        if active_error is not None:
+            decision = GateDecision(decision.promote, decision.reasons,
+                                    [n for n in decision.notes if not n.startswith("first version")]
+                                    + [f"active {active.version} could not be scored ({active_error}); "
+                                       "absolute checks only"])
         cfg_json = json.loads((work / "config.json").read_text())
         backbone = str(cfg_json.get("model", {}).get("backbone") or "unknown")
         snapshot = snap.to_dict(split, opts.holdout, opts.seed)
         metrics = _json_safe({
             "candidate": cand_eval.to_dict(), "active": act_eval.to_dict() if act_eval else None,
-            "compared_with": active.version if active else None, "gate": decision.to_dict(),
+            "compared_with": active.version if act_eval else None, "active_error": active_error,
+            "gate": decision.to_dict(),
             "forced": bool(opts.force and not decision.promote), "anomaly_source": anomaly_source or None,
             "calibration": json.loads((work / "calibration.json").read_text()),
             "train": {**train_info, "train_seconds": cfg_json.get("train_seconds"),

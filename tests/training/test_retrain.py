@@ -14,6 +14,7 @@ from training.retrain import (
     RetrainOptions,
     anomaly_files,
     decode_sample,
+    flagged_frames,
     import_seed,
     new_samples_since,
     retrain,
@@ -159,3 +160,28 @@ def test_lost_lock_registers_but_does_not_promote(store, registry):
     add_frames(store, "widget", 16)
     res = retrain(store, registry, "widget", options(), lock_lost=lambda: True)
     assert res.status == "candidate" and registry.active("widget") is None
+
+
+def test_corrupt_active_version_does_not_block_its_replacement(store, registry):
+    add_frames(store, "widget", 16)
+    first = retrain(store, registry, "widget", options())
+    (registry.active("widget").path / "weights.pt").write_bytes(b"corrupted")
+    res = retrain(store, registry, "widget", options())
+    assert res.status == "active" and res.active is None and res.parent_version == first.version
+    assert any("could not be scored" in n and "ChecksumMismatch" in n for n in res.decision.notes)
+    assert registry.get("widget", res.version).metrics["active_error"].startswith("ChecksumMismatch")
+
+
+def test_flagged_frames_exclude_false_alarms(store):
+    from storage.records import ResultRow
+
+    def row(fid, verdict):
+        return ResultRow(product="widget", line="L1", camera="c", frame_id=fid, captured_at=1.0 + fid,
+                         inferred_at=2.0, score=0.9, threshold=0.5, verdict=verdict, model_version="v0001",
+                         engine="torch", infer_ms=1.0, batch_size=1, width=64, height=64,
+                         frame_bytes=png(np.full((64, 64, 3), fid, np.uint8)), frame_encoding="png")
+
+    ids = store.save_results([row(1, "defect"), row(2, "defect"), row(3, "ok")])
+    store.mark_false_alarm(ids[0])
+    frames = flagged_frames(store, "widget")
+    assert len(frames) == 1 and decode_sample(frames[0])[0, 0, 0] == 2
