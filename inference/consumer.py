@@ -33,6 +33,7 @@ from inference.metrics import ConsumerMetrics
 from inference.postprocess import binary_mask, defect_area, heat_png, mask_png, pixel_threshold, verdict
 from ingest.bus.base import BatchConsumer, Record
 from ingest.envelope import FrameEnvelope, PoisonFrame, decode_image
+from lineinspect.errors import ServiceUnavailable
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
 from storage.records import ResultRow
@@ -99,13 +100,22 @@ class InferenceConsumer:
         handled = 0
         self.metrics.start_http()
         last_data = time.monotonic()
+        poll_delay = self.backoff_initial_s
         while not self._stop.is_set():
             want = self.settings.batch_max_records
             if max_frames is not None:
                 if handled >= max_frames:
                     break
                 want = min(want, max_frames - handled)
-            records = self.bus.poll_batch(want, self.settings.batch_max_wait_ms)
+            try:
+                records = self.bus.poll_batch(want, self.settings.batch_max_wait_ms)
+                poll_delay = self.backoff_initial_s
+            except ServiceUnavailable as exc:  # the broker is down or restarting: back off, keep the process
+                log.warning("bus unavailable; waiting before polling again (nothing is lost: offsets are committed)",
+                            extra=kv(wait_s=round(poll_delay, 2), error=str(exc)[:300]))
+                self._stop.wait(poll_delay)
+                poll_delay = min(poll_delay * 2, self.backoff_max_s)
+                continue
             if records:
                 last_data = time.monotonic()
                 try:
@@ -148,7 +158,7 @@ class InferenceConsumer:
             for product, (verdicts, lat) in per_product.items():
                 self.metrics.observe_stored(product, verdicts, lat)
             self._update_cache(rows)
-        self.bus.commit(records)
+        self._retry("bus commit", lambda: self.bus.commit(records))  # broker restarting: wait, do not die
         self.stored += len(rows)
         self.dead_lettered += len(poison)
         log.debug("batch done", extra=kv(records=len(records), stored=len(rows), dlq=len(poison),
