@@ -223,22 +223,23 @@ def new_samples_since(store: ResultStore, product: str, info: VersionInfo | None
 
 # --- scoring -----------------------------------------------------------------------------------
 
-def score_images(model_dir: str | Path, product: str, images: Sequence[np.ndarray], kind: str = "torch",
-                 threads: int = 0, batch_size: int = 16) -> tuple[np.ndarray, float]:
-    """Image scores of ``images`` from one model directory, and that model's own threshold."""
+def score_images(model_dir: str | Path, product: str, *image_sets: Sequence[np.ndarray], kind: str = "torch",
+                 threads: int = 0, batch_size: int = 16) -> tuple[list[np.ndarray], float]:
+    """Image scores of each set of images from one model directory (loaded once), and its own threshold."""
     from inference.engines.local import load_local_engine
 
     engine = load_local_engine(model_dir, kind=kind, threads=threads)
     try:
-        scores: list[np.ndarray] = []
-        threshold = float("nan")
-        for i in range(0, len(images), batch_size):
-            out = engine.infer(product, list(images[i:i + batch_size]))
-            scores.append(np.asarray(out.scores, dtype=np.float64).reshape(-1))
-            threshold = float(out.threshold)
-        if not scores:
-            threshold = float(json.loads((Path(model_dir) / "calibration.json").read_text())["threshold"])
-        return (np.concatenate(scores) if scores else np.zeros(0)), threshold
+        threshold = float(json.loads((Path(model_dir) / "calibration.json").read_text())["threshold"])
+        out_sets: list[np.ndarray] = []
+        for images in image_sets:
+            scores = [np.zeros(0)]
+            for i in range(0, len(images), batch_size):
+                out = engine.infer(product, list(images[i:i + batch_size]))
+                scores.append(np.asarray(out.scores, dtype=np.float64).reshape(-1))
+                threshold = float(out.threshold)
+            out_sets.append(np.concatenate(scores))
+        return out_sets, threshold
     finally:
         engine.close()
 
@@ -336,9 +337,10 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
     t0 = time.perf_counter()
     rows = store.training_samples(product, limit=opts.max_samples)
     if len(rows) < max(4, opts.min_samples):
-        raise NotEnoughSamples(f"{product} has {len(rows)} training samples; at least {max(4, opts.min_samples)} "
-                           f"are needed (let the line run, or import seeds: lineinspect retrain --product "
-                           f"{product} --seed-from DIR)")
+        need = max(4, opts.min_samples)
+        raise NotEnoughSamples(f"{product} has {len(rows)} training samples; at least {need} are needed (let "
+                               f"the line run, or import seeds: lineinspect retrain --product {product} "
+                               f"--seed-from DIR)")
     snap = take_snapshot(rows, product)
     by_sha = {r.sha256: r.data for r in rows}
     del rows
@@ -376,16 +378,16 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
             _stamp_version(work, product, version)
             train_info = {"trained": False, "candidate_dir": str(candidate_dir)}
         gate_normals = [images[i] for i in split.gate]
-        cand_n, cand_thr = score_images(work, product, gate_normals, opts.engine_kind, opts.threads)
-        cand_a, _ = score_images(work, product, anomalies, opts.engine_kind, opts.threads)
+        (cand_n, cand_a), cand_thr = score_images(work, product, gate_normals, anomalies, kind=opts.engine_kind,
+                                                  threads=opts.threads)
         cand_eval = evaluate_scores(cand_n, cand_a, cand_thr)
         act_eval: Evaluation | None = None
         active_error: str | None = None
         if active is not None:
             try:  # a corrupt or unloadable active version must not block its replacement
                 registry.verify(active)
-                act_n, act_thr = score_images(active.path, product, gate_normals, opts.engine_kind, opts.threads)
-                act_a, _ = score_images(active.path, product, anomalies, opts.engine_kind, opts.threads)
+                (act_n, act_a), act_thr = score_images(active.path, product, gate_normals, anomalies,
+                                                       kind=opts.engine_kind, threads=opts.threads)
                 act_eval = evaluate_scores(act_n, act_a, act_thr)
             except Exception as exc:  # noqa: BLE001 - recorded with the version, judged on absolute checks
                 active_error = f"{type(exc).__name__}: {exc}"

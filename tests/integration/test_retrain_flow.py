@@ -41,10 +41,11 @@ def test_stream_accumulate_retrain_promote_hot_swap(tmp_path: Path) -> None:
                         topic_frames="frames", topic_dlq="frames.dlq", keep_normal_margin=0.95, threads=1)
     store = ResultStore.open(f"sqlite:///{(tmp_path / 'flow.sqlite').as_posix()}", normal_cap=200)
     registry = ModelRegistry(store, tmp_path / "models")
-    # A small policy tolerance would be noise here: the gate half of the held-back slice is a few
-    # images, so one image is a 10-20 % FPR step. The gate's own tests cover its tolerances.
+    # This test is about plumbing, so the gate is loose: the gate half of the held-back slice is a
+    # handful of images (one image = a 10-20 % FPR step) and the model is a tiny random-feature one.
+    # The gate's tolerances and a real refusal are tested in tests/training/test_gate.py / test_retrain.py.
     opts = RetrainOptions(iters=8, holdout=0.4, min_samples=12, model=tiny_model(), progress=False, threads=1,
-                          train_overrides={"batch_size": 4}, policy=GatePolicy(max_fpr=0.5, fpr_tolerance=0.5))
+                          train_overrides={"batch_size": 4}, policy=GatePolicy(max_fpr=0.6, fpr_tolerance=1.0))
     sim = LineSimulator(PRODUCT, size=(128, 128), defect_rate=0.1, seed=7)
 
     # Bootstrap: seed images -> the first version, through the scheduler (min_new counts them).

@@ -121,15 +121,16 @@ def test_first_version_promoted_then_identical_retrain_passes_gate(store, regist
     cal = info.metrics["calibration"]
     assert cal["threshold_quantile"] == 0.99 and cal["n"] == info.data_snapshot["n_calibration"]
 
-    assert new_samples_since(store, "widget", info) == 0
-    add_frames(store, "widget", 4, start=100)
-    assert new_samples_since(store, "widget", info) == 4
-
-    second = retrain(store, registry, "widget", options(anomalies_dir=None))
+    # same data, same seed: the same model again, so the comparison on the same slice is a tie
+    second = retrain(store, registry, "widget", options())
     assert second.version == "v0002" and second.parent_version == "v0001"
-    assert second.active is not None and second.active.n_normal == second.candidate.n_normal
+    assert second.active == second.candidate and second.candidate.n_normal >= 1
     assert second.status == "active", second.decision.summary
     assert [v.status for v in registry.list("widget")] == ["retired", "active"]
+
+    assert new_samples_since(store, "widget", registry.active("widget")) == 0
+    add_frames(store, "widget", 4, start=100)
+    assert new_samples_since(store, "widget", registry.active("widget")) == 4
 
 
 def test_wrong_product_candidate_is_refused_end_to_end(store, registry, tmp_path):
