@@ -10,6 +10,8 @@ from typing import Any
 
 from lineinspect.errors import ConfigError
 
+DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00 UTC when neither --cron nor --min-new is configured
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("retrain", help="retrain a product on its accumulated normal data, gate and promote")
@@ -51,9 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("scheduler", help="retrain products on a cron schedule or when enough new samples arrive")
     s.add_argument("--once", action="store_true", help="check every product once, run what is due, exit")
     s.add_argument("--interval-s", type=float, default=60.0, help="seconds between checks")
-    s.add_argument("--cron", default=None, help="UTC cron expression, e.g. '0 2 * * *' (env LINEINSPECT_RETRAIN_CRON)")
+    s.add_argument("--cron", default=None, help="UTC cron expression (env LINEINSPECT_RETRAIN_CRON; default '0 2 * * *' "
+                        "when no --min-new is set either)")
     s.add_argument("--min-new", type=int, default=None,
-                   help="retrain when this many new normal samples arrived since the newest version")
+                   help="retrain when this many new normal samples arrived since the newest version "
+                        "(env LINEINSPECT_RETRAIN_MIN_NEW)")
     s.add_argument("--backoff-s", type=float, default=600.0, help="rest after a failed/skipped job")
     s.add_argument("--lock-ttl-s", type=float, default=600.0, help="job lease length (renewed by heartbeat)")
     s.add_argument("--product", action="append", default=None, help="only these products (repeatable)")
@@ -260,7 +264,10 @@ def run_scheduler(args: argparse.Namespace, settings: Any) -> int:
     cron = args.cron or getattr(settings, "retrain_cron", None) or os.environ.get("LINEINSPECT_RETRAIN_CRON")
     min_new = args.min_new
     if min_new is None:
-        min_new = getattr(settings, "retrain_min_new", None)
+        min_new = getattr(settings, "retrain_min_new", None) or (
+            int(os.environ["LINEINSPECT_RETRAIN_MIN_NEW"]) if os.environ.get("LINEINSPECT_RETRAIN_MIN_NEW") else None)
+    if not cron and not min_new:
+        cron = DEFAULT_CRON  # a bare `lineinspect scheduler` (e.g. the compose service) retrains nightly
     try:
         schedule = Schedule(cron=cron or None, min_new=min_new, backoff_s=args.backoff_s)
     except ValueError as exc:

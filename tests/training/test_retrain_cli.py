@@ -65,7 +65,9 @@ def test_scheduler_once_and_bad_arguments(home, capsys):
     assert main(["models", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in listed] == ["v0001", "v0002"] and listed[1]["samples"] == 36
-    assert main(["scheduler", "--once"]) == 2                     # no trigger given
+    assert main(["scheduler", "--once"]) == 0                     # default nightly cron: not due again today
+    assert len(json.loads((main(["models", "list", "--json"]), capsys.readouterr().out)[1])) == 2
+    assert main(["scheduler", "--once", "--interval-s", "0"]) == 2
     assert main(["scheduler", "--once", "--cron", "nightly"]) == 2
     assert main(["retrain", "--product", "widget", "--import-only"]) == 2
     assert main(["retrain", "--product", "nothing", *FAST]) == 3  # skipped: no samples
