@@ -42,9 +42,13 @@ def all_metrics(labels: np.ndarray, scores: np.ndarray, masks: list[np.ndarray],
 
 
 def inp_model_for(root: Path, source_cat: str, iters: int, seed: int) -> Path:
-    """A short-run INP-Former trained on ``source_cat`` (reused when already trained)."""
+    """An INP-Former trained on ``source_cat``: the quality benchmark's model when it exists, else a
+    short run of our own (reused when already trained)."""
     from training.train import TrainConfig, train
 
+    quality_model = WORK / "models" / source_cat.replace("/", "__")
+    if (quality_model / "calibration.json").is_file():
+        return quality_model
     out = WORK / "zero_shot_models" / source_cat.replace("/", "__")
     if (out / "calibration.json").is_file():
         return out
@@ -108,7 +112,8 @@ def run(root: Path, cats: list[str], inp_iters: int, seed: int, max_test: int | 
             log(f"{cat}: INP model trained on {src} ready in {train_s:.1f} s")
             inp = ZeroShotEngine(method="inp", model_dir=mdir)
             imaps, iscores, i_s = score_all(inp, groups)   # same encoder config -> same features
-            row["inp_distance"] = {**all_metrics(labels, iscores, masks, imaps), "trained_on": src,
+            row["inp_distance"] = {**all_metrics(labels, iscores, masks, imaps), "trained_on": src, "model": mdir.name
+                                   if mdir.parent.name == "zero_shot_models" else "quality benchmark model",
                                    "train_s": round(train_s, 1), "images_per_s": round(len(items) / (enc_s + i_s), 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -57,7 +57,8 @@ class InferenceConsumer:
 
     def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: Any, cache: Any = None,
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
-                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3) -> None:
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
+                 fuser: Any = None) -> None:
         self.settings = settings
         self.bus = bus
         self.engine = engine
@@ -74,6 +75,8 @@ class InferenceConsumer:
         self._stop = threading.Event()
         self._last_stat = time.monotonic()
         self._closed = False
+        self.fuser = fuser          # inference.fusion.SpecimenFuser; built on the first specimen frame
+        self._last_sweep = time.monotonic()
 
     # --- control ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -128,6 +131,7 @@ class InferenceConsumer:
                 log.info("idle timeout", extra=kv(seconds=idle_timeout_s, handled=handled))
                 break
             self._maybe_snapshot()
+            self._maybe_sweep()
         self._maybe_snapshot(force=True)
         return handled
 
@@ -158,12 +162,38 @@ class InferenceConsumer:
             for product, (verdicts, lat) in per_product.items():
                 self.metrics.observe_stored(product, verdicts, lat)
             self._update_cache(rows)
+            self._fuse(rows)
         self._retry("bus commit", lambda: self.bus.commit(records))  # broker restarting: wait, do not die
         self.stored += len(rows)
         self.dead_lettered += len(poison)
         log.debug("batch done", extra=kv(records=len(records), stored=len(rows), dlq=len(poison),
                                          ms=round((time.time() - t0) * 1000, 1)))
         return len(records)
+
+    # --- specimen fusion (inference/fusion.py) ---------------------------------------------------
+    def _fuse(self, rows: list[ResultRow]) -> None:
+        """Decide specimens whose views are now all stored. Never blocks the stream: on failure the
+        periodic sweep decides them later (state is in the database, not here)."""
+        if not any(r.specimen_id for r in rows):
+            return
+        try:
+            if self.fuser is None and hasattr(self.store, "engine"):
+                from inference.fusion import SpecimenFuser
+
+                self.fuser = SpecimenFuser(self.store, self.settings)
+            if self.fuser is not None:
+                self.fuser.on_results(rows)
+        except Exception as exc:  # noqa: BLE001 - fusion is best effort per batch
+            log.warning("specimen fusion failed; the sweep will retry", extra=kv(error=str(exc)[:300]))
+
+    def _maybe_sweep(self) -> None:
+        if self.fuser is None or time.monotonic() - self._last_sweep < max(1.0, self.settings.fusion_timeout_s / 2):
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            self.fuser.sweep()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("specimen sweep failed", extra=kv(error=str(exc)[:300]))
 
     # --- steps ------------------------------------------------------------------------------
     def _decode(self, records: list[Record]) -> tuple[list[_Frame], list[tuple[Record, str, str]]]:

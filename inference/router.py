@@ -39,7 +39,9 @@ def local_engine_factory(settings: Settings) -> EngineFactory:
     def build(info: Any) -> Engine:
         from inference.engines.local import load_local_engine
 
-        return load_local_engine(info.path, kind=kind, threads=settings.threads)
+        from inference.tiling import maybe_tiled
+
+        return maybe_tiled(load_local_engine(info.path, kind=kind, threads=settings.threads), settings)
 
     return build
 
@@ -188,7 +190,10 @@ def open_engine(settings: Settings, registry: Any) -> Engine:
     """
     url = settings.engine_url
     if url.startswith("local://"):
-        return ModelRouter(settings, registry)
+        from inference.engines.zero_shot import fallback_from_settings
+
+        # products without an active model are scored zero-shot (settings.zero_shot_fallback)
+        return ModelRouter(settings, registry, fallback=fallback_from_settings(settings))
     if url.startswith("zero-shot://"):
         from inference.engines.zero_shot import ZeroShotEngine
 

@@ -74,21 +74,28 @@ class ZeroShotEngine:
             self.source_version = loaded.version
         else:
             self.cfg = InpConfig(backbone=backbone, input_hw=tuple(input_hw))
-            blocks = sorted({b for g in self.cfg.groups for b in g})
-            self.backbone = build_backbone(backbone, blocks).to(device)
-            self.source_version = None
+            self._backbone = None     # built on first use: a router holds this engine even when every
+            self.source_version = None  # product has a model, and then it never needs the weights
         self.kernel = gaussian_kernel1d(self.cfg.sigma).to(device)
 
     @property
     def input_hw(self) -> tuple[int, int]:
         return self.cfg.input_hw
 
+    @property
+    def backbone(self):  # noqa: ANN201 - FrozenBackbone
+        if self._backbone is None:
+            blocks = sorted({b for g in self.cfg.groups for b in g})
+            self._backbone = build_backbone(self.cfg.backbone, blocks).to(self.device)
+        return self._backbone
+
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Float NCHW [0, 1] at ``input_hw`` -> frozen encoder groups on the token grid."""
         if self.model is not None:
             return self.model.encode(x)
-        return encode_groups(self.backbone(x), self.backbone.blocks, self.cfg)
+        bb = self.backbone
+        return encode_groups(bb(x), bb.blocks, self.cfg)
 
     @torch.inference_mode()
     def score_groups(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,3 +128,15 @@ class ZeroShotEngine:
 
     def close(self) -> None:
         pass
+
+
+def fallback_from_settings(settings: object) -> ZeroShotEngine | None:
+    """The router's cold-start engine, or ``None`` when ``settings.zero_shot_fallback`` is off."""
+    if not getattr(settings, "zero_shot_fallback", True):
+        return None
+    window = int(getattr(settings, "zero_shot_window", 200))
+    return ZeroShotEngine(method=str(getattr(settings, "zero_shot_method", "grnr")),
+                          model_dir=getattr(settings, "zero_shot_model_dir", None),
+                          threshold_quantile=float(getattr(settings, "threshold_quantile", 0.99)), window=window,
+                          min_scores=min(int(getattr(settings, "zero_shot_min_normals", 50)), window),
+                          threads=int(getattr(settings, "threads", 0)))
