@@ -80,3 +80,57 @@ def test_missing_view_is_decided_at_the_timeout_and_marked_incomplete(line: Line
     spec = line.store.get_specimen("gear", "S2")
     assert not spec["complete"] and spec["received_views"] == 2
     assert line.fuser.sweep(time.time() + 3600) == []       # decided exactly once
+
+
+def test_consumer_fuses_specimens_across_consumers(tmp_path) -> None:  # noqa: ANN001
+    """Views of one part land on two consumers (two partitions); the verdict is decided once, in the DB."""
+    from inference.consumer import InferenceConsumer
+    from inference.engines.base import EngineOutput
+    from inference.metrics import ConsumerMetrics
+    from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
+    from ingest.publisher import FramePublisher
+
+    class RedEngine:
+        """score = mean red / 255, threshold 0.5 (deterministic and fast)."""
+
+        name = "red"
+
+        def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
+            s = np.array([im[:, :, 0].mean() / 255.0 for im in images], np.float32)
+            return EngineOutput(s, np.stack([im[:16, :16, 0] / 255.0 for im in images]).astype(np.float32), "v1", 0.5)
+
+        def close(self) -> None:
+            pass
+
+    settings = Settings(home=tmp_path, batch_max_records=4, batch_max_wait_ms=20, topic_frames="frames",
+                        topic_dlq="frames.dlq", fusion_default_views=3, fusion_timeout_s=30.0)
+    store = ResultStore.open(settings.resolved_db_url)
+    bus = MemoryBus(partitions=2)
+    pubs = {v: FramePublisher(settings, "gear", "L1", f"cam-{v}", MemoryPublisher(bus, settings.topic_frames),
+                              first_frame_id=1, encoding="png") for v in VIEWS}
+    for sid, bad_view in (("P1", "left"), ("P2", None)):
+        for v in VIEWS:
+            img = np.full((32, 32, 3), 40, np.uint8)
+            if v == bad_view:
+                img[:, :, 0] = 240
+            pubs[v].publish(img, specimen_id=sid, view=v)
+    pubs["top"].publish(np.full((32, 32, 3), 40, np.uint8), specimen_id="P3", view="top")   # the others never come
+    consumers = [InferenceConsumer(settings, MemoryConsumer(bus, settings.topic_frames, "g", settings.topic_dlq),
+                                   RedEngine(), store, None, ConsumerMetrics(settings), backoff_initial_s=0.01)
+                 for _ in range(2)]
+    try:
+        handled = 0
+        for _ in range(10):
+            for c in consumers:
+                handled += c.run(max_frames=7 - handled, idle_timeout_s=0.2) if handled < 7 else 0
+        assert handled == 7
+        assert store.get_specimen("gear", "P1")["verdict"] == "defect"
+        assert store.get_specimen("gear", "P2")["verdict"] == "ok"
+        assert store.get_specimen("gear", "P3") is None
+        fuser = next(c.fuser for c in consumers if c.fuser is not None)
+        (d,) = fuser.sweep(time.time() + 60)
+        assert d.specimen_id == "P3" and not d.complete and d.received_views == 1
+    finally:
+        for c in consumers:
+            c.close()
+        store.close()
