@@ -91,3 +91,20 @@ def test_new_product_zero_shot_first_then_trained_model_without_restart(settings
         consumer.close()
         router.close()
         store.close()
+
+
+def test_eval_zero_shot_runs_on_any_mvtec_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``lineinspect eval --zero-shot`` on a simulator-written category: metrics computed, JSON written."""
+    import json
+
+    from ingest.simulator import LineSimulator
+    from lineinspect.cli import main
+
+    cat = LineSimulator("fabric-roll", size=(96, 128), seed=1).write_mvtec(tmp_path / "sim" / "fabric", 1, 2, 2)
+    out = tmp_path / "zs.json"
+    rc = main(["eval", "--zero-shot", "--data", str(cat), "--category", "fabric", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["engine"] == "zero-shot" and res["n_images"] == 4 and res["n_anomalous"] == 2
+    assert 0.0 <= res["image_auroc"] <= 1.0 and 0.0 <= res["pixel_auroc"] <= 1.0
+    assert "I-AUROC" in capsys.readouterr().out
