@@ -224,6 +224,8 @@ class InferenceConsumer:
                 bad.extend(b)
             return rows, bad
         engine_name = getattr(out, "engine_name", None) or getattr(self.engine, "name", "unknown")
+        if getattr(out, "calibrated", True) is False:  # zero-shot threshold still warming up: say so per row
+            engine_name = f"{engine_name}:warmup"
         inferred_at = time.time()
         return [self._row(f, out, i, engine_name, inferred_at, len(frames)) for i, f in enumerate(frames)], []
 
