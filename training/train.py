@@ -32,7 +32,7 @@ log = logging.getLogger("lineinspect.training")
 @dataclass
 class TrainConfig:
     model: InpConfig = field(default_factory=InpConfig)
-    iters: int = 300
+    iters: int = 200
     batch_size: int = 8
     lr: float = 1e-3
     final_lr: float = 1e-4
@@ -141,6 +141,7 @@ def train(
     feats = cached_features(model, fit, cfg.cache_dir, aug_copies=aug, seed=seed)
     n = feats[0].shape[0]
     head = model.head
+    head.fit_stats(feats)
     opt = StableAdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-10)
     gen = torch.Generator().manual_seed(seed)
     fp = _fingerprint(cfg, seed, n, feats)
@@ -172,8 +173,7 @@ def train(
         if 0 < cfg.train_tokens < n_tok:
             tok = torch.randperm(n_tok, generator=gen)[: cfg.train_tokens]
         o = head(enc, tok)
-        tgt = enc if tok is None else [e.flatten(2)[:, :, tok] for e in enc]
-        loss = inp_former_loss(tgt, o.dec, o.tokens, o.inps, cfg.coherence_weight, cfg.mining_power, cfg.soft_coherence)
+        loss = inp_former_loss(o.targets, o.dec, o.tokens, o.inps, cfg.coherence_weight, cfg.mining_power, cfg.soft_coherence)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)

@@ -42,6 +42,7 @@ class InpConfig:
     extractor_blocks: int = 1
     decoder_blocks: int = 8
     dropout: float = 0.2           # bottleneck dropout during training
+    standardize: bool = True       # per-channel z-score of encoder features with fixed train statistics
     sigma: float = 4.0
     top_fraction: float = 0.01
 
@@ -71,6 +72,7 @@ class InpConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InpConfig":
         known = {f.name for f in fields(cls)}
+        d = {"standardize": False, **d}  # configs written before standardisation existed
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -157,6 +159,7 @@ class DecoderBlock(nn.Module):
 @dataclass
 class HeadOutput:
     dec: list[torch.Tensor]      # per group (N, C_g, h, w), aligned with the encoder groups
+    targets: list[torch.Tensor]  # the (standardised) encoder groups the decoder must rebuild, same shapes
     tokens: torch.Tensor         # projected encoder tokens (N, L, D) (coherence-loss side)
     inps: torch.Tensor           # (N, M, D)
 
@@ -175,7 +178,32 @@ class InpHead(nn.Module):
         self.bottleneck = nn.Sequential(nn.Dropout(cfg.dropout), Mlp(d, int(d * cfg.mlp_ratio), d, cfg.dropout))
         self.decoder = nn.ModuleList(DecoderBlock(d, cfg.head_dim, cfg.mlp_ratio) for _ in range(cfg.decoder_blocks))
         self.out = nn.ModuleList(nn.Linear(d, c) for c in group_channels)
+        # Fixed (not learned) per-channel statistics of the training features. CNN feature maps carry
+        # a large shared per-channel offset; without removing it every token looks alike under
+        # cosine similarity and the decoder learns the mean instead of the token.
+        for i, c in enumerate(group_channels if cfg.standardize else []):
+            self.register_buffer(f"feat_mean{i}", torch.zeros(c))
+            self.register_buffer(f"feat_std{i}", torch.ones(c))
         self.apply(self._init)
+
+    @torch.no_grad()
+    def fit_stats(self, enc: list[torch.Tensor]) -> None:
+        """Set the standardisation statistics from training features (N, C_g, h, w) per group."""
+        if not self.cfg.standardize:
+            return
+        for i, e in enumerate(enc):
+            x = e.transpose(0, 1).reshape(e.shape[1], -1)
+            getattr(self, f"feat_mean{i}").copy_(x.mean(1))
+            getattr(self, f"feat_std{i}").copy_(x.std(1).clamp_min(1e-6))
+
+    def targets(self, enc: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not self.cfg.standardize:
+            return list(enc)
+        out = []
+        for i, e in enumerate(enc):
+            shape = (1, -1) + (1,) * (e.dim() - 2)
+            out.append((e - getattr(self, f"feat_mean{i}").view(shape)) / getattr(self, f"feat_std{i}").view(shape))
+        return out
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -188,6 +216,7 @@ class InpHead(nn.Module):
         subset of token positions and ``dec`` holds (N, C_g, len(idx)) - valid because, given the
         INPs (extracted from *all* tokens), every token is decoded independently of the others."""
         n, _, h, w = enc[0].shape
+        enc = self.targets(enc)
         tokens = self.proj(torch.cat(enc, dim=1).flatten(2).transpose(1, 2))   # (N, L, D)
         inps = self.queries.unsqueeze(0).expand(n, -1, -1)
         for blk in self.extractor:
@@ -203,7 +232,9 @@ class InpHead(nn.Module):
         dec = [self.out[i](f).transpose(1, 2) for i, f in enumerate(fused)]
         if token_idx is None:
             dec = [d.reshape(n, -1, h, w) for d in dec]
-        return HeadOutput(dec, tokens, inps)
+        else:
+            enc = [e.flatten(2)[:, :, token_idx] for e in enc]
+        return HeadOutput(dec, enc, tokens, inps)
 
 
 class InpFormer(nn.Module):
@@ -238,7 +269,7 @@ class InpFormer(nn.Module):
 
     def score_features(self, enc: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(enc)
-        return anomaly_map_and_score(enc, out.dec, self.cfg.input_hw, self.blur_kernel, self.cfg.top_fraction)
+        return anomaly_map_and_score(out.targets, out.dec, self.cfg.input_hw, self.blur_kernel, self.cfg.top_fraction)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.score_features(self.encode(x))
