@@ -299,3 +299,65 @@ def test_declared_shape_must_match_and_small_frames_are_refused() -> None:
     with pytest.raises(PoisonFrame) as info:
         decode_image(envelope(jpeg_bytes(), "jpeg", shape=(48, -1)))
     assert info.value.reason == "bad_shape"
+
+
+# --- through the consumer: poison goes to the dead-letter topic with its reason ------------------------
+class _ProductEngine:
+    """Knows one product; scores are the mean brightness (deterministic)."""
+
+    name = "fake"
+
+    def infer(self, product: str, images: list[np.ndarray]):  # noqa: ANN201 - EngineOutput
+        from inference.engines.base import EngineOutput, UnknownProduct
+
+        if product != "widget":
+            raise UnknownProduct(product, ["widget"])
+        maps = np.stack([cv2.resize(im[:, :, 0], (16, 16)).astype(np.float32) / 255 for im in images])
+        return EngineOutput(np.array([im.mean() / 255 for im in images], np.float32), maps, "v0001", 0.9)
+
+    def close(self) -> None:
+        pass
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(bad=st.lists(st.one_of(
+    st.tuples(header_lists, st.binary(max_size=64)),
+    damaged_images().map(lambda p: ([("li-meta", json.dumps({**VALID_META, "encoding": p[1], "shape": []}).encode())],
+                                    p[0])),
+), min_size=1, max_size=6))
+def test_consumer_dead_letters_every_poison_message_with_a_reason(tmp_path_factory, bad: list) -> None:
+    from inference.consumer import InferenceConsumer
+    from ingest.bus.memory import MemoryBus, MemoryConsumer
+    from lineinspect.settings import Settings
+    from storage.memory_cache import MemoryCache
+    from storage.store import ResultStore
+
+    home = tmp_path_factory.mktemp("c")
+    s = Settings(home=home, topic_frames="f", topic_dlq="f.dlq", batch_max_records=64)
+    bus = MemoryBus(partitions=2)
+    good = FrameEnvelope("widget", "l1", "cam-1", 1, jpeg_bytes(), shape=(48, 64, 3))
+    unknown = FrameEnvelope("gadget", "l1", "cam-1", 2, jpeg_bytes(seed=1), shape=(48, 64, 3))
+    for env in (good, unknown):
+        bus.produce("f", *env.to_message())
+    for headers, value in bad:
+        bus.produce("f", b"cam-1", value, headers)
+    store = ResultStore.open(f"sqlite:///{(home / 'r.sqlite').as_posix()}")
+    consumer = InferenceConsumer(s, MemoryConsumer(bus, "f", "g", dlq_topic="f.dlq"), _ProductEngine(), store,
+                                 MemoryCache(), stat_interval_s=3600, backoff_initial_s=0.01, backoff_max_s=0.01)
+    try:
+        handled = consumer.run(idle_timeout_s=0.05)
+    finally:
+        consumer.close()
+    total = 2 + len(bad)
+    assert handled == total
+    dlq = bus.records("f.dlq")
+    assert consumer.stored + len(dlq) == total
+    assert store.get_result("cam-1", 1) is not None and store.get_result("cam-1", 2) is None
+    reasons = [dict(r.headers)["li-dlq-reason"].decode() for r in dlq]
+    assert "unknown_product" in reasons
+    assert set(reasons) <= REASONS | {"unknown_product"}
+    for r in dlq:
+        h = dict(r.headers)
+        assert h["li-src-topic"] == b"f" and h["li-dlq-detail"] is not None
+    assert sum(bus.committed("g", "f").values()) == total  # everything committed: nothing retried forever
+    store.close()
