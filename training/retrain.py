@@ -18,7 +18,7 @@ false alarms and imported seed images; deduplicated and capped by the store). On
    version) and promote it, or reject it with the gate's reasons.
 
 Anomalies, when available, come from ``anomalies_dir`` (an MVTec category or test folder: every
-image outside ``good`` folders) and, only when asked (``flagged_as_anomalies``), from frames the
+image outside ``good`` folders; its ``test/good`` images join the gate's normals) and, only when asked (``flagged_as_anomalies``), from frames the
 live system flagged ``defect`` that no operator marked as false alarms. Those are *pseudo*-labels
 chosen by the active model's own scores, so they favour the active version in the comparison;
 they make the gate stricter, never laxer.
@@ -202,6 +202,15 @@ def anomaly_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def labelled_normal_files(folder: str | Path) -> list[Path]:
+    """Normal test images next to the anomalies (``test/good``): extra held-out normals for the gate."""
+    root = Path(folder)
+    good = root / "test" / "good" if (root / "test").is_dir() else root / "good"
+    if not good.is_dir():
+        return []
+    return sorted(p for p in good.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
 def flagged_frames(store: ResultStore, product: str, limit: int = 200) -> list[bytes]:
     """Encoded frames the live system flagged ``defect`` and no operator called a false alarm (newest first)."""
     t = InspectionResult
@@ -349,10 +358,13 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
     del by_sha
 
     anomalies: list[np.ndarray] = []
+    extra_normals: list[np.ndarray] = []
     anomaly_source: list[str] = []
     if opts.anomalies_dir:
         anomalies += [read_image(p) for p in anomaly_files(opts.anomalies_dir)]
-        anomaly_source.append(f"{len(anomalies)} labelled images from {opts.anomalies_dir}")
+        extra_normals = [read_image(p) for p in labelled_normal_files(opts.anomalies_dir)]
+        anomaly_source.append(f"{len(anomalies)} labelled anomalies and {len(extra_normals)} labelled normals "
+                              f"(test/good) from {opts.anomalies_dir}")
     if opts.flagged_as_anomalies:
         flagged = [decode_sample(d) for d in flagged_frames(store, product)]
         anomalies += flagged
@@ -377,7 +389,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
             (work / "checkpoint.pt").unlink(missing_ok=True)
             _stamp_version(work, product, version)
             train_info = {"trained": False, "candidate_dir": str(candidate_dir)}
-        gate_normals = [images[i] for i in split.gate]
+        gate_normals = [images[i] for i in split.gate] + extra_normals
         (cand_n, cand_a), cand_thr = score_images(work, product, gate_normals, anomalies, kind=opts.engine_kind,
                                                   threads=opts.threads)
         cand_eval = evaluate_scores(cand_n, cand_a, cand_thr)
@@ -401,7 +413,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
                                        "absolute checks only"])
         cfg_json = json.loads((work / "config.json").read_text())
         backbone = str(cfg_json.get("model", {}).get("backbone") or "unknown")
-        snapshot = snap.to_dict(split, opts.holdout, opts.seed)
+        snapshot = {**snap.to_dict(split, opts.holdout, opts.seed), "n_gate_labelled_normals": len(extra_normals)}
         metrics = _json_safe({
             "candidate": cand_eval.to_dict(), "active": act_eval.to_dict() if act_eval else None,
             "compared_with": active.version if act_eval else None, "active_error": active_error,

@@ -16,6 +16,7 @@ from training.retrain import (
     decode_sample,
     flagged_frames,
     import_seed,
+    labelled_normal_files,
     new_samples_since,
     retrain,
     split_samples,
@@ -100,6 +101,9 @@ def test_anomaly_files_skip_good_and_ground_truth(tmp_path):
     LineSimulator("cap", size=SIZE, seed=0).write_mvtec(tmp_path / "cap", 1, 2, 4)
     files = anomaly_files(tmp_path / "cap")
     assert len(files) == 4 and all("good" not in f.parts and "ground_truth" not in f.parts for f in files)
+    assert [f.parent.name for f in labelled_normal_files(tmp_path / "cap")] == ["good", "good"]
+    assert labelled_normal_files(tmp_path / "cap" / "test") == labelled_normal_files(tmp_path / "cap")
+    assert labelled_normal_files(tmp_path / "cap" / "ground_truth") == []
 
 
 def test_too_few_samples_is_a_clear_error(store, registry):
@@ -137,7 +141,7 @@ def test_wrong_product_candidate_is_refused_end_to_end(store, registry, tmp_path
     # the real (frozen, pretrained) backbone: random features cannot tell two products apart
     model = InpConfig(backbone="efficientnet_lite0", input_hw=SIZE, width=32, head_dim=16, decoder_blocks=2)
     add_frames(store, "widget", 40)
-    LineSimulator("widget", size=SIZE, seed=5).write_mvtec(tmp_path / "wa", 0, 0, 8)
+    LineSimulator("widget", size=SIZE, seed=5).write_mvtec(tmp_path / "wa", 0, 4, 8)
     opts = options(model=model, holdout=0.5, anomalies_dir=str(tmp_path / "wa"))
     good = retrain(store, registry, "widget", opts)
     assert good.status == "active"
@@ -152,6 +156,7 @@ def test_wrong_product_candidate_is_refused_end_to_end(store, registry, tmp_path
     assert v2.status == "rejected" and v2.reason.startswith("gate: ") and v2.parent_version == good.version
     assert registry.active("widget").version == good.version
     assert v2.metrics["active"]["n_anomalous"] == 8 and v2.metrics["compared_with"] == good.version
+    assert v2.metrics["active"]["n_normal"] == v2.data_snapshot["n_gate"] + 4  # + the folder's test/good
     # --force overrides the gate, recorded as such
     forced = retrain(store, registry, "widget", options(model=model, holdout=0.5, force=True), candidate_dir=wrong)
     assert forced.status == "active" and registry.get("widget", forced.version).metrics["forced"] is True
