@@ -1,0 +1,502 @@
+"""End-to-end pipeline throughput, latency and memory vs the bare model, on the real services.
+
+One run measures, on the same real frames (JPEG, as cameras send them):
+  1. the bare model: the local engine (ONNX Runtime, all cores, the consumer's default batch) on
+     decoded frames, no bus or storage; measured before *and* after the pipeline runs, because
+     the machine is shared and its load drifts;
+  2. one consumer process (``lineinspect consume``): a backlog of frames published to Kafka is
+     drained through decode -> engine -> PostgreSQL -> Redis -> commit; steady-state frames/s
+     come from the rows' ``stored_at`` (first stored batch to last), so process start-up is
+     excluded; then frames are published at a camera's pace (70 % of that throughput) and the
+     rows' ``latency_ms`` (capture -> stored) give p50 / p99;
+  3. the same with two consumer processes in one group (one intra-op thread each).
+Memory is the peak RSS of the consumer processes and the RSS of PostgreSQL, Redis and Kafka.
+
+Services are started with ``deploy/services.sh`` when they are not running (and stopped again
+afterwards if this script started them). Writes the ``pipeline`` section of RESULTS.md and
+``results/pipeline.json``. ``python benchmarks/bench_pipeline.py [--frames 320]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import REPO, RESULTS_DIR, WORK, data_root, machine, write_section  # noqa: E402
+
+SERVICES = ("postgres", "redis", "kafka")
+ARCHS = {  # small = the engines benchmark's model; default = what `lineinspect train` builds
+    "small": dict(input_hw=(128, 128), width=64, decoder_blocks=2),
+    "default": {},
+}
+
+
+# --- services ----------------------------------------------------------------------------------------
+def services_sh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "deploy" / "services.sh"), *args], capture_output=True, text=True,
+                          timeout=180)
+
+
+def ensure_services() -> tuple[dict[str, str], list[str]]:
+    """URLs of the running services; the names this call had to start."""
+    started = []
+    for name in SERVICES:
+        if services_sh("status", name).returncode != 0:
+            r = services_sh("start", name)
+            if r.returncode != 0:
+                sys.exit(f"bench_pipeline: cannot start {name}:\n{r.stderr[-2000:]}")
+            started.append(name)
+    urls = dict(re.findall(r"LINEINSPECT_TEST_(\w+)_URL=(\S+)", services_sh("env").stdout))
+    return {k.lower(): v for k, v in urls.items()}, started
+
+
+def service_pids() -> dict[str, int]:
+    out = {}
+    for name in SERVICES:
+        m = re.search(r"pid=(\d+)", services_sh("status", name).stdout)
+        if m:
+            out[name] = int(m.group(1))
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+class RssSampler(threading.Thread):
+    """Peak summed RSS of a set of processes, sampled every 0.2 s."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.peak_mb = pids, 0.0
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_evt.wait(0.2):
+            self.peak_mb = max(self.peak_mb, sum(tree_rss_mb(p) for p in self.pids))
+
+    def stop(self) -> float:
+        self._stop_evt.set()
+        self.join(2)
+        return self.peak_mb
+
+
+# --- frames and model ------------------------------------------------------------------------------
+def real_frames(per_category: int) -> list[tuple[str, bytes, tuple[int, ...]]]:
+    """[(category, JPEG bytes, shape)] of real test images, good and defective, every category."""
+    import cv2
+
+    from ingest.envelope import encode_image
+
+    root = data_root()
+    out = []
+    for ds in sorted(p for p in root.iterdir() if p.is_dir()):
+        for cat in sorted(p for p in ds.iterdir() if (p / "test").is_dir()):
+            paths = sorted(p for p in (cat / "test").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            step = max(1, len(paths) // per_category)
+            for p in paths[::step][:per_category]:
+                rgb = cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                out.append((cat.name, encode_image(rgb, "jpeg", 92), rgb.shape))
+    if not out:
+        sys.exit(f"bench_pipeline: no real data under {root} (set LINEINSPECT_DATA)")
+    return out
+
+
+def build_model(arch: str) -> Path:
+    import torch
+
+    from inference.engines.onnx_engine import OnnxEngine
+    from inference.model.inp_former import InpConfig, InpFormer
+    from inference.model_dir import save_model_dir
+
+    d = WORK / "pipeline" / f"model-{arch}"
+    if not (d / "model.onnx").is_file():
+        torch.manual_seed(0)  # untrained: throughput does not depend on what the weights learned
+        save_model_dir(d, InpFormer(InpConfig(**ARCHS[arch])), {}, {"threshold": 1.0})
+        OnnxEngine(d).close()  # export model.onnx once
+    return d
+
+
+def decode_all(frames: list[tuple[str, bytes, tuple[int, ...]]]) -> list[np.ndarray]:
+    from ingest.envelope import FrameEnvelope, decode_image
+
+    return [decode_image(FrameEnvelope("p", "l", "c", i, data, "jpeg", shape)) for i, (_c, data, shape) in enumerate(frames)]
+
+
+def bare_fps(model_dir: Path, images: list[np.ndarray], n: int, batch: int, threads: int = 0) -> float:
+    """Frames/s of the local engine alone, ``batch`` frames a call, after one warm-up batch."""
+    from inference.engines.onnx_engine import OnnxEngine
+
+    eng = OnnxEngine(model_dir, threads=threads)
+    try:
+        eng.infer("p", images[:batch])
+        t0, done = time.perf_counter(), 0
+        while done < n:
+            chunk = [images[(done + i) % len(images)] for i in range(batch)]
+            eng.infer("p", chunk)
+            done += batch
+        return done / (time.perf_counter() - t0)
+    finally:
+        eng.close()
+
+
+def calibrate(model_dir: Path, images: list[np.ndarray], q: float = 90.0) -> float:
+    """A threshold flagging ~10 % of the frames, so masks, heatmaps and kept frames get written."""
+    from inference.engines.onnx_engine import OnnxEngine
+
+    eng = OnnxEngine(model_dir)
+    try:
+        return float(np.percentile(eng.infer("p", images).scores, q))
+    finally:
+        eng.close()
+
+
+# --- one pipeline configuration ----------------------------------------------------------------------
+class Run:
+    def __init__(self, urls: dict[str, str], model_dir: Path, threshold: float, tmp: Path, tag: str) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        from lineinspect.settings import Settings
+        from storage.registry import ModelRegistry
+        from storage.store import ResultStore
+
+        rid = uuid.uuid4().hex[:8]
+        self.dbname = f"li_bench_{tag}_{rid}"
+        self.admin_url = urls["postgres"]
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.dbname}"'))
+        admin.dispose()
+        db = make_url(urls["postgres"]).set(database=self.dbname).render_as_string(hide_password=False)
+        self.tmp = tmp / tag
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.product = f"bench-{rid}"
+        self.s = Settings(home=self.tmp, models_dir=self.tmp / "models", bus_url=urls["kafka"], db_url=db,
+                          cache_url=urls["redis"], topic_frames=f"li-bench-{tag}-{rid}.frames",
+                          topic_dlq=f"li-bench-{tag}-{rid}.dlq", consumer_group=f"li-bench-{tag}-{rid}")
+        with ResultStore.open(db) as store:
+            reg = ModelRegistry(store, self.s.resolved_models_dir)
+            reg.promote(self.product, reg.register(self.product, model_dir, threshold=threshold))
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def start_consumers(self, n: int, threads: int) -> float:
+        """Start ``n`` consumer processes; returns the wall time when all of them own partitions."""
+        s = self.s
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LINEINSPECT_")}
+        env.update(LINEINSPECT_HOME=str(self.tmp), LINEINSPECT_MODELS_DIR=str(s.resolved_models_dir),
+                   LINEINSPECT_TOPIC_DLQ=s.topic_dlq, LINEINSPECT_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        for i in range(n):
+            log = self.tmp / f"consumer-{i}.log"
+            cmd = [sys.executable, "-m", "lineinspect.cli", "consume", "--bus", s.bus_url, "--engine", "local://onnx",
+                   "--db", s.resolved_db_url, "--cache", s.cache_url, "--group", s.consumer_group,
+                   "--topic", s.topic_frames, "--idle-timeout", "300"]
+            with open(log, "wb") as out:
+                self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+            self.logs.append(log)
+        # ready = every consumer owns partitions (so the backlog is not drained by the first one alone)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            texts = [p.read_text(errors="replace") for p in self.logs]
+            owned = [re.findall(r'event="partitions assigned".*partitions="?\[([^\]]*)\]', t) for t in texts]
+            if all(o and o[-1].strip() for o in owned):
+                sets = [set(o[-1].split(",")) for o in owned]
+                if sum(len(x) for x in sets) == self.s.topic_partitions:
+                    return time.time()
+            if any(p.poll() is not None for p in self.procs):
+                break
+            time.sleep(0.5)
+        raise RuntimeError("consumers did not get their partitions:\n" + "\n".join(
+            p.read_text(errors="replace")[-2000:] for p in self.logs))
+
+    def publish(self, frames: list, start_id: int, n: int, fps: float | None = None) -> float:
+        """Publish ``n`` frames (ids from ``start_id``), as fast as possible or at ``fps``; returns frames/s."""
+        from ingest.bus.kafka import KafkaPublisher
+        from ingest.envelope import FrameEnvelope
+
+        pub = KafkaPublisher(self.s)
+        t0 = time.perf_counter()
+        for i in range(n):
+            cat, data, shape = frames[i % len(frames)]
+            fid = start_id + i
+            env = FrameEnvelope(self.product, "L1", f"cam-{fid % 4}", fid, data, "jpeg", tuple(shape),
+                                capture_ts=time.time())
+            pub.publish(*env.to_message())
+            if fps:
+                ahead = t0 + (i + 1) / fps - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)
+        pub.flush(60)
+        rate = n / (time.perf_counter() - t0)
+        pub.close()
+        return rate
+
+    def rows(self, min_id: int, max_id: int) -> list[tuple[float, float]]:
+        """(stored_at, latency_ms) of the rows with frame ids in [min_id, max_id)."""
+        from sqlalchemy import create_engine, select
+
+        from storage.models import InspectionResult as R
+
+        eng = create_engine(self.s.resolved_db_url)
+        try:
+            with eng.connect() as conn:
+                q = select(R.stored_at, R.latency_ms).where(R.frame_id >= min_id, R.frame_id < max_id)
+                return [(float(a), float(b)) for a, b in conn.execute(q).all()]
+        finally:
+            eng.dispose()
+
+    def wait_rows(self, min_id: int, max_id: int, timeout_s: float) -> list[tuple[float, float]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = self.rows(min_id, max_id)
+            if len(got) >= max_id - min_id:
+                return got
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("a consumer exited:\n" + "\n".join(p.read_text()[-2000:] for p in self.logs))
+            time.sleep(0.3)
+        raise RuntimeError(f"only {len(self.rows(min_id, max_id))} of {max_id - min_id} frames stored in {timeout_s:.0f}s")
+
+    def close(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def steady_fps(stored: list[tuple[float, float]], t_ready: float) -> tuple[float, int]:
+    """Frames/s stored from the moment every consumer owned partitions to the last row; and that count."""
+    ts = sorted(t for t, _ in stored)
+    after = [t for t in ts if t >= t_ready]
+    return (len(after) / (after[-1] - t_ready) if len(after) > 1 else float("nan")), len(after)
+
+
+def measure(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, consumers: int, threads: int,
+            tmp: Path) -> dict:
+    run = Run(urls, model_dir, threshold, tmp, f"c{consumers}")
+    try:
+        pub_fps = run.publish(frames, 0, n)  # the backlog is in Kafka before any consumer runs
+        t_ready = run.start_consumers(consumers, threads)
+        sampler = RssSampler([p.pid for p in run.procs])
+        sampler.start()
+        fps, counted = steady_fps(run.wait_rows(0, n, timeout_s=max(120, n / 2)), t_ready)
+        paced = max(1.0, 0.7 * fps)
+        n_lat = int(min(max(60, paced * 15), 400))
+        run.publish(frames, n, n_lat, fps=paced)
+        lat = np.array([ms for _t, ms in run.wait_rows(n, n + n_lat, timeout_s=120)])
+        rss = sampler.stop()
+        return {"consumers": consumers, "threads_each": threads, "frames": n, "frames_timed": counted,
+                "publish_fps": pub_fps,
+                "pipeline_fps": fps, "paced_fps": paced, "latency_frames": n_lat,
+                "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
+                "consumer_rss_mb": rss}
+    finally:
+        run.close()
+
+
+def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, threads: int,
+                    tmp: Path) -> dict:
+    """Where one consumer's time goes: the same consumer code in-process on the memory bus, profiled."""
+    import cProfile
+    import pstats
+
+    from inference.consumer import InferenceConsumer
+    from inference.router import ModelRouter
+    from ingest.bus.memory import MemoryBus, MemoryConsumer
+    from ingest.envelope import FrameEnvelope
+    from storage.redis_cache import RedisCache
+    from storage.registry import ModelRegistry
+    from storage.store import ResultStore
+
+    run = Run(urls, model_dir, threshold, tmp, "profile")
+    s = run.s.with_overrides(threads=threads)
+    bus = MemoryBus(s.topic_partitions)
+    for i in range(n):
+        _c, data, shape = frames[i % len(frames)]
+        bus.produce(s.topic_frames, *FrameEnvelope(run.product, "L1", f"cam-{i % 4}", i, data, "jpeg",
+                                                   tuple(shape)).to_message())
+    store = ResultStore.open(s.resolved_db_url)
+    router = ModelRouter(s, ModelRegistry(store, s.resolved_models_dir), poll_s=0, start=False)
+    cache = RedisCache(s.cache_url, prefix=f"li-bench-{uuid.uuid4().hex[:6]}:")
+    consumer = InferenceConsumer(s, MemoryConsumer(bus, s.topic_frames, "g", dlq_topic=s.topic_dlq), router, store,
+                                 cache, stat_interval_s=3600)
+    prof = cProfile.Profile()
+    try:
+        t0 = time.perf_counter()
+        prof.enable()
+        consumer.run(max_frames=n)
+        prof.disable()
+        total = time.perf_counter() - t0
+    finally:
+        consumer.close()
+        router.close()
+        store.close()
+        run.close()
+    stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
+
+    def cum(file_end: str, func: str) -> float:
+        return sum(v[3] for (f, _l, fn), v in stats.items() if f.endswith(file_end) and fn == func)
+
+    parts = {"engine (resize + ONNX Runtime)": cum("onnx_engine.py", "infer"),
+             "JPEG decode": cum("envelope.py", "decode_image"),
+             "verdict, mask / heatmap PNG": cum("consumer.py", "_row"),
+             "PostgreSQL write": cum("store.py", "save_results"),
+             "Redis update": cum("redis_cache.py", "record_results")}
+    parts["bus, commit, rest"] = max(0.0, total - sum(parts.values()))
+    return {"frames": n, "threads": threads, "fps": n / total, "seconds": total,
+            "share": {k: v / total for k, v in parts.items()}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=320, help="backlog frames per configuration")
+    ap.add_argument("--per-category", type=int, default=8, help="distinct real frames per category")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="small")
+    ap.add_argument("--batch", type=int, default=None, help="engine batch (default: the consumer's batch_max_records)")
+    args = ap.parse_args()
+    t_start = time.time()
+    os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
+    from lineinspect.settings import Settings
+
+    batch = args.batch or Settings().batch_max_records
+    urls, started = ensure_services()
+    tmp = WORK / "pipeline" / f"run-{uuid.uuid4().hex[:6]}"
+    try:
+        frames = real_frames(args.per_category)
+        images = decode_all(frames)
+        model_dir = build_model(args.arch)
+        threshold = calibrate(model_dir, images)
+        load0 = os.getloadavg()[0]
+        bare_before = bare_fps(model_dir, images, args.frames, batch)
+        one = measure(urls, model_dir, threshold, frames, args.frames, consumers=1, threads=0, tmp=tmp)
+        bare_after = bare_fps(model_dir, images, args.frames, batch)
+        two = measure(urls, model_dir, threshold, frames, args.frames, consumers=2, threads=1, tmp=tmp)
+        bare_1t = bare_fps(model_dir, images, args.frames // 2, batch, threads=1)
+        profile = stage_breakdown(urls, model_dir, threshold, frames, min(args.frames, 160), 1, tmp)
+        bare_1t_after = bare_fps(model_dir, images, args.frames // 2, batch, threads=1)
+        services_mb = {k: tree_rss_mb(pid) for k, pid in service_pids().items()}
+        load1 = os.getloadavg()[0]
+    finally:
+        for name in started:
+            services_sh("stop", name)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    bare = (bare_before + bare_after) / 2
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(), "arch": args.arch, "batch": batch,
+        "frames": len(frames), "load_avg": [load0, load1],
+        "bare_fps_before": bare_before, "bare_fps_after": bare_after, "bare_fps": bare, "bare_fps_1thread": bare_1t,
+        "one_consumer": {**one, "ratio_to_bare": one["pipeline_fps"] / bare},
+        "two_consumers": {**two, "ratio_to_bare": two["pipeline_fps"] / bare},
+        "bare_fps_1thread_after": bare_1t_after,
+        "profile_1thread": {**profile, "ratio_to_bare": profile["fps"] / ((bare_1t + bare_1t_after) / 2)},
+        "services_rss_mb": services_mb, "seconds": time.time() - t_start,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_section("pipeline", render(result))
+    print(render(result))
+    return 0
+
+
+def render(r: dict) -> str:
+    one, two = r["one_consumer"], r["two_consumers"]
+    svc = r["services_rss_mb"]
+    goal = "meets" if one["ratio_to_bare"] >= 0.85 else "misses"
+    prof_txt = ", ".join(f"{k} {v:.0%}" for k, v in r["profile_1thread"]["share"].items())
+    rows = []
+    for c in (one, two):
+        rows.append(f"| {c['consumers']} x {c['threads_each'] or 'all'} thr | {c['pipeline_fps']:.1f} | "
+                    f"{c['ratio_to_bare']:.2f}x | {c['latency_p50_ms']:.0f} / {c['latency_p99_ms']:.0f} "
+                    f"(at {c['paced_fps']:.1f} fr/s) | {c['consumer_rss_mb']:.0f} | {c['publish_fps']:.0f} |")
+    return "\n".join([
+        f"## End-to-end pipeline ({r['date']})",
+        "",
+        f"`python benchmarks/bench_pipeline.py` on {r['machine']} (load average {r['load_avg'][0]:.1f} -> "
+        f"{r['load_avg'][1]:.1f}: the 2 cores were shared with other work). Model: INP-Former `{r['arch']}` "
+        f"architecture (untrained weights; throughput does not depend on them), ONNX Runtime, batch {r['batch']}. "
+        f"{r['frames']} real test frames (every category, JPEG q92, shorter side 320 px), threshold at their "
+        "90th percentile so ~10 % of frames write a mask, heatmap and the frame. Real services: Kafka, "
+        "PostgreSQL, Redis from `deploy/services.sh`.",
+        "",
+        f"Bare model (local engine, decoded frames, no bus/storage): **{r['bare_fps']:.1f} frames/s** "
+        f"({r['bare_fps_before']:.1f} before, {r['bare_fps_after']:.1f} after the one-consumer run; "
+        f"{r['bare_fps_1thread']:.1f} with one thread).",
+        "",
+        "| consumers | pipeline frames/s | vs bare | latency p50 / p99 ms (capture -> stored) | consumer RSS MB | publish fr/s |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Pipeline frames/s: steady state while draining a {one['frames']}-frame backlog, published to Kafka "
+        "before the consumers start, through decode -> engine -> PostgreSQL -> Redis -> commit (rows whose "
+        "`stored_at` is after every consumer owned partitions, start-up excluded). "
+        "Latency: frames then published at 70 % of that rate, `latency_ms` of their rows. One consumer "
+        f"**{goal} the 85 % goal** ({one['ratio_to_bare']:.0%} of the bare model).",
+        "",
+        f"Where one consumer's time goes (the same consumer code in-process on the memory bus, real "
+        f"PostgreSQL + Redis, one ORT thread, cProfile): {prof_txt}; {r['profile_1thread']['fps']:.1f} frames/s = "
+        f"{r['profile_1thread']['ratio_to_bare']:.0%} of the one-thread bare model "
+        f"({r['bare_fps_1thread']:.1f} / {r['bare_fps_1thread_after']:.1f} frames/s before / after). The stages "
+        "run one after another in the consumer's thread, so the model can only get the share the other "
+        "stages leave it; overlapping the store/cache/commit of batch k with the inference of batch k+1 "
+        "and decoding in a worker thread is what would close the gap on a machine with spare cores.",
+        "",
+        f"Services RSS: Kafka {svc.get('kafka', 0):.0f} MB, PostgreSQL {svc.get('postgres', 0):.0f} MB "
+        f"(all backends), Redis {svc.get('redis', 0):.0f} MB; consumers as in the table (peak, all processes).",
+        "",
+        "Scaling: the frames topic has `topic_partitions` partitions (6) keyed by camera; every consumer "
+        "process in one group owns a disjoint share of them, so throughput grows with consumer processes "
+        "on more machines until there are as many consumers as partitions (raise the partition count "
+        "first; per-camera order is kept). On this 2-core machine the two consumers share the same cores: "
+        f"the second row ({two['pipeline_fps'] / one['pipeline_fps']:.2f}x the first) comes from overlapping one "
+        "consumer's decode/store with the other's inference and from one ORT thread each (bare model "
+        f"{r['bare_fps_1thread']:.0f} frames/s with one thread vs {r['bare_fps']:.0f} with two on this loaded "
+        "machine), not from added capacity. With `engine_url=triton-grpc://` "
+        "the consumers become thin (decode + storage) and the model runs in Triton instances that batch "
+        "requests across consumers; add Triton instances (or GPUs) behind a load balancer independently "
+        "of the consumers. PostgreSQL writes are one transaction per batch and idempotent, so any "
+        "number of consumers can replay safely.",
+        "",
+        f"Run time {r['seconds']:.0f} s.",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
