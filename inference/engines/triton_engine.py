@@ -102,6 +102,12 @@ class TritonEngine:
             low = msg.lower()
             if ("unknown model" in low or "not found" in low or "is not ready" in low
                     or "no model version" in low) and "unavailable" not in low:
+                # A server that is starting, stopping or loading answers "unknown / not ready" for
+                # every model: that is an outage to wait out, not a product to dead-letter.
+                if "is not ready" in low or not self._server_ready():
+                    self._local.client = None
+                    raise EngineUnavailable(f"Triton at {self.url} is not serving {product!r} right now "
+                                            f"(starting, stopping or loading): {msg}") from None
                 raise UnknownProduct(product) from None
             if any(s in low for s in ("unavailable", "failed to connect", "connection", "deadline", "timed out",
                                       "socket closed", "broken pipe")):
@@ -111,6 +117,12 @@ class TritonEngine:
         except (OSError, ConnectionError, TimeoutError) as exc:
             self._local.client = None
             raise EngineUnavailable(f"Triton at {self.url} is unreachable: {exc}") from None
+
+    def _server_ready(self) -> bool:
+        try:
+            return bool(self._client().is_server_ready())
+        except Exception:  # noqa: BLE001 - unreachable or shutting down: not ready
+            return False
 
     def model_info(self, product: str) -> _ModelInfo:
         """Input size and max batch of the product's model (read once from the server, then cached)."""

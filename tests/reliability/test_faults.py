@@ -135,3 +135,35 @@ def test_redis_out_of_memory_stores_and_commits_and_reports_the_gap(rig: Rig) ->
     counted = sum(inspected for _m, inspected, _d in cache.counters(rig.product, "L1", minutes=10))
     assert counted + sum(gaps) == N, (counted, sum(gaps))
     assert counted < N
+
+
+def test_triton_outage_is_waited_out(rig: Rig, tiny_model) -> None:  # noqa: ANN001 - TinyModel
+    pytest.importorskip("pytriton")
+    from deploy.triton_server import ServerConfig, TritonModelServer, static_source, wait_ready
+    from tests.integration.triton_fixtures import free_port
+
+    ports = dict(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+
+    def serve() -> TritonModelServer:
+        srv = TritonModelServer(static_source({rig.product: tiny_model.model_dir}),
+                                ServerConfig(**ports, max_batch=8, threads=1, poll_s=3600)).start()
+        assert wait_ready(f"http://127.0.0.1:{ports['http_port']}", 60), "Triton did not become ready"
+        return srv
+
+    server = serve()
+    cam = Camera(rig.settings, rig.product, N, FPS)
+    try:
+        rig.start_consumer(engine_url=f"triton-grpc://127.0.0.1:{ports['grpc_port']}")
+        cam.start()
+        rig.wait_for(lambda: rig.stored_count() >= N // 4, STARTUP_S, "a quarter of the frames stored")
+        server.stop()
+        server = None
+        time.sleep(6)
+        server = serve()  # same ports: the consumer's client reconnects by itself
+        finish(rig, cam, timeout_s=120)
+    finally:
+        cam.stop()
+        if server is not None:
+            server.stop()
+    assert_exactly_once(rig, cam)
+    assert "engine unavailable; waiting before retrying the batch" in rig.log_text()
