@@ -19,6 +19,7 @@ Version history:
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -33,7 +34,10 @@ Encoding = Literal["jpeg", "png"]
 class PoisonFrame(ValueError):
     """A message that can never be processed. ``reason`` is a short machine-readable code."""
 
+    MAX_DETAIL = 300  # a hostile message must not produce a huge log line or DLQ header
+
     def __init__(self, reason: str, detail: str = "") -> None:
+        detail = detail if len(detail) <= self.MAX_DETAIL else detail[: self.MAX_DETAIL] + "..."
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
@@ -75,17 +79,23 @@ class FrameEnvelope:
         hdr = {k: v for k, v in (headers or [])}
         if "li-meta" not in hdr:
             raise PoisonFrame("bad_envelope", "missing li-meta header")
+        raw = hdr["li-meta"]
+        if not isinstance(raw, (bytes, bytearray)):
+            raise PoisonFrame("bad_envelope", f"li-meta header is {type(raw).__name__}, not bytes")
         try:
-            meta = json.loads(hdr["li-meta"].decode("utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError("li-meta is not an object")
-        except (UnicodeDecodeError, ValueError) as exc:
+            meta = json.loads(bytes(raw).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise PoisonFrame("bad_envelope", f"li-meta is not JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise PoisonFrame("bad_envelope", "li-meta is not an object")
         version = meta.get("version", 1)
-        if version not in SUPPORTED_VERSIONS:
+        if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
             raise PoisonFrame("bad_envelope", f"unsupported envelope version {version!r}")
         if not value:
             raise PoisonFrame("empty_payload", "message has no image bytes")
+        encoding = meta.get("encoding", "jpeg")
+        if encoding not in ("jpeg", "png"):
+            raise PoisonFrame("bad_encoding", f"encoding {str(encoding)[:40]!r} is not jpeg or png")
         try:
             env = cls(
                 product=_req_str(meta, "product"),
@@ -93,17 +103,15 @@ class FrameEnvelope:
                 camera=_req_str(meta, "camera"),
                 frame_id=_req_int(meta, "frame_id"),
                 payload=bytes(value),
-                encoding=meta.get("encoding", "jpeg"),
-                shape=tuple(int(x) for x in meta.get("shape") or ()),
-                capture_ts=float(meta.get("capture_ts", time.time())),
+                encoding=encoding,
+                shape=_shape(meta.get("shape")),
+                capture_ts=_timestamp(meta.get("capture_ts", time.time())),
                 specimen_id=_opt_str(meta, "specimen_id"),
                 view=_opt_str(meta, "view"),
-                version=int(version),
+                version=version,
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise PoisonFrame("bad_envelope", str(exc)) from None
-        if env.encoding not in ("jpeg", "png"):
-            raise PoisonFrame("bad_encoding", f"encoding {env.encoding!r} is not jpeg or png")
         if key is not None and key.decode("utf-8", "replace") != env.camera:
             raise PoisonFrame("bad_envelope", "message key does not match camera")
         return env
@@ -130,9 +138,31 @@ def _opt_str(meta: dict, name: str) -> str | None:
 
 def _req_int(meta: dict, name: str) -> int:
     v = meta.get(name)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"field {name!r} must be a non-negative integer")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+        raise ValueError(f"field {name!r} must be an integer in [0, 2^63) (a BIGINT)")
     return v
+
+
+def _shape(v: object) -> tuple[int, ...]:
+    if v is None or v == []:
+        return ()
+    if not isinstance(v, list) or len(v) > 4:
+        raise ValueError("field 'shape' must be a list of at most 4 integers")
+    out = []
+    for d in v:
+        if isinstance(d, bool) or not isinstance(d, (int, float)):
+            raise ValueError("field 'shape' must hold numbers")
+        out.append(int(d))  # inf -> OverflowError ("cannot convert float infinity"), NaN -> ValueError
+    return tuple(out)
+
+
+def _timestamp(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("field 'capture_ts' must be a number (epoch seconds)")
+    ts = float(v)  # a huge int -> OverflowError "int too large to convert to float"
+    if not math.isfinite(ts):
+        raise ValueError("field 'capture_ts' must be finite")
+    return ts
 
 
 def encode_image(image: np.ndarray, encoding: Encoding = "jpeg", quality: int = 92) -> bytes:
@@ -149,8 +179,16 @@ def encode_image(image: np.ndarray, encoding: Encoding = "jpeg", quality: int = 
     return buf.tobytes()
 
 
+_SIGNATURES = {"jpeg": b"\xff\xd8", "png": b"\x89PNG\r\n\x1a\n"}
+
+
 def decode_image(env: FrameEnvelope, max_pixels: int = 40_000_000) -> np.ndarray:
-    """Decode to RGB uint8 (H, W, 3). Raises :class:`PoisonFrame` for anything unusable."""
+    """Decode to RGB uint8 (H, W, 3). Raises :class:`PoisonFrame` for anything unusable.
+
+    Only the declared format reaches the decoder (OpenCV would otherwise sniff BMP/TIFF/PNM,
+    whose sizes are not checked here), and the size in the format's header is bounded by
+    ``max_pixels`` *before* decoding, so a tiny message cannot make the consumer allocate gigabytes.
+    """
     import cv2
 
     if env.shape:
@@ -158,24 +196,38 @@ def decode_image(env: FrameEnvelope, max_pixels: int = 40_000_000) -> np.ndarray
             raise PoisonFrame("bad_shape", f"declared shape {env.shape} is not (H,W) or (H,W,C)")
         if env.shape[0] * env.shape[1] > max_pixels:
             raise PoisonFrame("oversized", f"declared {env.shape[0]}x{env.shape[1]} exceeds {max_pixels} pixels")
-    buf = np.frombuffer(env.payload, dtype=np.uint8)
-    # Check the header's dimensions before allocating the full image (decompression bombs).
+    sig = _SIGNATURES.get(env.encoding)
+    if sig is None or not env.payload.startswith(sig[: min(len(sig), len(env.payload))]) or len(env.payload) < 2:
+        raise PoisonFrame("bad_encoding", f"payload does not carry the {env.encoding} signature")
     hdr_shape = _peek_dims(env.payload)
-    if hdr_shape is not None and hdr_shape[0] * hdr_shape[1] > max_pixels:
+    if hdr_shape is None:
+        raise PoisonFrame("undecodable", f"no {env.encoding} size header in {len(env.payload)} bytes")
+    if hdr_shape[0] * hdr_shape[1] > max_pixels:
         raise PoisonFrame("oversized", f"image header says {hdr_shape[1]}x{hdr_shape[0]}, over {max_pixels} pixels")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(np.frombuffer(env.payload, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise PoisonFrame("undecodable", f"OpenCV: {str(exc).strip().splitlines()[-1][:200]}") from None
     if img is None or img.size == 0:
         raise PoisonFrame("undecodable", f"{len(env.payload)} bytes are not a valid {env.encoding} image")
-    if img.dtype != np.uint8:
-        img = cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(img.max())))
+    if img.shape[0] * img.shape[1] > max_pixels:
+        raise PoisonFrame("oversized", f"decoded {img.shape[1]}x{img.shape[0]}, over {max_pixels} pixels")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(np.nanmax(img))))
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 2:  # gray + alpha
+        img = cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     elif img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     else:
-        raise PoisonFrame("bad_channels", f"{img.shape[2]} channels; expected 1, 3 or 4")
+        raise PoisonFrame("bad_channels", f"{img.shape[2]} channels; expected 1, 2, 3 or 4")
     if env.shape and tuple(env.shape[:2]) != tuple(img.shape[:2]):
         raise PoisonFrame("shape_mismatch", f"declared {tuple(env.shape[:2])}, decoded {tuple(img.shape[:2])}")
     if min(img.shape[:2]) < 16:
