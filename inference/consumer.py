@@ -11,7 +11,18 @@ Guarantees (what the integration tests check):
     the consumer retries with exponential backoff (saying why it waits) and commits nothing;
   * the cache is best effort: a Redis failure is logged and never blocks the commit (the
     database is the record; the cache refills from the next results);
-  * SIGTERM / SIGINT: the batch in hand is finished and committed, then the consumer closes.
+  * SIGTERM / SIGINT: the batches in hand are finished and committed, then the consumer closes.
+
+Pipelining (the default in :meth:`InferenceConsumer.run`): while batch k+1 is decoded and scored
+on the polling thread, batch k is postprocessed (mask / heatmap PNG), stored, cached and fused by
+one background *sink* thread. At most ``sink_depth`` scored batches wait for or sit in the sink
+(back-pressure: the polling thread blocks when they are full), so memory and what a crash
+redelivers stay bounded. Kafka's consumer is not thread-safe, so polling, dead-lettering and
+committing all stay on the polling thread, and it commits batches strictly in the order they were
+polled, each only once the sink reports it stored: the sink is FIFO, so a batch's commit (whose
+offsets also cover every earlier record of its partitions) never precedes its own store or the
+store of any batch polled before it. Dead-letter copies are published (and acknowledged) on the
+polling thread before the batch is handed to the sink, so they too precede its commit.
 """
 
 from __future__ import annotations
@@ -19,11 +30,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import queue
 import socket
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,13 +65,49 @@ class _Frame:
     image: np.ndarray
 
 
+@dataclass
+class _Scored:
+    """One scored frame waiting for its row: the engine output is shared by its product batch."""
+
+    env: FrameEnvelope
+    hw: tuple[int, int]
+    out: EngineOutput
+    index: int
+    engine_name: str
+    inferred_at: float
+    batch: int
+
+
+@dataclass
+class _Batch:
+    """A polled batch after decode, scoring and dead-lettering; the sink turns it into stored rows.
+
+    ``status`` moves from ``queued`` to ``stored`` (commit it), ``abandoned`` (stop requested
+    during a store outage: never commit it or anything after it) or ``failed`` (``error`` is
+    re-raised on the polling thread); ``done`` is set when the sink has finished with it.
+    """
+
+    records: list[Record]
+    scored: list[_Scored]
+    poison: list[tuple[Record, str, str]]
+    rows: list[ResultRow] = field(default_factory=list)
+    status: str = "queued"
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 class InferenceConsumer:
     """One consumer loop; several processes in one consumer group share the partitions."""
 
     def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: Any, cache: Any = None,
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
-                 fuser: Any = None) -> None:
+                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 2) -> None:
+        """``pipelined``: store batch k on a sink thread while batch k+1 is scored (``run`` only;
+        :meth:`process` is always synchronous); ``sink_depth``: scored batches allowed to wait for
+        or sit in the sink (>= 1); ``decode_threads``: image decoders per batch (1 = serial)."""
+        if sink_depth < 1 or decode_threads < 1:
+            raise ValueError(f"sink_depth ({sink_depth}) and decode_threads ({decode_threads}) must be >= 1")
         self.settings = settings
         self.bus = bus
         self.engine = engine
@@ -76,7 +125,12 @@ class InferenceConsumer:
         self._last_stat = time.monotonic()
         self._closed = False
         self.fuser = fuser          # inference.fusion.SpecimenFuser; built on the first specimen frame
+        self._fuse_lock = threading.Lock()  # results fuse on the sink thread, the sweep runs on the polling thread
         self._last_sweep = time.monotonic()
+        self.pipelined = pipelined
+        self.sink_depth = sink_depth
+        self.decode_threads = decode_threads
+        self._decoder: ThreadPoolExecutor | None = None
 
     # --- control ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -99,59 +153,93 @@ class InferenceConsumer:
     # --- loop -----------------------------------------------------------------------------
     def run(self, max_frames: int | None = None, idle_timeout_s: float | None = None) -> int:
         """Consume until stopped, ``max_frames`` records are handled, or nothing came for
-        ``idle_timeout_s``; returns the number of records handled (stored + dead-lettered)."""
+        ``idle_timeout_s``; returns the number of records handled (stored + dead-lettered, committed).
+
+        On the way out the sink is drained: every batch it stores is committed, in order; a batch
+        abandoned in an outage (and everything polled after it) stays uncommitted and is redelivered."""
         handled = 0
+        polled = 0  # records taken from the bus (committed or in the sink)
         self.metrics.start_http()
         last_data = time.monotonic()
         poll_delay = self.backoff_initial_s
-        while not self._stop.is_set():
-            want = self.settings.batch_max_records
-            if max_frames is not None:
-                if handled >= max_frames:
-                    break
-                want = min(want, max_frames - handled)
-            try:
-                records = self.bus.poll_batch(want, self.settings.batch_max_wait_ms)
-                poll_delay = self.backoff_initial_s
-            except ServiceUnavailable as exc:  # the broker is down or restarting: back off, keep the process
-                log.warning("bus unavailable; waiting before polling again (nothing is lost: offsets are committed)",
-                            extra=kv(wait_s=round(poll_delay, 2), error=str(exc)[:300]))
-                self._stop.wait(poll_delay)
-                poll_delay = min(poll_delay * 2, self.backoff_max_s)
-                continue
-            if records:
-                last_data = time.monotonic()
+        sink = _Sink(self) if self.pipelined else None
+        inflight: deque[_Batch] = deque()
+        ok = False
+        try:
+            while not self._stop.is_set():
+                want = self.settings.batch_max_records
+                if max_frames is not None:
+                    if polled >= max_frames:
+                        break
+                    want = min(want, max_frames - polled)
                 try:
-                    handled += self.process(records)
+                    records = self.bus.poll_batch(want, self.settings.batch_max_wait_ms)
+                    poll_delay = self.backoff_initial_s
+                except ServiceUnavailable as exc:  # the broker is down or restarting: back off, keep the process
+                    log.warning("bus unavailable; waiting before polling again (nothing is lost: offsets are committed)",
+                                extra=kv(wait_s=round(poll_delay, 2), error=str(exc)[:300]))
+                    self._stop.wait(poll_delay)
+                    poll_delay = min(poll_delay * 2, self.backoff_max_s)
+                    continue
+                try:
+                    if records:
+                        last_data = time.monotonic()
+                        polled += len(records)
+                        if sink is None:
+                            handled += self.process(records)
+                        else:  # score this batch while the sink stores the previous ones
+                            batch = self._prepare(records)
+                            handled += self._commit_done(inflight, room_for=self.sink_depth - 1)  # back-pressure
+                            inflight.append(batch)
+                            sink.put(batch)
+                    handled += self._commit_done(inflight)
                 except _Stopped:
-                    log.info("stopped during an outage; the batch in hand stays uncommitted and will be redelivered",
-                             extra=kv(records=len(records)))
+                    log.info("stopped during an outage; the batches in hand stay uncommitted and will be redelivered",
+                             extra=kv(records=len(records) + sum(len(b.records) for b in inflight)))
                     break
-            elif idle_timeout_s is not None and time.monotonic() - last_data >= idle_timeout_s:
-                log.info("idle timeout", extra=kv(seconds=idle_timeout_s, handled=handled))
-                break
-            self._maybe_snapshot()
-            self._maybe_sweep()
-        self._maybe_snapshot(force=True)
+                if not records and idle_timeout_s is not None and time.monotonic() - last_data >= idle_timeout_s:
+                    log.info("idle timeout", extra=kv(seconds=idle_timeout_s, handled=handled))
+                    break
+                self._maybe_snapshot()
+                self._maybe_sweep()
+            ok = True
+        finally:
+            if sink is not None:
+                if not ok:  # an error is on its way out: do not wait out an outage in the sink
+                    self._stop.set()
+                sink.close()  # every batch handed over is now stored, abandoned or failed
+                handled += self._drain(inflight, raise_errors=ok)
+            self._maybe_snapshot(force=True)
         return handled
 
     def process(self, records: list[Record]) -> int:
-        """Handle one polled batch end to end (commit included); returns the records handled."""
-        t0 = time.time()
+        """Handle one polled batch end to end and synchronously (commit included); returns the records handled."""
+        batch = self._prepare(records)
+        self._store(batch)
+        return self._commit(batch)
+
+    def _prepare(self, records: list[Record]) -> _Batch:
+        """Polling-thread half of a batch: decode, score, dead-letter what can never be stored."""
         self.metrics.observe_batch(len(records))
         frames, poison = self._decode(records)
-        rows: list[ResultRow] = []
+        scored: list[_Scored] = []
         by_product: dict[str, list[_Frame]] = defaultdict(list)
         for f in frames:
             by_product[f.env.product].append(f)
         for product, group in by_product.items():
             good, bad = self._score(product, group)
-            rows.extend(good)
+            scored.extend(good)
             poison.extend(bad)
         for rec, reason, detail in poison:
             self._retry("dead-letter topic", lambda r=rec, a=reason, d=detail: self.bus.dead_letter(r, a, d))
             self.metrics.dead_lettered(reason)
             log.warning("dead-lettered", extra=kv(reason=reason, detail=detail[:200], partition=rec.partition, offset=rec.offset))
+        return _Batch(records, scored, poison)
+
+    def _store(self, batch: _Batch) -> None:
+        """Sink half: rows (masks, heatmaps), the durable store, then cache and specimen fusion."""
+        t0 = time.time()
+        rows = [self._row(s) for s in batch.scored]
         if rows:
             self._retry("result store", lambda: self.store.save_results(rows))
             stored_at = time.time()
@@ -163,12 +251,55 @@ class InferenceConsumer:
                 self.metrics.observe_stored(product, verdicts, lat)
             self._update_cache(rows)
             self._fuse(rows)
-        self._retry("bus commit", lambda: self.bus.commit(records))  # broker restarting: wait, do not die
-        self.stored += len(rows)
-        self.dead_lettered += len(poison)
-        log.debug("batch done", extra=kv(records=len(records), stored=len(rows), dlq=len(poison),
-                                         ms=round((time.time() - t0) * 1000, 1)))
-        return len(records)
+        batch.rows = rows
+        log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows), dlq=len(batch.poison),
+                                           ms=round((time.time() - t0) * 1000, 1)))
+
+    def _commit(self, batch: _Batch) -> int:
+        """Commit a stored batch (polling thread only); returns its record count."""
+        self._retry("bus commit", lambda: self.bus.commit(batch.records))  # broker restarting: wait, do not die
+        self.stored += len(batch.rows)
+        self.dead_lettered += len(batch.poison)
+        return len(batch.records)
+
+    def _commit_done(self, inflight: deque[_Batch], room_for: int | None = None) -> int:
+        """Commit the finished batches at the head of ``inflight``, oldest first; with ``room_for``,
+        first wait until at most that many remain (back-pressure on the polling thread).
+
+        Raises :class:`_Stopped` at an abandoned batch and re-raises a failed batch's error: nothing
+        polled after it may be committed (the commit offsets are cumulative per partition)."""
+        handled = 0
+        while inflight:
+            head = inflight[0]
+            if room_for is not None and len(inflight) > room_for:
+                head.done.wait()
+            elif False:
+                break
+            if head.status == "abandoned":
+                raise _Stopped()
+            if head.status == "failed":
+                head.status = "abandoned"  # raised once; a later drain stops here without raising again
+                raise head.error  # type: ignore[misc]
+            handled += self._commit(head)
+            inflight.popleft()
+        return handled
+
+    def _drain(self, inflight: deque[_Batch], raise_errors: bool) -> int:
+        """After the sink closed: commit the stored prefix of ``inflight``; the rest is redelivered."""
+        handled = 0
+        try:
+            handled += self._commit_done(inflight)
+        except _Stopped:
+            pass
+        except Exception:  # noqa: BLE001 - a failed batch: raise it unless another error is already leaving
+            if raise_errors:
+                raise
+            log.exception("batch failed while another error was leaving the consumer")
+        finally:
+            if inflight:
+                log.info("left uncommitted for redelivery", extra=kv(batches=len(inflight),
+                                                                     records=sum(len(b.records) for b in inflight)))
+        return handled
 
     # --- specimen fusion (inference/fusion.py) ---------------------------------------------------
     def _fuse(self, rows: list[ResultRow]) -> None:
@@ -177,12 +308,13 @@ class InferenceConsumer:
         if not any(r.specimen_id for r in rows):
             return
         try:
-            if self.fuser is None and hasattr(self.store, "engine"):
-                from inference.fusion import SpecimenFuser
+            with self._fuse_lock:
+                if self.fuser is None and hasattr(self.store, "engine"):
+                    from inference.fusion import SpecimenFuser
 
-                self.fuser = SpecimenFuser(self.store, self.settings)
-            if self.fuser is not None:
-                self.fuser.on_results(rows)
+                    self.fuser = SpecimenFuser(self.store, self.settings)
+                if self.fuser is not None:
+                    self.fuser.on_results(rows)
         except Exception as exc:  # noqa: BLE001 - fusion is best effort per batch
             log.warning("specimen fusion failed; the sweep will retry", extra=kv(error=str(exc)[:300]))
 
@@ -191,24 +323,36 @@ class InferenceConsumer:
             return
         self._last_sweep = time.monotonic()
         try:
-            self.fuser.sweep()
+            with self._fuse_lock:
+                self.fuser.sweep()
         except Exception as exc:  # noqa: BLE001
             log.warning("specimen sweep failed", extra=kv(error=str(exc)[:300]))
 
     # --- steps ------------------------------------------------------------------------------
     def _decode(self, records: list[Record]) -> tuple[list[_Frame], list[tuple[Record, str, str]]]:
+        """Envelopes and images in record order; cv2 releases the GIL, so a small pool decodes in parallel."""
+        if self.decode_threads > 1 and len(records) > 1:
+            if self._decoder is None:
+                self._decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+            results = list(self._decoder.map(self._decode_one, records))
+        else:
+            results = [self._decode_one(rec) for rec in records]
         frames, poison = [], []
-        for rec in records:
-            try:
-                env = FrameEnvelope.from_message(rec.key, rec.value, rec.headers)
-                img = decode_image(env, self.settings.max_frame_pixels)
-            except PoisonFrame as exc:
-                poison.append((rec, exc.reason, exc.detail))
-                continue
-            frames.append(_Frame(rec, env, img))
+        for rec, got in zip(records, results):
+            if isinstance(got, _Frame):
+                frames.append(got)
+            else:
+                poison.append((rec, *got))
         return frames, poison
 
-    def _score(self, product: str, frames: list[_Frame]) -> tuple[list[ResultRow], list[tuple[Record, str, str]]]:
+    def _decode_one(self, rec: Record) -> _Frame | tuple[str, str]:
+        try:
+            env = FrameEnvelope.from_message(rec.key, rec.value, rec.headers)
+            return _Frame(rec, env, decode_image(env, self.settings.max_frame_pixels))
+        except PoisonFrame as exc:
+            return exc.reason, exc.detail
+
+    def _score(self, product: str, frames: list[_Frame]) -> tuple[list[_Scored], list[tuple[Record, str, str]]]:
         """Rows for one product's frames; frames that can never be scored come back as poison."""
         try:
             out = self._infer(product, frames)
@@ -227,7 +371,8 @@ class InferenceConsumer:
         if getattr(out, "calibrated", True) is False:  # zero-shot threshold still warming up: say so per row
             engine_name = f"{engine_name}:warmup"
         inferred_at = time.time()
-        return [self._row(f, out, i, engine_name, inferred_at, len(frames)) for i, f in enumerate(frames)], []
+        return [_Scored(f.env, f.image.shape[:2], out, i, engine_name, inferred_at, len(frames))
+                for i, f in enumerate(frames)], []
 
     def _infer(self, product: str, frames: list[_Frame]) -> EngineOutput:
         """engine.infer with retries: unavailable backends forever, other errors ``engine_attempts`` times."""
@@ -255,17 +400,19 @@ class InferenceConsumer:
             self._wait(delay)
             delay = min(delay * 2, self.backoff_max_s)
 
-    def _row(self, f: _Frame, out: EngineOutput, i: int, engine_name: str, inferred_at: float, batch: int) -> ResultRow:
+    def _row(self, s: _Scored) -> ResultRow:
+        """The result row; masks and heatmaps are encoded here, on the sink thread when pipelined."""
+        env, out, i = s.env, s.out, s.index
         score = float(out.scores[i])
         thr = float(out.threshold)
-        h, w = f.image.shape[:2]
+        h, w = s.hw
         v = verdict(score, thr)
         row = ResultRow(
-            product=f.env.product, line=f.env.line, camera=f.env.camera, frame_id=f.env.frame_id,
-            captured_at=f.env.capture_ts, inferred_at=inferred_at, score=score, threshold=thr, verdict=v,
-            model_version=str(out.model_version), engine=str(engine_name)[:32], infer_ms=float(out.infer_ms),
-            batch_size=batch, width=w, height=h, specimen_id=f.env.specimen_id, view=f.env.view,
-            frame_encoding=f.env.encoding,
+            product=env.product, line=env.line, camera=env.camera, frame_id=env.frame_id,
+            captured_at=env.capture_ts, inferred_at=s.inferred_at, score=score, threshold=thr, verdict=v,
+            model_version=str(out.model_version), engine=str(s.engine_name)[:32], infer_ms=float(out.infer_ms),
+            batch_size=s.batch, width=w, height=h, specimen_id=env.specimen_id, view=env.view,
+            frame_encoding=env.encoding,
         )
         if v == "defect":
             amap = np.asarray(out.maps[i], dtype=np.float32)
@@ -274,10 +421,10 @@ class InferenceConsumer:
             row.mask_png = mask_png(mask)
             row.heat_png = heat_png(amap, thr, (h, w)) if thr > 0 else None
             if self.settings.keep_flagged_frames:
-                row.frame_bytes = f.env.payload
+                row.frame_bytes = env.payload
         elif score < self.settings.keep_normal_margin * thr:
             row.keep_as_normal = True
-            row.frame_bytes = f.env.payload
+            row.frame_bytes = env.payload
         return row
 
     def _update_cache(self, rows: list[ResultRow]) -> None:
@@ -330,8 +477,50 @@ class InferenceConsumer:
         if self._closed:
             return
         self._closed = True
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True)
+            self._decoder = None
         self.metrics.close()
         self.bus.close()
+
+
+class _Sink:
+    """One background thread storing scored batches in FIFO order (see the module docstring).
+
+    It never touches the bus. After a batch is abandoned (stop during a store outage) or fails,
+    every later batch is abandoned unstored too, so the stored batches are always a prefix of the
+    batches handed over, which is what the polling thread commits.
+    """
+
+    def __init__(self, consumer: InferenceConsumer) -> None:
+        self._consumer = consumer
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="consumer-sink", daemon=True)
+        self._thread.start()
+
+    def put(self, batch: _Batch) -> None:
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        """Finish every batch handed over, then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        broken = False
+        while (batch := self._queue.get()) is not None:
+            try:
+                if broken:
+                    batch.status = "abandoned"
+                    continue
+                self._consumer._store(batch)
+                batch.status = "stored"
+            except _Stopped:
+                broken, batch.status = True, "abandoned"
+            except BaseException as exc:  # noqa: BLE001 - handed to the polling thread, which re-raises it
+                broken, batch.status, batch.error = True, "failed", exc
+            finally:
+                batch.done.set()
 
 
 class _EngineRejects(Exception):

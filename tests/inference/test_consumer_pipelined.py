@@ -1,0 +1,337 @@
+"""The pipelined consumer: the sink thread stores batch k while batch k+1 is scored.
+
+What must hold (at least once, exactly one row): a batch's records are committed only after the
+store of that batch and of every batch polled before it returned; stops and outages leave the
+unstored tail uncommitted; a graceful stop drains the sink and commits everything it stored.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.consumer import InferenceConsumer
+from inference.metrics import ConsumerMetrics
+from ingest.bus.memory import MemoryBus, MemoryConsumer
+from lineinspect.errors import ServiceUnavailable
+from lineinspect.settings import Settings
+from storage.memory_cache import MemoryCache
+from storage.store import ResultStore
+from tests.inference.test_consumer import FakeEngine, publish
+
+FRAMES_TOPIC = "frames"
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, batch_max_records=4, batch_max_wait_ms=20, topic_frames=FRAMES_TOPIC,
+                    topic_dlq="frames.dlq", keep_normal_margin=0.8)
+
+
+@pytest.fixture()
+def store(tmp_path: Path):  # noqa: ANN201
+    s = ResultStore.open(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    yield s
+    s.close()
+
+
+class Journal:
+    """A thread-safe, ordered log of what the consumer did: infer, store begin/end, commit."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        self._lock = threading.Lock()
+
+    def add(self, *event: object) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        with self._lock:
+            return [e[0] for e in self.events]
+
+
+class RecordingBus(MemoryConsumer):
+    """A memory-bus member that journals commits and fails if it is touched from two threads."""
+
+    def __init__(self, bus: MemoryBus, settings: Settings, journal: Journal) -> None:
+        super().__init__(bus, settings.topic_frames, "g", settings.topic_dlq)
+        self.journal = journal
+        self.threads: set[str] = set()
+
+    def poll_batch(self, max_records: int, max_wait_ms: int):  # noqa: ANN201
+        self.threads.add(threading.current_thread().name)
+        return super().poll_batch(max_records, max_wait_ms)
+
+    def commit(self, records) -> None:  # noqa: ANN001
+        self.threads.add(threading.current_thread().name)
+        self.journal.add("commit", {(r.partition, r.offset) for r in records})
+        super().commit(records)
+
+
+class SlowStore:
+    """Wraps a real store: journals each save, sleeps ``delay_s``, fails while ``down`` is set."""
+
+    def __init__(self, real: ResultStore, journal: Journal, delay_s: float = 0.03) -> None:
+        self.real, self.journal, self.delay_s = real, journal, delay_s
+        self.down = threading.Event()
+        self.fail_after: int | None = None  # calls that succeed before the store goes down for good
+        self.calls = 0
+        self.saved: Counter[tuple[str, int]] = Counter()
+        self.engine = real.engine  # lets the consumer build its specimen fuser like on a real store
+
+    def save_results(self, rows):  # noqa: ANN001, ANN201
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            self.down.set()
+        if self.down.is_set():
+            raise ServiceUnavailable("postgresql", "postgresql://db", "connection refused")
+        self.journal.add("store_begin", len(rows))
+        time.sleep(self.delay_s)
+        out = self.real.save_results(rows)
+        self.saved.update((r.camera, r.frame_id) for r in rows)
+        self.journal.add("store_end", {(r.camera, r.frame_id) for r in rows})
+        return out
+
+    def record_consumer_stat(self, **kw) -> None:  # noqa: ANN003
+        self.real.record_consumer_stat(**kw)
+
+
+class JournalEngine(FakeEngine):
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def infer(self, product, images):  # noqa: ANN001, ANN201
+        self.journal.add("infer", len(images))
+        return super().infer(product, images)
+
+
+def make(settings: Settings, bus: MemoryBus, store, journal: Journal, engine=None, **kw) -> InferenceConsumer:  # noqa: ANN001
+    return InferenceConsumer(settings, RecordingBus(bus, settings, journal), engine or JournalEngine(journal), store,
+                             MemoryCache(), ConsumerMetrics(settings), backoff_initial_s=0.01, backoff_max_s=0.05,
+                             stat_interval_s=3600, **kw)
+
+
+def offsets_to_keys(bus: MemoryBus) -> dict[tuple[int, int], tuple[str, int]]:
+    """(partition, offset) -> (camera, frame_id) of every frame on the topic."""
+    import json
+
+    out = {}
+    for r in bus.records(FRAMES_TOPIC):
+        meta = json.loads(dict(r.headers)["li-meta"])
+        out[(r.partition, r.offset)] = (meta["camera"], meta["frame_id"])
+    return out
+
+
+def committed_keys(bus: MemoryBus) -> set[tuple[str, int]]:
+    """The frames covered by the group's committed offsets (everything before them, per partition)."""
+    done = bus.committed("g", FRAMES_TOPIC)
+    return {key for (p, off), key in offsets_to_keys(bus).items() if off < done.get(p, 0)}
+
+
+def assert_commits_follow_stores(journal: Journal, bus: MemoryBus) -> None:
+    """Replay the journal: at every commit, each record up to the committed offset is already stored."""
+    where = offsets_to_keys(bus)
+    stored: set[tuple[str, int]] = set()
+    high: dict[int, int] = {}
+    for kind, *rest in journal.events:
+        if kind == "store_end":
+            stored |= rest[0]
+        elif kind == "commit":
+            for p, off in rest[0]:
+                high[p] = max(high.get(p, 0), off + 1)
+            covered = {key for (p, off), key in where.items() if off < high.get(p, 0)}
+            assert covered <= stored, f"committed before stored: {sorted(covered - stored)[:5]}"
+
+
+def test_commits_follow_the_store_in_order_while_scoring_overlaps(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=2)
+    for cam in range(3):
+        publish(bus, settings, 8, camera=f"cam-{cam}")
+    c = make(settings, bus, SlowStore(store, journal, delay_s=0.05), journal)
+    assert c.run(max_frames=24, idle_timeout_s=2) == 24
+    c.close()
+    assert store.count_results() == 24 and len(committed_keys(bus)) == 24
+    assert_commits_follow_stores(journal, bus)
+    # the point of the sink: the engine ran while a store was in progress
+    depth, overlapped = 0, False
+    for kind in journal.kinds():
+        depth += {"store_begin": 1, "store_end": -1}.get(kind, 0)
+        overlapped |= kind == "infer" and depth > 0
+    assert overlapped
+    assert c.bus.threads == {threading.current_thread().name}  # poll and commit on the polling thread only
+
+
+def test_serial_mode_never_overlaps(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 12)
+    c = make(settings, bus, SlowStore(store, journal, delay_s=0.01), journal, pipelined=False)
+    assert c.run(max_frames=12, idle_timeout_s=2) == 12
+    c.close()
+    kinds = [k for k in journal.kinds() if k != "commit"]
+    assert kinds == ["infer", "store_begin", "store_end"] * 3
+    assert store.count_results() == 12
+
+
+def test_store_outage_commits_nothing_then_everything_once_it_recovers(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=2)
+    publish(bus, settings, 6, camera="cam-1")
+    publish(bus, settings, 6, camera="cam-2")
+    slow = SlowStore(store, journal, delay_s=0.0)
+    slow.down.set()
+    c = make(settings, bus, slow, journal)
+    done: dict[str, int] = {}
+    t = threading.Thread(target=lambda: done.update(n=c.run(max_frames=12)))
+    t.start()
+    deadline = time.monotonic() + 5
+    while slow.calls < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert slow.calls >= 5  # retried with backoff...
+    assert bus.committed("g", FRAMES_TOPIC) == {} and store.count_results() == 0  # ...committing nothing
+    assert len(c.bus.bus.records(FRAMES_TOPIC)) == 12
+    slow.down.clear()
+    t.join(10)
+    assert not t.is_alive() and done["n"] == 12
+    c.close()
+    assert store.count_results() == 12 and len(committed_keys(bus)) == 12
+    assert max(slow.saved.values()) == 1
+    assert_commits_follow_stores(journal, bus)
+
+
+def test_stop_during_an_outage_commits_only_the_stored_prefix(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 16)
+    slow = SlowStore(store, journal, delay_s=0.0)
+    slow.fail_after = 1  # the first batch is stored, then the database goes away
+    c = make(settings, bus, slow, journal)
+    t = threading.Thread(target=c.run)
+    t.start()
+    deadline = time.monotonic() + 5
+    while slow.calls < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.request_stop()
+    t.join(5)
+    assert not t.is_alive()
+    c.close()
+    assert bus.committed("g", FRAMES_TOPIC) == {0: 4}  # exactly the stored batch
+    assert committed_keys(bus) == set(slow.saved)
+    assert_commits_follow_stores(journal, bus)
+    slow.down.clear()
+    slow.fail_after = None
+    c2 = make(settings, bus, slow, journal)
+    assert c2.run(idle_timeout_s=0.3) == 12  # the rest is redelivered
+    c2.close()
+    assert store.count_results() == 16 and len(committed_keys(bus)) == 16
+
+
+def test_graceful_stop_drains_the_sink_and_commits_what_it_stored(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=3)
+    for cam in range(4):
+        publish(bus, settings, 10, camera=f"cam-{cam}")
+    slow = SlowStore(store, journal, delay_s=0.04)
+    c = make(settings, bus, slow, journal)
+    t = threading.Thread(target=c.run)
+    t.start()
+    deadline = time.monotonic() + 5
+    while "commit" not in journal.kinds() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    c.request_stop()  # batches are in the sink now: they must be stored and committed before run returns
+    t.join(5)
+    assert not t.is_alive()
+    c.close()
+    stored_at_stop = set(slow.saved)
+    assert 0 < len(stored_at_stop) < 40
+    assert committed_keys(bus) == stored_at_stop  # all stored batches committed, nothing unstored
+    assert_commits_follow_stores(journal, bus)
+    c2 = make(settings, bus, slow, journal)
+    assert c2.run(idle_timeout_s=0.3) == 40 - len(stored_at_stop)
+    c2.close()
+    # a graceful stop redelivers nothing: every frame was saved exactly once, none lost
+    assert len(slow.saved) == 40 and max(slow.saved.values()) == 1
+    assert store.count_results() == 40 and len(committed_keys(bus)) == 40
+
+
+class BadMapEngine(FakeEngine):
+    """Defect frames get a 3-D map, which the row's mask encoding rejects (a bug, not an outage)."""
+
+    def infer(self, product, images):  # noqa: ANN001, ANN201
+        out = super().infer(product, images)
+        if out.scores.max() > 0.5 and len(self.calls) > 1:
+            out.maps = out.maps[:, None]
+        return out
+
+
+def test_a_sink_error_is_raised_and_nothing_after_it_is_committed(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 12, defect_every=3)
+    c = make(settings, bus, SlowStore(store, journal, delay_s=0.0), journal, engine=BadMapEngine())
+    with pytest.raises(ValueError, match="2-D"):
+        c.run(max_frames=12, idle_timeout_s=1)
+    c.close()
+    assert bus.committed("g", FRAMES_TOPIC) == {0: 4}  # the first batch only
+    assert store.count_results() == 4
+    assert_commits_follow_stores(journal, bus)
+
+
+def test_consumers_crashing_and_stopping_lose_and_duplicate_nothing(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=4)
+    for cam in range(6):
+        publish(bus, settings, 10, camera=f"cam-{cam}")
+    slow = SlowStore(store, journal, delay_s=0.005)
+    a, b = make(settings, bus, slow, journal), make(settings, bus, slow, journal)
+    a.run(max_frames=12)
+    a.bus.poll_batch(4, 50)
+    a.close()  # a crash with a fetched, unprocessed batch: its partitions move to b
+    assert b.run(idle_timeout_s=0.5) == 60 - 12
+    b.close()
+    assert store.count_results() == 60 and len(committed_keys(bus)) == 60
+    assert_commits_follow_stores(journal, bus)
+    rows = store.results_for_camera("cam-0")
+    assert sorted(r["frame_id"] for r in rows) == list(range(1000, 1010))
+
+
+def test_decode_pool_gives_the_same_rows_as_serial_decoding(tmp_path: Path, settings: Settings) -> None:
+    rows = {}
+    for threads in (1, 3):
+        s = ResultStore.open(f"sqlite:///{tmp_path / f'd{threads}.sqlite'}")
+        bus = MemoryBus(partitions=2)
+        publish(bus, settings, 9)
+        c = InferenceConsumer(settings, MemoryConsumer(bus, FRAMES_TOPIC, "g", settings.topic_dlq), FakeEngine(), s,
+                              decode_threads=threads, stat_interval_s=3600)
+        assert c.run(max_frames=9, idle_timeout_s=1) == 9
+        c.close()
+        rows[threads] = [(r["frame_id"], r["score"], r["verdict"], r["defect_area_px"]) for r in s.results_for_camera("cam-1")]
+        s.close()
+    assert rows[1] == rows[3] and len(rows[1]) == 9
+
+
+def test_bad_pipeline_settings_are_refused(settings: Settings, store: ResultStore) -> None:
+    with pytest.raises(ValueError, match="sink_depth"):
+        InferenceConsumer(settings, MemoryConsumer(MemoryBus(1), FRAMES_TOPIC, "g"), FakeEngine(), store, sink_depth=0)
+    with pytest.raises(ValueError, match="decode_threads"):
+        InferenceConsumer(settings, MemoryConsumer(MemoryBus(1), FRAMES_TOPIC, "g"), FakeEngine(), store,
+                          decode_threads=0)
+
+
+def test_images_are_not_kept_for_the_sink(settings: Settings, store: ResultStore) -> None:
+    """The sink gets shapes and engine outputs, not decoded frames: its queue stays small."""
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 4)
+    c = make(settings, bus, store, Journal())
+    batch = c._prepare(c.bus.poll_batch(4, 50))
+    assert batch.scored and all(not isinstance(getattr(s, "image", None), np.ndarray) for s in batch.scored)
+    assert all(s.hw == (64, 64) for s in batch.scored)
+    c.close()
