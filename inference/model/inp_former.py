@@ -26,6 +26,18 @@ from inference.model.anomaly_map import anomaly_map_and_score, gaussian_kernel1d
 from inference.model.backbones import FrozenBackbone, build_backbone, default_groups, resize_to_grid
 
 
+# How the frozen encoder features are normalised (fixed train statistics) before the head sees them
+# and before they are compared with the reconstruction:
+#   none         raw features
+#   center       subtract the per-channel train mean (removes the shared offset that makes all tokens
+#                alike under cosine) without rescaling channels
+#   zscore       subtract the mean, divide by the per-channel std
+#   zscore_floor as zscore, std clamped below at STD_FLOOR x the group's median channel std, so that
+#                near-constant channels are not amplified into noise
+FEATURE_NORMS = ("none", "center", "zscore", "zscore_floor")
+STD_FLOOR = 0.5
+
+
 @dataclass
 class InpConfig:
     """Architecture hyper-parameters; stored verbatim in a model dir's config.json."""
@@ -42,7 +54,7 @@ class InpConfig:
     extractor_blocks: int = 1
     decoder_blocks: int = 8
     dropout: float = 0.2           # bottleneck dropout during training
-    standardize: bool = True       # per-channel z-score of encoder features with fixed train statistics
+    feature_norm: str = "zscore"   # fixed per-channel train statistics applied to encoder features: FEATURE_NORMS
     sigma: float = 4.0
     top_fraction: float = 0.01
 
@@ -59,6 +71,8 @@ class InpConfig:
             raise ValueError(f"input size {self.input_hw} must be a multiple of token_stride {self.token_stride}")
         if self.width % self.head_dim:
             raise ValueError("width must be a multiple of head_dim")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -72,8 +86,30 @@ class InpConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InpConfig":
         known = {f.name for f in fields(cls)}
-        d = {"standardize": False, **d}  # configs written before standardisation existed
+        d = dict(d)
+        if "feature_norm" not in d:  # older configs: a bool `standardize` (absent = raw features)
+            d["feature_norm"] = "zscore" if d.get("standardize", False) else "none"
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def channel_stats(e: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, divisor) of features (N, C, ...) for ``mode`` in FEATURE_NORMS.
+
+    The divisor is 1 for ``center``/``none``, so every mode is applied as (x - mean) / divisor.
+    """
+    x = e.transpose(0, 1).reshape(e.shape[1], -1)
+    mean, std = x.mean(1), x.std(1)
+    if mode == "none":
+        mean, div = torch.zeros_like(mean), torch.ones_like(std)
+    elif mode == "center":
+        div = torch.ones_like(std)
+    elif mode == "zscore":
+        div = std.clamp_min(1e-6)
+    elif mode == "zscore_floor":
+        div = std.clamp_min(max(STD_FLOOR * float(std.median()), 1e-6))
+    else:
+        raise ValueError(f"unknown feature_norm {mode!r}")
+    return mean, div
 
 
 class Mlp(nn.Module):
@@ -181,23 +217,23 @@ class InpHead(nn.Module):
         # Fixed (not learned) per-channel statistics of the training features. CNN feature maps carry
         # a large shared per-channel offset; without removing it every token looks alike under
         # cosine similarity and the decoder learns the mean instead of the token.
-        for i, c in enumerate(group_channels if cfg.standardize else []):
+        for i, c in enumerate(group_channels if cfg.feature_norm != "none" else []):
             self.register_buffer(f"feat_mean{i}", torch.zeros(c))
             self.register_buffer(f"feat_std{i}", torch.ones(c))
         self.apply(self._init)
 
     @torch.no_grad()
     def fit_stats(self, enc: list[torch.Tensor]) -> None:
-        """Set the standardisation statistics from training features (N, C_g, h, w) per group."""
-        if not self.cfg.standardize:
+        """Set the normalisation statistics from training features (N, C_g, h, w) per group."""
+        if self.cfg.feature_norm == "none":
             return
         for i, e in enumerate(enc):
-            x = e.transpose(0, 1).reshape(e.shape[1], -1)
-            getattr(self, f"feat_mean{i}").copy_(x.mean(1))
-            getattr(self, f"feat_std{i}").copy_(x.std(1).clamp_min(1e-6))
+            mean, std = channel_stats(e, self.cfg.feature_norm)
+            getattr(self, f"feat_mean{i}").copy_(mean)
+            getattr(self, f"feat_std{i}").copy_(std)
 
     def targets(self, enc: list[torch.Tensor]) -> list[torch.Tensor]:
-        if not self.cfg.standardize:
+        if self.cfg.feature_norm == "none":
             return list(enc)
         out = []
         for i, e in enumerate(enc):

@@ -81,3 +81,37 @@ def test_top_one_percent_score():
     m = torch.zeros(1, 10, 20)  # 200 px -> top 2
     m[0, 0, 0], m[0, 3, 3], m[0, 5, 5] = 10.0, 6.0, 1.0
     assert float(topk_mean_score(m, 0.01)) == pytest.approx(8.0)
+
+
+def _fit_targets(norm: str) -> tuple[InpFormer, list[torch.Tensor], list[torch.Tensor]]:
+    m = InpFormer(tiny_cfg(feature_norm=norm)).eval()
+    enc = m.encode(torch.rand(6, 3, 64, 64))
+    enc[0][:, 0] = 7.0 + 1e-5 * torch.randn_like(enc[0][:, 0])  # a near-constant channel with a large offset
+    m.head.fit_stats(enc)
+    return m, enc, m.head.targets(enc)
+
+
+def test_center_targets_have_zero_train_mean_and_keep_scale():
+    _, enc, tgt = _fit_targets("center")
+    for e, t in zip(enc, tgt):
+        assert torch.allclose(t.mean(dim=(0, 2, 3)), torch.zeros(t.shape[1]), atol=1e-5)
+        assert torch.allclose(t.std(dim=(0, 2, 3)), e.std(dim=(0, 2, 3)), atol=1e-5)  # not rescaled
+
+
+def test_zscore_floor_does_not_amplify_near_constant_channels():
+    _, _, z = _fit_targets("zscore")
+    _, _, zf = _fit_targets("zscore_floor")
+    assert float(z[0][:, 0].std()) > 0.9           # plain z-score blows the near-constant channel up to unit std
+    assert float(zf[0][:, 0].std()) < 0.1          # the floor keeps it near zero
+    sd = zf[0].std(dim=(0, 2, 3))
+    assert float(sd.max()) <= 1.0 + 1e-4 and torch.allclose(zf[0].mean(dim=(0, 2, 3)), torch.zeros(sd.numel()), atol=1e-4)
+
+
+def test_feature_norm_validation_and_old_configs():
+    with pytest.raises(ValueError):
+        tiny_cfg(feature_norm="minmax")
+    d = tiny_cfg().to_dict()
+    d.pop("feature_norm")
+    assert InpConfig.from_dict(d).feature_norm == "none"                          # before standardisation
+    assert InpConfig.from_dict({**d, "standardize": True}).feature_norm == "zscore"  # bool era
+    assert InpConfig.from_dict({**d, "feature_norm": "center"}).feature_norm == "center"
