@@ -59,8 +59,11 @@ def test_malformed_messages_are_poison(mutate, reason) -> None:  # noqa: ANN001
 
 def test_undecodable_oversized_and_mismatched_payloads() -> None:
     with pytest.raises(PoisonFrame) as e1:
-        decode_image(_env(payload=b"\x89PNG garbage bytes"))
+        decode_image(_env(payload=b"\xff\xd8\xff garbage bytes"))  # JPEG signature, no image behind it
     assert e1.value.reason == "undecodable"
+    with pytest.raises(PoisonFrame) as e0:
+        decode_image(_env(payload=b"\x89PNG garbage bytes"))  # declared jpeg, carries a PNG signature
+    assert e0.value.reason == "bad_encoding"
     with pytest.raises(PoisonFrame) as e2:
         decode_image(_env(), max_pixels=100)
     assert e2.value.reason == "oversized"
