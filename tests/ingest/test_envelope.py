@@ -59,10 +59,10 @@ def test_malformed_messages_are_poison(mutate, reason) -> None:  # noqa: ANN001
 
 def test_undecodable_oversized_and_mismatched_payloads() -> None:
     with pytest.raises(PoisonFrame) as e1:
-        decode_image(_env(payload=b"\xff\xd8\xff garbage bytes"))  # JPEG signature, no image behind it
+        decode_image(_env(payload=b"\x89PNG\r\n\x1a\n garbage bytes"))  # PNG signature, no image behind it
     assert e1.value.reason == "undecodable"
     with pytest.raises(PoisonFrame) as e0:
-        decode_image(_env(payload=b"\x89PNG garbage bytes"))  # declared jpeg, carries a PNG signature
+        decode_image(_env(payload=b"\x89PNG garbage bytes"))  # not the full PNG signature
     assert e0.value.reason == "bad_encoding"
     with pytest.raises(PoisonFrame) as e2:
         decode_image(_env(), max_pixels=100)
