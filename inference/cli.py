@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0 = off)")
     p.add_argument("--max-frames", type=int, default=None, help="exit after N records (default: run until stopped)")
     p.add_argument("--idle-timeout", type=float, default=None, help="exit after N seconds without records")
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="store each batch before scoring the next (default: a sink thread stores batch k while "
+                        "batch k+1 is scored; commits always follow the store)")
     p.set_defaults(func=run_consume)
     try:
         serving = importlib.import_module("inference.serving_cli")
@@ -53,7 +56,8 @@ def run_consume(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     cache = open_cache(settings)
     engine = open_engine(settings, ModelRegistry(store, settings.resolved_models_dir))
-    consumer = InferenceConsumer(settings, open_consumer(settings), engine, store, cache, ConsumerMetrics(settings))
+    consumer = InferenceConsumer(settings, open_consumer(settings), engine, store, cache, ConsumerMetrics(settings),
+                                 pipelined=not getattr(args, "no_pipeline", False))
     consumer.install_signal_handlers()
     log.info("consumer started", extra=kv(name=consumer.name, group=settings.consumer_group, topic=settings.topic_frames,
                                           engine=settings.engine_url, metrics_port=settings.metrics_port))

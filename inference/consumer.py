@@ -102,10 +102,12 @@ class InferenceConsumer:
     def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: Any, cache: Any = None,
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
-                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 2) -> None:
+                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1) -> None:
         """``pipelined``: store batch k on a sink thread while batch k+1 is scored (``run`` only;
         :meth:`process` is always synchronous); ``sink_depth``: scored batches allowed to wait for
-        or sit in the sink (>= 1); ``decode_threads``: image decoders per batch (1 = serial)."""
+        or sit in the sink (>= 1); ``decode_threads``: image decoders per batch. Serial (1) is the
+        default: on 2 cores a pool measured no gain (the engine and the sink already fill them),
+        ``benchmarks/RESULTS.md`` pipeline section; raise it on machines with spare cores."""
         if sink_depth < 1 or decode_threads < 1:
             raise ValueError(f"sink_depth ({sink_depth}) and decode_threads ({decode_threads}) must be >= 1")
         self.settings = settings
@@ -273,7 +275,7 @@ class InferenceConsumer:
             head = inflight[0]
             if room_for is not None and len(inflight) > room_for:
                 head.done.wait()
-            elif False:
+            elif not head.done.is_set():
                 break
             if head.status == "abandoned":
                 raise _Stopped()
