@@ -39,11 +39,12 @@ def test_consumer_logs_never_contain_secrets(rig: Rig) -> None:  # noqa: F811
         rig.settings = rig.settings.with_overrides(db_url=db.render_as_string(hide_password=False), cache_url=cache)
         rig.start_consumer(extra_env={"LINEINSPECT_LOG_LEVEL": "DEBUG", "LINEINSPECT_KAFKA_SASL_PASSWORD": SASL_PW,
                                       "LINEINSPECT_KAFKA_SASL_USERNAME": "li"})
+        r2 = redis.Redis.from_url(cache)
+        # A cache outage from the start (so it cannot race a fast consumer): its error path logs the cache
+        # URL's host; results are still stored and committed.
+        r2.config_set("maxmemory", 1)
         cam = Camera(rig.settings, rig.product, 48, fps=48.0)
         cam.start()
-        rig.wait_for(lambda: rig.stored_count() >= 16, 120, "frames stored")
-        r2 = redis.Redis.from_url(cache)
-        r2.config_set("maxmemory", 1)  # a cache outage: its error path logs the cache URL's host
         rig.wait_for(lambda: "cache update failed" in rig.log_text(), 60, "a cache failure to be logged")
         r2.config_set("maxmemory", 0)
         assert cam.done.wait(60)
@@ -52,7 +53,8 @@ def test_consumer_logs_never_contain_secrets(rig: Rig) -> None:  # noqa: F811
     finally:
         _reset_redis(rig.services.urls["redis"])
     log = rig.log_text()
-    assert "batch done" in log and "cache update failed" in log  # DEBUG and the error path were both logged
+    # DEBUG per-batch lines and the error path were both logged (the per-batch line's wording is not the point)
+    assert ("batch done" in log or "batch stored" in log) and "cache update failed" in log
     for secret in (DB_PW, REDIS_PW, SASL_PW):
         assert secret not in log, f"{secret} leaked into the consumer log"
 
