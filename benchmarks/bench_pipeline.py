@@ -8,8 +8,12 @@ One run measures, on the same real frames (JPEG, as cameras send them):
      drained through decode -> engine -> PostgreSQL -> Redis -> commit; steady-state frames/s
      come from the rows' ``stored_at`` (first stored batch to last), so process start-up is
      excluded; then frames are published at a camera's pace (70 % of that throughput) and the
-     rows' ``latency_ms`` (capture -> stored) give p50 / p99;
-  3. the same with two consumer processes in one group (one intra-op thread each).
+     rows' ``latency_ms`` (capture -> stored) give p50 / p99. Once pipelined (the default: a sink
+     thread stores batch k while batch k+1 is scored) and once serial (``--no-pipeline``);
+  3. the same with two consumer processes in one group (one intra-op thread each);
+  4. in-process variants on the memory bus with the real PostgreSQL + Redis (serial, pipelined,
+     pipelined with a 2-thread JPEG decode pool), each next to a bare-model run, which isolates
+     the consumer's own overlap from Kafka and process start-up.
 Memory is the peak RSS of the consumer processes and the RSS of PostgreSQL, Redis and Kafka.
 
 Services are started with ``deploy/services.sh`` when they are not running (and stopped again
@@ -207,7 +211,7 @@ class Run:
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def start_consumers(self, n: int, threads: int) -> float:
+    def start_consumers(self, n: int, threads: int, pipelined: bool = True) -> float:
         """Start ``n`` consumer processes; returns the wall time when all of them own partitions."""
         s = self.s
         env = {k: v for k, v in os.environ.items() if not k.startswith("LINEINSPECT_")}
@@ -217,7 +221,7 @@ class Run:
             log = self.tmp / f"consumer-{i}.log"
             cmd = [sys.executable, "-m", "lineinspect.cli", "consume", "--bus", s.bus_url, "--engine", "local://onnx",
                    "--db", s.resolved_db_url, "--cache", s.cache_url, "--group", s.consumer_group,
-                   "--topic", s.topic_frames, "--idle-timeout", "300"]
+                   "--topic", s.topic_frames, "--idle-timeout", "300", *([] if pipelined else ["--no-pipeline"])]
             with open(log, "wb") as out:
                 self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
             self.logs.append(log)
@@ -308,11 +312,12 @@ def steady_fps(stored: list[tuple[float, float]], t_ready: float) -> tuple[float
 
 
 def measure(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, consumers: int, threads: int,
-            tmp: Path) -> dict:
-    run = Run(urls, model_dir, threshold, tmp, f"c{consumers}")
+            tmp: Path, pipelined: bool = True) -> dict:
+    run = Run(urls, model_dir, threshold, tmp, f"c{consumers}{'p' if pipelined else 's'}")
     try:
+        load = os.getloadavg()[0]
         pub_fps = run.publish(frames, 0, n)  # the backlog is in Kafka before any consumer runs
-        t_ready = run.start_consumers(consumers, threads)
+        t_ready = run.start_consumers(consumers, threads, pipelined)
         sampler = RssSampler([p.pid for p in run.procs])
         sampler.start()
         fps, counted = steady_fps(run.wait_rows(0, n, timeout_s=max(120, n / 2)), t_ready)
@@ -321,7 +326,8 @@ def measure(urls: dict, model_dir: Path, threshold: float, frames: list, n: int,
         run.publish(frames, n, n_lat, fps=paced)
         lat = np.array([ms for _t, ms in run.wait_rows(n, n + n_lat, timeout_s=120)])
         rss = sampler.stop()
-        return {"consumers": consumers, "threads_each": threads, "frames": n, "frames_timed": counted,
+        return {"consumers": consumers, "threads_each": threads, "pipelined": pipelined, "load_avg": load,
+                "frames": n, "frames_timed": counted,
                 "publish_fps": pub_fps,
                 "pipeline_fps": fps, "paced_fps": paced, "latency_frames": n_lat,
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
@@ -332,7 +338,10 @@ def measure(urls: dict, model_dir: Path, threshold: float, frames: list, n: int,
 
 def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, threads: int,
                     tmp: Path) -> dict:
-    """Where one consumer's time goes: the same consumer code in-process on the memory bus, profiled."""
+    """Where one consumer's time goes: the same consumer code in-process on the memory bus, profiled.
+
+    The serial consumer (``pipelined=False``): cProfile sees only the calling thread, and the
+    question is what each stage costs, not how they overlap."""
     import cProfile
     import pstats
 
@@ -355,7 +364,7 @@ def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list,
     router = ModelRouter(s, ModelRegistry(store, s.resolved_models_dir), poll_s=0, start=False)
     cache = RedisCache(s.cache_url, prefix=f"li-bench-{uuid.uuid4().hex[:6]}:")
     consumer = InferenceConsumer(s, MemoryConsumer(bus, s.topic_frames, "g", dlq_topic=s.topic_dlq), router, store,
-                                 cache, stat_interval_s=3600)
+                                 cache, stat_interval_s=3600, pipelined=False)
     prof = cProfile.Profile()
     try:
         t0 = time.perf_counter()
@@ -383,6 +392,61 @@ def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list,
             "share": {k: v / total for k, v in parts.items()}}
 
 
+VARIANTS = {  # name -> (engine intra-op threads, 0 = all cores; InferenceConsumer keyword arguments)
+    "serial, all cores": (0, dict(pipelined=False)),
+    "pipelined, all cores": (0, dict(pipelined=True)),
+    "serial, 1 engine thread": (1, dict(pipelined=False)),
+    "pipelined, 1 engine thread": (1, dict(pipelined=True)),
+    "pipelined, 1 engine thread, decode pool 2": (1, dict(pipelined=True, decode_threads=2)),
+}
+
+
+def inprocess_variants(urls: dict, model_dir: Path, threshold: float, frames: list, images: list, n: int, batch: int,
+                       tmp: Path, reps: int = 2) -> dict:
+    """Frames/s of consumer variants in-process (memory bus, real PostgreSQL + Redis), each as a
+    ratio to a bare-model run with the same engine threads just before it (the load drifts)."""
+    from inference.consumer import InferenceConsumer
+    from inference.router import ModelRouter
+    from ingest.bus.memory import MemoryBus, MemoryConsumer
+    from ingest.envelope import FrameEnvelope
+    from storage.redis_cache import RedisCache
+    from storage.registry import ModelRegistry
+    from storage.store import ResultStore
+
+    warm = 2 * batch  # first batches load the model and open connections
+    out: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    for r in range(reps):
+        for vi, (name, (threads, kw)) in enumerate(VARIANTS.items()):
+            bare = bare_fps(model_dir, images, n, batch, threads=threads)
+            run = Run(urls, model_dir, threshold, tmp, f"v{r}{vi}")
+            run.s = run.s.with_overrides(threads=threads)
+            bus = MemoryBus(run.s.topic_partitions)
+            for i in range(n + warm):
+                _c, data, shape = frames[i % len(frames)]
+                bus.produce(run.s.topic_frames, *FrameEnvelope(run.product, "L1", f"cam-{i % 4}", i, data, "jpeg",
+                                                               tuple(shape)).to_message())
+            store = ResultStore.open(run.s.resolved_db_url)
+            router = ModelRouter(run.s, ModelRegistry(store, run.s.resolved_models_dir), poll_s=0, start=False)
+            cache = RedisCache(run.s.cache_url, prefix=f"li-bench-{uuid.uuid4().hex[:6]}:")
+            consumer = InferenceConsumer(run.s, MemoryConsumer(bus, run.s.topic_frames, "g"), router, store, cache,
+                                         stat_interval_s=3600, **kw)
+            try:
+                consumer.run(max_frames=warm)
+                t0 = time.perf_counter()
+                handled = consumer.run(max_frames=n)
+                fps = handled / (time.perf_counter() - t0)
+            finally:
+                consumer.close()
+                router.close()
+                cache.close()
+                store.close()
+                run.close()
+            out[name].append({"fps": fps, "bare_fps": bare, "ratio": fps / bare, "load_avg": os.getloadavg()[0]})
+    return {name: {"threads": VARIANTS[name][0], "runs": runs, "fps": float(np.mean([x["fps"] for x in runs])),
+                   "bare_fps": float(np.mean([x["bare_fps"] for x in runs])),
+                   "ratio": float(np.mean([x["ratio"] for x in runs]))} for name, runs in out.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=320, help="backlog frames per configuration")
@@ -403,10 +467,18 @@ def main() -> int:
         model_dir = build_model(args.arch)
         threshold = calibrate(model_dir, images)
         load0 = os.getloadavg()[0]
-        bare_before = bare_fps(model_dir, images, args.frames, batch)
-        one = measure(urls, model_dir, threshold, frames, args.frames, consumers=1, threads=0, tmp=tmp)
-        bare_after = bare_fps(model_dir, images, args.frames, batch)
-        two = measure(urls, model_dir, threshold, frames, args.frames, consumers=2, threads=1, tmp=tmp)
+        runs = []
+        # (consumers, engine threads each, pipelined); each Kafka run sits between two bare runs with the
+        # engine threads of a single consumer, and its ratio uses their mean (the load on a shared box drifts)
+        for consumers, threads, pipelined in ((1, 0, False), (1, 0, True), (1, 1, False), (1, 1, True), (2, 1, True)):
+            bare_threads = threads if consumers == 1 else 0  # two 1-thread consumers vs the model on all cores
+            before = bare_fps(model_dir, images, args.frames, batch, threads=bare_threads)
+            got = measure(urls, model_dir, threshold, frames, args.frames, consumers=consumers, threads=threads,
+                          tmp=tmp, pipelined=pipelined)
+            after = bare_fps(model_dir, images, args.frames, batch, threads=bare_threads)
+            runs.append({**got, "bare_threads": bare_threads, "bare_fps_before": before, "bare_fps_after": after,
+                         "bare_fps": (before + after) / 2, "ratio_to_bare": got["pipeline_fps"] / ((before + after) / 2)})
+        variants = inprocess_variants(urls, model_dir, threshold, frames, images, min(args.frames, 240), batch, tmp)
         bare_1t = bare_fps(model_dir, images, args.frames // 2, batch, threads=1)
         profile = stage_breakdown(urls, model_dir, threshold, frames, min(args.frames, 160), 1, tmp)
         bare_1t_after = bare_fps(model_dir, images, args.frames // 2, batch, threads=1)
@@ -418,14 +490,11 @@ def main() -> int:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    bare = (bare_before + bare_after) / 2
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": machine(), "arch": args.arch, "batch": batch,
-        "frames": len(frames), "load_avg": [load0, load1],
-        "bare_fps_before": bare_before, "bare_fps_after": bare_after, "bare_fps": bare, "bare_fps_1thread": bare_1t,
-        "one_consumer": {**one, "ratio_to_bare": one["pipeline_fps"] / bare},
-        "two_consumers": {**two, "ratio_to_bare": two["pipeline_fps"] / bare},
-        "bare_fps_1thread_after": bare_1t_after,
+        "frames": len(frames), "load_avg": [load0, load1], "runs": runs,
+        "inprocess_variants": variants,
+        "bare_fps_1thread": bare_1t, "bare_fps_1thread_after": bare_1t_after,
         "profile_1thread": {**profile, "ratio_to_bare": profile["fps"] / ((bare_1t + bare_1t_after) / 2)},
         "services_rss_mb": services_mb, "seconds": time.time() - t_start,
     }
@@ -436,47 +505,89 @@ def main() -> int:
     return 0
 
 
+def _thr(n: int) -> str:
+    return "all" if n == 0 else str(n)
+
+
 def render(r: dict) -> str:
-    one, two = r["one_consumer"], r["two_consumers"]
+    runs = r["runs"]
+    singles = {(c["threads_each"], c["pipelined"]): c for c in runs if c["consumers"] == 1}
+    two = next(c for c in runs if c["consumers"] == 2)
     svc = r["services_rss_mb"]
-    goal = "meets" if one["ratio_to_bare"] >= 0.85 else "misses"
     prof_txt = ", ".join(f"{k} {v:.0%}" for k, v in r["profile_1thread"]["share"].items())
     rows = []
-    for c in (one, two):
-        rows.append(f"| {c['consumers']} x {c['threads_each'] or 'all'} thr | {c['pipeline_fps']:.1f} | "
-                    f"{c['ratio_to_bare']:.2f}x | {c['latency_p50_ms']:.0f} / {c['latency_p99_ms']:.0f} "
-                    f"(at {c['paced_fps']:.1f} fr/s) | {c['consumer_rss_mb']:.0f} | {c['publish_fps']:.0f} |")
+    for c in runs:
+        mode = "pipelined" if c["pipelined"] else "serial (`--no-pipeline`)"
+        rows.append(f"| {c['consumers']} x {_thr(c['threads_each'])} thr, {mode} | {c['pipeline_fps']:.1f} | "
+                    f"{c['bare_fps']:.1f} ({_thr(c['bare_threads'])} thr) | **{c['ratio_to_bare']:.2f}x** | "
+                    f"{c['latency_p50_ms']:.0f} / {c['latency_p99_ms']:.0f} (at {c['paced_fps']:.1f} fr/s) | "
+                    f"{c['consumer_rss_mb']:.0f} | {c['load_avg']:.1f} |")
+    var_rows = []
+    for name, v in r["inprocess_variants"].items():
+        per_run = ", ".join(f"{x['ratio']:.2f}" for x in v["runs"])
+        var_rows.append(f"| {name} | {v['fps']:.1f} | {v['bare_fps']:.1f} | {v['ratio']:.2f}x ({per_run}) |")
+    verdicts = []
+    for threads in (0, 1):
+        p_, s_ = singles[(threads, True)], singles[(threads, False)]
+        verdicts.append(f"engine on {_thr(threads)} thread(s): pipelined {p_['ratio_to_bare']:.0%} of the bare model "
+                        f"({'meets' if p_['ratio_to_bare'] >= 0.85 else 'misses'} the 85 % goal), serial "
+                        f"{s_['ratio_to_bare']:.0%}")
     return "\n".join([
         f"## End-to-end pipeline ({r['date']})",
         "",
         f"`python benchmarks/bench_pipeline.py` on {r['machine']} (load average {r['load_avg'][0]:.1f} -> "
-        f"{r['load_avg'][1]:.1f}: the 2 cores were shared with other work). Model: INP-Former `{r['arch']}` "
-        f"architecture (untrained weights; throughput does not depend on them), ONNX Runtime, batch {r['batch']}. "
-        f"{r['frames']} real test frames (every category, JPEG q92, shorter side 320 px), threshold at their "
-        "90th percentile so ~10 % of frames write a mask, heatmap and the frame. Real services: Kafka, "
-        "PostgreSQL, Redis from `deploy/services.sh`.",
+        f"{r['load_avg'][1]:.1f}: the 2 cores were shared with other engineers' work, so figures move by tens of "
+        "per cent between runs; the table gives the load at the start of each run and every ratio uses bare-model "
+        "runs taken just before and after it). Model: INP-Former `{arch}` architecture (untrained weights; "
+        "throughput does not depend on them), ONNX Runtime, batch {batch} (the engines section: batch 8 is past "
+        "the knee), `batch_max_wait_ms` 50. {frames} real test frames (every category, JPEG q92, shorter side "
+        "320 px), threshold at their 90th percentile so ~10 % of frames write a mask, heatmap and the frame. "
+        "Real services: Kafka, PostgreSQL, Redis from `deploy/services.sh`.".format(
+            arch=r["arch"], batch=r["batch"], frames=r["frames"]),
         "",
-        f"Bare model (local engine, decoded frames, no bus/storage): **{r['bare_fps']:.1f} frames/s** "
-        f"({r['bare_fps_before']:.1f} before, {r['bare_fps_after']:.1f} after the one-consumer run; "
-        f"{r['bare_fps_1thread']:.1f} with one thread).",
-        "",
-        "| consumers | pipeline frames/s | vs bare | latency p50 / p99 ms (capture -> stored) | consumer RSS MB | publish fr/s |",
-        "|---|---|---|---|---|---|",
+        "| consumers x engine threads | pipeline frames/s | bare model frames/s | vs bare | latency p50 / p99 ms "
+        "(capture -> stored) | consumer RSS MB | load |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"Pipeline frames/s: steady state while draining a {one['frames']}-frame backlog, published to Kafka "
+        f"Pipeline frames/s: steady state while draining a {runs[0]['frames']}-frame backlog, published to Kafka "
         "before the consumers start, through decode -> engine -> PostgreSQL -> Redis -> commit (rows whose "
-        "`stored_at` is after every consumer owned partitions, start-up excluded). "
-        "Latency: frames then published at 70 % of that rate, `latency_ms` of their rows. One consumer "
-        f"**{goal} the 85 % goal** ({one['ratio_to_bare']:.0%} of the bare model).",
+        "`stored_at` is after every consumer owned partitions, start-up excluded). Bare model: the local engine "
+        "on decoded frames, no bus or storage, same engine threads (for two consumers: one engine on all cores). "
+        "Latency: frames then published at 70 % of that rate, `latency_ms` of their rows. One consumer: "
+        + "; ".join(verdicts) + ". The serial consumer's first measurement (commit f19f21a, all cores) was 46 %.",
         "",
-        f"Where one consumer's time goes (the same consumer code in-process on the memory bus, real "
+        "Pipelining (the default; `InferenceConsumer(pipelined=True)`, `lineinspect consume --no-pipeline` "
+        "turns it off): the polling thread polls, decodes and scores batch k+1 and publishes its dead letters "
+        "while one sink thread encodes masks/heatmaps, stores batch k in PostgreSQL, updates Redis and fuses "
+        "specimens; ONNX Runtime, OpenCV and psycopg release the GIL, so these overlap. Commits stay on the "
+        "polling thread, in poll order, and only for batches the sink has stored; at most 2 scored batches "
+        "wait for or sit in the sink (back-pressure), so a crash redelivers at most those plus the batch "
+        "being scored. The overlap needs a core for the sink: with the engine on every core, its intra-op "
+        "threads and the sink thread contend for the same two cores.",
+        "",
+        "In-process variants (memory bus, real PostgreSQL + Redis, same frames; each next to a bare run with the "
+        "same engine threads, ratios per repetition in brackets), which leave out Kafka and process start-up:",
+        "",
+        "| consumer | frames/s | bare frames/s | vs bare |",
+        "|---|---|---|---|",
+        *var_rows,
+        "",
+        "JPEG decode stays serial by default (`decode_threads=1`): it is ~1 ms a frame here, and on two cores "
+        "already busy with the engine and the sink a decode pool is within the run-to-run noise "
+        "(`decode_threads` raises it where cores are spare).",
+        "",
+        f"Where one serial consumer's time goes (in-process on the memory bus, real "
         f"PostgreSQL + Redis, one ORT thread, cProfile): {prof_txt}; {r['profile_1thread']['fps']:.1f} frames/s = "
         f"{r['profile_1thread']['ratio_to_bare']:.0%} of the one-thread bare model "
-        f"({r['bare_fps_1thread']:.1f} / {r['bare_fps_1thread_after']:.1f} frames/s before / after). The stages "
-        "run one after another in the consumer's thread, so the model can only get the share the other "
-        "stages leave it; overlapping the store/cache/commit of batch k with the inference of batch k+1 "
-        "and decoding in a worker thread is what would close the gap on a machine with spare cores.",
+        f"({r['bare_fps_1thread']:.1f} / {r['bare_fps_1thread_after']:.1f} frames/s before / after). Everything "
+        "but the engine and the decode is what the sink thread takes off the model's path. Overlap turns idle "
+        "time (waits on Kafka and PostgreSQL commits) into throughput, not CPU: when both cores are saturated "
+        "(load average above 2, as in every run here) the non-engine stages still cost their CPU, so one "
+        "consumer stays near the engine's share of the serial time "
+        f"({r['profile_1thread']['share']['engine (resize + ONNX Runtime)']:.0%}) whatever the overlap. "
+        "The 85 % goal needs a core the engine does not use (a lightly loaded box, or the engine on fewer "
+        "threads than cores) or cheaper non-engine stages.",
         "",
         f"Services RSS: Kafka {svc.get('kafka', 0):.0f} MB, PostgreSQL {svc.get('postgres', 0):.0f} MB "
         f"(all backends), Redis {svc.get('redis', 0):.0f} MB; consumers as in the table (peak, all processes).",
@@ -484,11 +595,8 @@ def render(r: dict) -> str:
         "Scaling: the frames topic has `topic_partitions` partitions (6) keyed by camera; every consumer "
         "process in one group owns a disjoint share of them, so throughput grows with consumer processes "
         "on more machines until there are as many consumers as partitions (raise the partition count "
-        "first; per-camera order is kept). On this 2-core machine the two consumers share the same cores: "
-        f"the second row ({two['pipeline_fps'] / one['pipeline_fps']:.2f}x the first) comes from overlapping one "
-        "consumer's decode/store with the other's inference and from one ORT thread each (bare model "
-        f"{r['bare_fps_1thread']:.0f} frames/s with one thread vs {r['bare_fps']:.0f} with two on this loaded "
-        "machine), not from added capacity. With `engine_url=triton-grpc://` "
+        "first; per-camera order is kept). On this 2-core machine the two consumers share the same cores, "
+        f"so their row ({two['pipeline_fps']:.0f} frames/s) is not added capacity. With `engine_url=triton-grpc://` "
         "the consumers become thin (decode + storage) and the model runs in Triton instances that batch "
         "requests across consumers; add Triton instances (or GPUs) behind a load balancer independently "
         "of the consumers. PostgreSQL writes are one transaction per batch and idempotent, so any "
