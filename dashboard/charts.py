@@ -102,6 +102,17 @@ def throughput_per_min(inspected: int, start: float | None, end: float | None,
     return inspected / max((hi - lo) / 60.0, 1.0)
 
 
+def fmt_ms(ms: float | None) -> str:
+    """A latency for a metric tile: '85 ms', '10.3 s', '4.2 min' (tiles truncate long numbers)."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60_000:.1f} min"
+
+
 def fmt_ts(ts: float | None) -> str:
     """Epoch seconds as 'YYYY-mm-dd HH:MM:SS UTC' (dashboard times are UTC throughout)."""
     if ts is None:

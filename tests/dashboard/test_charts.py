@@ -62,3 +62,10 @@ def test_throughput_per_min() -> None:
     assert charts.throughput_per_min(0, 0.0, 60.0, None, None) == 0.0
     assert charts.fmt_ts(0.0) == "1970-01-01 00:00:00 UTC" and charts.fmt_ts(None) == "-"
     assert math.isclose(charts.BUCKETS["shift (8 h)"][0], 28800.0)
+
+
+def test_fmt_ms_keeps_tiles_short() -> None:
+    assert charts.fmt_ms(None) == "-"
+    assert charts.fmt_ms(85.4) == "85 ms"
+    assert charts.fmt_ms(10_293) == "10.3 s"
+    assert charts.fmt_ms(250_000) == "4.2 min"
