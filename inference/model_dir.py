@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from inference.model.backbones import file_sha256
+from lineinspect.files import file_sha256
 from inference.model.inp_former import InpConfig, InpFormer
 from lineinspect.errors import ConfigError
 
@@ -89,9 +89,10 @@ def save_model_dir(path: str | Path, model: InpFormer, config: dict[str, Any], c
     return path
 
 
-def load_model_dir(path: str | Path, device: str = "cpu", backbone_checkpoint: str | None = None) -> LoadedModel:
-    """Load and verify a model dir; the module is in eval mode on ``device``."""
-    path = Path(path)
+def read_verified(path: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(config, calibration, weights sha256) of a model dir, after checking that every file is there,
+    the format is one this build reads and weights.pt matches its recorded checksum. Shared by the
+    PyTorch loader and the ONNX exporter so both refuse the same broken directories."""
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise ModelDirError(f"{path} is not a model directory: missing {', '.join(missing)}")
@@ -108,6 +109,13 @@ def load_model_dir(path: str | Path, device: str = "cpu", backbone_checkpoint: s
     if actual != checksums.get("weights.pt"):
         raise ModelDirError(f"{path}/weights.pt fails its checksum (expected {checksums.get('weights.pt')}, "
                             f"got {actual}): the file is corrupt or was replaced; re-copy or retrain the model")
+    return config, calibration, actual
+
+
+def load_model_dir(path: str | Path, device: str = "cpu", backbone_checkpoint: str | None = None) -> LoadedModel:
+    """Load and verify a model dir; the module is in eval mode on ``device``."""
+    path = Path(path)
+    config, calibration, actual = read_verified(path)
     cfg = InpConfig.from_dict(config["model"])
     model = InpFormer(cfg, checkpoint=backbone_checkpoint)
     want = (config.get("backbone") or {}).get("weights_sha256")

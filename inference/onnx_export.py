@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lineinspect.errors import ConfigError
+from lineinspect.files import file_sha256
 from lineinspect.logs import kv
 
 log = logging.getLogger("lineinspect.inference.onnx")
@@ -49,36 +50,14 @@ class ModelMeta:
     config: dict[str, Any]
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_model_meta(model_dir: str | Path) -> ModelMeta:
     """Read and verify a model dir's metadata (same checks and version rule as ``load_model_dir``)."""
-    from inference.model_dir import FILES, FORMAT_VERSION, ModelDirError
+    from inference.model_dir import ModelDirError, read_verified
 
     path = Path(model_dir)
-    missing = [f for f in FILES if not (path / f).is_file()]
-    if missing:
-        raise ModelDirError(f"{path} is not a model directory: missing {', '.join(missing)}")
-    try:
-        config = json.loads((path / "config.json").read_text())
-        calibration = json.loads((path / "calibration.json").read_text())
-        checksums = json.loads((path / "checksums.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelDirError(f"{path}: unreadable JSON ({exc})") from None
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: model format {config.get('format_version')!r} is not supported")
-    actual = file_sha256(path / "weights.pt")
-    if actual != checksums.get("weights.pt"):
-        raise ModelDirError(f"{path}/weights.pt fails its checksum (expected {checksums.get('weights.pt')}, "
-                            f"got {actual}): the file is corrupt or was replaced; re-copy or retrain the model")
+    config, calibration, actual = read_verified(path)
     hw = config.get("input_hw") or (config.get("model") or {}).get("input_hw")
     if not hw or len(hw) != 2:
         raise ModelDirError(f"{path}/config.json has no input_hw")

@@ -12,7 +12,6 @@ version per product; engines poll :meth:`active_versions` (one small query) to h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -25,6 +24,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from lineinspect.files import file_sha256
 from storage.db import WRITE
 from storage.models import ModelVersion, Product
 from storage.store import ResultStore, ensure_named
@@ -64,12 +64,6 @@ class VersionInfo:
         return self.path / WEIGHTS_FILE
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ModelRegistry:

@@ -14,7 +14,6 @@ feature maps, one per requested block, which the INP-Former turns into tokens.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lineinspect.errors import ConfigError
+from lineinspect.files import file_sha256  # noqa: F401 - re-exported for older imports
 
 LITE_MEAN = (0.498, 0.498, 0.498)
 LITE_STD = (0.502, 0.502, 0.502)
@@ -88,12 +88,6 @@ def lite_weights_path(variant: str) -> Path:
     return Path(getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class FrozenBackbone(nn.Module):
