@@ -32,7 +32,11 @@ def available_cores() -> int:
 
 def session_options(threads: int = 0) -> Any:
     """CPU options: all graph optimisations, ``threads`` intra-op (0 = every core), one inter-op
-    thread and sequential execution (the graph is a chain; parallel branches only add contention)."""
+    thread and sequential execution (the graph is a chain; parallel branches only add contention).
+
+    Intra-op threads do not spin-wait between ops: a consumer shares its cores with its own storage
+    thread, the decoder and often the services, and spinning threads steal exactly those cycles
+    (measured side by side under load: 14.9 vs 12.9 images/s for the default model, batch 8)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -41,6 +45,7 @@ def session_options(threads: int = 0) -> Any:
     so.intra_op_num_threads = threads if threads > 0 else available_cores()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
