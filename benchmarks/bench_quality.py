@@ -202,7 +202,7 @@ def import_baseline(root: Path, cats: list[str], quality_json: Path) -> None:
     out_json = RESULTS_DIR / "sweep.json"
     done = json.loads(out_json.read_text()) if out_json.exists() else {}
     done["zscore"] = {"model": model.to_dict(), "iters": q["train_config"]["iters"], "rows": rows, "mean": mean,
-                      "machine": machine(), "source": f"accuracy and train s from {quality_json.name} (train s "
+                      "machine": machine(), "source": f"accuracy and train s from {quality_json} (train s "
                       "includes the encoder feature pass there)"}
     out_json.write_text(json.dumps(done, indent=1))
     write_sweep_md(done, cats)
@@ -222,6 +222,12 @@ def run_sweep(root: Path, cats: list[str], seed: int, only: list[str] | None) ->
         res["machine"] = machine()
         # re-read before writing: several sweep processes may share the file (one variant each)
         done = json.loads(out_json.read_text()) if out_json.exists() else {}
+        if name in done:  # a run limited by --category adds its rows to the variant's earlier ones
+            rows = {r["category"]: r for r in done[name]["rows"]}
+            rows.update({r["category"]: r for r in res["rows"]})
+            res["rows"] = list(rows.values())
+            res["mean"] = {k: mean_of(res["rows"], "inp_former", k) for k in SWEEP_KEYS}
+            res["mean"]["train_s"] = float(np.mean([r["train_s"] for r in res["rows"]]))
         done[name] = res
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(done, indent=1))
@@ -231,15 +237,18 @@ def run_sweep(root: Path, cats: list[str], seed: int, only: list[str] | None) ->
 def write_sweep_md(done: dict, cats: list[str]) -> None:
     short = [c.split("/")[-1] for c in cats]
     lines = [f"## INP-Former lever sweep ({time.strftime('%Y-%m-%d')})", "",
-             "`python benchmarks/bench_quality.py --sweep [--only NAME ...]` on "
-             f"{next(iter(done.values())).get('machine', machine())}; seed 0, all 4 real categories, every variant "
-             "trained from the same cached encoder features. Base: the defaults of the time (lite0, 256x256, grid 32x32, "
-             "3x3 pooled, width 128, 8 decoder blocks, 200 iters x batch 8). Stage 1 compares the feature normalisation; "
-             "stage 2 cheapens the best one (highest mean I-AUROC, ties within 0.01 broken by pixel AUROC). Cells: "
-             "I-AUROC / P-AUROC / AUPRO. head img/s (`--speed`): head + anomaly map only, on encoder features, torch eager, "
-             "batch 8, all variants in one process, timed round-robin (median of 7 rounds) on the 2 shared cores.", "",
+             "`python benchmarks/bench_quality.py --sweep [--only NAME ...] [--category C ...]`, then `--sweep --speed`; "
+             "x86_64, 2 shared cores (other engineers' benchmarks ran at the same time, load 4-7), torch 1 thread per "
+             "process, up to 4 sweep processes at once, so train s is indicative only. Seed 0, all 4 real categories, "
+             "200 iters x batch 8, trained on the cached 32x32 (or 16x16) encoder features. Base = the defaults before this "
+             "sweep (lite0, 256x256, grid 32x32, 3x3 pooled, width 128, 8 decoder blocks, z-score). Stage 1 compares the "
+             "feature normalisation (`InpConfig.feature_norm`); stage 2 cheapens the best one. Decision: highest mean "
+             "I-AUROC, then P-AUROC/AUPRO, and the cheaper model when within ~0.01. Cells: I-AUROC / P-AUROC / AUPRO. "
+             "head img/s (`--speed`): head + anomaly map only, torch eager, 1 thread, batch 8, all variants in one "
+             "process, timed round-robin (median of 7 rounds).", "",
              "| variant | " + " | ".join(short) + " | mean I-AUROC | mean P-AUROC | mean AUPRO | train s | head img/s |",
              "|---" * (len(cats) + 6) + "|"]
+    notes = []
     for name, v in done.items():
         rows = {r["category"]: r for r in v["rows"]}
         if not all(c in rows for c in cats):
@@ -248,6 +257,9 @@ def write_sweep_md(done: dict, cats: list[str]) -> None:
         m = v["mean"]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | **{fmt(m['image_auroc'])}** | {fmt(m['pixel_auroc'])} | "
                      f"{fmt(m['aupro'])} | {m['train_s']:.0f} | {fmt(m.get('head_images_per_s'), 1)} |")
+        notes += [f"{name}: {v[k]}." for k in ("source", "note") if k in v]
+    if notes:
+        lines += [""] + notes
     write_section("sweep", "\n".join(lines))
     print("\n".join(lines))
 

@@ -6,7 +6,7 @@ from inference.model.inp_former import DecoderBlock, InpAttention, InpConfig, In
 
 
 def tiny_cfg(**kw) -> InpConfig:
-    base = dict(backbone="random_tiny", input_hw=(64, 64), width=32, head_dim=16, decoder_blocks=2, n_inps=3)
+    base = dict(backbone="random_tiny", input_hw=(64, 64), token_stride=8, width=32, head_dim=16, decoder_blocks=2, n_inps=3)
     return InpConfig(**{**base, **kw})
 
 
