@@ -74,7 +74,12 @@ def _model(args: argparse.Namespace, root: Path) -> tuple[Path, str]:
     cat = args.category or discover(root)[0]
     if args.model:
         return Path(args.model), cat
-    out = WORK / "engines" / cat.replace("/", "__") / f"model-{args.iters}"
+    import hashlib
+    import json
+
+    # Keyed by the default architecture too: a change of defaults must not reuse a stale model.
+    arch = hashlib.sha1(json.dumps(TrainConfig().model.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    out = WORK / "engines" / cat.replace("/", "__") / f"model-{args.iters}-{arch}"
     if not (out / "checksums.json").is_file():
         items = list(load_split(root, cat, "train"))
         print(f"training a default-config model on {cat} ({len(items)} images, {args.iters} iterations) ...", flush=True)
