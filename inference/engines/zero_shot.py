@@ -33,6 +33,7 @@ from inference.zero_shot.threshold import RollingThreshold
 from lineinspect.errors import ConfigError
 
 METHODS = ("grnr", "inp")
+GRNR_TOKEN_STRIDE = 8  # the grid GRNR was designed and benchmarked on
 ZERO_SHOT_VERSION = "zero-shot"
 
 
@@ -73,7 +74,9 @@ class ZeroShotEngine:
             self.cfg = self.model.cfg
             self.source_version = loaded.version
         else:
-            self.cfg = InpConfig(backbone=backbone, input_hw=tuple(input_hw))
+            # GRNR needs a fine grid for its 7x7 neighbourhoods and was measured on stride 8 (32x32 at
+            # 256 px): pinned here so a change of the trained model's default grid does not move it.
+            self.cfg = InpConfig(backbone=backbone, input_hw=tuple(input_hw), token_stride=GRNR_TOKEN_STRIDE)
             self._backbone = None     # built on first use: a router holds this engine even when every
             self.source_version = None  # product has a model, and then it never needs the weights
         self.kernel = gaussian_kernel1d(self.cfg.sigma).to(device)
