@@ -157,6 +157,9 @@ class KafkaBatchConsumer:
                 max_poll_records=max(settings.batch_max_records, 1),
                 fetch_max_bytes=max(fetch, 52_428_800), max_partition_fetch_bytes=fetch,
                 session_timeout_ms=10_000, heartbeat_interval_ms=3_000, max_poll_interval_ms=300_000,
+                # A topic created moments ago (by us or a camera) must reach the group's assignment in
+                # seconds, not at the default 5-minute metadata refresh.
+                metadata_max_age_ms=10_000,
                 bootstrap_timeout_ms=boot, **sec)
             self._dlq = KafkaProducer(
                 bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-dlq", acks="all", retries=10,
@@ -175,6 +178,11 @@ class KafkaBatchConsumer:
                 owner._assigned |= {tp.partition for tp in assigned if tp.topic == owner.topic}
                 log.info("partitions assigned", extra=kv(group=owner.group, partitions=sorted(tp.partition for tp in assigned)))
 
+        try:  # learn the topic's partitions before joining, so the first assignment is not empty
+            self._consumer.partitions_for_topic(self.topic)
+        except KafkaError as exc:
+            log.warning("topic metadata not available yet; the group will pick it up on refresh",
+                        extra=kv(topic=self.topic, error=str(exc)))
         self._consumer.subscribe([self.topic], listener=_Listener())
 
     def assignment(self) -> list[int]:
