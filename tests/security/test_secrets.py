@@ -153,6 +153,9 @@ def test_kafka_sasl_ssl_settings_reach_every_client(tmp_path: Path, monkeypatch:
         def subscribe(self, *a: object, **kw: object) -> None:
             pass
 
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0}
+
     monkeypatch.setattr(kafka, "KafkaProducer", Capture)
     monkeypatch.setattr(kafka, "KafkaConsumer", Capture)
     KafkaPublisher(s, create_topics=False)
