@@ -4,16 +4,14 @@ key prefix per test, and a small set of real frames. Services come from ``deploy
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from lineinspect.settings import Settings
+from tests.dbtools import throwaway_database
 
 
 @pytest.fixture()
@@ -24,17 +22,8 @@ def run_id() -> str:
 @pytest.fixture()
 def pg_test_url(postgres_url: str, run_id: str) -> Iterator[str]:
     """A fresh database on the test server for this test, dropped afterwards."""
-    name = f"li_it_{run_id}"
-    assert re.fullmatch(r"[a-z0-9_]+", name)
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_database(postgres_url, "li_it") as url:
+        yield url
 
 
 @pytest.fixture()

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from storage.records import ResultRow
+from tests.dbtools import throwaway_database
 
 
 def make_row(frame_id: int, verdict: str = "ok", *, product: str = "bolt", line: str = "L1", camera: str = "cam1",
@@ -34,18 +31,8 @@ def sqlite_url(tmp_path) -> str:
 @pytest.fixture()
 def pg_url(postgres_url: str) -> Iterator[str]:
     """A throw-away database on the test server, dropped afterwards."""
-    name = f"li_test_{uuid.uuid4().hex[:12]}"
-    assert re.fullmatch(r"[a-z0-9_]+", name)
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    quoted = admin.dialect.identifier_preparer.quote(name)
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {quoted}"))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-        admin.dispose()
+    with throwaway_database(postgres_url, "li_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])

@@ -3,19 +3,17 @@ seed's own arrays (SQLite always; PostgreSQL as an integration test)."""
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, create_engine, delete, literal, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, delete, literal, select
 
 from dashboard.seed import SeedConfig, SeedTruth, seed_history
 from storage import queries as q
 from storage.models import Base, ModelVersion
 from storage.queries import Filters, floor_int
+from tests.dbtools import throwaway_database
 
 CFG = SeedConfig(results=3000, images=40)
 
@@ -28,19 +26,12 @@ def seeded(request, tmp_path_factory) -> Iterator[tuple[Engine, SeedTruth]]:
         engine.dispose()
         return
     postgres_url = request.getfixturevalue("postgres_url")
-    name = f"li_dash_{uuid.uuid4().hex[:12]}"
-    assert re.fullmatch(r"[a-z0-9_]+", name)
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = create_engine(make_url(postgres_url).set(database=name))
-    try:
-        yield engine, seed_history(engine, CFG)
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_database(postgres_url, "li_dash") as url:
+        engine = create_engine(url)
+        try:
+            yield engine, seed_history(engine, CFG)
+        finally:
+            engine.dispose()
 
 
 def _window(t: SeedTruth) -> tuple[float, float]:
