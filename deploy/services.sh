@@ -16,7 +16,7 @@
 #   LINEINSPECT_PG_DIR        PostgreSQL data folder (default /var/tmp/lineinspect-pg-<uid>-<port>:
 #                             when run as root the cluster runs as the `postgres` user, who cannot
 #                             enter /root)
-#   LINEINSPECT_PG_PORT (55432), LINEINSPECT_REDIS_PORT (56379), LINEINSPECT_KAFKA_PORT (59092;
+#   LINEINSPECT_PG_PORT (25432), LINEINSPECT_REDIS_PORT (26379), LINEINSPECT_KAFKA_PORT (29092;
 #   the KRaft controller listens on the next port), LINEINSPECT_KAFKA_HEAP (512m),
 #   LINEINSPECT_SERVICE_TIMEOUT (60 s to wait for a service to come up).
 # These are throwaway development services: PostgreSQL trusts local connections, nothing is
@@ -26,9 +26,11 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${LINEINSPECT_CACHE:-$HOME/.cache/lineinspect}"
 SVC="${LINEINSPECT_SERVICES_DIR:-$CACHE/services}"
-PG_PORT="${LINEINSPECT_PG_PORT:-55432}"
-REDIS_PORT="${LINEINSPECT_REDIS_PORT:-56379}"
-KAFKA_PORT="${LINEINSPECT_KAFKA_PORT:-59092}"
+# Defaults sit below 32768, outside Linux's ephemeral port range (32768-60999): a port in that range can be
+# held for a minute by any finished outgoing connection (TIME_WAIT) and a server then fails to bind it.
+PG_PORT="${LINEINSPECT_PG_PORT:-25432}"
+REDIS_PORT="${LINEINSPECT_REDIS_PORT:-26379}"
+KAFKA_PORT="${LINEINSPECT_KAFKA_PORT:-29092}"
 KAFKA_CTRL_PORT=$((KAFKA_PORT + 1))
 KAFKA_HEAP="${LINEINSPECT_KAFKA_HEAP:-512m}"
 TIMEOUT="${LINEINSPECT_SERVICE_TIMEOUT:-60}"

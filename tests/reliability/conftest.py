@@ -29,16 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import create_engine, func, select
 
 from ingest.envelope import FrameEnvelope, encode_image
 from lineinspect.settings import Settings
+from tests.dbtools import throwaway_database
 
 REPO = Path(__file__).resolve().parents[2]
 ON_CI = bool(os.environ.get("CI"))
-PORTS = {"LINEINSPECT_PG_PORT": "55532", "LINEINSPECT_REDIS_PORT": "56479", "LINEINSPECT_KAFKA_PORT": "59192"}
+PORTS = {"LINEINSPECT_PG_PORT": "25532", "LINEINSPECT_REDIS_PORT": "26479", "LINEINSPECT_KAFKA_PORT": "29192"}
 SERVICE_TIMEOUT_S = 120
 
 
@@ -266,41 +265,33 @@ def rig(fault_services: Services, tiny_model: TinyModel, tmp_path: Path) -> Iter
     from storage.store import ResultStore
 
     run_id = uuid.uuid4().hex[:10]
-    name = f"li_fault_{run_id}"
-    admin = create_engine(fault_services.urls["postgres"], isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = make_url(fault_services.urls["postgres"]).set(database=name).render_as_string(hide_password=False)
-    settings = Settings(home=tmp_path, models_dir=tmp_path / "models", bus_url=fault_services.urls["kafka"],
-                        db_url=db_url, cache_url=fault_services.urls["redis"],
-                        topic_frames=f"li-fault-{run_id}.frames", topic_dlq=f"li-fault-{run_id}.dlq",
-                        topic_partitions=4, consumer_group=f"li-fault-{run_id}", batch_max_records=8,
-                        batch_max_wait_ms=50, engine_url="local://onnx", threads=1)
-    product = f"tiny-{run_id}"
-    with ResultStore.open(db_url) as store:
-        reg = ModelRegistry(store, settings.resolved_models_dir)
-        reg.promote(product, reg.register(product, tiny_model.model_dir, threshold=tiny_model.threshold))
-    r = Rig(settings, fault_services, tmp_path, product, run_id)
-    try:
-        yield r
-    finally:
-        r.kill_all()
-        for svc in ("postgres", "redis", "kafka"):  # a failed test must not leave a service down
-            try:
-                fault_services.start(svc)
-            except (RuntimeError, subprocess.TimeoutExpired):
-                pass
-        import redis as redis_lib
-
+    # dropped on exit, after the services are back (the drop uses a fresh connection)
+    with throwaway_database(fault_services.urls["postgres"], "li_fault") as db_url:
+        settings = Settings(home=tmp_path, models_dir=tmp_path / "models", bus_url=fault_services.urls["kafka"],
+                            db_url=db_url, cache_url=fault_services.urls["redis"],
+                            topic_frames=f"li-fault-{run_id}.frames", topic_dlq=f"li-fault-{run_id}.dlq",
+                            topic_partitions=4, consumer_group=f"li-fault-{run_id}", batch_max_records=8,
+                            batch_max_wait_ms=50, engine_url="local://onnx", threads=1)
+        product = f"tiny-{run_id}"
+        with ResultStore.open(db_url) as store:
+            reg = ModelRegistry(store, settings.resolved_models_dir)
+            reg.promote(product, reg.register(product, tiny_model.model_dir, threshold=tiny_model.threshold))
+        r = Rig(settings, fault_services, tmp_path, product, run_id)
         try:
-            redis_lib.Redis.from_url(fault_services.urls["redis"]).config_set("maxmemory", 0)
-        except redis_lib.RedisError:
-            pass
-        admin.dispose()  # its pooled connection may have died with a PostgreSQL restart
-        admin = create_engine(fault_services.urls["postgres"], isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            yield r
+        finally:
+            r.kill_all()
+            for svc in ("postgres", "redis", "kafka"):  # a failed test must not leave a service down
+                try:
+                    fault_services.start(svc)
+                except (RuntimeError, subprocess.TimeoutExpired):
+                    pass
+            import redis as redis_lib
+
+            try:
+                redis_lib.Redis.from_url(fault_services.urls["redis"]).config_set("maxmemory", 0)
+            except redis_lib.RedisError:
+                pass
 
 
 # --- the camera ----------------------------------------------------------------------------------------
