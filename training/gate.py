@@ -115,27 +115,26 @@ def decide(candidate: Evaluation, active: Evaluation | None, policy: GatePolicy 
     if not active.finite:
         notes.append("active version produced non-finite scores: no comparison, absolute checks only")
         return GateDecision(not reasons, reasons, notes)
-    if candidate.fpr is not None and active.fpr is not None:
-        rise = candidate.fpr - active.fpr
-        if rise > policy.fpr_tolerance:
-            reasons.append(f"held-back FPR rose {active.fpr:.3f} -> {candidate.fpr:.3f} "
-                           f"(tolerance +{policy.fpr_tolerance:.3f})")
-        else:
-            notes.append(f"FPR {active.fpr:.3f} -> {candidate.fpr:.3f}")
-    if candidate.auroc is not None and active.auroc is not None:
-        drop = active.auroc - candidate.auroc
-        if drop > policy.auroc_tolerance:
-            reasons.append(f"image AUROC fell {active.auroc:.4f} -> {candidate.auroc:.4f} "
-                           f"(tolerance -{policy.auroc_tolerance:.4f})")
-        else:
-            notes.append(f"AUROC {active.auroc:.4f} -> {candidate.auroc:.4f}")
-    if candidate.recall is not None and active.recall is not None:
-        drop = active.recall - candidate.recall
-        if drop > policy.recall_tolerance:
-            reasons.append(f"anomaly recall at threshold fell {active.recall:.3f} -> {candidate.recall:.3f} "
-                           f"(tolerance -{policy.recall_tolerance:.3f})")
-        else:
-            notes.append(f"recall {active.recall:.3f} -> {candidate.recall:.3f}")
+    _compare("held-back FPR rose", "FPR", active.fpr, candidate.fpr, policy.fpr_tolerance, 3, rising_is_worse=True,
+             reasons=reasons, notes=notes)
+    _compare("image AUROC fell", "AUROC", active.auroc, candidate.auroc, policy.auroc_tolerance, 4,
+             rising_is_worse=False, reasons=reasons, notes=notes)
+    _compare("anomaly recall at threshold fell", "recall", active.recall, candidate.recall, policy.recall_tolerance, 3,
+             rising_is_worse=False, reasons=reasons, notes=notes)
     if candidate.n_anomalous == 0:
         notes.append("no labelled anomalies: compared on normal FPR only")
     return GateDecision(not reasons, reasons, notes)
+
+
+def _compare(worse: str, name: str, before: float | None, after: float | None, tolerance: float, digits: int, *,
+             rising_is_worse: bool, reasons: list[str], notes: list[str]) -> None:
+    """One metric of the candidate against the active version: a reason when it got worse by more than
+    ``tolerance``, else a note of the change. Skipped when either side lacks the metric."""
+    if before is None or after is None:
+        return
+    change = (after - before) if rising_is_worse else (before - after)
+    if change > tolerance:
+        sign = "+" if rising_is_worse else "-"
+        reasons.append(f"{worse} {before:.{digits}f} -> {after:.{digits}f} (tolerance {sign}{tolerance:.{digits}f})")
+    else:
+        notes.append(f"{name} {before:.{digits}f} -> {after:.{digits}f}")
