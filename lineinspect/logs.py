@@ -44,11 +44,31 @@ def _q(v: object) -> str:
     return json.dumps(s) if (" " in s or "=" in s or not s) else s
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time, not the stream of the moment it was made:
+    a handler bound to a replaced stream (a test's capture, a daemonised process) would write to a
+    closed file and lose the record."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
+    """Install the one lineinspect handler on the root logger (idempotent; other handlers, such as a
+    test runner's capture, are left in place)."""
     root = logging.getLogger()
     for h in list(root.handlers):
-        root.removeHandler(h)
-    h = logging.StreamHandler(sys.stderr)
+        if isinstance(h, _StderrHandler):
+            root.removeHandler(h)
+    h = _StderrHandler()
     h.setFormatter(_KVFormatter(as_json))
     root.addHandler(h)
     root.setLevel(level.upper())

@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help="square model input size in pixels (multiple of 32)")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: TrainConfig.iters)")
     p.add_argument("--few-shot", type=int, default=0, help="train on K images with augmentation")
+    p.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda (the model dir is device-free)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--tile", action="store_true",
@@ -49,7 +50,7 @@ def run_train(args: argparse.Namespace, settings: Any) -> int:
     from training.data import hold_out
 
     cfg = TrainConfig(model=InpConfig(backbone=args.backbone, input_hw=(args.size, args.size)),
-                      few_shot=args.few_shot, threads=settings.threads,
+                      few_shot=args.few_shot, threads=settings.threads, device=_device(args.device),
                       threshold_quantile=settings.threshold_quantile,
                       cache_dir=str(Path(settings.home) / "cache" / "features"), categories=list(args.category))
     for cat in args.category:
@@ -68,6 +69,18 @@ def run_train(args: argparse.Namespace, settings: Any) -> int:
                     calibration_images=held, extra_config=extra)
     print(out_dir)
     return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r} is not a torch device: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA GPU here (train on cpu, or install a CUDA build of torch)")
+    return str(dev)
 
 
 def run_eval(args: argparse.Namespace, settings: Any) -> int:

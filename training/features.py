@@ -66,12 +66,13 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 @torch.no_grad()
 def encode_images(model: InpFormer, images: Sequence[np.ndarray], batch_size: int = 8) -> list[torch.Tensor]:
-    """Encode RGB uint8 frames -> per group (N, C_g, h, w) float32."""
+    """Encode RGB uint8 frames -> per group (N, C_g, h, w) float32 on the CPU (on the model's device meanwhile)."""
     model.eval()
+    device = model.blur_kernel.device
     chunks: list[list[torch.Tensor]] = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(batch_to_input(list(images[i:i + batch_size]), model.cfg.input_hw))
-        chunks.append(model.encode(x))
+        x = torch.from_numpy(batch_to_input(list(images[i:i + batch_size]), model.cfg.input_hw)).to(device)
+        chunks.append([g.cpu() for g in model.encode(x)])
     return [torch.cat([c[g] for c in chunks]) for g in range(len(chunks[0]))]
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     threshold_margin: float = 1.1
     checkpoint_every: int = 50
     threads: int = 0
+    device: str = "cpu"                # torch device for the encoder pass and the head ("cuda" where there is one)
     cache_dir: str | None = None
     categories: list[str] = field(default_factory=list)
 
@@ -90,7 +91,7 @@ def _fingerprint(cfg: TrainConfig, seed: int, n_fit: int, feats: list[torch.Tens
     import json
 
     d = cfg.to_dict()
-    for k in ("threads", "cache_dir", "checkpoint_every"):
+    for k in ("threads", "cache_dir", "checkpoint_every", "device"):
         d.pop(k)
     h = hashlib.sha256(json.dumps([d, seed, n_fit], sort_keys=True).encode())
     h.update(np.asarray([float(f.sum()) for f in feats]).tobytes())
@@ -137,14 +138,17 @@ def train(
         pick = sorted(rng.choice(len(fit), size=min(cfg.few_shot, len(fit)), replace=False).tolist())
         fit, aug = [fit[i] for i in pick], cfg.aug_copies
 
-    model = InpFormer(cfg.model)
+    device = torch.device(cfg.device)
+    model = InpFormer(cfg.model).to(device)
     feats = cached_features(model, fit, cfg.cache_dir, aug_copies=aug, seed=seed)
+    fp_feats = feats
+    feats = [f.to(device) for f in feats]
     n = feats[0].shape[0]
     head = model.head
     head.fit_stats(feats)
     opt = StableAdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-10)
     gen = torch.Generator().manual_seed(seed)
-    fp = _fingerprint(cfg, seed, n, feats)
+    fp = _fingerprint(cfg, seed, n, fp_feats)
     ckpt = out / "checkpoint.pt"
     start = 0
     if resume and ckpt.is_file():
@@ -190,20 +194,20 @@ def train(
     train_s = time.perf_counter() - t0
     model.eval()
     if held:
-        cal_feats = cached_features(model, held, cfg.cache_dir, seed=seed)
+        cal_feats = [f.to(device) for f in cached_features(model, held, cfg.cache_dir, seed=seed)]
         cal_src = "held-out train normals"
     else:  # few-shot with nothing left over: the augmented copies are the only normals we have
         cal_feats, cal_src = feats, "augmented training copies (no held-out normals)"
     with torch.no_grad():
         scores = torch.cat([model.score_features([f[i:i + 16] for f in cal_feats])[1]
-                            for i in range(0, cal_feats[0].shape[0], 16)]).numpy()
+                            for i in range(0, cal_feats[0].shape[0], 16)]).cpu().numpy()
     calibration = calibrate(scores, cfg.threshold_quantile, cfg.threshold_margin)
     calibration["source"] = cal_src
     meta = {"categories": cfg.categories, "seed": seed, "train": cfg.to_dict(), "train_images": len(fit),
             "train_feature_rows": n, "calibration_images": len(held), "train_seconds": round(train_s, 2),
             "final_loss": loss_v, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra_config or {})}
-    save_model_dir(out, model, meta, calibration)
+    save_model_dir(out, model.cpu(), meta, calibration)
     ckpt.unlink(missing_ok=True)
     log.info("trained", extra=kv(out=str(out), iters=cfg.iters, seconds=round(train_s, 1), threshold=calibration["threshold"]))
     return out

@@ -27,8 +27,8 @@ def gaussian_blur(maps: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
     """Separable blur of (N, H, W) maps with reflect padding (no dark border from zero padding)."""
     r = kernel1d.numel() // 2
     x = maps.unsqueeze(1)
-    kh = kernel1d.view(1, 1, -1, 1).to(maps.dtype)
-    kw = kernel1d.view(1, 1, 1, -1).to(maps.dtype)
+    kh = kernel1d.view(1, 1, -1, 1).to(device=maps.device, dtype=maps.dtype)
+    kw = kernel1d.view(1, 1, 1, -1).to(device=maps.device, dtype=maps.dtype)
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kh)
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kw)
     return x.squeeze(1)
@@ -37,6 +37,18 @@ def gaussian_blur(maps: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
 def cosine_distance_map(enc: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     """1 - cos over channels: (N, C, h, w) x 2 -> (N, h, w)."""
     return 1.0 - F.cosine_similarity(enc, dec, dim=1, eps=1e-6)
+
+
+def l2_distance_map(enc: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square difference over channels: (N, C, h, w) x 2 -> (N, h, w).
+
+    On standardised features this is an error in units of the normal spread, which stays small where
+    a token is close to the training mean (uniform background), unlike the cosine of two short
+    vectors, whose angle is dominated by noise there."""
+    return (enc - dec).pow(2).mean(dim=1).add(1e-12).sqrt()
+
+
+MAP_METRICS = {"cos": cosine_distance_map, "l2": l2_distance_map}
 
 
 def fuse_maps(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
@@ -54,9 +66,10 @@ def topk_mean_score(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
 
 def anomaly_map_and_score(
     enc: list[torch.Tensor], dec: list[torch.Tensor], size: tuple[int, int], kernel1d: torch.Tensor,
-    top_fraction: float = 0.01,
+    top_fraction: float = 0.01, metric: str = "cos",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group cosine distance -> upsample -> mean -> blur -> top-fraction score."""
-    per_group = [cosine_distance_map(e, d) for e, d in zip(enc, dec)]
+    """Per-group distance (``metric`` in MAP_METRICS) -> upsample -> mean -> blur -> top-fraction score."""
+    dist = MAP_METRICS[metric]
+    per_group = [dist(e, d) for e, d in zip(enc, dec)]
     amap = gaussian_blur(fuse_maps(per_group, size), kernel1d)
     return amap, topk_mean_score(amap, top_fraction)

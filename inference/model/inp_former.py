@@ -37,6 +37,12 @@ from inference.model.backbones import FrozenBackbone, build_backbone, default_gr
 FEATURE_NORMS = ("none", "center", "zscore", "zscore_floor")
 STD_FLOOR = 0.5
 
+# How a token's reconstruction error is measured for the anomaly map (and so the image score):
+#   cos      1 - cos(target, rebuilt) on the normalised features (the paper's measure)
+#   cos_raw  1 - cos on the features with the normalisation undone (the encoder's own space)
+#   l2       root-mean-square difference on the normalised features (spread-relative error)
+MAP_METRICS = ("cos", "cos_raw", "l2")
+
 
 @dataclass
 class InpConfig:
@@ -55,6 +61,7 @@ class InpConfig:
     decoder_blocks: int = 8
     dropout: float = 0.2           # bottleneck dropout during training
     feature_norm: str = "zscore"   # fixed per-channel train statistics applied to encoder features: FEATURE_NORMS
+    map_metric: str = "cos"        # reconstruction error measure of the anomaly map: MAP_METRICS
     sigma: float = 4.0
     top_fraction: float = 0.01
 
@@ -73,6 +80,8 @@ class InpConfig:
             raise ValueError("width must be a multiple of head_dim")
         if self.feature_norm not in FEATURE_NORMS:
             raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
+        if self.map_metric not in MAP_METRICS:
+            raise ValueError(f"map_metric must be one of {MAP_METRICS}, got {self.map_metric!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -241,6 +250,16 @@ class InpHead(nn.Module):
             out.append((e - getattr(self, f"feat_mean{i}").view(shape)) / getattr(self, f"feat_std{i}").view(shape))
         return out
 
+    def denormalize(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Inverse of :meth:`targets`: normalised (N, C_g, ...) groups back to encoder units."""
+        if self.cfg.feature_norm == "none":
+            return list(feats)
+        out = []
+        for i, f in enumerate(feats):
+            shape = (1, -1) + (1,) * (f.dim() - 2)
+            out.append(f * getattr(self, f"feat_std{i}").view(shape) + getattr(self, f"feat_mean{i}").view(shape))
+        return out
+
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -303,9 +322,17 @@ class InpFormer(nn.Module):
         enc = self.encode(x)
         return enc, self.head(enc)
 
-    def score_features(self, enc: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.head(enc)
-        return anomaly_map_and_score(out.targets, out.dec, self.cfg.input_hw, self.blur_kernel, self.cfg.top_fraction)
+    def score_features(self, enc: list[torch.Tensor], metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(map (N, H, W), score (N,)) from encoder groups; ``metric`` overrides ``cfg.map_metric``."""
+        return self.map_from_output(enc, self.head(enc), metric)
+
+    def map_from_output(self, enc: list[torch.Tensor], out: HeadOutput,
+                        metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        metric = metric or self.cfg.map_metric
+        targets, dec = out.targets, out.dec
+        if metric == "cos_raw":
+            targets, dec, metric = list(enc), self.head.denormalize(dec), "cos"
+        return anomaly_map_and_score(targets, dec, self.cfg.input_hw, self.blur_kernel, self.cfg.top_fraction, metric)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.score_features(self.encode(x))

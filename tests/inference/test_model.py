@@ -115,3 +115,43 @@ def test_feature_norm_validation_and_old_configs():
     assert InpConfig.from_dict(d).feature_norm == "none"                          # before standardisation
     assert InpConfig.from_dict({**d, "standardize": True}).feature_norm == "zscore"  # bool era
     assert InpConfig.from_dict({**d, "feature_norm": "center"}).feature_norm == "center"
+
+
+def test_l2_map_is_rms_difference_and_small_near_the_mean():
+    from inference.model.anomaly_map import cosine_distance_map, l2_distance_map
+
+    t = torch.zeros(1, 4, 2, 2)
+    t[0, :, 0, 0] = torch.tensor([3.0, 0.0, 0.0, 4.0])
+    d = t.clone()
+    d[0, :, 0, 0] = torch.tensor([3.0, 0.0, 0.0, 0.0])
+    assert torch.allclose(l2_distance_map(t, d)[0, 0, 0], torch.tensor(2.0))  # sqrt(16 / 4)
+    assert float(l2_distance_map(t, t).max()) < 1e-5
+    # two tiny vectors near the mean (background) at right angles: cosine says "maximally
+    # different", the spread-relative error says "close"
+    a, b = torch.zeros(1, 4, 1, 1), torch.zeros(1, 4, 1, 1)
+    a[0, 0], b[0, 1] = 0.01, 0.01
+    assert float(cosine_distance_map(a, b)) > 0.99 and float(l2_distance_map(a, b)) < 0.01
+
+
+def test_map_metrics_from_one_reconstruction():
+    m = InpFormer(tiny_cfg(feature_norm="zscore")).eval()
+    enc = m.encode(torch.rand(2, 3, 64, 64))
+    m.head.fit_stats(enc)
+    out = m.head(enc)
+    maps = {k: m.map_from_output(enc, out, k) for k in ("cos", "cos_raw", "l2")}
+    for amap, score in maps.values():
+        assert amap.shape == (2, 64, 64) and score.shape == (2,) and torch.isfinite(amap).all()
+    assert not torch.allclose(maps["cos"][0], maps["cos_raw"][0])
+    # the denormalised reconstruction is the inverse of the normalisation
+    back = m.head.denormalize(out.targets)
+    assert all(torch.allclose(b, e, atol=1e-4) for b, e in zip(back, enc))
+    # the configured metric is the default of score_features
+    m2 = InpFormer(tiny_cfg(feature_norm="zscore", map_metric="l2")).eval()
+    m2.load_state_dict(m.state_dict())
+    assert torch.allclose(m2.score_features(enc)[1], maps["l2"][1], atol=1e-6)
+    # with raw features cos_raw is plain cos
+    raw = InpFormer(tiny_cfg(feature_norm="none")).eval()
+    o = raw.head(enc)
+    assert torch.allclose(raw.map_from_output(enc, o, "cos_raw")[0], raw.map_from_output(enc, o, "cos")[0], atol=1e-6)
+    with pytest.raises(ValueError):
+        tiny_cfg(map_metric="manhattan")

@@ -8,8 +8,10 @@ test is about the pipeline, not the model).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 
 import cv2
@@ -50,6 +52,31 @@ class BrightnessEngine:
         pass
 
 
+def _camera_on_partition(stem: str, partition: int, partitions: int) -> str:
+    """A camera id whose Kafka key lands on ``partition`` (the producer's murmur2 partitioner), so
+    the test knows where every frame is: one category per partition, both consumers get data."""
+    from kafka.partitioner.default import murmur2
+
+    for k in range(10_000):
+        cam = f"{stem}-{k}"
+        if (murmur2(cam.encode()) & 0x7FFFFFFF) % partitions == partition:
+            return cam
+    raise AssertionError("no camera id found for the partition")
+
+
+def _stall_report(handled: dict, threads: dict[str, threading.Thread], consumers: dict[str, InferenceConsumer]) -> str:
+    """What each consumer was doing when the frames stopped arriving (for a failure message)."""
+    frames = sys._current_frames()
+    out = [f"handled={handled}"]
+    for name, t in threads.items():
+        c = consumers[name]
+        out.append(f"consumer {name}: alive={t.is_alive()} assignment={c.bus.assignment() if not c._closed else 'closed'}"
+                   f" stored={c.stored} dead_lettered={c.dead_lettered}")
+        if t.is_alive() and t.ident in frames:
+            out.append("".join(traceback.format_stack(frames[t.ident])[-12:]))
+    return "\n".join(out)
+
+
 def _consumer(settings: Settings, run_id: str) -> InferenceConsumer:
     store = open_store(settings)
     cache = RedisCache(settings.cache_url, ttl_s=600, stream_maxlen=1000, prefix=f"li-it-{run_id}:")
@@ -63,8 +90,11 @@ def test_two_consumers_rebalance_exactly_one_row_per_frame(real_data, pipeline_s
     assert len(frames) >= 20
     pub_bus = open_publisher(s)
     published: dict[tuple[str, int], tuple[str, tuple[int, int]]] = {}
-    pubs = {cat: FramePublisher(s, cat, "L1", f"cam-{cat}-{run_id}", pub_bus, first_frame_id=1, encoding="jpeg")
-            for cat in sorted({c for c, _ in frames})}
+    cats = sorted({c for c, _ in frames})
+    assert len(cats) <= s.topic_partitions
+    pubs = {cat: FramePublisher(s, cat, "L1", _camera_on_partition(f"cam-{cat}-{run_id}", i, s.topic_partitions),
+                                pub_bus, first_frame_id=1, encoding="jpeg")
+            for i, cat in enumerate(cats)}
     t_pub = time.perf_counter()
     for cat, path in frames:
         img = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -85,11 +115,14 @@ def test_two_consumers_rebalance_exactly_one_row_per_frame(real_data, pipeline_s
     t0 = time.perf_counter()
 
     def run_a() -> None:
-        # stop after ~a quarter of the stream: the group rebalances and b takes over a's partitions
-        handled["a"] = a.run(max_frames=max(1, total // 4), idle_timeout_s=20)
-        in_hand = a.bus.poll_batch(4, 2000)  # fetched, never stored or committed: a crash mid-batch
-        handled["lost_in_a"] = len(in_hand)
-        a.close()
+        # Stop after a quarter of the stream (a owns half the partitions, one category each, so it
+        # has data): the group rebalances and b takes over a's partitions.
+        try:
+            handled["a"] = a.run(max_frames=max(1, total // 4), idle_timeout_s=20)
+            in_hand = a.bus.poll_batch(4, 2000)  # fetched, never stored or committed: a crash mid-batch
+            handled["lost_in_a"] = len(in_hand)
+        finally:
+            a.close()  # leaves the group; a member that never leaves would hold up the rebalance
 
     def run_b() -> None:
         handled["b"] = b.run(idle_timeout_s=120)
@@ -101,6 +134,7 @@ def test_two_consumers_rebalance_exactly_one_row_per_frame(real_data, pipeline_s
     deadline = time.monotonic() + 150
     while watch.count_results() < len(published) and time.monotonic() < deadline:
         time.sleep(0.2)
+    stall = "" if watch.count_results() >= len(published) else _stall_report(handled, {"a": ta, "b": tb}, {"a": a, "b": b})
     elapsed = time.perf_counter() - t0
     time.sleep(2.0)  # let b finish its last batch (the DLQ copies) and show any duplicate it would write
     watch.close()
@@ -113,7 +147,7 @@ def test_two_consumers_rebalance_exactly_one_row_per_frame(real_data, pipeline_s
     store = open_store(s, migrate=False)
     try:
         # exactly one row per published frame, none extra
-        assert store.count_results() == len(published)
+        assert store.count_results() == len(published), stall
         for cam in {c for c, _ in published}:
             ids = [r["frame_id"] for r in store.results_for_camera(cam)]
             assert len(ids) == len(set(ids))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_safe_dict_and_redaction_hide_every_secret() -> None:
 def test_log_lines_never_carry_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     buf = io.StringIO()
     setup_logging("DEBUG")
-    monkeypatch.setattr(logging.getLogger().handlers[0], "stream", buf)
+    monkeypatch.setattr(sys, "stderr", buf)  # the handler writes to the sys.stderr of the moment
     log = logging.getLogger("lineinspect.test")
     url = f"postgresql+psycopg://li:{PW}@db:5432/li"
     log.info("connecting to %s", url)
@@ -172,3 +173,25 @@ def test_kafka_sasl_without_credentials_is_a_config_error() -> None:
     s = Settings(bus_url="kafka://b:9093", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN")
     with pytest.raises(ConfigError, match="SASL_USERNAME"):
         security_config(s)
+
+
+def test_log_handler_follows_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler bound to a stream that was later closed (a test capture, a daemon's detached
+    terminal) loses records; ours resolves sys.stderr when it writes, and keeps other handlers."""
+    other = logging.NullHandler()
+    logging.getLogger().addHandler(other)
+    try:
+        first = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        setup_logging("INFO")
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("lineinspect.test").info("after the swap", extra=kv(n=1))
+        assert "after the swap" in second.getvalue()
+        assert other in logging.getLogger().handlers
+        setup_logging("INFO")
+        ours = [h for h in logging.getLogger().handlers if type(h).__name__ == "_StderrHandler"]
+        assert len(ours) == 1
+    finally:
+        logging.getLogger().removeHandler(other)

@@ -87,3 +87,28 @@ def test_split_holdout_is_deterministic_and_disjoint():
     fit2, held2 = split_holdout(ims, 0.15, 0)
     assert len(held) == 3 and len(fit) == 17
     assert all(a is b for a, b in zip(held, held2))
+
+
+def test_device_is_a_run_setting_not_part_of_the_model(tmp_path):
+    """``device`` picks where training runs; the same run on the CPU named explicitly is bit-identical
+    and the model dir holds CPU tensors either way (and no device in the fingerprint or weights)."""
+    ims = images()
+    a = train(ims, cfg(), tmp_path / "a", iters=4, seed=1, progress=False)
+    b = train(ims, cfg(device="cpu"), tmp_path / "b", iters=4, seed=1, progress=False)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(v.device.type == "cpu" for v in wb.values())
+
+
+def test_train_cli_rejects_a_device_torch_cannot_use():
+    import pytest
+
+    from lineinspect.errors import ConfigError
+    from training.cli import _device
+
+    assert _device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="not a torch device"):
+        _device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            _device("cuda")
