@@ -19,8 +19,11 @@ import torch.nn.functional as F
 
 def scale_grad(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Return ``x`` unchanged in value whose gradient is multiplied by ``w`` (broadcast, no grad)."""
-    w = w.detach()
-    return x * w + (x * (1.0 - w)).detach()
+    # x.detach() + (x - x.detach()) * w: the value is x exactly ((x - x.detach()) is exactly 0), the
+    # gradient is w. The tempting x * w + (x * (1 - w)).detach() cancels catastrophically when w is
+    # large (a near-perfect group makes d / mean d explode) and returns a wrong loss value.
+    xd = x.detach()
+    return xd + (x - xd) * w.detach()
 
 
 def soft_mining_weights(enc: torch.Tensor, dec: torch.Tensor, power: float = 3.0) -> torch.Tensor:

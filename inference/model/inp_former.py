@@ -62,8 +62,9 @@ class InpConfig:
     dropout: float = 0.2           # bottleneck dropout during training
     feature_norm: str = "zscore"   # fixed per-channel train statistics applied to encoder features: FEATURE_NORMS
     map_metric: str = "cos"        # reconstruction error measure of the anomaly map: MAP_METRICS
-    sigma: float = 4.0
+    sigma: float = 4.0             # Gaussian blur of the map, in input pixels
     top_fraction: float = 0.01
+    map_stride: int = 4            # the map is blurred and scored at input / map_stride, then upsampled
 
     def __post_init__(self) -> None:
         self.input_hw = (int(self.input_hw[0]), int(self.input_hw[1]))
@@ -80,8 +81,15 @@ class InpConfig:
             raise ValueError("width must be a multiple of head_dim")
         if self.feature_norm not in FEATURE_NORMS:
             raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
+        if self.map_stride < 1 or any(s % self.map_stride for s in self.input_hw):
+            raise ValueError(f"input size {self.input_hw} must be a multiple of map_stride {self.map_stride}")
         if self.map_metric not in MAP_METRICS:
             raise ValueError(f"map_metric must be one of {MAP_METRICS}, got {self.map_metric!r}")
+
+    @property
+    def map_hw(self) -> tuple[int, int]:
+        """Working resolution of the anomaly map (blur and score)."""
+        return (self.input_hw[0] // self.map_stride, self.input_hw[1] // self.map_stride)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -98,6 +106,7 @@ class InpConfig:
         d = dict(d)
         if "feature_norm" not in d:  # older configs: a bool `standardize` (absent = raw features)
             d["feature_norm"] = "zscore" if d.get("standardize", False) else "none"
+        d.setdefault("map_stride", 1)  # older configs blurred and scored the map at full input size
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -305,7 +314,7 @@ class InpFormer(nn.Module):
         self.backbone = backbone or build_backbone(cfg.backbone, blocks, checkpoint)
         ch = self.backbone.channels()
         self.head = InpHead(cfg, [sum(ch[b] for b in g) for g in cfg.groups])
-        self.register_buffer("blur_kernel", gaussian_kernel1d(cfg.sigma), persistent=False)
+        self.register_buffer("blur_kernel", gaussian_kernel1d(cfg.sigma / cfg.map_stride), persistent=False)
 
     def train(self, mode: bool = True) -> "InpFormer":
         super().train(mode)
@@ -332,7 +341,8 @@ class InpFormer(nn.Module):
         targets, dec = out.targets, out.dec
         if metric == "cos_raw":
             targets, dec, metric = list(enc), self.head.denormalize(dec), "cos"
-        return anomaly_map_and_score(targets, dec, self.cfg.input_hw, self.blur_kernel, self.cfg.top_fraction, metric)
+        return anomaly_map_and_score(targets, dec, self.cfg.input_hw, self.blur_kernel, self.cfg.top_fraction, metric,
+                                     work_size=self.cfg.map_hw)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.score_features(self.encode(x))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from inference.model.anomaly_map import fuse_maps, gaussian_blur, topk_mean_score
+from inference.model.anomaly_map import finish_maps
 from inference.model.inp_former import InpFormer
 
 
@@ -34,5 +34,4 @@ def inp_distance_maps(model: InpFormer, groups: list[torch.Tensor]) -> tuple[tor
     n, _, h, w = groups[0].shape
     out = model.head(groups)
     dist = inp_distance_tokens(out.tokens, out.inps).view(n, h, w)
-    amap = gaussian_blur(fuse_maps([dist], model.cfg.input_hw), model.blur_kernel)
-    return amap, topk_mean_score(amap, model.cfg.top_fraction)
+    return finish_maps([dist], model.cfg.input_hw, model.blur_kernel, model.cfg.top_fraction, model.cfg.map_hw)

@@ -155,3 +155,23 @@ def test_map_metrics_from_one_reconstruction():
     assert torch.allclose(raw.map_from_output(enc, o, "cos_raw")[0], raw.map_from_output(enc, o, "cos")[0], atol=1e-6)
     with pytest.raises(ValueError):
         tiny_cfg(map_metric="manhattan")
+
+
+def test_map_stride_scores_like_the_full_size_map_and_old_configs_keep_full_size():
+    from inference.model.anomaly_map import anomaly_map_and_score
+
+    torch.manual_seed(0)
+    enc = [torch.rand(3, 8, 16, 16)]
+    dec = [enc[0] + 0.3 * torch.rand(3, 8, 16, 16)]
+    dec[0][1, :, 5, 7] += 3.0  # one anomalous token
+    full_map, full_score = anomaly_map_and_score(enc, dec, (128, 128), gaussian_kernel1d(4.0))
+    small_map, small_score = anomaly_map_and_score(enc, dec, (128, 128), gaussian_kernel1d(1.0), work_size=(32, 32))
+    assert small_map.shape == full_map.shape == (3, 128, 128)
+    assert torch.argmax(small_score) == torch.argmax(full_score) == 1
+    assert torch.allclose(small_score, full_score, rtol=0.1)  # same ranking, scores within 10 %
+    assert torch.corrcoef(torch.stack([small_map.flatten(), full_map.flatten()]))[0, 1] > 0.99
+    d = tiny_cfg().to_dict()
+    d.pop("map_stride")
+    assert InpConfig.from_dict(d).map_stride == 1 and InpConfig().map_stride == 4
+    with pytest.raises(ValueError):
+        tiny_cfg(map_stride=3)  # 64 is not a multiple of 3

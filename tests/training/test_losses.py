@@ -5,6 +5,7 @@ from training.losses import coherence_loss, global_cosine_loss, scale_grad, soft
 
 
 def test_global_cosine_loss_hand_cases():
+    torch.manual_seed(0)
     e = torch.randn(2, 4, 3, 3)
     assert float(global_cosine_loss([e], [e * 2.0], power=0)) == pytest.approx(0.0, abs=1e-6)
     assert float(global_cosine_loss([e], [-e], power=0)) == pytest.approx(2.0, abs=1e-6)
@@ -40,3 +41,18 @@ def test_coherence_loss():
     t2 = torch.tensor([[[-1.0, 0.0]]])  # nearest INP is orthogonal -> distance 1
     assert float(coherence_loss(t2, p)) == pytest.approx(1.0, abs=1e-6)
     assert float(coherence_loss(t, p, soft=True)) < 0.01
+
+
+def test_scale_grad_keeps_the_value_exact_for_huge_weights():
+    x = torch.tensor([1.0, -3.0, 0.25], requires_grad=True)
+    y = scale_grad(x, torch.tensor([1e15, 1e-15, 7.0]))
+    assert torch.equal(y, x.detach())
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([1e15, 1e-15, 7.0]))
+
+
+def test_global_cosine_loss_value_is_unaffected_by_mining_on_any_input():
+    for seed in range(20):  # a perfect group has d ~ 0, so d / mean d can be ~1e15
+        torch.manual_seed(seed)
+        e = torch.randn(2, 4, 3, 3)
+        assert float(global_cosine_loss([e, e], [e, -e], power=3)) == pytest.approx(1.0, abs=1e-6)
