@@ -63,6 +63,32 @@ def images_per_s(model_dir: Path, paths: list[Path], n: int = 32) -> float:
     return len(ims) / (time.perf_counter() - t)
 
 
+def onnx_accuracy(model_dir: Path, paths: list[Path], labels: np.ndarray, masks: list[np.ndarray]) -> dict:
+    """Image/pixel AUROC of the exported model in ONNX Runtime, fp32 and dynamic int8, on the test
+    split (the serving path: the quantised graph is what `engine_int8` would run)."""
+    from inference.engines.onnx_engine import make_session
+    from inference.onnx_export import INPUT_NAME, export_onnx
+    from inference.preprocess import batch_to_input
+    from inference.quantize import quantize_dynamic_int8
+    from training.data import read_image
+
+    fp32 = export_onnx(model_dir)
+    out = {}
+    hw = load_model_dir(model_dir).config["model"]["input_hw"]
+    for name, path in (("ort_fp32", fp32), ("ort_int8", quantize_dynamic_int8(fp32))):
+        sess = make_session(path)
+        maps, scores = [], []
+        for i in range(0, len(paths), 8):
+            x = batch_to_input([read_image(q) for q in paths[i:i + 8]], tuple(hw))
+            m, sc = sess.run(None, {INPUT_NAME: x})
+            maps.append(m)
+            scores.append(sc)
+        mp, sc = np.concatenate(maps), np.concatenate(scores)
+        out[name] = {"image_auroc": float(metrics.image_auroc(labels, sc)),
+                     "pixel_auroc": float(metrics.pixel_metrics(masks, list(mp))["pixel_auroc"])}
+    return out
+
+
 def run_category(root: Path, cat: str, tcfg: TrainConfig, iters: int, seed: int, cache: Path,
                  with_patchcore: bool, with_speed: bool, out_root: Path) -> dict:
     train_split = load_split(root, cat, "train")
@@ -85,6 +111,7 @@ def run_category(root: Path, cat: str, tcfg: TrainConfig, iters: int, seed: int,
            "threshold": lm.threshold}
     if with_speed:
         res["images_per_s"] = round(images_per_s(out_dir, [it.path for it in test.items]), 1)
+        res["onnx"] = onnx_accuracy(out_dir, [it.path for it in test.items], labels, masks)
     if with_patchcore:
         pc_model = InpFormer(replace(tcfg.model, local_pool=3))
         t1 = time.perf_counter()
@@ -311,6 +338,19 @@ def run_main(root: Path, cats: list[str], seed: int, keep_cache: bool = False) -
     wins = [r["category"] for r in rows if r["patchcore"]["image_auroc"] > r["inp_former"]["image_auroc"]]
     body += ["", "PatchCore wins image AUROC on: " + (", ".join(wins) if wins else "none") + ". "
              "PatchCore img/s counts only the kNN scoring on cached features (no encoder)."]
+    body += ["", "The same models exported to ONNX and run in ONNX Runtime (the default engine), fp32 and dynamic "
+             "int8 (`engine_int8`), image AUROC / pixel AUROC on the same test images (end-to-end: decode, resize, "
+             "graph):", "", "| category | PyTorch | ORT fp32 | ORT int8 | int8 - fp32 (image) |", "|---|---|---|---|---|"]
+    for r in rows:
+        o, x = r["onnx"], r["inp_former"]
+        body.append(f"| {r['category']} | {fmt(x['image_auroc'])} / {fmt(x['pixel_auroc'])} | "
+                    f"{fmt(o['ort_fp32']['image_auroc'])} / {fmt(o['ort_fp32']['pixel_auroc'])} | "
+                    f"{fmt(o['ort_int8']['image_auroc'])} / {fmt(o['ort_int8']['pixel_auroc'])} | "
+                    f"{o['ort_int8']['image_auroc'] - o['ort_fp32']['image_auroc']:+.4f} |")
+    d8 = [r["onnx"]["ort_int8"]["image_auroc"] - r["onnx"]["ort_fp32"]["image_auroc"] for r in rows]
+    payload["int8_minus_fp32_image_auroc"] = {"mean": float(np.mean(d8)), "worst": float(min(d8))}
+    (RESULTS_DIR / "quality.json").write_text(json.dumps(payload, indent=1))
+    body += ["", f"int8 - fp32 image AUROC: mean {np.mean(d8):+.4f}, worst {min(d8):+.4f}."]
     body += ["", "Defaults come from the lever sweep (section below, `--sweep`)."]
     write_section("quality", "\n".join(body))
 
