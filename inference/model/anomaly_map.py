@@ -39,6 +39,18 @@ def cosine_distance_map(enc: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(enc, dec, dim=1, eps=1e-6)
 
 
+def length_weighted_cosine_map(enc: torch.Tensor, dec: torch.Tensor, typical_length: torch.Tensor | float) -> torch.Tensor:
+    """(1 - cos) x |enc| / typical_length: (N, C, h, w) x 2 -> (N, h, w).
+
+    On standardised features a token's length is how far it lies from the normal mean, in units of
+    the normal spread; its direction is only meaningful in proportion. A token near the mean (plain
+    background) has a noisy direction that plain cosine distance reports as an anomaly; weighting by
+    length turns the measure into "how much of the token could not be rebuilt", comparable across
+    tokens. ``typical_length`` (the median training-token length of the group) makes groups of
+    different width count alike; it does not change the ranking within a group."""
+    return cosine_distance_map(enc, dec) * enc.norm(dim=1) / typical_length
+
+
 def l2_distance_map(enc: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     """Root-mean-square difference over channels: (N, C, h, w) x 2 -> (N, h, w).
 
@@ -48,7 +60,7 @@ def l2_distance_map(enc: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     return (enc - dec).pow(2).mean(dim=1).add(1e-12).sqrt()
 
 
-MAP_METRICS = {"cos": cosine_distance_map, "l2": l2_distance_map}
+MAP_METRICS = ("cos", "cos_len", "l2")
 
 
 def fuse_maps(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
@@ -67,6 +79,7 @@ def topk_mean_score(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
 def anomaly_map_and_score(
     enc: list[torch.Tensor], dec: list[torch.Tensor], size: tuple[int, int], kernel1d: torch.Tensor,
     top_fraction: float = 0.01, metric: str = "cos", work_size: tuple[int, int] | None = None,
+    typical_lengths: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group distance (``metric`` in MAP_METRICS) -> upsample -> mean -> blur -> top-fraction score.
 
@@ -75,8 +88,17 @@ def anomaly_map_and_score(
     and is then blurred holds no detail finer than a few pixels, so this costs nothing in accuracy
     and a 16x smaller working map (the blur and top-k were a third of the model's CPU time).
     ``kernel1d`` must then be built for the working resolution (sigma scaled alike)."""
-    dist = MAP_METRICS[metric]
-    return finish_maps([dist(e, d) for e, d in zip(enc, dec)], size, kernel1d, top_fraction, work_size)
+    if metric == "cos":
+        per_group = [cosine_distance_map(e, d) for e, d in zip(enc, dec)]
+    elif metric == "cos_len":
+        if typical_lengths is None or len(typical_lengths) != len(enc):
+            raise ValueError("cos_len needs one typical length per group")
+        per_group = [length_weighted_cosine_map(e, d, n) for e, d, n in zip(enc, dec, typical_lengths)]
+    elif metric == "l2":
+        per_group = [l2_distance_map(e, d) for e, d in zip(enc, dec)]
+    else:
+        raise ValueError(f"unknown map metric {metric!r}; known: {MAP_METRICS}")
+    return finish_maps(per_group, size, kernel1d, top_fraction, work_size)
 
 
 def finish_maps(per_group: list[torch.Tensor], size: tuple[int, int], kernel1d: torch.Tensor,

@@ -134,27 +134,43 @@ def test_l2_map_is_rms_difference_and_small_near_the_mean():
 
 
 def test_map_metrics_from_one_reconstruction():
-    m = InpFormer(tiny_cfg(feature_norm="zscore")).eval()
+    m = InpFormer(tiny_cfg(feature_norm="zscore", map_metric="cos_len")).eval()
     enc = m.encode(torch.rand(2, 3, 64, 64))
     m.head.fit_stats(enc)
+    lengths = m.head.typical_lengths()
+    assert all(float(n) > 0 for n in lengths)
+    assert torch.allclose(lengths[0], m.head.targets(enc)[0].norm(dim=1).median())
     out = m.head(enc)
-    maps = {k: m.map_from_output(enc, out, k) for k in ("cos", "cos_raw", "l2")}
+    maps = {k: m.map_from_output(enc, out, k) for k in ("cos", "cos_len", "l2")}
     for amap, score in maps.values():
         assert amap.shape == (2, 64, 64) and score.shape == (2,) and torch.isfinite(amap).all()
-    assert not torch.allclose(maps["cos"][0], maps["cos_raw"][0])
-    # the denormalised reconstruction is the inverse of the normalisation
-    back = m.head.denormalize(out.targets)
-    assert all(torch.allclose(b, e, atol=1e-4) for b, e in zip(back, enc))
-    # the configured metric is the default of score_features
-    m2 = InpFormer(tiny_cfg(feature_norm="zscore", map_metric="l2")).eval()
-    m2.load_state_dict(m.state_dict())
-    assert torch.allclose(m2.score_features(enc)[1], maps["l2"][1], atol=1e-6)
-    # with raw features cos_raw is plain cos
-    raw = InpFormer(tiny_cfg(feature_norm="none")).eval()
-    o = raw.head(enc)
-    assert torch.allclose(raw.map_from_output(enc, o, "cos_raw")[0], raw.map_from_output(enc, o, "cos")[0], atol=1e-6)
+    assert torch.allclose(m.score_features(enc)[1], maps["cos_len"][1])  # the configured default
+    plain = InpFormer(tiny_cfg(feature_norm="zscore", map_metric="cos")).eval()
+    with pytest.raises(ValueError, match="training-token lengths"):
+        plain.score_features(enc, "cos_len")
     with pytest.raises(ValueError):
         tiny_cfg(map_metric="manhattan")
+
+
+def test_length_weighted_cosine_discounts_tokens_near_the_mean():
+    from inference.model.anomaly_map import cosine_distance_map, length_weighted_cosine_map
+
+    t = torch.zeros(1, 2, 1, 2)
+    t[0, :, 0, 0] = torch.tensor([0.01, 0.0])   # near the normal mean: direction is noise
+    t[0, :, 0, 1] = torch.tensor([3.0, 0.0])    # far from it
+    r = torch.zeros(1, 2, 1, 2)
+    r[0, :, 0, 0] = torch.tensor([0.0, 0.01])   # rebuilt at a right angle
+    r[0, :, 0, 1] = torch.tensor([0.0, 3.0])    # rebuilt at a right angle
+    cos = cosine_distance_map(t, r)[0, 0]
+    w = length_weighted_cosine_map(t, r, 1.5)[0, 0]
+    assert torch.allclose(cos, torch.tensor([1.0, 1.0]))            # plain cosine: equally anomalous
+    assert torch.allclose(w, torch.tensor([0.01 / 1.5, 2.0]))       # weighted: only the long token
+
+
+def test_old_model_configs_keep_plain_cosine():
+    d = tiny_cfg().to_dict()
+    d.pop("map_metric")
+    assert InpConfig.from_dict(d).map_metric == "cos" and InpConfig().map_metric == "cos_len"
 
 
 def test_map_stride_scores_like_the_full_size_map_and_old_configs_keep_full_size():
