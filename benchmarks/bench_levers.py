@@ -3,7 +3,7 @@
     python benchmarks/bench_levers.py [--device cuda] [--only NAME ...] [--category C ...] [--seeds 0 1]
 
 Every training variant is trained once per category and seed and then scored with every anomaly-map
-measure (``InpConfig.map_metric``: cos, cos_raw, l2) from the same reconstruction, so the measure is
+measure (``InpConfig.map_metric``: cos, cos_len, l2) from the same reconstruction, so the measure is
 compared on identical models. PatchCore rows use the same frozen features (raw, 3x3 pooled) at both
 token grids and two bank sizes. Writes ``results/levers.json`` and the ``levers`` section of
 RESULTS.md. Runs on the CPU (hours) or on a GPU (minutes); the decisions it supports are relative
@@ -62,6 +62,8 @@ def variants() -> dict[str, TrainConfig]:
         "soft_coherence": _m(soft_coherence=True),
         "inps12": _m(m_n_inps=12),
         "all_tokens": _m(train_tokens=0),
+        "blocks4": _m(m_decoder_blocks=4),
+        "mlp2": _m(m_mlp_ratio=2.0),
     }
 
 
