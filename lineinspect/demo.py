@@ -25,6 +25,9 @@ from lineinspect.settings import Settings
 log = logging.getLogger("lineinspect.demo")
 
 
+
+CAMERA_ENCODING = ("jpeg", 92)  # what the simulated camera publishes, and so what the model is trained on
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train on simulated frames and stream a simulated camera end to end (embedded)")
     p.add_argument("--product", default="widget")
@@ -106,7 +109,9 @@ def _ensure_model(args: argparse.Namespace, settings: Settings, registry: Any) -
     from training.train import TrainConfig, train
 
     sim = LineSimulator(product=args.product, size=(args.size, args.size), defect_rate=0.0, seed=args.seed + 1000)
-    images = list(sim.normal_frames(args.train_frames))
+    # Train on what the line sends: the camera publishes JPEG, and a model trained on the pristine
+    # frames reads JPEG's block artefacts as anomalies (a quarter of normal frames flagged).
+    images = [_as_published(im) for im in sim.normal_frames(args.train_frames)]
     print(f"[1/4] training INP-Former on {len(images)} simulated normal frames of {args.product!r} ({args.iters} iterations)", flush=True)
     cfg = TrainConfig(iters=args.iters, threads=settings.threads, cache_dir=str(settings.home / "feature-cache"))
     cfg.categories = [args.product]
@@ -116,6 +121,17 @@ def _ensure_model(args: argparse.Namespace, settings: Settings, registry: Any) -
                                 data_snapshot={"source": "simulator", "frames": len(images), "seed": args.seed + 1000})
     registry.promote(args.product, version)
     return registry.active(args.product)
+
+
+def _as_published(image: Any) -> Any:
+    """The frame as a consumer will see it: through the publisher's JPEG encoding and back."""
+    import cv2
+    import numpy as np
+
+    from ingest.envelope import encode_image
+
+    data = encode_image(image, *CAMERA_ENCODING)
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _start_camera(args: argparse.Namespace, settings: Settings, bus: Any) -> tuple[threading.Thread, set[int]]:
@@ -128,7 +144,8 @@ def _start_camera(args: argparse.Namespace, settings: Settings, bus: Any) -> tup
     defects: set[int] = set()
     base = int(time.time() * 1000)  # monotonic across reruns, so a rerun is new frames, not redeliveries
     args.first_frame_id = base
-    pub = FramePublisher(settings, args.product, args.line, args.camera, open_publisher(settings, memory_bus=bus), first_frame_id=base)
+    pub = FramePublisher(settings, args.product, args.line, args.camera, open_publisher(settings, memory_bus=bus), first_frame_id=base,
+                         encoding=CAMERA_ENCODING[0], quality=CAMERA_ENCODING[1])
 
     def loop() -> None:
         period = 1.0 / args.fps if args.fps > 0 else 0.0
