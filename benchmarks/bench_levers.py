@@ -162,7 +162,8 @@ def write_md(summary: list[dict], cats: list[str], meta: str) -> None:
              "|---" * (len(cats) + 6) + "|"]
     for s in summary:
         cells = [" / ".join(fmt(s["cells"][c][k], 2) for k in KEYS) for c in cats]
-        lines.append(f"| {s['variant']} | {s['metric']} | {len(s['seeds'])} | " + " | ".join(cells)
+        metric = s["metric"] if s["metric"] in MAP_METRICS or s["metric"] == "knn" else f"{s['metric']} (since removed)"
+        lines.append(f"| {s['variant']} | {metric} | {len(s['seeds'])} | " + " | ".join(cells)
                      + f" | **{fmt(s['mean']['image_auroc'])}** | {fmt(s['mean']['pixel_auroc'])} | {fmt(s['mean']['aupro'])} |")
     write_section("levers", "\n".join(lines))
     print("\n".join(lines))

@@ -51,16 +51,7 @@ def length_weighted_cosine_map(enc: torch.Tensor, dec: torch.Tensor, typical_len
     return cosine_distance_map(enc, dec) * enc.norm(dim=1) / typical_length
 
 
-def l2_distance_map(enc: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
-    """Root-mean-square difference over channels: (N, C, h, w) x 2 -> (N, h, w).
-
-    On standardised features this is an error in units of the normal spread, which stays small where
-    a token is close to the training mean (uniform background), unlike the cosine of two short
-    vectors, whose angle is dominated by noise there."""
-    return (enc - dec).pow(2).mean(dim=1).add(1e-12).sqrt()
-
-
-MAP_METRICS = ("cos", "cos_len", "l2")
+MAP_METRICS = ("cos", "cos_len")
 
 
 def fuse_maps(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
@@ -94,8 +85,6 @@ def anomaly_map_and_score(
         if typical_lengths is None or len(typical_lengths) != len(enc):
             raise ValueError("cos_len needs one typical length per group")
         per_group = [length_weighted_cosine_map(e, d, n) for e, d, n in zip(enc, dec, typical_lengths)]
-    elif metric == "l2":
-        per_group = [l2_distance_map(e, d) for e, d in zip(enc, dec)]
     else:
         raise ValueError(f"unknown map metric {metric!r}; known: {MAP_METRICS}")
     return finish_maps(per_group, size, kernel1d, top_fraction, work_size)
