@@ -114,11 +114,12 @@ def run_category(root: Path, cat: str, tcfg: TrainConfig, iters: int, seed: int,
         res["onnx"] = onnx_accuracy(out_dir, [it.path for it in test.items], labels, masks)
     if with_patchcore:
         # the yardstick on the very same features, and a stronger one on the 4x finer 32x32 grid
-        for key, stride in (("patchcore", tcfg.model.token_stride), ("patchcore_g32", 8)):
+        for key, stride, frac in (("patchcore", tcfg.model.token_stride, 0.25), ("patchcore_full", tcfg.model.token_stride, 1.0),
+                                  ("patchcore_g32", 8, 0.25)):
             pc_model = InpFormer(replace(tcfg.model, local_pool=3, token_stride=stride))
             t1 = time.perf_counter()
             fit_f = cached_features(pc_model, [it.path for it in fit], cache)
-            bank = patchcore.fit_bank(patchcore.patch_features(fit_f, already_pooled=True), 0.25, seed)
+            bank = patchcore.fit_bank(patchcore.patch_features(fit_f, already_pooled=True), frac, seed)
             pc_fit_s = time.perf_counter() - t1
             tf = cached_features(pc_model, [it.path for it in test.items], cache)
             t2 = time.perf_counter()
@@ -297,7 +298,7 @@ def write_sweep_md(done: dict, cats: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-METHODS = ("inp_former", "patchcore", "patchcore_g32")
+METHODS = ("inp_former", "patchcore", "patchcore_full", "patchcore_g32")
 KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 
@@ -324,7 +325,7 @@ def run_main(root: Path, cats: list[str], seed: int, keep_cache: bool = False) -
             f"{mc.n_inps} INPs, {mc.decoder_blocks} decoder blocks, feature norm {mc.feature_norm}, map {mc.map_metric} "
             f"(blurred and scored at {mc.map_hw[0]}x{mc.map_hw[1]}), dropout {mc.dropout}, "
             f"{cfg.iters} iters x batch "
-            f"{cfg.batch_size} ({cfg.train_tokens} decoded tokens/step). PatchCore: same features, 25% random bank, k=1; patchcore_g32: the same on the 32x32 grid (stride 8, 4x the tokens). "
+            f"{cfg.batch_size} ({cfg.train_tokens} decoded tokens/step). PatchCore: same features, 25% random bank, k=1; patchcore_full: the whole bank (every training patch); patchcore_g32: 25% bank on the 32x32 grid (stride 8, 4x the tokens). "
             "Pixel metrics/AUPRO at model input resolution. Train s includes calibration and "
             + ("NOT the encoder feature pass (features cached by an earlier run, --keep-cache); " if keep_cache else
                "the encoder feature pass; ") +
@@ -340,7 +341,7 @@ def run_main(root: Path, cats: list[str], seed: int, keep_cache: bool = False) -
     for m in METHODS:
         body.append(f"| **mean** | {m} | " + " | ".join(fmt(payload['mean'][m][k]) for k in KEYS) + " | | |")
     body.append("")
-    for pc in ("patchcore", "patchcore_g32"):
+    for pc in METHODS[1:]:
         for key, what in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")):
             wins = [r["category"] for r in rows if r[pc][key] > r["inp_former"][key]]
             body.append(f"- {pc} beats INP-Former on {what} on: "
@@ -359,7 +360,7 @@ def run_main(root: Path, cats: list[str], seed: int, keep_cache: bool = False) -
     payload["int8_minus_fp32_image_auroc"] = {"mean": float(np.mean(d8)), "worst": float(min(d8))}
     (RESULTS_DIR / "quality.json").write_text(json.dumps(payload, indent=1))
     body += ["", f"int8 - fp32 image AUROC: mean {np.mean(d8):+.4f}, worst {min(d8):+.4f}."]
-    body += ["", "Defaults come from the lever sweep (section below, `--sweep`)."]
+    body += ["", "Defaults come from the lever sweeps (`bench_levers.py` section, and the older `--sweep` section)."]
     write_section("quality", "\n".join(body))
 
 
