@@ -162,16 +162,35 @@ def summarise(rows: list[dict], cats: list[str]) -> list[dict]:
     return sorted(out, key=lambda x: -x["mean"]["image_auroc"])
 
 
-def write_md(summary: list[dict], cats: list[str], meta: str) -> None:
+def measure_speeds(names: list[str]) -> dict[str, float]:
+    """Head + anomaly map images/s per variant architecture (torch eager, batch 8, round-robin median;
+    see bench_quality.head_speeds); training-only variants share their architecture's figure."""
+    from benchmarks.bench_quality import head_speeds
+
+    archs: dict[str, InpConfig] = {}
+    for n in names:
+        archs.setdefault(json.dumps(variants()[n].model.to_dict(), sort_keys=True), variants()[n].model)
+    speed_by_arch = head_speeds({k: v for k, v in archs.items()})
+    return {n: round(speed_by_arch[json.dumps(variants()[n].model.to_dict(), sort_keys=True)], 1) for n in names}
+
+
+def write_md(summary: list[dict], cats: list[str], meta: str, speeds: dict[str, float] | None = None) -> None:
+    speeds = speeds or {}
     short = [c.split("/")[-1] for c in cats]
     lines = [f"## Lever sweep, all map measures (`bench_levers.py`, {time.strftime('%Y-%m-%d')})", "", meta, "",
-             "| variant | map | seeds | " + " | ".join(short) + " | mean I-AUROC | mean P-AUROC | mean AUPRO |",
-             "|---" * (len(cats) + 6) + "|"]
+             "| variant | map | seeds | " + " | ".join(short) + " | mean I-AUROC | mean P-AUROC | mean AUPRO | head img/s |",
+             "|---" * (len(cats) + 7) + "|"]
     for s in summary:
         cells = [" / ".join(fmt(s["cells"][c][k], 2) for k in KEYS) for c in cats]
         metric = s["metric"] if s["metric"] in MAP_METRICS or s["metric"] == "knn" else f"{s['metric']} (since removed)"
         lines.append(f"| {s['variant']} | {metric} | {len(s['seeds'])} | " + " | ".join(cells)
-                     + f" | **{fmt(s['mean']['image_auroc'])}** | {fmt(s['mean']['pixel_auroc'])} | {fmt(s['mean']['aupro'])} |")
+                     + f" | **{fmt(s['mean']['image_auroc'])}** | {fmt(s['mean']['pixel_auroc'])} | {fmt(s['mean']['aupro'])} | "
+                     f"{fmt(speeds.get(s['variant']), 1)} |")
+    if speeds:
+        lines += ["", "head img/s (`--speed`): INP head + anomaly map on encoder features, torch eager, batch 8, all "
+                  "architectures timed round-robin in one process (median of 7 rounds); variants that change only "
+                  "training share their architecture's figure. The encoder (about the same cost for every row) is "
+                  "not included; ONNX Runtime figures for the default are in the engines section."]
     write_section("levers", "\n".join(lines))
     print("\n".join(lines))
 
@@ -188,12 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=0, help="override every variant's iterations (smoke runs)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "levers.json")
     ap.add_argument("--report", action="store_true", help="only rewrite the RESULTS.md section from --out")
+    ap.add_argument("--speed", action="store_true", help="(re)measure each variant's head img/s, then --report")
     a = ap.parse_args(argv)
     root = data_root()
     cats = a.category or discover(root)
-    if a.report:
+    if a.report or a.speed:
         d = json.loads(a.out.read_text())
-        write_md(summarise(d["rows"], cats), cats, d["meta"])
+        if a.speed:
+            d["speeds"] = measure_speeds(sorted({r["variant"] for r in d["rows"]} & set(variants())))
+            a.out.write_text(json.dumps(d, indent=1))
+        write_md(summarise(d["rows"], cats), cats, d["meta"], d.get("speeds"))
         return 0
     names = a.only or list(variants())
     unknown = set(names) - set(variants())
@@ -206,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for rs in pool.map(run_category, jobs) for r in rs]
     else:
         rows = [r for j in jobs for r in run_category(j)]
-    old = json.loads(a.out.read_text())["rows"] if a.out.exists() else []
+    prev = json.loads(a.out.read_text()) if a.out.exists() else {}
+    old, speeds = prev.get("rows", []), prev.get("speeds")
     keep = {(r["variant"], r["metric"], r["category"], r["seed"]): r for r in old}
     keep.update({(r["variant"], r["metric"], r["category"], r["seed"]): r for r in rows})
     rows = list(keep.values())
@@ -220,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             "configuration three seeds span 0.035 of mean I-AUROC, so single-seed differences below that are noise.")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows, cats)
-    a.out.write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=1))
-    write_md(summary, cats, meta)
+    a.out.write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary, "speeds": speeds}, indent=1))
+    write_md(summary, cats, meta, speeds)
     return 0
 
 
