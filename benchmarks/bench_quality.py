@@ -348,7 +348,7 @@ def run_main(root: Path, cats: list[str], seed: int, keep_cache: bool = False) -
                         + (", ".join(wins) if wins else "none") + ".")
     body += ["", "PatchCore img/s counts only the kNN scoring on cached features (no encoder)."]
     body += ["", "The same models exported to ONNX and run in ONNX Runtime (the default engine), fp32 and dynamic "
-             "int8 (`engine_int8`), image AUROC / pixel AUROC on the same test images (end-to-end: decode, resize, "
+             "int8 (`local://onnx-int8`), image AUROC / pixel AUROC on the same test images (end-to-end: decode, resize, "
              "graph):", "", "| category | PyTorch | ORT fp32 | ORT int8 | int8 - fp32 (image) |", "|---|---|---|---|---|"]
     for r in rows:
         o, x = r["onnx"], r["inp_former"]

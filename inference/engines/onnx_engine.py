@@ -78,10 +78,14 @@ class OnnxModel:
     """One loaded ONNX session plus the metadata every result row needs (version, threshold)."""
 
     def __init__(self, model_dir: str | Path, threads: int = 0, onnx_path: str | Path | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, int8: bool = False) -> None:
         self.meta = read_model_meta(model_dir)
         t0 = time.perf_counter()
         self.onnx_path = ensure_onnx(self.meta, onnx_path)
+        if int8:  # written next to the fp32 export (model dir or the per-user cache), reused while fresh
+            from inference.quantize import quantize_dynamic_int8
+
+            self.onnx_path = quantize_dynamic_int8(self.onnx_path)
         self.session = make_session(self.onnx_path, threads, providers)
         log.info("ONNX session ready", extra=kv(model_dir=str(self.meta.path), version=self.meta.version,
                                                 path=str(self.onnx_path), ms=round((time.perf_counter() - t0) * 1e3)))
@@ -115,10 +119,11 @@ class OnnxEngine:
     name = "onnx"
 
     def __init__(self, model_dir: str | Path, threads: int = 0, batch_size: int = 16,
-                 onnx_path: str | Path | None = None, providers: list[str] | None = None) -> None:
+                 onnx_path: str | Path | None = None, providers: list[str] | None = None, int8: bool = False) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.model = OnnxModel(model_dir, threads, onnx_path, providers)
+        self.model = OnnxModel(model_dir, threads, onnx_path, providers, int8=int8)
+        self.name = "onnx-int8" if int8 else "onnx"
         self.batch_size = batch_size
 
     @property

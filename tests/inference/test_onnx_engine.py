@@ -81,3 +81,17 @@ def test_session_options_follow_threads() -> None:
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert session_options(0).intra_op_num_threads >= 1
+
+
+def test_int8_engine_serves_the_quantised_copy_close_to_fp32(real_model: RealModel, tmp_path: Path) -> None:  # noqa: F811
+    dst = tmp_path / "m"
+    shutil.copytree(real_model.model_dir, dst, ignore=shutil.ignore_patterns("model.onnx*", "model.int8.onnx*"))
+    fp32 = load_local_engine(dst, "onnx", threads=1)
+    int8 = load_local_engine(dst, "onnx-int8", threads=1)
+    assert int8.name == "onnx-int8" and str(int8.model.onnx_path).endswith(".int8.onnx")
+    assert int8.model.onnx_path.stat().st_size < fp32.model.onnx_path.stat().st_size
+    rng = np.random.default_rng(0)
+    ims = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    a, b = fp32.infer("p", ims), int8.infer("p", ims)
+    assert b.maps.shape == a.maps.shape and b.model_version == a.model_version and b.threshold == a.threshold
+    assert np.allclose(a.scores, b.scores, atol=0.05)  # quantised weights: close, not equal
