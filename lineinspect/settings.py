@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     topic_partitions: int = 6
     consumer_group: str = "lineinspect-inference"
     max_message_bytes: int = 8 * 1024 * 1024
+    kafka_max_poll_interval_ms: int = Field(
+        default=60_000, ge=10_000,
+        description="Longest a consumer may go between polls before the group drops it; also how long a rebalance "
+                    "waits for a member that does not rejoin (Kafka's default, 300 s, let one stuck member stall a "
+                    "whole group for 5 minutes). Raise it only for engines slower than a batch a minute.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None

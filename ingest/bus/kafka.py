@@ -156,7 +156,9 @@ class KafkaBatchConsumer:
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 max_poll_records=max(settings.batch_max_records, 1),
                 fetch_max_bytes=max(fetch, 52_428_800), max_partition_fetch_bytes=fetch,
-                session_timeout_ms=10_000, heartbeat_interval_ms=3_000, max_poll_interval_ms=300_000,
+                session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+                # also the rebalance timeout: a member that never rejoins holds the group this long
+                max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
                 # A topic created moments ago (by us or a camera) must reach the group's assignment in
                 # seconds, not at the default 5-minute metadata refresh.
                 metadata_max_age_ms=10_000,
@@ -167,15 +169,22 @@ class KafkaBatchConsumer:
         except KafkaError as exc:
             raise _unavailable(settings, exc) from exc
         self._assigned: set[int] = set()
+        self._rebalancing_since: float | None = None  # revoked, not yet assigned again
+        self._warned_rebalance = False
         owner = self
 
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 owner._assigned -= {tp.partition for tp in revoked if tp.topic == owner.topic}
+                owner._rebalancing_since = time.monotonic()
                 log.info("partitions revoked", extra=kv(group=owner.group, partitions=sorted(tp.partition for tp in revoked)))
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 owner._assigned |= {tp.partition for tp in assigned if tp.topic == owner.topic}
+                if owner._warned_rebalance:
+                    log.warning("group rebalance finished", extra=kv(
+                        group=owner.group, waited_s=round(time.monotonic() - (owner._rebalancing_since or 0), 1)))
+                owner._rebalancing_since, owner._warned_rebalance = None, False
                 log.info("partitions assigned", extra=kv(group=owner.group, partitions=sorted(tp.partition for tp in assigned)))
 
         try:  # learn the topic's partitions before joining, so the first assignment is not empty
@@ -192,6 +201,7 @@ class KafkaBatchConsumer:
         from kafka.errors import KafkaError
 
         out: list[Record] = []
+        self._check_rebalance()
         deadline = time.monotonic() + max_wait_ms / 1000.0
         try:
             while len(out) < max_records:
@@ -208,6 +218,16 @@ class KafkaBatchConsumer:
                 return out
             raise _unavailable(self.settings, exc) from exc
         return out
+
+    def _check_rebalance(self, after_s: float = 20.0) -> None:
+        """Say so once when a rebalance outlasts two session timeouts: some member is not rejoining, and
+        the group (this consumer included) waits for it up to ``kafka_max_poll_interval_ms``."""
+        since = self._rebalancing_since
+        if since is not None and not self._warned_rebalance and time.monotonic() - since > after_s:
+            self._warned_rebalance = True
+            log.warning("group rebalance is taking long: a member is not rejoining; no partitions until it does "
+                        "or the group drops it", extra=kv(group=self.group, waited_s=round(time.monotonic() - since, 1),
+                                                          max_wait_s=self.settings.kafka_max_poll_interval_ms / 1000))
 
     def commit(self, records: list[Record]) -> None:
         from kafka import TopicPartition
