@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from inference.consumer import InferenceConsumer
 from inference.engines.base import EngineOutput, EngineUnavailable, UnknownProduct
@@ -48,19 +46,6 @@ def frame(level: int, defect: bool = False) -> np.ndarray:
     if defect:
         img[:, :, 0] = 250
     return img
-
-
-@pytest.fixture()
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, batch_max_records=4, batch_max_wait_ms=20, topic_frames="frames",
-                    topic_dlq="frames.dlq", keep_normal_margin=0.8)
-
-
-@pytest.fixture()
-def store(tmp_path: Path):  # noqa: ANN201
-    s = ResultStore.open(f"sqlite:///{tmp_path / 'r.sqlite'}")
-    yield s
-    s.close()
 
 
 def publish(bus: MemoryBus, settings: Settings, n: int, camera: str = "cam-1", product: str = "widget",

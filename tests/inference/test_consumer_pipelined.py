@@ -27,19 +27,6 @@ from tests.inference.test_consumer import FakeEngine, publish
 FRAMES_TOPIC = "frames"
 
 
-@pytest.fixture()
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, batch_max_records=4, batch_max_wait_ms=20, topic_frames=FRAMES_TOPIC,
-                    topic_dlq="frames.dlq", keep_normal_margin=0.8)
-
-
-@pytest.fixture()
-def store(tmp_path: Path):  # noqa: ANN201
-    s = ResultStore.open(f"sqlite:///{tmp_path / 'r.sqlite'}")
-    yield s
-    s.close()
-
-
 class Journal:
     """A thread-safe, ordered log of what the consumer did: infer, store begin/end, commit."""
 

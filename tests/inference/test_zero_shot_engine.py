@@ -11,6 +11,7 @@ from inference.engines.zero_shot import ZeroShotEngine
 from inference.zero_shot.inp_distance import inp_distance_tokens
 from inference.zero_shot.threshold import RollingThreshold
 from lineinspect.errors import ConfigError
+from tests.images import wavy_texture
 
 
 def test_rolling_threshold_warms_up_then_uses_the_quantile() -> None:
@@ -43,12 +44,7 @@ def test_inp_distance_is_zero_on_a_prototype_and_one_when_orthogonal() -> None:
 
 
 def _texture(seed: int, spot: bool = False) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:96, 0:128]
-    img = 120 + 40 * np.sin(xx / 2.5 + rng.uniform(0, 6)) * np.cos(yy / 2.5) + rng.normal(0, 3, (96, 128))
-    if spot:
-        img[40:52, 60:72] = 250
-    return np.repeat(np.clip(img, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    return wavy_texture(seed, (96, 128), (slice(40, 52), slice(60, 72)) if spot else None)
 
 
 def test_grnr_engine_interface_version_and_threshold_marking() -> None:

@@ -12,17 +12,13 @@ from inference.fusion import SpecimenFuser
 from lineinspect.settings import Settings
 from storage.records import ResultRow
 from storage.store import ResultStore
+from tests.images import wavy_texture
 
 VIEWS = ("top", "left", "right")
 
 
 def texture(seed: int, spot: bool = False) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:128, 0:128]
-    img = 120 + 40 * np.sin(xx / 2.5 + rng.uniform(0, 6)) * np.cos(yy / 2.5) + rng.normal(0, 3, (128, 128))
-    if spot:
-        img[50:64, 70:84] = 250
-    return np.repeat(np.clip(img, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    return wavy_texture(seed, (128, 128), (slice(50, 64), slice(70, 84)) if spot else None)
 
 
 class Line:

@@ -15,6 +15,8 @@ import re
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -38,6 +40,19 @@ def finish(rig: Rig, cam: Camera, timeout_s: float = 90.0) -> None:
     assert all(c in (0, -signal.SIGKILL) for c in codes), f"consumer exit codes {codes}:\n{rig.log_text()[-3000:]}"
 
 
+@contextmanager
+def mid_stream(rig: Rig, what: str = "a quarter of the frames stored") -> Iterator[Camera]:
+    """Start the camera and yield it once a quarter of its frames are stored (the moment to inject a
+    fault); the camera is stopped on the way out, whatever happened."""
+    cam = Camera(rig.settings, rig.product, N, FPS)
+    cam.start()
+    try:
+        rig.wait_for(lambda: rig.stored_count() >= N // 4, STARTUP_S, what)
+        yield cam
+    finally:
+        cam.stop()
+
+
 def assert_exactly_once(rig: Rig, cam: Camera) -> None:
     stored = rig.stored_keys()
     repeats = [k for k, n in Counter(stored).items() if n > 1]
@@ -51,17 +66,12 @@ def assert_exactly_once(rig: Rig, cam: Camera) -> None:
 
 def test_kill_9_mid_batch_then_a_new_consumer_finishes(rig: Rig) -> None:
     first = rig.start_consumer()
-    cam = Camera(rig.settings, rig.product, N, FPS)
-    cam.start()
-    try:
-        rig.wait_for(lambda: rig.stored_count() >= N // 4, STARTUP_S, "the first consumer to store a quarter")
+    with mid_stream(rig, "the first consumer to store a quarter") as cam:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         at_kill = rig.stored_count()
         rig.start_consumer()  # same group: takes over the partitions from the last commit
         finish(rig, cam)
-    finally:
-        cam.stop()
     assert first.returncode == -signal.SIGKILL
     assert 0 < at_kill < N
     assert_exactly_once(rig, cam)
@@ -70,17 +80,12 @@ def test_kill_9_mid_batch_then_a_new_consumer_finishes(rig: Rig) -> None:
 
 def test_kafka_broker_restart_while_consuming(rig: Rig) -> None:
     rig.start_consumer()
-    cam = Camera(rig.settings, rig.product, N, FPS)
-    cam.start()
-    try:
-        rig.wait_for(lambda: rig.stored_count() >= N // 4, STARTUP_S, "a quarter of the frames stored")
+    with mid_stream(rig) as cam:
         try:
             rig.services.restart("kafka")
         finally:
             rig.services.start("kafka")
         finish(rig, cam, timeout_s=120)
-    finally:
-        cam.stop()
     assert_exactly_once(rig, cam)
     log = rig.log_text()  # the outage was seen (and waited out, not fatal: exit codes checked in finish)
     assert re.search(r"unavailable; waiting|Connection lost|No node available", log)
@@ -88,18 +93,13 @@ def test_kafka_broker_restart_while_consuming(rig: Rig) -> None:
 
 def test_postgres_outage_is_waited_out(rig: Rig) -> None:
     rig.start_consumer()
-    cam = Camera(rig.settings, rig.product, N, FPS)
-    cam.start()
-    try:
-        rig.wait_for(lambda: rig.stored_count() >= N // 4, STARTUP_S, "a quarter of the frames stored")
+    with mid_stream(rig) as cam:
         try:
             rig.services.stop("postgres")
             time.sleep(8)
         finally:
             rig.services.start("postgres")
         finish(rig, cam, timeout_s=120)
-    finally:
-        cam.stop()
     assert_exactly_once(rig, cam)
     log = rig.log_text()
     assert "result store unavailable; waiting before retrying" in log
@@ -110,10 +110,7 @@ def test_redis_out_of_memory_stores_and_commits_and_reports_the_gap(rig: Rig) ->
     r = redis.Redis.from_url(rig.settings.cache_url)
     r.flushdb()
     rig.start_consumer()
-    cam = Camera(rig.settings, rig.product, N, FPS)
-    cam.start()
-    try:
-        rig.wait_for(lambda: rig.stored_count() >= N // 4, STARTUP_S, "a quarter of the frames stored")
+    with mid_stream(rig) as cam:
         try:
             r.config_set("maxmemory", 1)  # every write is now refused with OOM
             before = rig.stored_count()
@@ -121,8 +118,6 @@ def test_redis_out_of_memory_stores_and_commits_and_reports_the_gap(rig: Rig) ->
         finally:
             r.config_set("maxmemory", 0)
         finish(rig, cam)
-    finally:
-        cam.stop()
     assert_exactly_once(rig, cam)
     # Decision: the cache is best effort. Frames stored while Redis refused writes are not
     # back-filled into the live counters; every one of them is reported as a cache outage.
@@ -151,18 +146,15 @@ def test_triton_outage_is_waited_out(rig: Rig, tiny_model) -> None:  # noqa: ANN
         return srv
 
     server = serve()
-    cam = Camera(rig.settings, rig.product, N, FPS)
     try:
         rig.start_consumer(engine_url=f"triton-grpc://127.0.0.1:{ports['grpc_port']}")
-        cam.start()
-        rig.wait_for(lambda: rig.stored_count() >= N // 4, STARTUP_S, "a quarter of the frames stored")
-        server.stop()
-        server = None
-        time.sleep(6)
-        server = serve()  # same ports: the consumer's client reconnects by itself
-        finish(rig, cam, timeout_s=120)
+        with mid_stream(rig) as cam:
+            server.stop()
+            server = None
+            time.sleep(6)
+            server = serve()  # same ports: the consumer's client reconnects by itself
+            finish(rig, cam, timeout_s=120)
     finally:
-        cam.stop()
         if server is not None:
             server.stop()
     assert_exactly_once(rig, cam)

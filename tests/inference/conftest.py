@@ -1,0 +1,23 @@
+"""Fixtures shared by the consumer tests (serial and pipelined)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lineinspect.settings import Settings
+from storage.store import ResultStore
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, batch_max_records=4, batch_max_wait_ms=20, topic_frames="frames",
+                    topic_dlq="frames.dlq", keep_normal_margin=0.8)
+
+
+@pytest.fixture()
+def store(tmp_path: Path):  # noqa: ANN201
+    s = ResultStore.open(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    yield s
+    s.close()
