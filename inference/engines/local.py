@@ -2,7 +2,8 @@
 
 ``auto`` prefers ONNX Runtime when an ONNX engine exists in this build, else PyTorch; ``torch`` and
 ``onnx`` force one; ``onnx-int8`` runs the dynamically quantised copy of the ONNX export (see
-benchmarks/RESULTS.md for its speed and accuracy change; the threshold stays the fp32 calibration). Multi-product routing (one engine per active model) is the pipeline's job.
+benchmarks/RESULTS.md for its speed and accuracy change; the threshold stays the fp32 calibration).
+Multi-product routing (one engine per active model) is the pipeline's job.
 """
 
 from __future__ import annotations

@@ -37,14 +37,14 @@ from inference.model.backbones import FrozenBackbone, build_backbone, default_gr
 FEATURE_NORMS = ("none", "center", "zscore", "zscore_floor")
 STD_FLOOR = 0.5
 
-# How a token's reconstruction error is measured for the anomaly map (and so the image score):
+# How a token's reconstruction error is measured for the anomaly map (and so the image score),
+# InpConfig.map_metric, one of anomaly_map.MAP_METRICS:
 #   cos      1 - cos(target, rebuilt) on the normalised features (the paper's measure)
 #   cos_len  cos x the target token's length / the group's median training-token length: a token
 #            near the normal mean (plain background) has a noisy direction; its error counts in
 #            proportion to how far it is from the mean (bench_levers.py: tire pixel AUROC 0.44 -> 0.86)
 # (A squared-error map is no option: the cosine loss leaves the reconstruction's length free, so
 # |target - rebuilt| measures the target's distance from the mean, not the reconstruction.)
-# (MAP_METRICS, from anomaly_map)
 
 
 @dataclass

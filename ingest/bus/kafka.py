@@ -24,6 +24,7 @@ from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
 log = logging.getLogger(__name__)
+SESSION_TIMEOUT_S = 10.0  # a consumer that stops heartbeating leaves the group after this
 
 FRAMING = 64 * 1024  # record-batch overhead allowed on top of max_message_bytes
 
@@ -156,7 +157,7 @@ class KafkaBatchConsumer:
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 max_poll_records=max(settings.batch_max_records, 1),
                 fetch_max_bytes=max(fetch, 52_428_800), max_partition_fetch_bytes=fetch,
-                session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+                session_timeout_ms=int(SESSION_TIMEOUT_S * 1000), heartbeat_interval_ms=3_000,
                 # also the rebalance timeout: a member that never rejoins holds the group this long
                 max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
                 # A topic created moments ago (by us or a camera) must reach the group's assignment in
@@ -219,11 +220,11 @@ class KafkaBatchConsumer:
             raise _unavailable(self.settings, exc) from exc
         return out
 
-    def _check_rebalance(self, after_s: float = 20.0) -> None:
+    def _check_rebalance(self) -> None:
         """Say so once when a rebalance outlasts two session timeouts: some member is not rejoining, and
         the group (this consumer included) waits for it up to ``kafka_max_poll_interval_ms``."""
         since = self._rebalancing_since
-        if since is not None and not self._warned_rebalance and time.monotonic() - since > after_s:
+        if since is not None and not self._warned_rebalance and time.monotonic() - since > 2 * SESSION_TIMEOUT_S:
             self._warned_rebalance = True
             log.warning("group rebalance is taking long: a member is not rejoining; no partitions until it does "
                         "or the group drops it", extra=kv(group=self.group, waited_s=round(time.monotonic() - since, 1),
