@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, RESULTS_DIR, WORK, data_root, machine, write_section  # noqa: E402
+from benchmarks.common import REPO, RESULTS_DIR, WORK, data_root, machine, write_section
 
 SERVICES = ("postgres", "redis", "kafka")
 ARCHS = {  # small = the engines benchmark's model; default = what `lineinspect train` builds

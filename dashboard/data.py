@@ -39,8 +39,8 @@ def cache(url: str) -> Any | None:
     """The Redis / in-memory cache handle, or ``None`` when it cannot be opened (the pages then
     say so and fall back to the database)."""
     try:
-        from storage import open_cache
         from lineinspect.settings import load_settings
+        from storage import open_cache
 
         return open_cache(load_settings(cache_url=url))
     except Exception as exc:  # noqa: BLE001 - a dead cache must not take the dashboard down

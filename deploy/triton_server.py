@@ -21,15 +21,22 @@ import signal
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from inference.engines.onnx_engine import OnnxModel
-from inference.engines.triton_engine import (INPUT, OUT_MAP, OUT_SCORE, OUT_THRESHOLD, OUT_VERSION,
-                                             triton_model_name)
+from inference.engines.triton_engine import (
+    INPUT,
+    OUT_MAP,
+    OUT_SCORE,
+    OUT_THRESHOLD,
+    OUT_VERSION,
+    triton_model_name,
+)
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 
@@ -181,7 +188,7 @@ class TritonModelServer:
         self._unserved: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self) -> "TritonModelServer":
+    def start(self) -> TritonModelServer:
         """Load every active model, bind it and start Triton (returns once the server is up)."""
         from pytriton.decorators import batch
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -260,7 +267,7 @@ class TritonModelServer:
                 signal.signal(s, h)
             self.stop()
 
-    def __enter__(self) -> "TritonModelServer":
+    def __enter__(self) -> TritonModelServer:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:
@@ -304,7 +311,7 @@ def wait_ready(url: str, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/v2/health/ready", timeout=2) as r:  # noqa: S310 (http URL from our own config)
                 if r.status == 200:
                     return True
         except (urllib.error.URLError, OSError):

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import queue
+import signal
 import socket
 import threading
 import time
@@ -293,7 +293,7 @@ class InferenceConsumer:
             handled += self._commit_done(inflight)
         except _Stopped:
             pass
-        except Exception:  # noqa: BLE001 - a failed batch: raise it unless another error is already leaving
+        except Exception:
             if raise_errors:
                 raise
             log.exception("batch failed while another error was leaving the consumer")
@@ -393,7 +393,7 @@ class InferenceConsumer:
                 self.metrics.engine_error()
                 log.warning("engine unavailable; waiting before retrying the batch",
                             extra=kv(product=product, wait_s=round(delay, 2), error=str(exc)))
-            except Exception as exc:  # noqa: BLE001 - a failing engine must not kill the consumer
+            except Exception as exc:
                 self.metrics.engine_error()
                 failures += 1
                 log.error("engine failed", extra=kv(product=product, frames=len(frames), attempt=failures, error=repr(exc)))

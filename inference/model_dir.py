@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from lineinspect.files import file_sha256
 from inference.model.inp_former import InpConfig, InpFormer
 from lineinspect.errors import ConfigError
+from lineinspect.files import file_sha256
 
 FORMAT_VERSION = 1
 FILES = ("weights.pt", "config.json", "calibration.json", "checksums.json")

@@ -38,7 +38,6 @@ def local_engine_factory(settings: Settings) -> EngineFactory:
 
     def build(info: Any) -> Engine:
         from inference.engines.local import load_local_engine
-
         from inference.tiling import maybe_tiled
 
         return maybe_tiled(load_local_engine(info.path, kind=kind, threads=settings.threads), settings)

@@ -74,7 +74,7 @@ class FrameEnvelope:
         return self.camera.encode(), self.payload, headers
 
     @classmethod
-    def from_message(cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> "FrameEnvelope":
+    def from_message(cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> FrameEnvelope:
         """Parse a bus message; raises :class:`PoisonFrame` with a reason for anything malformed."""
         hdr = {k: v for k, v in (headers or [])}
         if "li-meta" not in hdr:

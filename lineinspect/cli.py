@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         return 0
-    except Exception:  # noqa: BLE001 - last resort: a readable message plus the traceback in the log
+    except Exception:
         logging.getLogger("lineinspect").exception("command failed")
         return 1
 

@@ -62,11 +62,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     version = _ensure_model(args, settings, registry)
     print(f"[2/4] model {version.version} of {args.product!r} is active (threshold {version.threshold:.4f})", flush=True)
 
-    from ingest.bus.memory import MemoryBus
-    from ingest.bus import open_consumer, open_publisher
     from inference.consumer import InferenceConsumer
     from inference.metrics import ConsumerMetrics
     from inference.router import ModelRouter
+    from ingest.bus import open_consumer
+    from ingest.bus.memory import MemoryBus
 
     bus = MemoryBus(partitions=settings.topic_partitions)
     cache = open_cache(settings)

@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
 from lineinspect.settings import redact_url
 
@@ -53,7 +54,7 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__(sys.stderr)
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    def stream(self) -> Any:
         return sys.stderr
 
     @stream.setter

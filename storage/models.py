@@ -87,7 +87,7 @@ class InspectionResult(Base):
     defect_area_px: Mapped[int] = mapped_column(Integer, default=0)
     false_alarm: Mapped[bool] = mapped_column(Boolean, default=False)  # operator override
 
-    mask: Mapped["Mask | None"] = relationship(back_populates="result", uselist=False, cascade="all, delete-orphan")
+    mask: Mapped[Mask | None] = relationship(back_populates="result", uselist=False, cascade="all, delete-orphan")
 
     __table_args__ = (
         UniqueConstraint("camera_id", "frame_id", name="uq_result_camera_frame"),

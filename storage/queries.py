@@ -58,7 +58,7 @@ GroupBy = Literal["product", "line", "camera"]
 
 
 # --- integer floor, portable -----------------------------------------------------------------
-class floor_int(FunctionElement):
+class floor_int(FunctionElement):  # noqa: N801 (SQL function name, used like func.floor)
     """``floor(x)`` as a BIGINT. PostgreSQL has ``floor``; SQLite may be built without math
     functions, and its ``CAST(x AS INTEGER)`` truncates, so it is corrected for negatives."""
 

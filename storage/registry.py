@@ -19,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
@@ -193,7 +194,7 @@ class ModelRegistry:
     def active(self, product: str) -> VersionInfo | None:
         return self.active_versions().get(product)
 
-    def list(self, product: str | None = None) -> list[VersionInfo]:  # noqa: A003 - the registry's own verb
+    def list(self, product: str | None = None) -> list[VersionInfo]:
         """Versions ordered by product, then version name."""
         q = _select_versions()
         if product is not None:
@@ -226,7 +227,7 @@ class ModelRegistry:
         return {r.version: _info(r) for r in conn.execute(q).all()}
 
     @staticmethod
-    def _set(conn: Connection, product: str, version: str, **values) -> None:
+    def _set(conn: Connection, product: str, version: str, **values: Any) -> None:
         pid = select(Product.id).where(Product.name == product).scalar_subquery()
         conn.execute(update(ModelVersion).where(ModelVersion.product_id == pid, ModelVersion.version == version)
                      .values(**values))

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -47,7 +48,7 @@ def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM
     raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
-def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **extra) -> dict[str, int]:  # noqa: ANN001
+def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **extra: Any) -> dict[str, int]:  # noqa: ANN001
     """Ids of ``model`` rows by unique ``name``, inserting the missing ones (race-safe).
 
     ``extra`` maps column -> {name: value} for columns the new rows need (a camera's line).
@@ -90,7 +91,7 @@ class ResultStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, db_url: str, migrate: bool = True, normal_cap: int = 500) -> "ResultStore":
+    def open(cls, db_url: str, migrate: bool = True, normal_cap: int = 500) -> ResultStore:
         """Connect (and by default migrate to head); unreachable PostgreSQL -> ServiceUnavailable."""
         if migrate:
             upgrade(db_url)
@@ -101,7 +102,7 @@ class ResultStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

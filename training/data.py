@@ -16,9 +16,10 @@ memory while a model scores it batch by batch. Every listing is sorted, so runs 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np

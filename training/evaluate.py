@@ -14,8 +14,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,9 +96,11 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A fixed-width table, one row per category (metrics in %, throughput in images/s)."""
     cols = ["category", "n", "I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "AUPRO", "img/s"]
     rows = []
+    def pct(r: dict[str, Any], k: str) -> str:
+        return "n/a" if r[k] is None or math.isnan(r[k]) else f"{100 * r[k]:.1f}"
+
     for r in results:
-        pct = lambda k: "n/a" if r[k] is None or math.isnan(r[k]) else f"{100 * r[k]:.1f}"  # noqa: E731
-        rows.append([r["category"], str(r["n_images"]), *(pct(k) for k in METRIC_KEYS[:-1]), f"{r['images_per_second']:.1f}"])
+        rows.append([r["category"], str(r["n_images"]), *(pct(r, k) for k in METRIC_KEYS[:-1]), f"{r['images_per_second']:.1f}"])
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
     return "\n".join([fmt(cols), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])

@@ -14,8 +14,8 @@ evaluation of a split without anomalies is legitimate and the other numbers stil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np

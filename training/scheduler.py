@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from croniter import croniter
 from sqlalchemy import Engine, select, update
@@ -100,7 +100,7 @@ def run_job(engine: Engine, product: str, job: Callable[[Callable[[], bool]], st
         except NotEnoughSamples as exc:
             status, detail = "skipped", str(exc)
             log.info("job skipped", extra=kv(product=product, kind=kind, reason=detail))
-        except Exception as exc:  # noqa: BLE001 - recorded and logged; the caller keeps going
+        except Exception as exc:
             status, detail = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("job failed", extra=kv(product=product, kind=kind))
         finish_run(engine, rid, status, detail)
@@ -196,7 +196,7 @@ class Scheduler:
         while True:
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - e.g. the database is down for a moment
+            except Exception:
                 log.exception("scheduler tick failed")
             if once or stop.wait(interval_s):
                 return

@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from inference.engines.base import EngineOutput
-from inference.onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, ModelMeta, export_onnx, onnx_is_fresh, read_model_meta
+from inference.onnx_export import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    ModelMeta,
+    export_onnx,
+    onnx_is_fresh,
+    read_model_meta,
+)
 from inference.preprocess import batch_to_input
 from lineinspect.logs import kv
 

@@ -15,9 +15,9 @@ feature maps, one per requested block, which the INP-Former turns into tokens.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,12 +103,12 @@ class FrozenBackbone(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
-    def freeze(self) -> "FrozenBackbone":
+    def freeze(self) -> FrozenBackbone:
         for p in self.parameters():
             p.requires_grad_(False)
         return self.eval()
 
-    def train(self, mode: bool = True) -> "FrozenBackbone":  # always eval: BN statistics stay frozen
+    def train(self, mode: bool = True) -> FrozenBackbone:  # always eval: BN statistics stay frozen
         return super().train(False)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,6 @@ from torch import nn
 from inference.model.anomaly_map import MAP_METRICS, anomaly_map_and_score, gaussian_kernel1d
 from inference.model.backbones import FrozenBackbone, build_backbone, default_groups, resize_to_grid
 
-
 # How the frozen encoder features are normalised (fixed train statistics) before the head sees them
 # and before they are compared with the reconstruction:
 #   none         raw features
@@ -105,7 +104,7 @@ class InpConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InpConfig":
+    def from_dict(cls, d: dict[str, Any]) -> InpConfig:
         known = {f.name for f in fields(cls)}
         d = dict(d)
         if "feature_norm" not in d:  # older configs: a bool `standardize` (absent = raw features)
@@ -320,7 +319,7 @@ class InpFormer(nn.Module):
         self.head = InpHead(cfg, [sum(ch[b] for b in g) for g in cfg.groups])
         self.register_buffer("blur_kernel", gaussian_kernel1d(cfg.sigma / cfg.map_stride), persistent=False)
 
-    def train(self, mode: bool = True) -> "InpFormer":
+    def train(self, mode: bool = True) -> InpFormer:
         super().train(mode)
         self.backbone.train(False)
         return self

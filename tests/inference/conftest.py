@@ -17,7 +17,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture()
-def store(tmp_path: Path):  # noqa: ANN201
+def store(tmp_path: Path):
     s = ResultStore.open(f"sqlite:///{tmp_path / 'r.sqlite'}")
     yield s
     s.close()

@@ -20,10 +20,10 @@ from ingest.simulator import LineSimulator
 from lineinspect.settings import Settings
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
+from tests.training.test_retrain import tiny_model
 from training.gate import GatePolicy
 from training.retrain import RetrainOptions, import_seed
 from training.scheduler import Schedule, Scheduler, list_runs
-from tests.training.test_retrain import tiny_model
 
 PRODUCT, CAMERA = "widget", "cam-1"
 

@@ -5,6 +5,8 @@ import pytest
 
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
+from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - SQLite and PostgreSQL fixtures
+from tests.training.test_retrain import add_frames, options
 from training.locks import DbLock
 from training.retrain import NotEnoughSamples
 from training.scheduler import (
@@ -17,8 +19,6 @@ from training.scheduler import (
     run_job,
     start_run,
 )
-from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - SQLite and PostgreSQL fixtures
-from tests.training.test_retrain import add_frames, options
 
 
 @pytest.fixture()
