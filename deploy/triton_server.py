@@ -21,7 +21,7 @@ import signal
 import sysconfig
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ def registry_source(settings: Any) -> ActiveSource:
     return active
 
 
-def static_source(models: dict[str, str | Path]) -> ActiveSource:
+def static_source(models: Mapping[str, str | Path]) -> ActiveSource:
     """Fixed {product: model_dir} (no registry); the version is the model dir's own."""
     from inference.onnx_export import read_model_meta
 

@@ -369,11 +369,11 @@ class InferenceConsumer:
                 rows.extend(r)
                 bad.extend(b)
             return rows, bad
-        engine_name = getattr(out, "engine_name", None) or getattr(self.engine, "name", "unknown")
+        engine_name = str(getattr(out, "engine_name", None) or getattr(self.engine, "name", "unknown"))
         if getattr(out, "calibrated", True) is False:  # zero-shot threshold still warming up: say so per row
             engine_name = f"{engine_name}:warmup"
         inferred_at = time.time()
-        return [_Scored(f.env, f.image.shape[:2], out, i, engine_name, inferred_at, len(frames))
+        return [_Scored(f.env, (f.image.shape[0], f.image.shape[1]), out, i, engine_name, inferred_at, len(frames))
                 for i, f in enumerate(frames)], []
 
     def _infer(self, product: str, frames: list[_Frame]) -> EngineOutput:

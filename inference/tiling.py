@@ -178,7 +178,7 @@ class TilingEngine:
     def _tiles(self, images: list[np.ndarray]) -> Iterator[tuple[int, int, int, bool]]:
         """(frame index, y, x, last tile of its frame) in frame order."""
         for i, img in enumerate(images):
-            corners = tile_grid(img.shape[:2], self.tile_hw, self.overlap)
+            corners = tile_grid((img.shape[0], img.shape[1]), self.tile_hw, self.overlap)
             for j, (y, x) in enumerate(corners):
                 yield i, y, x, j == len(corners) - 1
 
@@ -203,7 +203,7 @@ class TilingEngine:
             for (i, y, x, end), m in zip(pending, out.maps):
                 st = live.get(i)
                 if st is None:
-                    st = live[i] = Stitcher(frames[i].shape[:2], self.tile_hw, self.map_scale)
+                    st = live[i] = Stitcher((frames[i].shape[0], frames[i].shape[1]), self.tile_hw, self.map_scale)
                     stats.peak_live_frames = max(stats.peak_live_frames, len(live))
                 st.add(y, x, np.asarray(m))
                 if end:

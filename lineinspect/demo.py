@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
@@ -26,7 +26,7 @@ log = logging.getLogger("lineinspect.demo")
 
 
 
-CAMERA_ENCODING = ("jpeg", 92)  # what the simulated camera publishes, and so what the model is trained on
+CAMERA_ENCODING: tuple[Literal["jpeg", "png"], int] = ("jpeg", 92)  # what the simulated camera publishes, and so what the model is trained on
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train on simulated frames and stream a simulated camera end to end (embedded)")

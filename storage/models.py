@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -33,6 +34,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # BIGINT primary keys on PostgreSQL, INTEGER (rowid alias, autoincrement) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def table(model: type[Base]) -> Table:
+    """The Core ``Table`` of a mapped class (typed: ``Model.__table__`` is a bare FromClause to mypy)."""
+    return Base.metadata.tables[model.__tablename__]
 
 
 class Base(DeclarativeBase):

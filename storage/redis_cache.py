@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -132,7 +133,7 @@ class RedisCache:
         if count <= 0:
             return []
         with self._errors():
-            entries = self._r.xrevrange(self._key("anomalies"), count=int(count))
+            entries: list[tuple[Any, dict[Any, Any]]] = self._r.xrevrange(self._key("anomalies"), count=int(count))  # type: ignore[assignment]
         return [json.loads(fields["data"]) for _id, fields in entries]
 
     def ping(self) -> bool:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lineinspect.files import file_sha256
 from storage.db import WRITE
-from storage.models import ModelVersion, Product
+from storage.models import ModelVersion, Product, table
 from storage.store import ResultStore, ensure_named
 
 WEIGHTS_FILE = "weights.pt"
@@ -111,7 +111,7 @@ class ModelRegistry:
                     pid = ensure_named(conn, Product, [product], time.time())[product]
                     name = name or _next_version(conn, pid)
                     dest = self.models_dir / product / name
-                    conn.execute(ModelVersion.__table__.insert().values(
+                    conn.execute(table(ModelVersion).insert().values(
                         product_id=pid, version=name, status=status, path=str(dest.resolve()), checksum=checksum,
                         backbone=backbone, threshold=float(threshold), metrics=dict(metrics or {}),
                         data_snapshot=dict(data_snapshot or {}), parent_version=parent_version,

@@ -32,6 +32,7 @@ from storage.models import (
     Product,
     Specimen,
     TrainingSample,
+    table,
 )
 from storage.records import ResultRow
 
@@ -56,7 +57,7 @@ def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **ex
     wanted = sorted(set(names))
     if not wanted:
         return {}
-    found = dict(conn.execute(select(model.name, model.id).where(model.name.in_(wanted))).all())
+    found: dict[str, int] = dict(conn.execute(select(model.name, model.id).where(model.name.in_(wanted))).all())
     missing = [n for n in wanted if n not in found]
     if missing:
         values = [{"name": n, "created_at": now, **{c: m[n] for c, m in extra.items()}} for n in missing]
@@ -261,7 +262,7 @@ class ResultStore:
                              engine: str, engine_ok: bool, at: float | None = None) -> None:
         """Append one consumer health snapshot (the dashboard's throughput / lag view)."""
         with service_errors(self.url), self.engine.begin() as conn:
-            conn.execute(ConsumerStat.__table__.insert().values(
+            conn.execute(table(ConsumerStat).insert().values(
                 consumer=consumer, at=time.time() if at is None else float(at), frames=int(frames),
                 seconds=float(seconds), mean_batch=float(mean_batch), p50_latency_ms=float(p50_latency_ms),
                 p99_latency_ms=float(p99_latency_ms), lag=int(lag), dlq_total=int(dlq_total),

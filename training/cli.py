@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace, settings: Any) -> int:
     from inference.model.inp_former import InpConfig
     from training.data import load_split
+    from training.features import ImageSource
     from training.train import TrainConfig, train
 
     root = Path(args.data or settings.data)
@@ -59,14 +60,16 @@ def run_train(args: argparse.Namespace, settings: Any) -> int:
         fit += [it.path for it in kept]
         held += [it.path for it in out]
     extra: dict[str, Any] = {"data_root": str(root)}
+    fit_src: list[ImageSource] = list(fit)
+    held_src: list[ImageSource] = list(held)
     if getattr(args, "tile", False):
         from training.tiles import crops_from_images
 
-        fit = crops_from_images(fit, args.size, args.tiles_per_image, args.seed)
-        held = crops_from_images(held, args.size, args.tiles_per_image, args.seed + 1) if held else held
+        fit_src = list(crops_from_images(fit, args.size, args.tiles_per_image, args.seed))
+        held_src = list(crops_from_images(held, args.size, args.tiles_per_image, args.seed + 1)) if held else []
         extra["tiled"] = {"tile": args.size, "tiles_per_image": args.tiles_per_image}
-    out_dir = train(fit, cfg, args.out, iters=args.iters, seed=args.seed, resume=not args.no_resume,
-                    calibration_images=held, extra_config=extra)
+    out_dir = train(fit_src, cfg, args.out, iters=args.iters, seed=args.seed, resume=not args.no_resume,
+                    calibration_images=held_src, extra_config=extra)
     print(out_dir)
     return 0
 

@@ -68,7 +68,7 @@ def evaluate(engine: Engine, product: str, split: CategorySplit, batch_size: int
             scores.append(s)
             for (_, mask), amap in zip(loaded, out.maps):
                 masks.append(mask)
-                maps.append(_map_to_frame(np.asarray(amap, dtype=np.float32), mask.shape))
+                maps.append(_map_to_frame(np.asarray(amap, dtype=np.float32), (mask.shape[0], mask.shape[1])))
             bar.update(len(batch))
     finally:
         bar.close()

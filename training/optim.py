@@ -23,7 +23,7 @@ class StableAdamW(torch.optim.Optimizer):
                                       amsgrad=amsgrad, clip_update=clip_update))
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             b1, b2 = group["betas"]

@@ -407,7 +407,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
                 log.warning("active version could not be scored", extra=kv(product=product, version=active.version,
                                                                            error=active_error))
         decision = decide(cand_eval, act_eval, opts.policy)
-        if active_error is not None:
+        if active is not None and active_error is not None:
             decision = GateDecision(decision.promote, decision.reasons,
                                     [n for n in decision.notes if not n.startswith("first version")]
                                     + [f"active {active.version} could not be scored ({active_error}); "
@@ -417,7 +417,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
         snapshot = {**snap.to_dict(split, opts.holdout, opts.seed), "n_gate_labelled_normals": len(extra_normals)}
         metrics = _json_safe({
             "candidate": cand_eval.to_dict(), "active": act_eval.to_dict() if act_eval else None,
-            "compared_with": active.version if act_eval else None, "active_error": active_error,
+            "compared_with": active.version if active is not None and act_eval else None, "active_error": active_error,
             "gate": decision.to_dict(),
             "forced": bool(opts.force and not decision.promote), "anomaly_source": anomaly_source or None,
             "calibration": json.loads((work / "calibration.json").read_text()),

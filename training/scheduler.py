@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select, update
 
 from lineinspect.logs import kv
 from storage.db import WRITE
-from storage.models import JobRun
+from storage.models import JobRun, table
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
 from training.locks import DbLock, Heartbeat
@@ -43,10 +43,12 @@ def start_run(engine: Engine, product: str, kind: str = KIND, detail: str | None
         raise ValueError(f"status must be one of {RUN_STATUSES}, not {status!r}")
     now = time.time() if at is None else float(at)
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        res = conn.execute(JobRun.__table__.insert().values(
+        res = conn.execute(table(JobRun).insert().values(
             product=product, kind=kind, status=status, started_at=now,
             finished_at=None if status == "running" else now, detail=detail))
-        return int(res.inserted_primary_key[0])
+        key = res.inserted_primary_key
+        assert key is not None  # an INSERT always has one
+        return int(key[0])
 
 
 def finish_run(engine: Engine, run_id: int, status: str, detail: str | None = None) -> None:

@@ -18,6 +18,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,8 @@ class FrozenBackbone(nn.Module):
     """A frozen feature extractor returning the maps of selected blocks (normalisation included)."""
 
     spec: BackboneSpec
+    mean: torch.Tensor   # registered buffers
+    std: torch.Tensor
 
     def __init__(self, spec: BackboneSpec, blocks: list[int], weights_file: Path | None) -> None:
         super().__init__()
@@ -114,9 +117,19 @@ class FrozenBackbone(nn.Module):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def channels(self) -> dict[int, int]:
+        """Channels of each selected block's map (every subclass knows its own)."""
+        raise NotImplementedError
+
+    def strides(self) -> dict[int, int]:
+        """Pixel stride of each selected block's map."""
+        raise NotImplementedError
+
 
 class LiteBackbone(FrozenBackbone):
     """EfficientNet-Lite trunk truncated after the last block we need (the head is never run)."""
+
+    trunk: Any  # nn.ModuleList of efficientnet_lite_pytorch blocks (untyped library)
 
     def __init__(self, spec: BackboneSpec, blocks: list[int], pretrained: bool = True) -> None:
         from efficientnet_lite_pytorch import EfficientNet
@@ -157,6 +170,8 @@ class LiteBackbone(FrozenBackbone):
 
 class DinoBackbone(FrozenBackbone):
     """A timm DINOv2 ViT from a local checkpoint; intermediate block tokens reshaped to maps."""
+
+    vit: Any  # a timm VisionTransformer (untyped library)
 
     def __init__(self, spec: BackboneSpec, blocks: list[int], checkpoint: Path | None) -> None:
         if checkpoint is None or not Path(checkpoint).is_file():

@@ -310,11 +310,13 @@ class InpFormer(nn.Module):
     ``x``: float RGB NCHW in [0, 1] at ``cfg.input_hw`` (see :mod:`inference.preprocess`).
     """
 
+    blur_kernel: torch.Tensor  # registered buffer
+
     def __init__(self, cfg: InpConfig, backbone: FrozenBackbone | None = None, checkpoint: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         blocks = sorted({b for g in cfg.groups for b in g})
-        self.backbone = backbone or build_backbone(cfg.backbone, blocks, checkpoint)
+        self.backbone: FrozenBackbone = backbone or build_backbone(cfg.backbone, blocks, checkpoint)
         ch = self.backbone.channels()
         self.head = InpHead(cfg, [sum(ch[b] for b in g) for g in cfg.groups])
         self.register_buffer("blur_kernel", gaussian_kernel1d(cfg.sigma / cfg.map_stride), persistent=False)
