@@ -48,6 +48,7 @@ from ingest.bus.base import BatchConsumer, Record
 from ingest.envelope import FrameEnvelope, PoisonFrame, decode_image
 from lineinspect.errors import ServiceUnavailable
 from lineinspect.logs import kv
+from lineinspect.redact import redact
 from lineinspect.settings import Settings
 from storage.records import ResultRow
 
@@ -69,6 +70,7 @@ class _Frame:
 class _Scored:
     """One scored frame waiting for its row: the engine output is shared by its product batch."""
 
+    record: Record
     env: FrameEnvelope
     hw: tuple[int, int]
     out: EngineOutput
@@ -91,6 +93,8 @@ class _Batch:
     scored: list[_Scored]
     poison: list[tuple[Record, str, str]]
     rows: list[ResultRow] = field(default_factory=list)
+    unstorable: list[tuple[Record, str, str]] = field(default_factory=list)  # dead-lettered at commit
+    refused: int = 0  # unstorable rows already dead-lettered
     status: str = "queued"
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -241,9 +245,13 @@ class InferenceConsumer:
     def _store(self, batch: _Batch) -> None:
         """Sink half: rows (masks, heatmaps), the durable store, then cache and specimen fusion."""
         t0 = time.time()
-        rows = [self._row(s) for s in batch.scored]
+        built = [(s, self._row(s)) for s in batch.scored]  # an encoding error here is an engine bug: raised
+        bad = self._save([r for _, r in built])
+        for i, detail in bad:
+            batch.unstorable.append((built[i][0].record, "unstorable", detail))
+        refused = {i for i, _ in bad}
+        rows = [r for i, (_, r) in enumerate(built) if i not in refused]
         if rows:
-            self._retry("result store", lambda: self.store.save_results(rows))
             stored_at = time.time()
             per_product: dict[str, tuple[list[str], list[float]]] = defaultdict(lambda: ([], []))
             for r in rows:
@@ -254,14 +262,61 @@ class InferenceConsumer:
             self._update_cache(rows)
             self._fuse(rows)
         batch.rows = rows
-        log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows), dlq=len(batch.poison),
+        log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows),
+                                           dlq=len(batch.poison) + len(batch.unstorable),
                                            ms=round((time.time() - t0) * 1000, 1)))
 
+    def _save(self, rows: list[ResultRow]) -> list[tuple[int, str]]:
+        """Store ``rows``; returns ``(index, why)`` of the rows the store refused.
+
+        Outages (:func:`storage.db.is_outage`) are waited out with backoff and the same rows retried;
+        any other failure is the fault of some row: the batch is split in halves until the refused
+        rows stand alone, so one bad frame costs ~2 log2(batch) extra writes and never the batch."""
+        from storage.db import is_outage
+
+        delay = self.backoff_initial_s
+        while rows:
+            try:
+                self.store.save_results(rows)
+                return []
+            except _Stopped:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below: wait (outage) or isolate (row)
+                if not is_outage(exc):
+                    return self._bisect(rows, exc)
+                self.metrics.store_errors.inc()
+                log.warning("result store unavailable; waiting before retrying (nothing is committed meanwhile)",
+                            extra=kv(wait_s=round(delay, 2), error=redact(str(exc))[:300]))
+            self._wait(delay)
+            delay = min(delay * 2, self.backoff_max_s)
+        return []
+
+    def _bisect(self, rows: list[ResultRow], exc: BaseException) -> list[tuple[int, str]]:
+        if len(rows) == 1:
+            r = rows[0]
+            detail = f"the result store refused the row: {type(exc).__name__}: {redact(str(exc)).splitlines()[0][:220]}"
+            log.error("result row refused by the store; dead-lettering that frame alone",
+                      extra=kv(camera=r.camera[:64], frame_id=r.frame_id, error=detail))
+            return [(0, detail)]
+        mid = len(rows) // 2
+        left = self._save(rows[:mid])
+        right = self._save(rows[mid:])
+        return left + [(i + mid, d) for i, d in right]
+
     def _commit(self, batch: _Batch) -> int:
-        """Commit a stored batch (polling thread only); returns its record count."""
+        """Dead-letter the rows the store refused, then commit a stored batch (polling thread only);
+        returns its record count."""
+        while batch.unstorable:  # popped once acknowledged: a commit retried after a stop does not repeat them
+            rec, reason, detail = batch.unstorable[0]
+            self._retry("dead-letter topic", lambda r=rec, a=reason, d=detail: self.bus.dead_letter(r, a, d))
+            batch.unstorable.pop(0)
+            batch.refused += 1
+            self.metrics.dead_lettered(reason)
+            log.warning("dead-lettered", extra=kv(reason=reason, detail=detail[:200], partition=rec.partition,
+                                                  offset=rec.offset))
         self._retry("bus commit", lambda: self.bus.commit(batch.records))  # broker restarting: wait, do not die
         self.stored += len(batch.rows)
-        self.dead_lettered += len(batch.poison)
+        self.dead_lettered += len(batch.poison) + batch.refused
         return len(batch.records)
 
     def _commit_done(self, inflight: deque[_Batch], room_for: int | None = None) -> int:
@@ -373,7 +428,7 @@ class InferenceConsumer:
         if getattr(out, "calibrated", True) is False:  # zero-shot threshold still warming up: say so per row
             engine_name = f"{engine_name}:warmup"
         inferred_at = time.time()
-        return [_Scored(f.env, f.image.shape[:2], out, i, engine_name, inferred_at, len(frames))
+        return [_Scored(f.record, f.env, f.image.shape[:2], out, i, engine_name, inferred_at, len(frames))
                 for i, f in enumerate(frames)], []
 
     def _infer(self, product: str, frames: list[_Frame]) -> EngineOutput:

@@ -10,6 +10,8 @@ camera at once. Only plain values (ints, dicts, tuples) leave this module, never
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 import threading
 import time
 from collections.abc import Iterable
@@ -19,6 +21,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from lineinspect.names import check_name, check_text
 from lineinspect.settings import redact_url
 from storage.db import WRITE, make_engine, service_errors, upgrade
 from storage.models import (
@@ -394,14 +397,43 @@ def _cap_samples(conn: Connection, product_id: int, source: str, cap: int) -> in
     return len(doomed)
 
 
+_INT32 = 2**31
+
+
 def _validate(r: ResultRow) -> None:
+    """Refuse, with the field named, any value some backend could not store (the same rule on
+    SQLite and PostgreSQL: names by :mod:`lineinspect.names`, text by column width without NUL or
+    control characters, integers by column range, floats finite). The consumer bisects a batch
+    that raises here and dead-letters the one row at fault."""
     if not isinstance(r, ResultRow):
         raise TypeError(f"save_results takes ResultRow objects, not {type(r).__name__}")
-    for name in ("product", "line", "camera"):
-        v = getattr(r, name)
-        if not isinstance(v, str) or not v or len(v) > 128:
-            raise ValueError(f"ResultRow.{name} must be a non-empty string of at most 128 characters, not {v!r}")
+    for kind, value in (("product", r.product), ("line", r.line), ("camera", r.camera)):
+        check_name(kind, value)
+    if r.specimen_id is not None:
+        check_name("specimen", r.specimen_id)
+    if r.view is not None:
+        check_name("view", r.view)
+    check_text("ResultRow.model_version", r.model_version, 64)
+    check_text("ResultRow.engine", r.engine, 32)
     if r.verdict not in VERDICTS:
-        raise ValueError(f"ResultRow.verdict must be one of {VERDICTS}, not {r.verdict!r}")
-    if int(r.frame_id) < 0:
-        raise ValueError(f"ResultRow.frame_id must be >= 0, not {r.frame_id}")
+        raise ValueError(f"ResultRow.verdict must be one of {VERDICTS}, not {str(r.verdict)[:40]!r}")
+    if r.frame_encoding not in ("jpeg", "png"):
+        raise ValueError(f"ResultRow.frame_encoding must be jpeg or png, not {str(r.frame_encoding)[:40]!r}")
+    _int_in("frame_id", r.frame_id, 0, 2**63)
+    for name in ("width", "height", "batch_size", "defect_area_px"):
+        _int_in(name, getattr(r, name), 0, _INT32)
+    for name in ("captured_at", "inferred_at", "score", "threshold", "infer_ms"):
+        v = getattr(r, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+            raise ValueError(f"ResultRow.{name} must be a finite number, not {str(v)[:40]!r}")
+        if abs(float(v)) > 1e300:  # (now - captured_at) * 1000 must stay finite for latency_ms
+            raise ValueError(f"ResultRow.{name} is out of range ({v!r})")
+    for name in ("mask_png", "heat_png", "frame_bytes"):
+        v = getattr(r, name)
+        if v is not None and not isinstance(v, (bytes, bytearray, memoryview)):
+            raise TypeError(f"ResultRow.{name} must be bytes or None, not {type(v).__name__}")
+
+
+def _int_in(name: str, v: object, lo: int, hi: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= int(v) < hi:
+        raise ValueError(f"ResultRow.{name} must be an integer in [{lo}, {hi}), not {str(v)[:40]!r}")
