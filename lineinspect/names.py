@@ -69,12 +69,13 @@ def check_text(field: str, value: object, max_len: int) -> str:
     return value
 
 
-def child_path(base: str | Path, name: str, kind: str = "product") -> Path:
+def child_path(base: str | Path, name: str, kind: str = "product", max_len: int | None = None) -> Path:
     """``base / name`` for a valid ``kind`` name, refusing anything that would resolve outside ``base``.
 
     The name rule already excludes separators and ``..``; the resolved-path check is the second
-    lock (symlinks inside ``base`` that point elsewhere are refused too)."""
-    check_name(kind, name, max_len=max(MAX_LEN.get(kind, 128), 255))
+    lock (symlinks inside ``base`` that point elsewhere are refused too). ``max_len`` defaults to
+    the kind's column width; derived names (``<product>-<timestamp>``) pass a file-system limit."""
+    check_name(kind, name, max_len=max_len)
     root = Path(base).resolve()
     path = (root / name).resolve()
     if path.parent != root:
