@@ -441,11 +441,14 @@ class InferenceConsumer:
                 out = self.engine.infer(product, [f.image for f in frames])
                 _check_output(out, len(frames))
                 self.metrics.observe_infer(time.perf_counter() - t0)
+                if failures or delay > self.backoff_initial_s:  # recovered from a wait: clear held gauges now
+                    self._update_held()
                 return out
             except UnknownProduct:
                 raise
             except EngineUnavailable as exc:
                 self.metrics.engine_error()
+                self._update_held()
                 log.warning("engine unavailable; waiting before retrying the batch",
                             extra=kv(product=product, wait_s=round(delay, 2), error=str(exc)))
             except Exception as exc:  # noqa: BLE001 - a failing engine must not kill the consumer
@@ -511,11 +514,20 @@ class InferenceConsumer:
         if self._stop.wait(seconds):
             raise _Stopped()
 
+    def _update_held(self) -> None:
+        held = getattr(self.engine, "held", None)
+        if callable(held):
+            try:
+                self.metrics.set_held(held())
+            except Exception as exc:  # noqa: BLE001 - a gauge must never stop consumption
+                log.debug("held models unavailable", extra=kv(error=str(exc)))
+
     def _maybe_snapshot(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_stat < self.stat_interval_s:
             return
         self._last_stat = now
+        self._update_held()
         try:
             self.metrics.set_lag(self.bus.lag())
         except Exception as exc:  # noqa: BLE001 - lag is informational
