@@ -75,7 +75,7 @@ def save_model_dir(path: str | Path, model: InpFormer, config: dict[str, Any], c
 def load_model_dir(path: str | Path, device: str = "cpu", backbone_checkpoint: str | None = None) -> LoadedModel:
     """Load and verify a model dir; the module is in eval mode on ``device``."""
     path = Path(path)
-    config, calibration, actual = read_verified(path)
+    config, calibration, actual = read_verified(path, exports=False)  # the PyTorch module never runs the ONNX exports
     cfg = InpConfig.from_dict(config["model"])
     model = InpFormer(cfg, checkpoint=backbone_checkpoint)
     want = (config.get("backbone") or {}).get("weights_sha256")

@@ -55,7 +55,7 @@ class ModelMeta:
 def read_model_meta(model_dir: str | Path) -> ModelMeta:
     """Read and verify a model dir's metadata (same checks and version rule as ``load_model_dir``)."""
     path = Path(model_dir)
-    config, calibration, actual = model_meta.read_verified(path)
+    config, calibration, actual = model_meta.read_verified(path, exports=False)  # a bad export is rebuilt
     hw = config.get("input_hw") or (config.get("model") or {}).get("input_hw")
     if not hw or len(hw) != 2:
         raise model_meta.ModelDirError(f"{path}: the model config has no input_hw")

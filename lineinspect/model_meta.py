@@ -175,9 +175,17 @@ def record_checksums(path: str | Path, files: list[str] | None = None) -> dict[s
 
 # --- verifying ---------------------------------------------------------------------------------
 
-def verify(path: str | Path) -> str:
+def is_export(name: str) -> bool:
+    """ONNX exports and their sidecars: derived from the weights, rebuilt by the exporter."""
+    return name.endswith((".onnx", ".onnx.json"))
+
+
+def verify(path: str | Path, exports: bool = True) -> str:
     """Check every file listed in checksums.json (and that the required files exist); returns the
     weights' sha256. Raises :class:`ModelDirError` naming the first file that fails.
+
+    ``exports=False`` skips the ONNX exports: only the exporter uses it, because it is about to
+    rebuild a stale or tampered export from the verified weights (and records the new checksums).
 
     A format-1 directory whose checksums cover weights.pt only still loads, with a warning: its
     config and calibration cannot be verified."""
@@ -189,6 +197,8 @@ def verify(path: str | Path) -> str:
     if WEIGHTS not in sums:
         raise ModelDirError(f"{path}/{CHECKSUMS} records no checksum for {WEIGHTS}")
     for name, want in sorted(sums.items()):
+        if not exports and is_export(name):
+            continue
         target = (path / name).resolve()
         if path.resolve() not in target.parents:
             raise ModelDirError(f"{path}/{CHECKSUMS} names {name!r}, outside the model directory")
@@ -208,10 +218,10 @@ def verify(path: str | Path) -> str:
     return sums[WEIGHTS]
 
 
-def read_verified(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+def read_verified(path: str | Path, exports: bool = True) -> tuple[dict[str, Any], dict[str, Any], str]:
     """(migrated config, calibration, weights sha256) after :func:`verify`."""
     path = Path(path)
-    actual = verify(path)
+    actual = verify(path, exports=exports)
     return read_config(path), read_calibration(path), actual
 
 
