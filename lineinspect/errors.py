@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from lineinspect.settings import ConfigError, redact_url
+from lineinspect.redact import redact_url
 
 __all__ = ["ConfigError", "ServiceUnavailable"]
+
+
+class ConfigError(ValueError):
+    """A broken or inconsistent configuration; the message says what to change."""
 
 _HINTS = {
     "kafka": "start it with `bash deploy/services.sh start kafka` (or point LINEINSPECT_BUS_URL at your broker)",

@@ -19,15 +19,14 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lineinspect.errors import ConfigError
 from lineinspect.redact import redact_url
+
+__all__ = ["ConfigError", "Settings", "load_settings", "redact_url"]
 
 
 def _default_home() -> Path:
     return Path(os.environ.get("LINEINSPECT_HOME", Path.cwd() / "var"))
-
-
-class ConfigError(ValueError):
-    """A broken or inconsistent configuration; the message says what to change."""
 
 
 class Settings(BaseSettings):
