@@ -38,6 +38,7 @@ from storage.models import (
 from storage.records import ResultRow
 
 VERDICTS = ("ok", "defect")
+_NAME_KINDS = {"products": "product", "lines": "line", "cameras": "camera"}
 SAMPLE_SOURCES = ("clear_normal", "false_alarm", "seed")
 
 
@@ -58,6 +59,9 @@ def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **ex
     wanted = sorted(set(names))
     if not wanted:
         return {}
+    kind = _NAME_KINDS.get(model.__tablename__)
+    for n in wanted if kind else ():
+        check_name(kind, n)  # every write path (results, samples, specimens, models) obeys the one name rule
     found = dict(conn.execute(select(model.name, model.id).where(model.name.in_(wanted))).all())
     missing = [n for n in wanted if n not in found]
     if missing:
