@@ -44,6 +44,7 @@ import numpy as np
 from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct
 from inference.metrics import ConsumerMetrics
 from inference.postprocess import binary_mask, defect_area, heat_png, mask_png, pixel_threshold, verdict
+from ingest.bus import message_size
 from ingest.bus.base import BatchConsumer, Record
 from ingest.envelope import FrameEnvelope, PoisonFrame, decode_image
 from lineinspect.errors import ServiceUnavailable
@@ -53,6 +54,9 @@ from lineinspect.settings import Settings
 from storage.records import ResultRow
 
 log = logging.getLogger(__name__)
+# --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
+# a member left without partitions for longer is surplus and may idle out.
+UNASSIGNED_GRACE_S = 60.0
 
 
 class _Stopped(Exception):
@@ -167,6 +171,7 @@ class InferenceConsumer:
         polled = 0  # records taken from the bus (committed or in the sink)
         self.metrics.start_http()
         last_data = time.monotonic()
+        unassigned_since: float | None = None
         poll_delay = self.backoff_initial_s
         sink = _Sink(self) if self.pipelined else None
         inflight: deque[_Batch] = deque()
@@ -203,6 +208,13 @@ class InferenceConsumer:
                     log.info("stopped during an outage; the batches in hand stay uncommitted and will be redelivered",
                              extra=kv(records=len(records) + sum(len(b.records) for b in inflight)))
                     break
+                if records or self._assigned():
+                    unassigned_since = None
+                elif idle_timeout_s is not None:  # a rebalance, no partitions yet: waiting, not idle ...
+                    now = time.monotonic()
+                    unassigned_since = unassigned_since or now
+                    if now - unassigned_since < max(UNASSIGNED_GRACE_S, 4 * idle_timeout_s):
+                        last_data = now  # ... unless it lasts so long that this member is simply surplus
                 if not records and idle_timeout_s is not None and time.monotonic() - last_data >= idle_timeout_s:
                     log.info("idle timeout", extra=kv(seconds=idle_timeout_s, handled=handled))
                     break
@@ -403,6 +415,9 @@ class InferenceConsumer:
         return frames, poison
 
     def _decode_one(self, rec: Record) -> _Frame | tuple[str, str]:
+        size = message_size(rec.key, rec.value, rec.headers)  # the publisher's own rule (ingest.bus.check_size)
+        if size > self.settings.max_message_bytes:  # the broker's framing headroom let it through; we do not
+            return "oversized", f"message is {size} bytes, over max_message_bytes={self.settings.max_message_bytes}"
         try:
             env = FrameEnvelope.from_message(rec.key, rec.value, rec.headers)
             return _Frame(rec, env, decode_image(env, self.settings.max_frame_pixels))
@@ -521,6 +536,16 @@ class InferenceConsumer:
                 self.metrics.set_held(held())
             except Exception as exc:  # noqa: BLE001 - a gauge must never stop consumption
                 log.debug("held models unavailable", extra=kv(error=str(exc)))
+
+    def _assigned(self) -> bool:
+        """Whether the bus holds partitions now (buses without an assignment always count as assigned)."""
+        assignment = getattr(self.bus, "assignment", None)
+        if not callable(assignment):
+            return True
+        try:
+            return bool(assignment())
+        except Exception:  # noqa: BLE001 - informational
+            return True
 
     def _maybe_snapshot(self, force: bool = False) -> None:
         now = time.monotonic()
