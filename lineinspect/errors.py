@@ -21,11 +21,13 @@ _HINTS = {
 class ServiceUnavailable(RuntimeError):
     """A service named in the settings cannot be reached; says which one and how to start it."""
 
-    def __init__(self, service: str, url: str, cause: str = "") -> None:
-        hint = _HINTS.get(service, "")
-        msg = f"{service} is not reachable at {redact_url(url)}"
+    def __init__(self, service: str, url: str, cause: str = "", *, state: str | None = None) -> None:
+        """``state`` says what is wrong when the service answers but refuses (e.g. "is out of memory");
+        the default, "is not reachable", comes with the hint on how to start it."""
+        hint = _HINTS.get(service, "") if state is None else ""
+        msg = f"{service} {state or 'is not reachable'} at {redact_url(url)}"
         if cause:
-            msg += f" ({cause})"
+            msg += f" ({redact_url(cause)})"
         if hint:
             msg += f"; {hint}"
         super().__init__(msg)
