@@ -289,7 +289,11 @@ class InferenceConsumer:
         delay = self.backoff_initial_s
         while rows:
             try:
+                conflicts = getattr(self.store, "redelivery_conflicts", 0)
                 self.store.save_results(rows)
+                new = getattr(self.store, "redelivery_conflicts", 0) - conflicts
+                if new > 0:
+                    self.metrics.redelivery_conflicts.inc(new)
                 return []
             except _Stopped:
                 raise

@@ -37,6 +37,8 @@ class ConsumerMetrics:
         self.engine_errors = Counter("lineinspect_engine_errors", "Engine failures (retried)", registry=r)
         self.store_errors = Counter("lineinspect_store_errors", "Result store failures (retried)", registry=r)
         self.cache_errors = Counter("lineinspect_cache_errors", "Cache failures (not retried)", registry=r)
+        self.redelivery_conflicts = Counter("lineinspect_redelivery_conflicts", "Redelivered (camera, frame id) "
+                                            "with a different image (first row kept)", registry=r)
         self.models_held = Gauge("lineinspect_models_held", "1 while a product's active model fails verification "
                                  "and its frames are held", ["product"], registry=r)
         self._held: set[str] = set()

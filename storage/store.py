@@ -10,6 +10,7 @@ camera at once. Only plain values (ints, dicts, tuples) leave this module, never
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import numbers
 import threading
@@ -21,6 +22,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from lineinspect.logs import kv
 from lineinspect.names import check_name, check_text
 from lineinspect.settings import redact_url
 from storage.db import WRITE, make_engine, service_errors, upgrade
@@ -36,6 +38,8 @@ from storage.models import (
     TrainingSample,
 )
 from storage.records import ResultRow
+
+log = logging.getLogger(__name__)
 
 VERDICTS = ("ok", "defect")
 _NAME_KINDS = {"products": "product", "lines": "line", "cameras": "camera"}
@@ -94,6 +98,7 @@ class ResultStore:
         self.url = url
         self.normal_cap = normal_cap
         self._ids: dict[str, dict[str, int]] = {"product": {}, "line": {}, "camera": {}}
+        self.redelivery_conflicts = 0  # redelivered keys carrying a different image (see _conflict)
         self._lock = threading.Lock()
 
     @classmethod
@@ -164,6 +169,11 @@ class ResultStore:
         for r in rows:
             key = (ids["camera"][r.camera], int(r.frame_id))
             if key in values:  # the same frame twice in one batch: the first one wins
+                first = values[key]
+                if (first["captured_at"], first["width"], first["height"]) != (float(r.captured_at), int(r.width),
+                                                                               int(r.height)):
+                    self._conflict(key[0], key[1], (first["captured_at"], first["width"], first["height"]),
+                                   (float(r.captured_at), int(r.width), int(r.height)))
                 continue
             values[key] = {
                 "camera_id": key[0], "frame_id": key[1], "product_id": ids["product"][r.product],
@@ -185,10 +195,26 @@ class ResultStore:
         if missing:
             cams = sorted({c for c, _ in missing})
             frames = sorted({f for _, f in missing})
-            q = select(t.id, t.camera_id, t.frame_id).where(t.camera_id.in_(cams), t.frame_id.in_(frames))
+            q = (select(t.id, t.camera_id, t.frame_id, t.captured_at, t.width, t.height)
+                 .where(t.camera_id.in_(cams), t.frame_id.in_(frames)))
             wanted = set(missing)
-            result_ids.update({(c, f): i for i, c, f in conn.execute(q).all() if (c, f) in wanted})
+            for i, c, f, cap, w, h in conn.execute(q).all():
+                if (c, f) not in wanted:
+                    continue
+                result_ids[(c, f)] = i
+                v = values[(c, f)]
+                if (float(cap), int(w), int(h)) != (v["captured_at"], v["width"], v["height"]):
+                    self._conflict(c, f, (float(cap), int(w), int(h)), (v["captured_at"], v["width"], v["height"]))
         return result_ids, new_keys
+
+    def _conflict(self, camera_id: int, frame_id: int, kept: tuple, refused: tuple) -> None:
+        """A redelivered (camera, frame id) that is a DIFFERENT image (other capture time or size): the
+        first row wins (idempotency), but a camera reusing ids loses frames, so say so and count it."""
+        with self._lock:
+            self.redelivery_conflicts += 1
+        log.warning("frame id reused for a different image; the first stored row is kept",
+                    extra=kv(camera_id=camera_id, frame_id=frame_id, kept_captured_at=kept[0], kept_size=kept[1:],
+                             new_captured_at=refused[0], new_size=refused[1:]))
 
     def _insert_payloads(self, conn: Connection, rows: list[ResultRow], ids: dict, result_ids: dict,
                          new_keys: set, now: float, cap: int) -> None:

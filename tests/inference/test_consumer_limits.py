@@ -1,4 +1,4 @@
-"""Consumer edge cases: raw frames over max_message_bytes, --idle-timeout across a rebalance."""
+"""Consumer edge cases: raw frames over max_message_bytes, --idle-timeout across a rebalance, reused frame ids."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 
 from inference.consumer import InferenceConsumer
 from inference.metrics import ConsumerMetrics
-from ingest.bus.memory import MemoryBus, MemoryConsumer
+from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
 from ingest.envelope import FrameEnvelope, encode_image
 from lineinspect.settings import Settings
 from storage.store import ResultStore
-from tests.inference.test_consumer import FakeEngine, make, publish
+from tests.inference.test_consumer import FakeEngine, frame, make, publish
 
 
 def test_a_raw_frame_slightly_over_the_limit_is_dead_lettered_oversized(settings: Settings,
@@ -37,14 +37,14 @@ def test_a_raw_frame_slightly_over_the_limit_is_dead_lettered_oversized(settings
 class RebalancingConsumer(MemoryConsumer):
     """Holds no partitions (a rebalance in progress) until ``assigned`` is set."""
 
-    def __init__(self, *a, **kw) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
         self.assigned = threading.Event()
 
     def assignment(self) -> list[int]:
         return super().assignment() if self.assigned.is_set() else []
 
-    def poll_batch(self, max_records: int, max_wait_ms: int):  # noqa: ANN201
+    def poll_batch(self, max_records: int, max_wait_ms: int):
         if not self.assigned.is_set():
             time.sleep(max_wait_ms / 1000)
             return []
@@ -66,3 +66,19 @@ def test_idle_timeout_does_not_count_time_without_partitions(settings: Settings,
     t.join(10)
     assert not t.is_alive() and handled == [6] and store.count_results() == 6
     c.close()
+
+
+def test_the_consumer_counts_reused_frame_ids(settings: Settings, store: ResultStore) -> None:
+    """A redelivered (camera, frame id) with a different image: first row kept, logged and counted."""
+    bus = MemoryBus(partitions=1)
+    pub = MemoryPublisher(bus, settings.topic_frames)
+    for ts, level in ((100.0, 20), (200.0, 90)):  # the camera restarted and reused frame id 1
+        env = FrameEnvelope("widget", "L1", "cam-1", 1, encode_image(frame(level), "png"), "png", (64, 64, 3), ts)
+        pub.publish(*env.to_message())
+    metrics = ConsumerMetrics(settings)
+    c = make(settings, bus, store, pipelined=False)
+    c.metrics = metrics
+    assert c.run(max_frames=2, idle_timeout_s=1) == 2
+    c.close()
+    assert store.count_results() == 1
+    assert metrics.registry.get_sample_value("lineinspect_redelivery_conflicts_total") == 1.0
