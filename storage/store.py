@@ -64,8 +64,9 @@ def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **ex
     if not wanted:
         return {}
     kind = _NAME_KINDS.get(model.__tablename__)
-    for n in wanted if kind else ():
-        check_name(kind, n)  # every write path (results, samples, specimens, models) obeys the one name rule
+    if kind is not None:
+        for n in wanted:
+            check_name(kind, n)  # every write path (results, samples, specimens, models) obeys the one name rule
     found = dict(conn.execute(select(model.name, model.id).where(model.name.in_(wanted))).all())
     missing = [n for n in wanted if n not in found]
     if missing:

@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 import ingest.envelope
@@ -23,7 +24,6 @@ from lineinspect.settings import Settings
 from storage.records import ResultRow
 from storage.store import ResultStore
 from tests.inference.test_consumer import FakeEngine, frame, make
-from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -79,7 +79,7 @@ class HostileVersionEngine(FakeEngine):
     """Returns a model version the store cannot hold for frames of one red level (an engine bug
     that only some frames trigger)."""
 
-    def infer(self, product: str, images: list[np.ndarray]):  # noqa: ANN201
+    def infer(self, product: str, images: list[np.ndarray]):
         out = super().infer(product, images)
         if any(int(im[0, 0, 1]) == 23 for im in images):
             out.model_version = "v1\x00" + "x" * 80

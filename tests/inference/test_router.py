@@ -19,7 +19,6 @@ from lineinspect.settings import Settings
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
 from tests.inference.test_consumer import FakeEngine, make, publish
-from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - fixtures
 
 
 class VersionEngine(FakeEngine):
@@ -52,7 +51,7 @@ def _version(registry: ModelRegistry, root: Path, tag: str) -> str:
 
 
 @pytest.fixture()
-def world(db_url: str, tmp_path: Path):  # noqa: ANN201
+def world(db_url: str, tmp_path: Path):
     store = ResultStore.open(db_url)
     registry = ModelRegistry(store, tmp_path / "models")
     yield store, registry
@@ -67,7 +66,7 @@ def _router(settings: Settings, registry: ModelRegistry, zs: ZeroShot) -> ModelR
 @pytest.mark.parametrize("victim", ["weights.pt", "config.json", "calibration.json", "model.onnx"])
 def test_a_corrupt_active_model_holds_the_product_and_repair_recovers(settings: Settings, world, tmp_path: Path,
                                                                       victim: str) -> None:
-    store, registry = world
+    _, registry = world
     v1 = _version(registry, tmp_path, "a")
     info = registry.promote("widget", v1)
     target = info.path / victim
@@ -86,7 +85,7 @@ def test_a_corrupt_active_model_holds_the_product_and_repair_recovers(settings: 
 
 
 def test_promoting_another_version_recovers_a_held_product(settings: Settings, world, tmp_path: Path) -> None:
-    store, registry = world
+    _, registry = world
     v1 = _version(registry, tmp_path, "a")
     v2 = _version(registry, tmp_path, "b")
     info = registry.promote("widget", v1)
@@ -134,7 +133,7 @@ def test_the_consumer_holds_frames_uncommitted_with_a_gauge_and_resumes_after_re
 
 def test_an_earlier_verified_version_keeps_serving_when_the_new_one_is_corrupt(settings: Settings, world,
                                                                               tmp_path: Path) -> None:
-    store, registry = world
+    _, registry = world
     v1 = _version(registry, tmp_path, "a")
     v2 = _version(registry, tmp_path, "b")
     registry.promote("widget", v1)

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lineinspect.names import MAX_LEN, InvalidName, check_name, check_text, child_path, is_valid_name
+from lineinspect.names import (
+    MAX_LEN,
+    InvalidName,
+    check_name,
+    check_text,
+    child_path,
+    is_valid_name,
+)
 
 KINDS = sorted(MAX_LEN)
 VALID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -11,7 +11,6 @@ from lineinspect.logs import setup_logging
 from lineinspect.redact import redact
 from lineinspect.settings import Settings
 from storage.store import ResultStore
-from tests.storage.conftest import pg_url  # noqa: F401 - fixture
 
 SECRET = "Sup3r-s3cret"
 # (URL suffix carrying the secret, how it is spelled): every form libpq, redis-py and Kafka clients accept
@@ -44,7 +43,7 @@ def test_redact_masks_messages_and_dsns(text: str) -> None:
 
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_config_prints_no_secret(form: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-                                 tmp_path) -> None:  # noqa: ANN001
+                                 tmp_path) -> None:
     monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path))
     monkeypatch.setenv("LINEINSPECT_DB_URL", FORMS[form]("postgresql+psycopg://postgres@h:5432/li"))
     monkeypatch.setenv("LINEINSPECT_CACHE_URL", f"redis://h:6379/0?password={SECRET}")
@@ -57,7 +56,7 @@ def test_config_prints_no_secret(form: str, monkeypatch: pytest.MonkeyPatch, cap
 
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_the_connection_error_line_prints_no_secret(form: str, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture, tmp_path) -> None:  # noqa: ANN001
+                                                    capsys: pytest.CaptureFixture, tmp_path) -> None:
     monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path))
     monkeypatch.setenv("LINEINSPECT_DB_URL", FORMS[form]("postgresql+psycopg://postgres@127.0.0.1:1/li"))
     assert main(["db-upgrade"]) != 0
@@ -70,7 +69,7 @@ def test_the_connection_error_line_prints_no_secret(form: str, monkeypatch: pyte
 @pytest.mark.integration
 @pytest.mark.parametrize("form", ["userinfo", "query password", "second parameter"])
 def test_db_upgrade_prints_no_secret(form: str, pg_url: str, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture, tmp_path) -> None:  # noqa: ANN001
+                                     capsys: pytest.CaptureFixture, tmp_path) -> None:
     monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path))
     monkeypatch.setenv("LINEINSPECT_DB_URL", FORMS[form](pg_url))  # the test server trusts: any password works
     assert main(["db-upgrade"]) == 0
@@ -79,7 +78,7 @@ def test_db_upgrade_prints_no_secret(form: str, pg_url: str, monkeypatch: pytest
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
-def test_logs_and_reprs_carry_no_secret(form: str, capsys: pytest.CaptureFixture, tmp_path) -> None:  # noqa: ANN001
+def test_logs_and_reprs_carry_no_secret(form: str, capsys: pytest.CaptureFixture, tmp_path) -> None:
     url = FORMS[form]("postgresql+psycopg://postgres@h:5432/li")
     setup_logging("INFO")
     logging.getLogger("lineinspect.test").warning("connecting to %s", url, extra={"kv": {"url": url}})

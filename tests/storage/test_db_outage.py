@@ -14,10 +14,9 @@ from lineinspect.errors import ServiceUnavailable
 from storage.db import is_outage, make_engine
 
 
-def _raised(engine, sql: str, params: dict | None = None) -> BaseException:  # noqa: ANN001
-    with pytest.raises((DBAPIError, StatementError, ValueError, OverflowError)) as info:
-        with engine.begin() as conn:
-            conn.execute(text(sql), params or {})
+def _raised(engine, sql: str, params: dict | None = None) -> BaseException:
+    with pytest.raises((DBAPIError, StatementError, ValueError, OverflowError)) as info, engine.begin() as conn:
+        conn.execute(text(sql), params or {})
     return info.value
 
 
@@ -40,10 +39,9 @@ def test_postgresql_data_errors_are_the_rows_fault_and_outages_are_not(pg_url: s
         exc = _raised(engine, sql, params)
         assert not is_outage(exc), f"{what}: {type(exc).__name__}: {exc}"
     # a statement timeout (57014) and an administrator's terminate (57P01) are outages
-    with pytest.raises(DBAPIError) as info:
-        with engine.begin() as conn:
-            conn.execute(text("SET LOCAL statement_timeout = 50"))
-            conn.execute(text("SELECT pg_sleep(2)"))
+    with pytest.raises(DBAPIError) as info, engine.begin() as conn:
+        conn.execute(text("SET LOCAL statement_timeout = 50"))
+        conn.execute(text("SELECT pg_sleep(2)"))
     assert is_outage(info.value)
     victim = engine.connect()
     pid = victim.execute(text("SELECT pg_backend_pid()")).scalar_one()
