@@ -8,6 +8,7 @@ import pytest
 
 from lineinspect.settings import Settings
 from storage.store import ResultStore
+from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - the SQLite/PostgreSQL fixtures
 
 
 @pytest.fixture()
