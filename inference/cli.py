@@ -1,9 +1,8 @@
-"""``lineinspect consume`` (and, from :mod:`inference.serving_cli`, ``export`` / ``serve-triton``)."""
+"""``lineinspect consume`` (``export`` / ``serve-triton`` are registered by :mod:`deploy.cli`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 
 from lineinspect.logs import kv
@@ -32,13 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="store each batch before scoring the next (default: a sink thread stores batch k while "
                         "batch k+1 is scored; commits always follow the store)")
     p.set_defaults(func=run_consume)
-    try:
-        serving = importlib.import_module("inference.serving_cli")
-    except ModuleNotFoundError as exc:
-        if exc.name != "inference.serving_cli":
-            raise
-    else:
-        serving.register(sub)
 
 
 def run_consume(args: argparse.Namespace, settings: Settings) -> int:

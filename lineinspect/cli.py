@@ -19,7 +19,8 @@ COMMAND_MODULES = (
     "training.cli",           # train, eval
     "training.retrain_cli",   # retrain, models, scheduler
     "ingest.cli",             # publish
-    "inference.cli",          # consume, export, serve-triton
+    "inference.cli",          # consume
+    "deploy.cli",             # export, serve-triton
     "storage.cli",            # db-upgrade, prune
     "dashboard.cli",          # dashboard
 )
