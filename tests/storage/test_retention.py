@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from lineinspect.cli import main
 from storage.models import FrameImage, Mask
+from storage.records import SpecimenDecision
 from storage.retention import prune
 from storage.store import ResultStore
 from tests.storage.conftest import make_row
@@ -27,9 +28,9 @@ def filled(db_url):
     old.append(make_row(100, captured_at=now - 40 * DAY, keep_as_normal=True, frame_bytes=b"normal"))
     new = [make_row(200 + i, "defect", captured_at=now - DAY, mask_png=b"m", frame_bytes=b"g") for i in range(3)]
     store.save_results(old + new)
-    store.save_specimen("bolt", "S-old", expected_views=1, received_views=1, score=1, threshold=0.5, verdict="defect",
-                        fusion="max", complete=True, first_seen_at=now - 40 * DAY, decided_at=now - 40 * DAY,
-                        result_ids=[1])
+    store.save_specimen(SpecimenDecision("bolt", "S-old", expected_views=1, received_views=1, score=1, threshold=0.5,
+                                         verdict="defect", fusion="max", complete=True, first_seen_at=now - 40 * DAY,
+                                         decided_at=now - 40 * DAY, result_ids=[1]))
     store.record_consumer_stat("c", 1, 1.0, 1.0, 1.0, 1.0, 0, 0, "onnx", True, at=now - 40 * DAY)
     yield store
     store.close()
