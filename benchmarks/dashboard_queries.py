@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import create_engine, func, select
 
 from dashboard.imaging import accumulate_masks
-from dashboard.seed import SeedConfig, seed_history
 from storage import queries as q
 from storage.models import Base, InspectionResult
+from storage.seed import SeedConfig, seed_history
 
 
 def _time(fn: Callable[[], object], repeat: int) -> tuple[float, float]:

@@ -432,6 +432,16 @@ class ResultStore:
         with service_errors(self.url), self.engine.connect() as conn:
             return [TrainingSampleRow(sha, bytes(data), src, ts) for sha, data, src, ts in conn.execute(q).all()]
 
+    def flagged_frames(self, product: str, limit: int = 200) -> list[bytes]:
+        """Encoded frames the live system flagged ``defect`` and no operator called a false alarm
+        (newest first): the retrainer's anomaly examples."""
+        t = InspectionResult
+        q = (select(FrameImage.data).join(t, t.id == FrameImage.result_id).join(Product, Product.id == t.product_id)
+             .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False))
+             .order_by(t.captured_at.desc()).limit(int(limit)))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return [bytes(d) for d in conn.execute(q).scalars()]
+
     def count_training_samples(self, product: str, since: float | None = None) -> int:
         """Samples of ``product`` (created at or after ``since`` when given): the retrain trigger."""
         s = TrainingSample

@@ -40,14 +40,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from sqlalchemy import select
 
 from inference.model.inp_former import InpConfig
 from lineinspect import model_meta
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.names import check_name, child_path
-from storage.models import FrameImage, InspectionResult, Product
 from storage.registry import ModelRegistry, VersionInfo
 from storage.store import ResultStore, TrainingSampleRow
 from training.data import IMAGE_EXTS, read_image
@@ -213,16 +211,6 @@ def labelled_normal_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in good.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
-def flagged_frames(store: ResultStore, product: str, limit: int = 200) -> list[bytes]:
-    """Encoded frames the live system flagged ``defect`` and no operator called a false alarm (newest first)."""
-    t = InspectionResult
-    q = (select(FrameImage.data).join(t, t.id == FrameImage.result_id).join(Product, Product.id == t.product_id)
-         .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False))
-         .order_by(t.captured_at.desc()).limit(int(limit)))
-    with store.engine.connect() as conn:
-        return [bytes(d) for d in conn.execute(q).scalars()]
-
-
 def new_samples_since(store: ResultStore, product: str, info: VersionInfo | None) -> int:
     """Samples that arrived after ``info``'s data snapshot (all samples when there is no version)."""
     if info is None:
@@ -367,7 +355,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
         anomaly_source.append(f"{len(anomalies)} labelled anomalies and {len(extra_normals)} labelled normals "
                               f"(test/good) from {opts.anomalies_dir}")
     if opts.flagged_as_anomalies:
-        flagged = [decode_sample(d) for d in flagged_frames(store, product)]
+        flagged = [decode_sample(d) for d in store.flagged_frames(product)]
         anomalies += flagged
         anomaly_source.append(f"{len(flagged)} pseudo-anomalies (live frames flagged defect, not false alarms)")
 

@@ -239,7 +239,7 @@ def run_models_reject(args: argparse.Namespace, settings: Any) -> int:
 def run_models_runs(args: argparse.Namespace, settings: Any) -> int:
     import time
 
-    from training.scheduler import list_runs
+    from storage.jobs import list_runs
 
     store, _ = _open(settings)
     try:

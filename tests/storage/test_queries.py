@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, create_engine, delete, literal, select
 
-from dashboard.seed import SeedConfig, SeedTruth, seed_history
 from storage import queries as q
 from storage.models import Base, ModelVersion
 from storage.queries import Filters, floor_int
+from storage.seed import SeedConfig, SeedTruth, seed_history
 from tests.dbtools import throwaway_database
 
 CFG = SeedConfig(results=3000, images=40)

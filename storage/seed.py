@@ -265,7 +265,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dashboard.seed --db sqlite:///demo.sqlite --results 100000``"""
+    """``python -m storage.seed --db sqlite:///demo.sqlite --results 100000``"""
     ap = argparse.ArgumentParser(description="Write a deterministic fake inspection history (demos, benchmarks).")
     ap.add_argument("--db", required=True, help="SQLAlchemy URL of an empty database")
     ap.add_argument("--results", type=int, default=SeedConfig.results)

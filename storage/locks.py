@@ -27,7 +27,7 @@ from storage.db import WRITE
 from storage.models import JobLock
 from storage.store import dialect_insert
 
-log = logging.getLogger("lineinspect.training.locks")
+log = logging.getLogger("lineinspect.storage.locks")
 
 
 def default_holder() -> str:
