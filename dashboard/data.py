@@ -5,7 +5,6 @@ connection pool and a page re-queries at most once per TTL. Query logic lives in
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 
+from dashboard.charts import fmt_metrics
 from dashboard.imaging import accumulate_masks
 from storage import queries as q
 from storage.queries import Filters
@@ -143,7 +143,7 @@ def consumer_series(url: str, bucket_s: float, since: float | None, until: float
 def model_versions(url: str, product_ids: tuple[int, ...]) -> pd.DataFrame:
     rows = _with(url, q.model_versions, product_ids)
     for r in rows:
-        r["metrics"] = json.dumps(r["metrics"], sort_keys=True)
+        r["metrics"] = fmt_metrics(r["metrics"])  # '-' for a version without metrics, not '{}'
     return pd.DataFrame(rows)
 
 

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct
-from inference.metrics import ConsumerMetrics
 from inference.postprocess import binary_mask, defect_area, heat_png, mask_png, pixel_threshold, verdict
+from inference.telemetry import ConsumerMetrics
 from ingest.bus import message_size
 from ingest.bus.base import BatchConsumer, Record
 from ingest.envelope import FrameEnvelope, PoisonFrame, decode_image

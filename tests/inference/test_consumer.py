@@ -9,7 +9,7 @@ import numpy as np
 
 from inference.consumer import InferenceConsumer
 from inference.engines.base import EngineOutput, EngineUnavailable, UnknownProduct
-from inference.metrics import ConsumerMetrics
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
 from ingest.publisher import FramePublisher
 from lineinspect.errors import ServiceUnavailable

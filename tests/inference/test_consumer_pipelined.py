@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from inference.consumer import InferenceConsumer
-from inference.metrics import ConsumerMetrics
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer
 from lineinspect.errors import ServiceUnavailable
 from lineinspect.settings import Settings

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from inference.engines.base import EngineOutput
-from inference.metrics import ConsumerMetrics
 from inference.router import ModelHeld, ModelRouter
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus
 from lineinspect import model_meta
 from lineinspect.settings import Settings

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from inference.consumer import InferenceConsumer
-from inference.metrics import ConsumerMetrics
 from inference.router import ModelRouter
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
 from ingest.publisher import FramePublisher
 from ingest.simulator import LineSimulator

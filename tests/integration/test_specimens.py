@@ -82,7 +82,7 @@ def test_consumer_fuses_specimens_across_consumers(tmp_path) -> None:
     """Views of one part land on two consumers (two partitions); the verdict is decided once, in the DB."""
     from inference.consumer import InferenceConsumer
     from inference.engines.base import EngineOutput
-    from inference.metrics import ConsumerMetrics
+    from inference.telemetry import ConsumerMetrics
     from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
     from ingest.publisher import FramePublisher
 
