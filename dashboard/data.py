@@ -27,7 +27,7 @@ SLOW_TTL_S = 60        # heavier aggregates that change slowly (mask accumulatio
 
 
 @st.cache_resource(show_spinner=False)
-def engine(url: str) -> Engine:
+def db_engine(url: str) -> Engine:
     """The process-wide engine for ``url`` (WAL / busy timeout on SQLite, pre-ping on PostgreSQL)."""
     from storage.db import open_engine
 
@@ -54,7 +54,7 @@ def clear() -> None:
 
 
 def _with(url: str, fn: Any, *args: Any, **kw: Any) -> Any:
-    with engine(url).connect() as conn:
+    with db_engine(url).connect() as conn:
         return fn(conn, *args, **kw)
 
 
@@ -156,7 +156,7 @@ def held_models(url: str) -> list[dict[str, str]]:
     from storage.registry import ModelRegistry
 
     out = []
-    registry = ModelRegistry(engine(url), Path("."))  # models_dir is only used to register
+    registry = ModelRegistry(db_engine(url), Path("."))  # models_dir is only used to register
     for product, info in sorted(registry.active_versions().items()):
         if not info.path.is_dir():  # models live on the consumers' hosts: only what this host sees is checked
             continue

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from inference.engines.triton_engine import (
 )
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from lineinspect.settings import Settings
 
 log = logging.getLogger("lineinspect.triton")
 
@@ -56,7 +59,7 @@ class ActiveModel:
 ActiveSource = Callable[[], dict[str, ActiveModel]]
 
 
-def registry_source(settings: Any) -> ActiveSource:
+def registry_source(settings: Settings) -> ActiveSource:
     """Active versions from the model registry (``settings.resolved_db_url`` + models dir)."""
     from storage import open_store
     from storage.registry import ModelRegistry

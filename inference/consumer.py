@@ -37,7 +37,7 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,11 @@ from lineinspect.logs import kv
 from lineinspect.redact import redact
 from lineinspect.settings import Settings
 from storage.records import ResultRow
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from inference.fusion import SpecimenFuser
+    from storage.cache import Cache
+    from storage.store import ResultStore
 
 log = logging.getLogger(__name__)
 # --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
@@ -107,10 +112,10 @@ class _Batch:
 class InferenceConsumer:
     """One consumer loop; several processes in one consumer group share the partitions."""
 
-    def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: Any, cache: Any = None,
+    def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: ResultStore, cache: Cache | None = None,
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
-                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1) -> None:
+                 fuser: SpecimenFuser | None = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1) -> None:
         """``pipelined``: store batch k on a sink thread while batch k+1 is scored (``run`` only;
         :meth:`process` is always synchronous); ``sink_depth``: scored batches allowed to wait for
         or sit in the sink (>= 1); ``decode_threads``: image decoders per batch. Serial (1) is the

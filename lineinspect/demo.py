@@ -20,11 +20,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lineinspect.logs import kv
 from lineinspect.names import check_name, child_path
 from lineinspect.settings import Settings
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from storage.registry import ModelRegistry, VersionInfo
+    from storage.store import ResultStore
 
 log = logging.getLogger("lineinspect.demo")
 
@@ -122,7 +126,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _ensure_model(args: argparse.Namespace, settings: Settings, registry: Any) -> Any:
+def _ensure_model(args: argparse.Namespace, settings: Settings, registry: ModelRegistry) -> VersionInfo:
     active = registry.active(args.product)
     if active is not None and not args.retrain:
         print(f"[1/4] reusing the registered model of {args.product!r} (--retrain to train a new one)", flush=True)
@@ -142,7 +146,7 @@ def _ensure_model(args: argparse.Namespace, settings: Settings, registry: Any) -
     version = registry.register(args.product, model_dir, backbone=cfg.model.backbone,
                                 data_snapshot={"source": "simulator", "frames": len(images), "seed": args.seed + 1000})
     registry.promote(args.product, version)
-    return registry.active(args.product)
+    return registry.get(args.product, version)
 
 
 def _as_published(image: Any) -> Any:
@@ -185,7 +189,7 @@ def _start_camera(args: argparse.Namespace, settings: Settings, bus: Any) -> tup
     return t, defects
 
 
-def _summarise(store: Any, args: argparse.Namespace, defects: set[int]) -> dict[str, Any]:
+def _summarise(store: ResultStore, args: argparse.Namespace, defects: set[int]) -> dict[str, Any]:
     lo, hi = args.first_frame_id, args.first_frame_id + args.frames
     rows = [r for r in store.results_for_camera(args.camera, min_frame_id=lo) if lo <= r["frame_id"] < hi]
     flagged = {r["frame_id"] for r in rows if r["verdict"] == "defect"}

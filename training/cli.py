@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from lineinspect.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_eval)
 
 
-def run_train(args: argparse.Namespace, settings: Any) -> int:
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from inference.model.inp_former import InpConfig
     from training.data import load_split
     from training.features import ImageSource
@@ -107,7 +110,7 @@ def _device(name: str) -> str:
     return str(dev)
 
 
-def run_eval(args: argparse.Namespace, settings: Any) -> int:
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     from training.evaluate import run_eval as _run_eval
 
     if not args.zero_shot and args.model is None:

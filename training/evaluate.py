@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from training.data import CategorySplit, discover, load_split
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "images_per_second")
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from lineinspect.settings import Settings
 
 
 def _map_to_frame(amap: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -110,7 +113,7 @@ def _json_safe(v: Any) -> Any:
     return None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v
 
 
-def _load_engine(args: argparse.Namespace, settings: Any) -> Engine:
+def _load_engine(args: argparse.Namespace, settings: Settings) -> Engine:
     if getattr(args, "zero_shot", False):
         try:
             from inference.engines.zero_shot import ZeroShotEngine
@@ -130,7 +133,7 @@ def _load_engine(args: argparse.Namespace, settings: Any) -> Engine:
     return load_local_engine(args.model, kind=getattr(args, "engine", None) or "auto", threads=settings.threads)
 
 
-def run_eval(args: argparse.Namespace, settings: Any) -> int:
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     """``lineinspect eval``: print a metrics table and optionally write it as JSON.
 
     ``--category`` may name one category, or be omitted when ``--data`` is itself a category;

@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineinspect.errors import ConfigError
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from lineinspect.settings import Settings
+    from storage.registry import ModelRegistry
+    from storage.store import ResultStore
+    from training.retrain import RetrainOptions
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00 UTC when neither --cron nor --min-new is configured
 
@@ -85,7 +92,7 @@ def _retrain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _options(args: argparse.Namespace, settings: Any):  # noqa: ANN202 - RetrainOptions
+def _options(args: argparse.Namespace, settings: Settings) -> RetrainOptions:
     from inference.model.inp_former import InpConfig
     from training.gate import GatePolicy
     from training.retrain import RetrainOptions
@@ -113,7 +120,7 @@ def _options(args: argparse.Namespace, settings: Any):  # noqa: ANN202 - Retrain
         flagged_as_anomalies=args.flagged_as_anomalies, progress=not args.no_progress and sys.stderr.isatty())
 
 
-def _open(settings: Any):  # noqa: ANN202 - (ResultStore, ModelRegistry)
+def _open(settings: Settings) -> tuple[ResultStore, ModelRegistry]:
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
 
@@ -121,7 +128,7 @@ def _open(settings: Any):  # noqa: ANN202 - (ResultStore, ModelRegistry)
     return store, ModelRegistry(store, settings.resolved_models_dir)
 
 
-def run_retrain(args: argparse.Namespace, settings: Any) -> int:
+def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from training.retrain import import_seed, retrain
     from training.scheduler import run_job
 
@@ -183,7 +190,7 @@ def _eval_table(res) -> str:  # noqa: ANN001 - RetrainResult
     return "\n".join(lines)
 
 
-def run_models_list(args: argparse.Namespace, settings: Any) -> int:
+def run_models_list(args: argparse.Namespace, settings: Settings) -> int:
     store, registry = _open(settings)
     try:
         versions = registry.list(args.product)
@@ -209,7 +216,7 @@ def run_models_list(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def _registry_action(settings: Any, fn) -> int:  # noqa: ANN001
+def _registry_action(settings: Settings, fn: Callable[[ModelRegistry], Any]) -> int:
     from storage.registry import RegistryError
 
     store, registry = _open(settings)
@@ -224,19 +231,19 @@ def _registry_action(settings: Any, fn) -> int:  # noqa: ANN001
     return 0
 
 
-def run_models_promote(args: argparse.Namespace, settings: Any) -> int:
+def run_models_promote(args: argparse.Namespace, settings: Settings) -> int:
     return _registry_action(settings, lambda r: r.promote(args.product, args.version))
 
 
-def run_models_rollback(args: argparse.Namespace, settings: Any) -> int:
+def run_models_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return _registry_action(settings, lambda r: r.rollback(args.product))
 
 
-def run_models_reject(args: argparse.Namespace, settings: Any) -> int:
+def run_models_reject(args: argparse.Namespace, settings: Settings) -> int:
     return _registry_action(settings, lambda r: r.reject(args.product, args.version, args.reason))
 
 
-def run_models_runs(args: argparse.Namespace, settings: Any) -> int:
+def run_models_runs(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from storage.jobs import list_runs
@@ -255,7 +262,7 @@ def run_models_runs(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def run_scheduler(args: argparse.Namespace, settings: Any) -> int:
+def run_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
     from lineinspect.logs import kv
