@@ -44,7 +44,7 @@ def session_options(threads: int = 0) -> Any:
 
     Intra-op threads do not spin-wait between ops: a consumer shares its cores with its own storage
     thread, the decoder and often the services, and spinning threads steal exactly those cycles
-    (measured side by side under load: 14.9 vs 12.9 images/s for the default model, batch 8)."""
+    (benchmarks/RESULTS.md, "Figures behind code defaults")."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()

@@ -41,7 +41,8 @@ STD_FLOOR = 0.5
 #   cos      1 - cos(target, rebuilt) on the normalised features (the paper's measure)
 #   cos_len  cos x the target token's length / the group's median training-token length: a token
 #            near the normal mean (plain background) has a noisy direction; its error counts in
-#            proportion to how far it is from the mean (bench_levers.py: tire pixel AUROC 0.44 -> 0.86)
+#            proportion to how far it is from the mean (benchmarks/RESULTS.md, lever sweep: the cos and
+#            cos_len rows of the tire column)
 # (A squared-error map is no option: the cosine loss leaves the reconstruction's length free, so
 # |target - rebuilt| measures the target's distance from the mean, not the reconstruction.)
 
