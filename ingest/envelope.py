@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from lineinspect.names import InvalidName, check_name
+from lineinspect.names import InvalidName, check_frame_names, check_name
 
 ENVELOPE_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
@@ -142,12 +142,7 @@ def _opt_name(meta: dict, field_name: str, kind: str, required: bool = False) ->
 def check_names(env: FrameEnvelope) -> None:
     """Raise :class:`lineinspect.names.InvalidName` unless every name of ``env`` obeys the name rule
     (the publisher checks before sending, the consumer's parser on receipt)."""
-    for kind, value in (("product", env.product), ("line", env.line), ("camera", env.camera)):
-        check_name(kind, value)
-    if env.specimen_id is not None:
-        check_name("specimen", env.specimen_id)
-    if env.view is not None:
-        check_name("view", env.view)
+    check_frame_names(env.product, env.line, env.camera, env.specimen_id, env.view)
 
 
 def _req_int(meta: dict, name: str) -> int:

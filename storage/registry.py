@@ -137,9 +137,7 @@ class ModelRegistry:
         """
         with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             rows = self._lock_rows(conn, product)
-            target = rows.get(version)
-            if target is None:
-                raise RegistryError(f"{product} has no version {version!r} (known: {sorted(rows) or 'none'})")
+            target = _pick(rows, product, version)
             if target.status == "active":
                 return target
             if target.status == "rejected":
@@ -176,9 +174,7 @@ class ModelRegistry:
         """Mark a candidate (or retired) version as rejected, with the reason, so it is never promoted."""
         with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             rows = self._lock_rows(conn, product)
-            target = rows.get(version)
-            if target is None:
-                raise RegistryError(f"{product} has no version {version!r}")
+            target = _pick(rows, product, version)
             if target.status == "active":
                 raise RegistryError(f"{product} {version} is active; promote or roll back to another version first")
             self._set(conn, product, version, status="rejected", reason=reason)
@@ -237,6 +233,14 @@ class ModelRegistry:
         pid = select(Product.id).where(Product.name == product).scalar_subquery()
         conn.execute(update(ModelVersion).where(ModelVersion.product_id == pid, ModelVersion.version == version)
                      .values(**values))
+
+
+def _pick(rows: dict[str, VersionInfo], product: str, version: str) -> VersionInfo:
+    """``version`` among the locked ``rows`` of ``product``, or a RegistryError naming the known ones."""
+    target = rows.get(version)
+    if target is None:
+        raise RegistryError(f"{product} has no version {version!r} (known: {sorted(rows) or 'none'})")
+    return target
 
 
 def _select_versions():  # noqa: ANN202 - Select

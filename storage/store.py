@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from lineinspect.logs import kv
-from lineinspect.names import check_name, check_text
+from lineinspect.names import check_frame_names, check_name, check_text
 from lineinspect.settings import redact_url
 from storage.db import WRITE, make_engine, service_errors, upgrade
 from storage.models import (
@@ -497,12 +497,7 @@ def _validate(r: ResultRow) -> None:
     that raises here and dead-letters the one row at fault."""
     if not isinstance(r, ResultRow):
         raise TypeError(f"save_results takes ResultRow objects, not {type(r).__name__}")
-    for kind, value in (("product", r.product), ("line", r.line), ("camera", r.camera)):
-        check_name(kind, value)
-    if r.specimen_id is not None:
-        check_name("specimen", r.specimen_id)
-    if r.view is not None:
-        check_name("view", r.view)
+    check_frame_names(r.product, r.line, r.camera, r.specimen_id, r.view)
     check_text("ResultRow.model_version", r.model_version, 64)
     check_text("ResultRow.engine", r.engine, 32)
     if r.verdict not in VERDICTS:
