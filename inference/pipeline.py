@@ -10,6 +10,7 @@ reverse order of use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -22,6 +23,9 @@ from lineinspect.settings import Settings
 from storage.cache import Cache
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
+
+# (settings, registry) -> the engine the consumer scores with; ModelRouter itself fits
+EngineBuilder = Callable[[Settings, ModelRegistry], Engine]
 
 
 @dataclass
@@ -51,20 +55,22 @@ class Pipeline:
 
 
 def build_pipeline(settings: Settings, bus: BatchConsumer | None = None, *, store: ResultStore | None = None,
-                   cache: Cache | None = None, registry: ModelRegistry | None = None, engine: Engine | None = None,
-                   metrics: ConsumerMetrics | None = None, **consumer_options: Any) -> Pipeline:
-    """Build what is not given and wire it: ``bus`` defaults to ``open_consumer(settings)``,
-    ``engine`` to :func:`inference.router.open_engine` (router + zero-shot fallback, or Triton).
-    ``consumer_options`` go to :class:`InferenceConsumer` (``pipelined``, ``name``, ...)."""
+                   cache: Cache | None = None, registry: ModelRegistry | None = None,
+                   build_engine: EngineBuilder | None = None, metrics: ConsumerMetrics | None = None,
+                   **consumer_options: Any) -> Pipeline:
+    """Build what is not given and wire it: ``bus`` defaults to ``open_consumer(settings)``, the
+    engine to ``build_engine(settings, registry)``, by default :func:`inference.router.open_engine`
+    (router + zero-shot fallback, or the Triton client). ``consumer_options`` go to
+    :class:`InferenceConsumer` (``pipelined``, ``name``, ``stat_interval_s``, ...)."""
     from inference.router import open_engine
     from ingest.bus import open_consumer
     from storage import open_cache, open_store
 
+    bus = bus if bus is not None else open_consumer(settings)  # first: a bad bus URL opens nothing else
     store = store if store is not None else open_store(settings)
     registry = registry if registry is not None else ModelRegistry(store, settings.resolved_models_dir)
     cache = cache if cache is not None else open_cache(settings)
-    engine = engine if engine is not None else open_engine(settings, registry)
-    bus = bus if bus is not None else open_consumer(settings)
+    engine = (build_engine or open_engine)(settings, registry)
     consumer = InferenceConsumer(settings, bus, engine, store, cache,
                                  metrics if metrics is not None else ConsumerMetrics(settings), **consumer_options)
     return Pipeline(settings, store, cache, registry, engine, consumer)

@@ -27,6 +27,7 @@ from lineinspect.names import check_name, child_path
 from lineinspect.settings import Settings
 
 if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from ingest.bus.memory import MemoryBus
     from storage.registry import ModelRegistry, VersionInfo
     from storage.store import ResultStore
 
@@ -92,7 +93,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     bus = MemoryBus(partitions=settings.topic_partitions)
     truth = _start_camera(args, settings, bus)
     pipe = build_pipeline(settings, open_consumer(settings, memory_bus=bus), store=store, registry=registry,
-                          engine=ModelRouter(settings, registry))
+                          build_engine=ModelRouter)
     consumer = pipe.consumer
     print(f"[3/4] streaming {args.frames} frames from simulated camera {args.camera!r} through the pipeline ...", flush=True)
     t0 = time.perf_counter()
@@ -160,7 +161,7 @@ def _as_published(image: Any) -> Any:
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def _start_camera(args: argparse.Namespace, settings: Settings, bus: Any) -> tuple[threading.Thread, set[int]]:
+def _start_camera(args: argparse.Namespace, settings: Settings, bus: MemoryBus) -> tuple[threading.Thread, set[int]]:
     """Publish the simulated camera from a thread, as a separate process would."""
     from ingest.bus import open_publisher
     from ingest.publisher import FramePublisher
