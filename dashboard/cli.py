@@ -28,7 +28,7 @@ def streamlit_command(port: int, address: str = "127.0.0.1", python: str = sys.e
     return [
         python, "-m", "streamlit", "run", str(APP),
         "--server.headless", "true", "--server.address", address, "--server.port", str(port),
-        "--browser.gatherUsageStats", "false",
+        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
     ]
 
 
