@@ -35,14 +35,16 @@ def rebaseline_since(drift: DriftStore, product: str, since: float | None) -> fl
 
 def new_normal_samples(store: ResultStore, drift: DriftStore, product: str, since: float,
                        limit: int | None = None) -> list[TrainingSampleRow]:
-    """Drift frames and kept clearly-normal samples since ``since``, newest first, deduplicated."""
+    """Drift frames and kept clearly-normal samples since ``since``, newest first, deduplicated (a frame
+    kept both ways counts as a drift frame: that is what the snapshot's ``by_source`` should say)."""
     rows = drift.frames_since(product, since) + [r for r in store.training_samples(product) if r.created_at >= since]
     seen: set[str] = set()
     out = []
-    for r in sorted(rows, key=lambda r: r.created_at, reverse=True):
+    for r in rows:
         if r.sha256 not in seen:
             seen.add(r.sha256)
             out.append(r)
+    out.sort(key=lambda r: r.created_at, reverse=True)
     return out[:limit] if limit else out
 
 
