@@ -120,11 +120,17 @@ def run_product(product: str, rel: str, args: argparse.Namespace, cfg: DriftConf
         pick_def = rng.random(n_frames) < args.defect_rate
         return np.where(pick_def, rng.choice(didx, n_frames), rng.choice(nidx, n_frames))
 
+    fired_by: dict[str, dict[str, int]] = {}
+
     def run_stream(idx: np.ndarray, kind: str) -> int | None:
         d = CameraDrift(cfg)
         for t, i in enumerate(idx):
             k = "none" if (kind == "none" or t < args.pre) else kind
-            if d.update(t, float(t), float(scores[k][i]), p99, greys[k][i], "v"):
+            got = d.update(t, float(t), float(scores[k][i]), p99, greys[k][i], "v")
+            if got:
+                tally = fired_by.setdefault(kind if t >= args.pre else "none", {})
+                for b in got:
+                    tally[b.kind] = tally.get(b.kind, 0) + 1
                 return t
         return None
 
@@ -155,13 +161,15 @@ def run_product(product: str, rel: str, args: argparse.Namespace, cfg: DriftConf
             "defect_recall_during_change": float(np.mean(scores[kind][didx] > thr)),
             "normal_flag_rate_during_change": float(np.mean(scores[kind][nidx] > thr)),
         }
+    out["alarm_checks"] = fired_by  # which checks fired (per change; "none": alarms on unchanged frames)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=20)
-    p.add_argument("--pre", type=int, default=60, help="frames before the change")
+    p.add_argument("--pre", type=int, default=90,
+                   help="frames before the change (the image checks need reference + window = 60 of them)")
     p.add_argument("--post", type=int, default=60, help="frames after the change")
     p.add_argument("--defect-rate", type=float, default=0.2)
     p.add_argument("--iters", type=int, default=100)
@@ -200,6 +208,8 @@ def render(res: dict) -> str:
                          f"{k['delay_frames_max'] if k['delay_frames_max'] is not None else 'n/a'} | "
                          f"{base['defect_recall']:.2f} -> {k['defect_recall_during_change']:.2f} | "
                          f"{k['normal_flag_rate_during_change']:.2f} (was {base['normal_flag_rate']:.2f}) |")
+    lines += ["", "Checks that fired: " + "; ".join(f"{p}: {json.dumps(r['alarm_checks'], sort_keys=True)}"
+                                                  for p, r in res["products"].items()) + "."]
     lines += ["", "False alarms on unshifted streams: " + ", ".join(
         f"{p}: {r['unshifted']['false_alarm_streams']}/{r['unshifted']['streams']} streams of "
         f"{r['unshifted']['frames_per_stream']} frames" for p, r in res["products"].items()) + "."]

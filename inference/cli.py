@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_consume(args: argparse.Namespace, settings: Settings) -> int:
     from inference.consumer import InferenceConsumer
-    from inference.drift import build_monitor
+    from inference.drift import build_steps
     from inference.metrics import ConsumerMetrics
     from inference.router import open_engine
     from ingest.bus import open_consumer
@@ -59,9 +59,9 @@ def run_consume(args: argparse.Namespace, settings: Settings) -> int:
     registry = ModelRegistry(store, settings.resolved_models_dir)
     engine = open_engine(settings, registry)
     metrics = ConsumerMetrics(settings)
-    drift = build_monitor(settings, store, registry, metrics.registry)
+    steps = build_steps(settings, store, registry, metrics.registry)
     consumer = InferenceConsumer(settings, open_consumer(settings), engine, store, cache, metrics,
-                                 pipelined=not getattr(args, "no_pipeline", False), post_store=[drift] if drift else None)
+                                 pipelined=not getattr(args, "no_pipeline", False), post_store=steps)
     consumer.install_signal_handlers()
     log.info("consumer started", extra=kv(name=consumer.name, group=settings.consumer_group, topic=settings.topic_frames,
                                           engine=settings.engine_url, metrics_port=settings.metrics_port))

@@ -473,6 +473,22 @@ class DriftMonitor:
                 for c, cam in self._cams.items()}
 
 
+def build_steps(settings: Settings, store: Any, registry: Any,
+                metrics_registry: CollectorRegistry | None = None) -> list[Any]:
+    """The consumer's post-store steps the settings ask for: drift monitor, defect families."""
+    steps: list[Any] = []
+    drift = build_monitor(settings, store, registry, metrics_registry)
+    if drift is not None:
+        steps.append(drift)
+    if settings.families_enabled and hasattr(store, "engine"):
+        from inference.families import FamilyMonitor
+        from storage.families import FamilyStore
+
+        steps.append(FamilyMonitor(store, FamilyStore.of(store), registry, settings.max_frame_pixels,
+                                   settings.families_warmup))
+    return steps
+
+
 def build_monitor(settings: Settings, store: Any, registry: Any,
                   metrics_registry: CollectorRegistry | None = None) -> DriftMonitor | None:
     """The consumer's drift step (``None`` when ``drift_enabled`` is off or the store has no database)."""

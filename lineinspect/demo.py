@@ -65,7 +65,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.bus.memory import MemoryBus
     from ingest.bus import open_consumer, open_publisher
     from inference.consumer import InferenceConsumer
-    from inference.drift import build_monitor
+    from inference.drift import build_steps
     from inference.metrics import ConsumerMetrics
     from inference.router import ModelRouter
 
@@ -74,9 +74,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     truth = _start_camera(args, settings, bus)
     router = ModelRouter(settings, registry)
     metrics = ConsumerMetrics(settings)
-    drift = build_monitor(settings, store, registry, metrics.registry)
+    steps = build_steps(settings, store, registry, metrics.registry)
     consumer = InferenceConsumer(settings, open_consumer(settings, memory_bus=bus), router, store, cache,
-                                 metrics, post_store=[drift] if drift else None)
+                                 metrics, post_store=steps)
     print(f"[3/4] streaming {args.frames} frames from simulated camera {args.camera!r} through the pipeline ...", flush=True)
     t0 = time.perf_counter()
     n = consumer.run(max_frames=args.frames, idle_timeout_s=120.0)

@@ -276,3 +276,44 @@ class DriftFrame(Base):
         UniqueConstraint("product", "sha256", name="uq_drift_frame_product_sha"),
         Index("ix_drift_frame_product_time", "product", "captured_at"),
     )
+
+
+class DefectFamily(Base):
+    """An unsupervised group of similar flagged regions of one product (inference/families.py);
+    ``name`` is the operator's and sticks to every region that joins the family later."""
+
+    __tablename__ = "defect_families"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product: Mapped[str] = mapped_column(String(128))
+    family: Mapped[int] = mapped_column(Integer)              # id within the product
+    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    centroid: Mapped[list] = mapped_column(JSON, default=list)
+    count: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[float] = mapped_column(Float)          # the product's cosine-distance threshold
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("product", "family", name="uq_family_product_family"),)
+
+
+class DefectRegion(Base):
+    """One connected component of a flagged frame's mask, its embedding and its family."""
+
+    __tablename__ = "defect_regions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(BigId, ForeignKey("inspection_results.id", ondelete="CASCADE"))
+    product: Mapped[str] = mapped_column(String(128))
+    region: Mapped[int] = mapped_column(Integer)             # rank by area within the frame
+    family: Mapped[int] = mapped_column(Integer)
+    area_px: Mapped[int] = mapped_column(Integer)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    cx: Mapped[float] = mapped_column(Float)                 # centroid, fraction of the frame width
+    cy: Mapped[float] = mapped_column(Float)
+    captured_at: Mapped[float] = mapped_column(Float)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)    # float16 vector
+    __table_args__ = (
+        UniqueConstraint("result_id", "region", name="uq_region_result_region"),
+        Index("ix_region_product_family_time", "product", "family", "captured_at"),
+    )

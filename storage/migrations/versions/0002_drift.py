@@ -1,4 +1,5 @@
-"""Drift alarms, per-camera image references and the frames kept while an alarm is open.
+"""Drift alarms, per-camera image references, the frames kept while an alarm is open; defect families
+and the flagged regions' embeddings.
 
 Revision ID: 0002_drift
 Revises: 0001
@@ -67,9 +68,47 @@ def upgrade() -> None:
         sa.UniqueConstraint("product", "sha256", name="uq_drift_frame_product_sha"),
     )
     op.create_index("ix_drift_frame_product_time", "drift_frames", ["product", "captured_at"])
+    op.create_table(
+        "defect_families",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("product", sa.String(length=128), nullable=False),
+        sa.Column("family", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=True),
+        sa.Column("centroid", sa.JSON(), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("threshold", sa.Float(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("product", "family", name="uq_family_product_family"),
+    )
+    op.create_table(
+        "defect_regions",
+        sa.Column("id", _big_id(), autoincrement=True, nullable=False),
+        sa.Column("result_id", _big_id(), nullable=False),
+        sa.Column("product", sa.String(length=128), nullable=False),
+        sa.Column("region", sa.Integer(), nullable=False),
+        sa.Column("family", sa.Integer(), nullable=False),
+        sa.Column("area_px", sa.Integer(), nullable=False),
+        sa.Column("x", sa.Integer(), nullable=False),
+        sa.Column("y", sa.Integer(), nullable=False),
+        sa.Column("w", sa.Integer(), nullable=False),
+        sa.Column("h", sa.Integer(), nullable=False),
+        sa.Column("cx", sa.Float(), nullable=False),
+        sa.Column("cy", sa.Float(), nullable=False),
+        sa.Column("captured_at", sa.Float(), nullable=False),
+        sa.Column("embedding", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(["result_id"], ["inspection_results.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("result_id", "region", name="uq_region_result_region"),
+    )
+    op.create_index("ix_region_product_family_time", "defect_regions", ["product", "family", "captured_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_region_product_family_time", table_name="defect_regions")
+    op.drop_table("defect_regions")
+    op.drop_table("defect_families")
     op.drop_index("ix_drift_frame_product_time", table_name="drift_frames")
     op.drop_table("drift_frames")
     op.drop_table("drift_references")
