@@ -184,3 +184,29 @@ def request_rebaseline(url: str, product: str, since: float | None, by: str) -> 
     n = _drift(url).request_rebaseline(product, since, by)
     clear()
     return n
+
+
+# --- defect families (storage/families.py) ------------------------------------------------------------
+
+def _families(url: str) -> Any:
+    from storage.families import FamilyStore
+
+    return FamilyStore(engine(url), url)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_pareto(url: str, start: float | None, end: float | None) -> pd.DataFrame:
+    rows = _families(url).pareto(None, start, end)
+    cols = ["product", "family", "regions", "frames", "mean_area_px", "name"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_members(url: str, product: str, family: int, with_frames: int = 6) -> list[dict]:
+    return _families(url).members(product, family, with_frames=with_frames)
+
+
+def name_family(url: str, product: str, family: int, name: str | None) -> bool:
+    ok = _families(url).name_family(product, family, name)
+    clear()
+    return ok
