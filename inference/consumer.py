@@ -279,7 +279,7 @@ class InferenceConsumer:
                 self.metrics.observe_stored(product, verdicts, lat)
             self._update_cache(rows)
             self._fuse(rows)
-            self._post_store(rows, [s.env for s in batch.scored])
+            self._post_store(rows, [s.env for i, (s, _) in enumerate(built) if i not in refused])
         batch.rows = rows
         log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows),
                                            dlq=len(batch.poison) + len(batch.unstorable),
