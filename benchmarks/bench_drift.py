@@ -40,10 +40,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, write_section  # noqa: E402
-from inference.drift import CameraDrift, DriftConfig, calibration_p99, to_grey  # noqa: E402
-from lineinspect.settings import Settings  # noqa: E402
-from training.data import read_image  # noqa: E402
+from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, write_section
+from inference.drift import CameraDrift, DriftConfig, calibration_p99, to_grey
+from lineinspect.settings import Settings
+from training.data import read_image
 
 PRODUCTS = {"tire": "mvtec_3d_ad/tire", "magnetic_tile": "magnetic_tile/magnetic_tile"}
 KINDS = ("brightness", "gamma", "shift", "blur", "rotation")
@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(res: dict) -> str:
     lines = ["## Drift alarms (benchmarks/bench_drift.py)", "",
-             f"{res['streams']} streams per change of {res['pre']} normal frames then {res['post']} changed ones, "
+             (f"{res['streams']} streams per change of {res['pre']} normal frames then {res['post']} changed ones, "
              f"defects mixed in at {res['defect_rate']:.0%}; model: INP-Former, {res['iters']} iterations on 60 % of "
              f"train/good; defaults of `drift_*` settings. Machine: {res['machine']}; load average "
-             f"{res.get('load_average_start_end')} (start, end; six engineers share 2 cores).", "",
-             "| product | change | detected | false alarm before change | median / max delay (frames) | "
-             "defect recall before -> during | normal frames flagged during |", "|---|---|---|---|---|---|---|"]
+             f"{res.get('load_average_start_end')} (start, end; six engineers share 2 cores)."), "",
+             ("| product | change | detected | false alarm before change | median / max delay (frames) | "
+             "defect recall before -> during | normal frames flagged during |"), "|---|---|---|---|---|---|---|"]
     for product, r in res["products"].items():
         base = r["no_change"]
         for kind, k in r["kinds"].items():
@@ -214,7 +214,7 @@ def render(res: dict) -> str:
     lines += ["", "False alarms on unshifted streams: " + ", ".join(
         f"{p}: {r['unshifted']['false_alarm_streams']}/{r['unshifted']['streams']} streams of "
         f"{r['unshifted']['frames_per_stream']} frames" for p, r in res["products"].items()) + "."]
-    lines += ["", f"Reading it: the image checks start once a camera has a reference ({res['config']['reference_frames']} "
+    lines += ["", (f"Reading it: the image checks start once a camera has a reference ({res['config']['reference_frames']} "
               f"frames) and a full window ({res['config']['window']}), i.e. at frame "
               f"{res['config']['reference_frames'] + res['config']['window']}. With {res['pre']} frames before the change, "
               "'false alarm before change' tests the score check alone there, and the unshifted streams are what "
@@ -223,7 +223,7 @@ def render(res: dict) -> str:
               "so its brightness limit comes out near 30-40 grey levels and +35 grey / gamma 0.6 are caught only in "
               "part of the streams, late, while the model's scores barely move for them either (defect recall "
               "0.28 -> 0.38 / 0.28): those two are misses, reported as such. Every other change floods the line "
-              "(normal frames flagged 0.55-1.00), which is what the alarm explains and pauses retraining for."]
+              "(normal frames flagged 0.55-1.00), which is what the alarm explains and pauses retraining for.")]
     return "\n".join(lines)
 
 

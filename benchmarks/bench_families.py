@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_drift import PRODUCTS, images_in, train_model  # noqa: E402
-from benchmarks.common import RESULTS_DIR, WORK, data_root, machine, write_section  # noqa: E402
-from inference.families import LeaderClustering, encoder_grid, purity, regions  # noqa: E402
-from inference.preprocess import batch_to_input  # noqa: E402
-from training.data import read_image  # noqa: E402
+from benchmarks.bench_drift import PRODUCTS, images_in, train_model
+from benchmarks.common import RESULTS_DIR, WORK, data_root, machine, write_section
+from inference.families import LeaderClustering, encoder_grid, purity, regions
+from inference.preprocess import batch_to_input
+from training.data import read_image
 
 
 def run_product(product: str, rel: str, args: argparse.Namespace) -> dict:
@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(res: dict) -> str:
     lines = ["## Defect families (benchmarks/bench_families.py)", "",
-             f"Every defective test image, shuffled (seed {res['seed']}), its largest flagged region embedded and "
+             (f"Every defective test image, shuffled (seed {res['seed']}), its largest flagged region embedded and "
              f"clustered incrementally (leader clustering, cosine, threshold = factor x quantile of the first 30 "
              f"regions' nearest-neighbour distances; default quantile 0.5, factor 2). No labels used except to score. "
              f"Model: INP-Former, {res['iters']} iterations. Machine: {res['machine']}; load average "
-             f"{res['load_average_start_end']} (start, end).", "",
+             f"{res['load_average_start_end']} (start, end)."), "",
              "| product | regions from | rule | ARI | purity | families | types |", "|---|---|---|---|---|---|---|"]
     for product, r in res["products"].items():
         for source in ("model_mask", "gt_mask"):

@@ -64,7 +64,7 @@ class DriftConfig:
     keep_frames: int = 1000
 
     @classmethod
-    def from_settings(cls, s: Settings) -> "DriftConfig":
+    def from_settings(cls, s: Settings) -> DriftConfig:
         return cls(window=s.drift_window, reference_frames=s.drift_reference_frames, score_ratio=s.drift_score_ratio,
                    brightness_grey=s.drift_brightness_grey, sharpness_ratio=s.drift_sharpness_ratio,
                    position_pct=s.drift_position_pct, min_std_errors=s.drift_min_std_errors,
@@ -141,7 +141,7 @@ class ImageReference:
         return self.align_peak >= MIN_ALIGN_PEAK
 
     @classmethod
-    def build(cls, greys: Sequence[np.ndarray], seed: int = 0) -> "ImageReference":
+    def build(cls, greys: Sequence[np.ndarray], seed: int = 0) -> ImageReference:
         if len(greys) < 3:
             raise ValueError("an image reference needs at least 3 frames")
         b = [brightness(g) for g in greys]
@@ -170,7 +170,7 @@ class ImageReference:
         return buf.tobytes()
 
     @classmethod
-    def from_stored(cls, stats: dict, png: bytes) -> "ImageReference":
+    def from_stored(cls, stats: dict, png: bytes) -> ImageReference:
         img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
         if img is None:
             raise ValueError("stored drift reference image does not decode")

@@ -228,7 +228,7 @@ class FamilyMonitor:
                     from inference.model_dir import load_model_dir
 
                     self._models[key] = load_model_dir(info.path)
-            except Exception:  # noqa: BLE001 - no model, no families for it (logged by the consumer's step guard)
+            except Exception:
                 self._models[key] = None
                 raise
         return self._models[key]

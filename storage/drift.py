@@ -19,7 +19,13 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, func, or_, select, update
 
 from storage.db import WRITE, service_errors
-from storage.models import Camera, DriftAlarm, DriftFrame, DriftReference, InspectionResult
+from storage.models import (
+    Camera,
+    DriftAlarm,
+    DriftFrame,
+    DriftReference,
+    InspectionResult,
+)
 from storage.store import TrainingSampleRow, dialect_insert
 
 ALARM_STATUSES = ("open", "resolved")
@@ -44,7 +50,7 @@ class DriftStore:
         self.url = url
 
     @classmethod
-    def of(cls, store: Any) -> "DriftStore":
+    def of(cls, store: Any) -> DriftStore:
         """The drift store over a :class:`storage.store.ResultStore` (same engine and URL)."""
         return cls(store.engine, getattr(store, "url", ""))
 

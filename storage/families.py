@@ -38,7 +38,7 @@ class FamilyStore:
         self.url = url
 
     @classmethod
-    def of(cls, store: Any) -> "FamilyStore":
+    def of(cls, store: Any) -> FamilyStore:
         return cls(store.engine, getattr(store, "url", ""))
 
     def load(self, product: str) -> tuple[float | None, list[dict]]:

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC
 
 from lineinspect.logs import kv
 from storage.drift import DriftStore
 from storage.registry import ModelRegistry
 from storage.store import ResultStore, TrainingSampleRow
-from training.retrain import NotEnoughSamples, RetrainError, RetrainOptions, RetrainResult, retrain
+from training.retrain import (
+    NotEnoughSamples,
+    RetrainError,
+    RetrainOptions,
+    RetrainResult,
+    retrain,
+)
 
 log = logging.getLogger("lineinspect.training.rebaseline")
 
@@ -78,18 +85,18 @@ def _iso(t: float) -> str:
 
 def parse_since(text: str) -> float:
     """Epoch seconds or an ISO 8601 time (UTC when no zone is given)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         return float(text)
     except ValueError:
         pass
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"--since {text!r} is neither epoch seconds nor an ISO time like 2026-12-04T13:00:00Z") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 

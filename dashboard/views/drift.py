@@ -40,13 +40,13 @@ for a in open_:
             st.info(f"New normal confirmed by {a['rebaseline_by']} since {charts.fmt_ts(a['rebaseline_since'])}: "
                     "the scheduler re-baselines on its next tick.")
             continue
-        onset = dt.datetime.fromtimestamp(float(a["onset_at"]), tz=dt.timezone.utc)
+        onset = dt.datetime.fromtimestamp(float(a["onset_at"]), tz=dt.UTC)
         c1, c2 = st.columns(2)
         day = c1.date_input("New normal since (date, UTC)", value=onset.date(), key=f"rb_day_{a['id']}")
         tod = c2.time_input("time (UTC)", value=onset.time().replace(microsecond=0), key=f"rb_time_{a['id']}",
                             step=60)
         if st.button("Confirm new normal", key=f"rb_{a['id']}", type="primary"):
-            since = dt.datetime.combine(day, tod, tzinfo=dt.timezone.utc).timestamp()
+            since = dt.datetime.combine(day, tod, tzinfo=dt.UTC).timestamp()
             n = data.request_rebaseline(ctx.db_url, a["product"], since, by="dashboard")
             st.success(f"Re-baseline of {a['product']} requested ({n} alarm(s)); frames since "
                        f"{charts.fmt_ts(since)} become the candidate training set.")

@@ -19,11 +19,11 @@ def test_steps_see_stored_rows_with_their_envelopes_and_failures_do_not_block(se
     publish_raw(bus, settings, [{} for _ in range(12)])
     seen: list[tuple[int, int]] = []
 
-    def record(rows, envs):  # noqa: ANN001
+    def record(rows, envs):
         assert store.get_result(rows[0].camera, rows[0].frame_id) is not None  # durable before the step
         seen.extend((r.frame_id, e.frame_id) for r, e in zip(rows, envs, strict=True))
 
-    def explode(rows, envs):  # noqa: ANN001
+    def explode(rows, envs):
         raise RuntimeError("monitor bug")
 
     c = make(settings, bus, RefusingStore(store, bad_frame=6), pipelined=pipelined, post_store=[explode, record])

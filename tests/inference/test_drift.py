@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.drift import CameraDrift, DriftConfig, ImageReference, calibration_p99, shift_pct, to_grey
+from inference.drift import (
+    CameraDrift,
+    DriftConfig,
+    ImageReference,
+    calibration_p99,
+    shift_pct,
+    to_grey,
+)
 
 
 def _frame(rng: np.random.Generator, dx: float = 0.0, gain: float = 0.0, blur: float = 0.0) -> np.ndarray:

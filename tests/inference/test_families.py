@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.families import LeaderClustering, encoder_grid, nn_distance_threshold, purity, regions
+from inference.families import (
+    LeaderClustering,
+    encoder_grid,
+    nn_distance_threshold,
+    purity,
+    regions,
+)
 
 
 def test_regions_pool_the_cells_under_each_component_largest_first():

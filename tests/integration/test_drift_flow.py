@@ -31,7 +31,6 @@ from tests.dbtools import throwaway_database
 from tests.integration.test_retrain_flow import wait_for
 from tests.training.test_retrain import tiny_model
 from training.gate import GatePolicy
-from training.rebaseline import rebaseline
 from training.retrain import RetrainOptions, import_seed
 from training.scheduler import Schedule, Scheduler, list_runs
 
