@@ -71,6 +71,10 @@ def build_pipeline(settings: Settings, bus: BatchConsumer | None = None, *, stor
     registry = registry if registry is not None else ModelRegistry(store, settings.resolved_models_dir)
     cache = cache if cache is not None else open_cache(settings)
     engine = (build_engine or open_engine)(settings, registry)
-    consumer = InferenceConsumer(settings, bus, engine, store, cache,
-                                 metrics if metrics is not None else ConsumerMetrics(settings), **consumer_options)
+    metrics = metrics if metrics is not None else ConsumerMetrics(settings)
+    if "post_store" not in consumer_options:  # drift monitor, defect families: as the settings ask
+        from inference.drift import build_steps
+
+        consumer_options["post_store"] = build_steps(settings, store, registry, metrics.registry)
+    consumer = InferenceConsumer(settings, bus, engine, store, cache, metrics, **consumer_options)
     return Pipeline(settings, store, cache, registry, engine, consumer)
