@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # types only: these modules are imported where they are used
     from lineinspect.settings import Settings
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
-    from training.retrain import RetrainOptions
+    from training.retrain import RetrainOptions, RetrainResult
+    from training.scheduler import JobOutcome
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00 UTC when neither --cron nor --min-new is configured
 
@@ -103,7 +104,7 @@ def _retrain_options(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, settings: Settings) -> RetrainOptions:
     from inference.model.inp_former import InpConfig
     from training.gate import GatePolicy
-    from training.retrain import RetrainOptions
+    from training.retrain import RetrainOptions, RetrainResult
 
     model = None
     if args.size is not None or args.backbone is not None:
@@ -155,39 +156,45 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
         holder: dict[str, Any] = {}
 
-        def job(lock_lost) -> str:  # noqa: ANN001
+        def job(lock_lost: Callable[[], bool]) -> str:
             holder["result"] = retrain(store, registry, args.product, opts, candidate_dir=args.candidate,
                                        lock_lost=lock_lost)
             return holder["result"].describe()
 
         outcome = run_job(store.engine, args.product, job)
         res = holder.get("result")
-        if args.json:
-            payload = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id}
-            if res is not None:
-                payload.update({"version": res.version, "model_status": res.status, "parent": res.parent_version,
-                                "gate": res.decision.to_dict(), "candidate": res.candidate.to_dict(),
-                                "active": res.active.to_dict() if res.active else None,
-                                "snapshot": res.snapshot, "seconds": round(res.seconds, 2)})
-            print(json.dumps(payload, indent=2, default=str))
-        else:
-            print(f"{outcome.status}: {outcome.detail}")
-            if res is not None:
-                print(_eval_table(res))
-        if outcome.status == "failed":
-            return 1
-        if outcome.status == "skipped":
-            return 3
-        return 0 if res is None or res.status != "rejected" else 4
+        payload: dict[str, Any] = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id}
+        if res is not None:
+            payload.update({"version": res.version, "model_status": res.status, "parent": res.parent_version,
+                            "gate": res.decision.to_dict(), "candidate": res.candidate.to_dict(),
+                            "active": res.active.to_dict() if res.active else None,
+                            "snapshot": res.snapshot, "seconds": round(res.seconds, 2)})
+        return _report(outcome, res, payload if args.json else None)
     finally:
         store.close()
+
+
+def _report(outcome: JobOutcome, res: Any, payload: dict[str, Any] | None) -> int:
+    """Print a retrain-like job's outcome (``payload`` as JSON, else a line and the evaluation
+    table); the exit status: 0 done, 1 failed, 3 skipped, 4 the candidate was rejected."""
+    if payload is not None:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(f"{outcome.status}: {outcome.detail}")
+        if res is not None:
+            print(_eval_table(res))
+    if outcome.status == "failed":
+        return 1
+    if outcome.status == "skipped":
+        return 3
+    return 0 if res is None or res.status != "rejected" else 4
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _eval_table(res) -> str:  # noqa: ANN001 - RetrainResult
+def _eval_table(res: RetrainResult) -> str:
     rows = [("candidate " + res.version, res.candidate)]
     if res.active is not None:
         rows.append(("active " + (res.parent_version or "?"), res.active))
@@ -270,19 +277,9 @@ def run_models_rebaseline(args: argparse.Namespace, settings: Settings) -> int:
 
         outcome = run_job(store.engine, args.product, job)
         res = holder.get("result")
-        if args.json:
-            print(json.dumps({"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id,
-                              "version": res.version if res else None, "model_status": res.status if res else None},
-                             indent=2))
-        else:
-            print(f"{outcome.status}: {outcome.detail}")
-            if res is not None:
-                print(_eval_table(res))
-        if outcome.status == "failed":
-            return 1
-        if outcome.status == "skipped":
-            return 3
-        return 0 if res is None or res.status != "rejected" else 4
+        payload = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id,
+                   "version": res.version if res else None, "model_status": res.status if res else None}
+        return _report(outcome, res, payload if args.json else None)
     finally:
         store.close()
 
