@@ -104,7 +104,7 @@ def _retrain_options(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, settings: Settings) -> RetrainOptions:
     from inference.model.inp_former import InpConfig
     from training.gate import GatePolicy
-    from training.retrain import RetrainOptions, RetrainResult
+    from training.retrain import RetrainOptions
 
     model = None
     if args.size is not None or args.backbone is not None:
