@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, UnknownProduct
+from inference.engines.base import Engine, EngineOutput, UnknownProduct, decode_hw
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
@@ -140,6 +140,13 @@ class ModelRouter:
             self.refresh()
 
     # --- Engine ---------------------------------------------------------------------------
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        """The routed engine's decode size (the fallback's for a product without a model)."""
+        with self._lock:
+            route = self._routes.get(product)
+        engine = route.engine if route is not None else self.fallback
+        return None if engine is None else decode_hw(engine, product)
+
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         with self._lock:
             route = self._routes.get(product)
@@ -150,13 +157,13 @@ class ModelRouter:
         if route is None:
             if self.fallback is not None:
                 out = self.fallback.infer(product, images)
-                out.engine_name = getattr(self.fallback, "name", "fallback")  # type: ignore[attr-defined]
+                out.engine_name = getattr(self.fallback, "name", "fallback")
                 return out
             raise UnknownProduct(product, list(self.products()))
         out = route.engine.infer(product, images)
         out.model_version = route.version
         out.threshold = route.threshold
-        out.engine_name = getattr(route.engine, "name", "local")  # type: ignore[attr-defined]
+        out.engine_name = getattr(route.engine, "name", "local")
         return out
 
     def close(self) -> None:

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # 0 = no HTTP metrics endpoint
     metrics_host: str = "127.0.0.1"
     max_frame_pixels: int = 40_000_000
+    decode_oversample: float = Field(default=1.0, ge=1.0, description=(
+        "JPEG frames are decoded at the largest DCT scale (1/2, 1/4, 1/8) giving at least this "
+        "multiple of the model input size on both sides; 1 = the coarsest scale that covers it"))
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
     keep_flagged_frames: bool = True
