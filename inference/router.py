@@ -33,7 +33,7 @@ EngineFactory = Callable[[Any], Engine]  # storage.registry.VersionInfo -> Engin
 
 
 def local_engine_factory(settings: Settings) -> EngineFactory:
-    """``local://auto|onnx|onnx-int8|torch``: an in-process engine on the version's model directory."""
+    """``local://auto|onnx|onnx-int8|openvino|torch``: an in-process engine on the version's model directory."""
     kind = settings.engine_url[len("local://"):].strip("/") or "auto"
 
     def build(info: Any) -> Engine:

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     bus_url: str = "memory://"
     db_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite:///<home>/lineinspect.sqlite")
     cache_url: str = "memory://"
-    engine_url: str = Field(default="local://auto", description="local://auto|onnx|onnx-int8|torch, triton-grpc://h:p, triton-http://h:p")
+    engine_url: str = Field(default="local://auto", description="local://auto|onnx|onnx-int8|openvino|torch, triton-grpc://h:p, triton-http://h:p")
 
     # --- Kafka -------------------------------------------------------------------------
     topic_frames: str = "lineinspect.frames"

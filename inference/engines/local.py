@@ -1,7 +1,7 @@
 """Pick the in-process engine for one model directory.
 
-``auto`` prefers ONNX Runtime when an ONNX engine exists in this build, else PyTorch; ``torch`` and
-``onnx`` force one; ``onnx-int8`` runs the dynamically quantised copy of the ONNX export (see
+``auto`` takes the first available engine of :data:`AUTO_ORDER` (see there for why); ``torch``,
+``onnx`` and ``openvino`` force one (OpenVINO runs the same exported ONNX file); ``onnx-int8`` runs the dynamically quantised copy of the ONNX export (see
 benchmarks/RESULTS.md for its speed and accuracy change; the threshold stays the fp32 calibration).
 Multi-product routing (one engine per active model) is the pipeline's job.
 """
@@ -14,23 +14,42 @@ from pathlib import Path
 from inference.engines.base import Engine
 from lineinspect.errors import ConfigError
 
-KINDS = ("auto", "torch", "onnx", "onnx-int8")
+KINDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
+
+# What ``auto`` picks, first available wins. Set from bench_engines.py, measured side by side
+# (benchmarks/RESULTS.md, engines section): see README "Camera-scale frames" for the figures.
+AUTO_ORDER = ("onnx", "torch")
+
+_RUNTIME = {"onnx": ("inference.engines.onnx_engine", "onnxruntime"),
+            "openvino": ("inference.engines.openvino_engine", "openvino"),
+            "torch": ("inference.engines.torch_engine", "torch")}
 
 
-def _onnx_available() -> bool:
+def _available(kind: str) -> bool:
     try:
-        importlib.import_module("inference.engines.onnx_engine")
-        importlib.import_module("onnxruntime")
+        for mod in _RUNTIME[kind]:
+            importlib.import_module(mod)
     except ModuleNotFoundError:
         return False
     return True
+
+
+def _onnx_available() -> bool:
+    return _available("onnx")
 
 
 def load_local_engine(model_dir: str | Path, kind: str = "auto", threads: int = 0) -> Engine:
     if kind not in KINDS:
         raise ConfigError(f"unknown local engine {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "auto":
-        kind = "onnx" if _onnx_available() else "torch"
+        kind = next((k for k in AUTO_ORDER if _available(k)), "torch")
+    if kind == "openvino":
+        try:
+            ov = importlib.import_module("inference.engines.openvino_engine")
+            importlib.import_module("openvino")
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"OpenVINO is not available in this build ({exc}); use --engine onnx") from None
+        return ov.OpenVinoEngine(model_dir, threads=threads)
     if kind in ("onnx", "onnx-int8"):
         try:
             mod = importlib.import_module("inference.engines.onnx_engine")
