@@ -209,7 +209,7 @@ def choose_jpeg_scale(src_hw: tuple[int, int], target_hw: tuple[int, int] | None
     return 1
 
 
-def _check_declared(env: FrameEnvelope, max_pixels: int) -> tuple[int, int, int]:
+def check_frame_header(env: FrameEnvelope, max_pixels: int) -> tuple[int, int, int]:
     """The decompression-bomb guard, before any decoder runs: declared shape, signature and the
     header's own size, all bounded by ``max_pixels``. Returns the header's (H, W, channels)."""
     if env.shape:
@@ -249,7 +249,7 @@ def decode_image(env: FrameEnvelope, max_pixels: int = 40_000_000) -> np.ndarray
     """
     import cv2
 
-    _check_declared(env, max_pixels)
+    check_frame_header(env, max_pixels)
     img = _imdecode(env, cv2.IMREAD_UNCHANGED)
     if img.shape[0] * img.shape[1] > max_pixels:
         raise PoisonFrame("oversized", f"decoded {img.shape[1]}x{img.shape[0]}, over {max_pixels} pixels")
@@ -318,7 +318,7 @@ def decode_frame(env: FrameEnvelope, max_pixels: int = 40_000_000, target_hw: tu
     """
     import cv2
 
-    h, w, channels = _check_declared(env, max_pixels)
+    h, w, channels = check_frame_header(env, max_pixels)
     if target_hw is None:
         img = decode_image(env, max_pixels)
         return DecodedFrame(img, (img.shape[0], img.shape[1]), 1)
