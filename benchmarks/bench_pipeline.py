@@ -590,13 +590,15 @@ def render_camera(c: dict) -> str:
                   f"upscaled bicubic; default model trained {a['iters']} iterations per category; up to the number "
                   "of test images shown, stratified): image AUROC decoded at the DCT scale vs decoded full then "
                   "area-resized.", "", "| category | test images | DCT scale | AUROC reduced | AUROC full | difference | "
-                  "mean abs score change (mean score) |", "|---|---|---|---|---|---|---|"]
+                  "mean abs score change (mean score) | decoded at >= 2x the input: AUROC, difference |",
+                  "|---|---|---|---|---|---|---|---|"]
         for cat, v in a["categories"].items():
             lines.append(f"| {cat} | {v['n']} ({v['defective']} defective) | "
                          f"{'/'.join('1/' + str(s) for s in v['dct_scales'])} | {v['auroc_reduced']:.4f} | "
                          f"{v['auroc_full']:.4f} | {v['difference']:+.4f}"
                          f"{'' if abs(v['difference']) <= 0.005 else ' (misses 0.005)'} | "
-                         f"{v['mean_abs_score_change']:.4f} ({v['mean_score']:.3f}) |")
+                         f"{v['mean_abs_score_change']:.4f} ({v['mean_score']:.3f}) | "
+                         f"{v['oversample2']['auroc']:.4f}, {v['oversample2']['difference']:+.4f} |")
     return "\n".join(lines)
 
 

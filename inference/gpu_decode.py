@@ -15,8 +15,8 @@ import logging
 import numpy as np
 import torch
 
-from ingest.envelope import FrameEnvelope, check_frame_header, decode_frame
 from inference.preprocess import batch_to_input
+from ingest.envelope import FrameEnvelope, check_frame_header, decode_frame
 from lineinspect.logs import kv
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from ingest.envelope import FrameEnvelope, PoisonFrame, decode_frame, encode_ima
 
 
 @pytest.fixture()
-def engine(tmp_path) -> TorchEngine:  # noqa: ANN001
+def engine(tmp_path) -> TorchEngine:
     torch.manual_seed(1)
     m = InpFormer(InpConfig(backbone="random_tiny", input_hw=(64, 64), width=32, head_dim=16, decoder_blocks=2))
     return TorchEngine(save_model_dir(tmp_path / "m", m, {"categories": ["a/b"], "seed": 1}, {"threshold": 0.5}))

@@ -26,7 +26,7 @@ def engines(real_model: RealModel, tmp_path_factory: pytest.TempPathFactory) -> 
             TorchEngine(dst, threads=2))
 
 
-def test_openvino_matches_onnx_runtime_and_torch(engines, real_model: RealModel) -> None:  # noqa: ANN001, F811
+def test_openvino_matches_onnx_runtime_and_torch(engines, real_model: RealModel) -> None:  # noqa: F811
     ov_e, onnx_e, torch_e = engines
     frames = real_model.normal + real_model.anomalous
     a, o, t = ov_e.infer("p", frames), onnx_e.infer("p", frames), torch_e.infer("p", frames)
@@ -42,7 +42,7 @@ def test_openvino_matches_onnx_runtime_and_torch(engines, real_model: RealModel)
     assert isinstance(ov_e, Engine) and ov_e.name == "openvino" and decode_hw(ov_e, "p") == (128, 128)
 
 
-def test_openvino_batching_empty_and_bad_input(engines, real_model: RealModel) -> None:  # noqa: ANN001, F811
+def test_openvino_batching_empty_and_bad_input(engines, real_model: RealModel) -> None:  # noqa: F811
     ov_e = engines[0]
     frames = real_model.normal + real_model.anomalous
     whole = ov_e.infer("p", frames)

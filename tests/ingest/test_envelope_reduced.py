@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.envelope import (FrameEnvelope, PoisonFrame, choose_jpeg_scale, decode_frame, decode_image,
-                             encode_image)
 from inference.preprocess import resize_rgb
+from ingest.envelope import (
+    FrameEnvelope,
+    PoisonFrame,
+    choose_jpeg_scale,
+    decode_frame,
+    decode_image,
+    encode_image,
+)
 
 
 @pytest.mark.parametrize("src, target, want", [
@@ -23,7 +29,7 @@ from inference.preprocess import resize_rgb
     ((600, 800), (256, 256), 2),
     ((2048, 2448), None, 1),            # no target (tiling): full resolution
 ])
-def test_scale_choice(src, target, want) -> None:  # noqa: ANN001
+def test_scale_choice(src, target, want) -> None:
     assert choose_jpeg_scale(src, target) == want
 
 
@@ -74,7 +80,7 @@ def test_png_decoded_once_resized_once(mono: bool) -> None:
     got = decode_frame(env, target_hw=(64, 64))
     assert got.scale == 1 and got.frame_hw == (300, 400)
     assert got.image.shape == ((64, 64) if mono else (64, 64, 3))
-    want = resize_rgb(img if mono else img, (64, 64))  # PNG is lossless: exactly the area resize
+    want = resize_rgb(img, (64, 64))  # PNG is lossless: exactly the area resize
     assert np.array_equal(got.image, want)
 
 
@@ -98,7 +104,7 @@ def _bomb_jpeg(h: int, w: int) -> bytes:
 def test_oversized_header_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 
-    def boom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+    def boom(*_a, **_k):
         raise AssertionError("the decoder ran on an oversized frame")
 
     monkeypatch.setattr(cv2, "imdecode", boom)
