@@ -16,8 +16,12 @@ from lineinspect.errors import ConfigError
 
 KINDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
 
-# What ``auto`` picks, first available wins. Set from bench_engines.py, measured side by side
-# (benchmarks/RESULTS.md, engines section): see README "Camera-scale frames" for the figures.
+# What ``auto`` picks, first available wins. ONNX Runtime stays first: measured side by side on this
+# project's 2-core machine with the default model and 2 threads each (benchmarks/results/
+# openvino_vs_ort.json, interleaved, median of 3), OpenVINO ran at 0.21x (batch 1) and 0.55x
+# (batch 8) of ONNX Runtime while the cores were shared (load average ~18), and an earlier
+# attempt measured 0.97x (batch 1) / 1.11x (batch 8) on a quieter box: not faster where it counts
+# (a consumer shares its cores), so it is opt-in (``local://openvino``), not the default.
 AUTO_ORDER = ("onnx", "torch")
 
 _RUNTIME = {"onnx": ("inference.engines.onnx_engine", "onnxruntime"),
