@@ -6,7 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.postprocess import binary_mask, defect_area, heat_png, heat_u8, mask_png, verdict
+from inference.engines.base import EngineOutput
+from inference.postprocess import (
+    binary_mask,
+    defect_area,
+    heat_png,
+    heat_u8,
+    mask_png,
+    verdict,
+)
 
 
 def test_verdict_rule() -> None:
@@ -47,17 +55,15 @@ def test_heat_scale_is_zero_to_twice_the_threshold() -> None:
         heat_u8(amap, 0.0)
 
 
-def _out(scores: list[float], thr: float = 1.0, calibrated: bool = True) -> "EngineOutput":
-    from inference.engines.base import EngineOutput
-
+def _out(scores: list[float], thr: float = 1.0, calibrated: bool = True) -> EngineOutput:
     maps = np.zeros((len(scores), 16, 16), np.float32)
     maps[:, 4:8, 8:12] = 3.0 * thr
     return EngineOutput(np.asarray(scores, np.float32), maps, "v1", thr, 5.0, engine_name="onnx", calibrated=calibrated)
 
 
 def test_build_row_flagged_frame_keeps_map_resolution_and_original_bytes() -> None:
-    from ingest.envelope import FrameEnvelope
     from inference.postprocess import build_row
+    from ingest.envelope import FrameEnvelope
 
     env = FrameEnvelope("p", "l", "c", 7, b"\xff\xd8original-bytes", "jpeg", (2048, 2448))
     row = build_row(env, (2048, 2448), _out([2.0, 0.1]), 0, 123.0, 2, "onnx")
@@ -72,8 +78,8 @@ def test_build_row_flagged_frame_keeps_map_resolution_and_original_bytes() -> No
 
 
 def test_build_row_marks_an_uncalibrated_threshold() -> None:
-    from ingest.envelope import FrameEnvelope
     from inference.postprocess import build_row
+    from ingest.envelope import FrameEnvelope
 
     env = FrameEnvelope("p", "l", "c", 7, b"\xff\xd8x", "jpeg")
     assert build_row(env, (64, 64), _out([0.9], calibrated=False), 0, 1.0, 1, "zero-shot").engine == "zero-shot:warmup"

@@ -8,7 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from ingest.sources import FolderSource, Pacer, SourceError, VideoSource, open_source, parse_size
+from ingest.sources import (
+    FolderSource,
+    Pacer,
+    SourceError,
+    VideoSource,
+    open_source,
+    parse_size,
+)
 
 
 def _write_images(folder: Path, n: int) -> list[np.ndarray]:
