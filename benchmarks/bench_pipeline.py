@@ -607,7 +607,8 @@ def render_camera(c: dict) -> str:
                          f"{v['auroc_full']:.4f} | {v['difference']:+.4f}"
                          f"{'' if abs(v['difference']) <= 0.005 else ' (misses 0.005)'} | "
                          f"{v['mean_abs_score_change']:.4f} ({v['mean_score']:.3f}) | "
-                         f"{v['oversample2']['auroc']:.4f}, {v['oversample2']['difference']:+.4f} |")
+                         + (f"{v['oversample2']['auroc']:.4f}, {v['oversample2']['difference']:+.4f} |"
+                            if "oversample2" in v else "not measured in this run |"))
     return "\n".join(lines)
 
 
