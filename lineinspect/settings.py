@@ -110,6 +110,20 @@ class Settings(BaseSettings):
     fusion_topk: int = 2
     fusion_timeout_s: float = Field(default=30.0, description="decide an incomplete specimen this long after its first view")
 
+    # --- drift monitor (inference/drift.py) -------------------------------------------------
+    drift_enabled: bool = Field(default=True, description="watch each camera for drift after its results are stored")
+    drift_window: int = Field(default=30, ge=5, description="recent frames per camera the drift checks look at")
+    drift_reference_frames: int = Field(default=30, ge=5, description="a camera's first frames that form its image reference")
+    drift_score_ratio: float = Field(default=1.0, gt=0, description="alarm when the window's median score > ratio x calibration p99")
+    drift_brightness_grey: float = Field(default=12.0, gt=0, description="least brightness change (grey levels, 0-255) that alarms")
+    drift_sharpness_ratio: float = Field(default=1.6, gt=1, description="least sharpness change (x or / variance of Laplacian) that alarms")
+    drift_position_pct: float = Field(default=3.0, gt=0, description="least part shift (% of the frame) that alarms")
+    drift_min_std_errors: float = Field(default=4.0, gt=0, description="limits never tighter than this many standard errors of the camera's own variation")
+    drift_confirm_frames: int = Field(default=3, ge=1, description="consecutive frames a check must breach before an alarm")
+    families_enabled: bool = Field(default=True, description="embed flagged regions and group them into defect families")
+    families_warmup: int = Field(default=30, ge=2, description="regions per product that set the family threshold")
+    drift_keep_frames: int = Field(default=1000, ge=0, description="frames kept per open alarm for a re-baseline")
+
     # --- dashboard -----------------------------------------------------------------------
     dashboard_port: int = 8501
     dashboard_password: SecretStr | None = None
