@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "results (PostgreSQL/SQLite) and the live view (Redis), then commit. Run several "
                                    "with the same --group to share the partitions. SIGTERM finishes the batch in hand.")
     p.add_argument("--bus", default=None, help="kafka://host:port (env LINEINSPECT_BUS_URL)")
-    p.add_argument("--engine", default=None, help="local://auto|onnx|onnx-int8|torch, zero-shot://grnr, triton-grpc://host:port")
+    p.add_argument("--engine", default=None, help="local://auto|onnx|onnx-int8|openvino|torch, zero-shot://grnr, triton-grpc://host:port")
     p.add_argument("--db", default=None, help="database URL (env LINEINSPECT_DB_URL)")
     p.add_argument("--cache", default=None, help="redis://host:port/0 or memory:// (env LINEINSPECT_CACHE_URL)")
     p.add_argument("--group", default=None, help="consumer group (env LINEINSPECT_CONSUMER_GROUP)")

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     bus_url: str = "memory://"
     db_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite:///<home>/lineinspect.sqlite")
     cache_url: str = "memory://"
-    engine_url: str = Field(default="local://auto", description="local://auto|onnx|onnx-int8|torch, triton-grpc://h:p, triton-http://h:p")
+    engine_url: str = Field(default="local://auto", description="local://auto|onnx|onnx-int8|openvino|torch, triton-grpc://h:p, triton-http://h:p")
 
     # --- Kafka -------------------------------------------------------------------------
     topic_frames: str = "lineinspect.frames"
@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # 0 = no HTTP metrics endpoint
     metrics_host: str = "127.0.0.1"
     max_frame_pixels: int = 40_000_000
+    decode_oversample: float = Field(default=1.0, ge=1.0, description=(
+        "JPEG frames are decoded at the largest DCT scale (1/2, 1/4, 1/8) giving at least this "
+        "multiple of the model input size on both sides; 1 = the coarsest scale that covers it"))
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
     keep_flagged_frames: bool = True
