@@ -241,6 +241,9 @@ class ExtrinsicMemory(nn.Module):
 
     def __init__(self, size: int, channels: int) -> None:
         super().__init__()
+        # the bank is stored centred on its own mean (and queries are shifted alike): distances are
+        # unchanged, but |q|^2 - 2 q.b + |b|^2 then cancels far less float32 precision
+        self.register_buffer("center", torch.zeros(channels))
         self.register_buffer("bank", torch.zeros(size, channels))
         self.register_buffer("bank_sq", torch.zeros(size))
         # (mean, std) of the reconstruction map and of the memory map over held-out normal pixels
@@ -251,8 +254,9 @@ class ExtrinsicMemory(nn.Module):
     def fit(self, bank: torch.Tensor) -> None:
         if bank.shape != self.bank.shape:
             raise ValueError(f"memory bank shape {tuple(bank.shape)} != configured {tuple(self.bank.shape)}")
-        self.bank.copy_(bank)
-        self.bank_sq.copy_((bank * bank).sum(1))
+        self.center.copy_(bank.mean(0))
+        self.bank.copy_(bank - self.center)
+        self.bank_sq.copy_((self.bank * self.bank).sum(1))
 
     @torch.no_grad()
     def fit_stats(self, rec: torch.Tensor, mem: torch.Tensor) -> None:
@@ -262,7 +266,7 @@ class ExtrinsicMemory(nn.Module):
     def distance(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) -> (N, h, w): Euclidean distance to the nearest bank entry."""
         n, c, h, w = feats.shape
-        q = feats.flatten(2).transpose(1, 2)                                   # (N, L, C)
+        q = feats.flatten(2).transpose(1, 2) - self.center                     # (N, L, C)
         d2 = (q * q).sum(-1, keepdim=True) - 2.0 * (q @ self.bank.t()) + self.bank_sq
         return d2.min(dim=-1).values.clamp_min(0.0).sqrt().view(n, h, w)
 
