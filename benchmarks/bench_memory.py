@@ -30,21 +30,34 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_quality import all_metrics  # noqa: E402
-from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section  # noqa: E402
-from inference.model.anomaly_map import gaussian_blur, gaussian_kernel1d, topk_mean_score  # noqa: E402
-from inference.model.inp_former import ExtrinsicMemory, InpFormer  # noqa: E402
-from inference.model_dir import load_model_dir  # noqa: E402
-from training import patchcore  # noqa: E402
-from training.data import load_split, hold_out  # noqa: E402
-from training.features import cached_features  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from benchmarks.bench_quality import all_metrics
+from benchmarks.common import (
+    RESULTS_DIR,
+    WORK,
+    data_root,
+    fmt,
+    machine,
+    masks_at,
+    write_section,
+)
+from inference.model.anomaly_map import (
+    gaussian_blur,
+    gaussian_kernel1d,
+    topk_mean_score,
+)
+from inference.model.inp_former import ExtrinsicMemory, InpFormer
+from inference.model_dir import load_model_dir
+from training import patchcore
+from training.data import hold_out, load_split
+from training.features import cached_features
+from training.train import TrainConfig, train
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro")
 CANDIDATES = ("inp_former", "inp_former_mem512", "inp_former_mem1024", "inp_former_mem1024_w2")
@@ -129,7 +142,7 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
         m1024 = module.head.memory
         out: dict[str, dict] = {}
 
-        def add(name: str, rawmap: torch.Tensor) -> None:
+        def add(name: str, rawmap: torch.Tensor, module: InpFormer = module, out: dict = out) -> None:
             maps, scores = finish(module, rawmap)
             out[name] = all_metrics(labels, scores, masks, maps)
 
@@ -167,7 +180,7 @@ def aggregate(in_dir: Path, extra: dict) -> dict:
     # per seed: mean over categories; then mean and spread (max - min) over seeds
     per_seed = {m: {k: [float(np.mean([r["seeds"][s]["methods"][m][k] for r in runs])) for s in seeds] for k in KEYS}
                 for m in methods}
-    mean = {m: {k: float(np.mean(per_seed[m][k])) for k in KEYS} | {"spread": {k: float(np.ptp(per_seed[m][k])) for k in KEYS}}
+    mean: dict[str, dict[str, Any]] = {m: {k: float(np.mean(per_seed[m][k])) for k in KEYS} | {"spread": {k: float(np.ptp(per_seed[m][k])) for k in KEYS}}
             for m in methods}
     per_cat = {r["category"]: {m: {k: float(np.mean([r["seeds"][s]["methods"][m][k] for s in seeds])) for k in KEYS}
                                for m in methods} for r in runs}
@@ -186,22 +199,23 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
     work hits all alike. Weights do not change the cost, so the banks hold random rows."""
     from benchmarks.bench_engines import THREADS, _rate
     from inference.engines.onnx_engine import make_session
+    from inference.model.backbones import FrozenBackbone
     from inference.onnx_export import export_module
 
     out_dir = WORK / "memory_speed"
     hw = default_config().model.input_hw
-    models: dict[str, torch.nn.Module] = {}
+    models: dict[str, InpFormer] = {}
     for name, size in (("inp_former", 0), ("inp_former_mem512", 512), ("inp_former_mem1024", 1024)):
         m = InpFormer(default_config(size).model).eval()
         if size:
-            m.head.memory.fit(torch.randn(size, m.head.memory.bank.shape[1]))
+            m.head.memory.fit(torch.randn(size, int(m.head.memory.bank.shape[1])))
         models[name] = m
     pure = models["inp_former"]
 
     class _Enc(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.backbone = pure.backbone
+            self.backbone: FrozenBackbone = pure.backbone
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return tuple(self.backbone(x))
@@ -237,16 +251,16 @@ def write_md(q: dict) -> None:
     cats = q["categories"]
     short = [c.split("/")[-1] for c in cats]
     lines = [f"## Quality: INP-Former (+ extrinsic memory) vs the strongest kNN bank ({time.strftime('%Y-%m-%d')})", "",
-             f"`python benchmarks/bench_memory.py --category C --seeds 0 1 2` (one process per category), then "
+             (f"`python benchmarks/bench_memory.py --category C --seeds 0 1 2` (one process per category), then "
              f"`--speed` and `--aggregate`. Accuracy run on {q['machine']} (a lent GPU: the 3-seed run did not fit the "
              "2 shared cores; the numbers do not depend on the device beyond float round-off). Seeds "
              f"{q['seeds']}; every row is the mean over the 4 categories, then the mean over seeds; spread = max - min "
              "of the per-seed means. Same EfficientNet-Lite0 features at 256x256 for all; the fit / held-out split "
              "(68 / 12 normals) is fixed, the seed varies initialisation, batches, coreset start and kNN sample. "
              "The kNN bank uses all 80 training normals; the INP-Former rows train on the 68 and standardise on the 12. "
-             "Pixel metrics and AUPRO (30 % FPR) at 256x256.", "",
-             "Decision rule (written in bench_memory.py before the run): a candidate wins if its mean I-AUROC, P-AUROC "
-             "and AUPRO are each >= the best kNN row's mean of that metric; among winners the cheaper.", "",
+             "Pixel metrics and AUPRO (30 % FPR) at 256x256."), "",
+             ("Decision rule (written in bench_memory.py before the run): a candidate wins if its mean I-AUROC, P-AUROC "
+             "and AUPRO are each >= the best kNN row's mean of that metric; among winners the cheaper."), "",
              "| method | I-AUROC | P-AUROC | AUPRO | " + " | ".join(f"{c} I / P / PRO" for c in short) + " |",
              "|---" * (4 + len(cats)) + "|"]
     for m, v in q["mean"].items():
@@ -254,8 +268,8 @@ def write_md(q: dict) -> None:
         lines.append(f"| {LABELS.get(m, m)} (`{m}`) | " + " | ".join(f"{fmt(v[k])} ± {v['spread'][k]:.3f}" for k in KEYS)
                      + " | " + " | ".join(cells) + " |")
     bar = q["knn_bar"]
-    lines += ["", f"Bar (best kNN per metric): I-AUROC {bar['image_auroc']:.4f}, P-AUROC {bar['pixel_auroc']:.4f}, "
-              f"AUPRO {bar['aupro']:.4f}. Margins (candidate - bar):", ""]
+    lines += ["", (f"Bar (best kNN per metric): I-AUROC {bar['image_auroc']:.4f}, P-AUROC {bar['pixel_auroc']:.4f}, "
+              f"AUPRO {bar['aupro']:.4f}. Margins (candidate - bar):"), ""]
     for m, d in q["margin_vs_bar"].items():
         lines.append(f"- `{m}`: " + ", ".join(f"{k} {d[k]:+.4f}" for k in KEYS))
     lines += ["", "Winners under the rule: " + (", ".join(q["winners"]) if q["winners"] else
@@ -266,8 +280,8 @@ def write_md(q: dict) -> None:
                   "round-robin in one process): " + ", ".join(
                       f"{n} {v:.1f} img/s ({sp['ratio_to_yardstick'][n]:.2f}x)" for n, v in sp["images_per_s"].items()) + "."]
     ts = [t for v in q["train_s"].values() for t in v]
-    lines += ["", f"Train s per category and seed on the GPU run (memory 1024 included, features cached): "
-              f"{min(ts):.0f}-{max(ts):.0f} s; CPU training time is reported in README."]
+    lines += ["", (f"Train s per category and seed on the GPU run (memory 1024 included, features cached): "
+              f"{min(ts):.0f}-{max(ts):.0f} s; CPU training time is reported in README.")]
     write_section("quality", "\n".join(lines))
 
 

@@ -235,6 +235,12 @@ class ExtrinsicMemory(nn.Module):
     reconstruction map's scale. Nearest-neighbour search is one matmul and a min, so the bank is a
     constant inside the exported ONNX graph (no index, no custom op)."""
 
+    center: torch.Tensor
+    bank: torch.Tensor
+    bank_sq: torch.Tensor
+    rec_stats: torch.Tensor
+    mem_stats: torch.Tensor
+
     def __init__(self, size: int, channels: int) -> None:
         super().__init__()
         # the bank is stored centred on its own mean (and queries are shifted alike): distances are
@@ -281,6 +287,8 @@ class HeadOutput:
 
 class InpHead(nn.Module):
     """Everything learnable: projection, INP extractor, bottleneck, decoder, output heads."""
+
+    memory: ExtrinsicMemory  # only when cfg.memory_size > 0
 
     def __init__(self, cfg: InpConfig, group_channels: list[int], memory_channels: int = 0) -> None:
         super().__init__()
@@ -370,6 +378,8 @@ class InpFormer(nn.Module):
 
     ``x``: float RGB NCHW in [0, 1] at ``cfg.input_hw`` (see :mod:`inference.preprocess`).
     """
+
+    blur_kernel: torch.Tensor
 
     def __init__(self, cfg: InpConfig, backbone: FrozenBackbone | None = None, checkpoint: str | None = None) -> None:
         super().__init__()

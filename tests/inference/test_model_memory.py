@@ -14,8 +14,8 @@ from tests.inference.onnx_fixtures import RealModel, real_model  # noqa: F401 - 
 
 
 def tiny_cfg(**kw) -> InpConfig:
-    base = dict(backbone="random_tiny", input_hw=(64, 64), token_stride=8, width=32, head_dim=16, decoder_blocks=2,
-                n_inps=3, memory_size=16)
+    base = {"backbone": "random_tiny", "input_hw": (64, 64), "token_stride": 8, "width": 32, "head_dim": 16,
+            "decoder_blocks": 2, "n_inps": 3, "memory_size": 16}
     return InpConfig(**{**base, **kw})
 
 
@@ -85,7 +85,7 @@ def test_pure_model_and_old_configs_are_unchanged() -> None:
                                  work_size=old.map_hw, typical_lengths=m.head.typical_lengths())
     got = m(x)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    for bad in (dict(memory_size=-1), dict(memory_weight=-1.0), dict(memory_stride=7)):
+    for bad in ({"memory_size": -1}, {"memory_weight": -1.0}, {"memory_stride": 7}):
         with pytest.raises(ValueError):
             tiny_cfg(**bad)
 
