@@ -47,3 +47,33 @@ def test_unavailable_cuda_device_falls_back_and_the_header_guard_runs_first() ->
     with pytest.raises(PoisonFrame) as e:
         frames_to_input(envs, (32, 32), "cpu", max_pixels=1000)
     assert e.value.reason == "oversized"
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU host)")
+
+
+@needs_cuda
+def test_cuda_decode_matches_the_cpu_decode() -> None:
+    """nvJPEG + device area resize gives the model the same input as the CPU's DCT-scaled decode,
+    up to JPEG decoder rounding and the two resampling orders."""
+    envs = _envs()
+    x_gpu, geoms, path = frames_to_input(envs, (64, 64), "cuda")
+    x_cpu, _, cpu_path = frames_to_input(envs, (64, 64), "cpu")
+    assert path == "gpu" and cpu_path == "cpu" and geoms == [(480, 560)] * 3
+    assert x_gpu.device.type == "cuda" and x_gpu.shape == x_cpu.shape
+    diff = (x_gpu.cpu() - x_cpu).abs()
+    assert float(diff.mean()) < 2.0 / 255 and float(diff.max()) < 0.1
+
+
+@needs_cuda
+def test_cuda_engine_scores_frames_decoded_on_the_device(tmp_path) -> None:
+    torch.manual_seed(1)
+    m = InpFormer(InpConfig(backbone="random_tiny", input_hw=(64, 64), width=32, head_dim=16, decoder_blocks=2))
+    d = save_model_dir(tmp_path / "m", m, {"categories": ["a/b"], "seed": 1}, {"threshold": 0.5})
+    gpu, cpu = TorchEngine(d, device="cuda"), TorchEngine(d)
+    envs = _envs()
+    out, geoms, path = gpu.infer_encoded("p", envs)
+    assert path == "gpu" and out.engine_name == "torch+gpudecode" and geoms == [(480, 560)] * 3
+    ref = cpu.infer("p", [decode_frame(e, target_hw=(64, 64)).image for e in envs])
+    assert out.scores.shape == ref.scores.shape and out.maps.shape == ref.maps.shape
+    np.testing.assert_allclose(out.scores, ref.scores, rtol=0.05, atol=0.02)
