@@ -26,7 +26,7 @@ from storage.models import (
     DriftReference,
     InspectionResult,
 )
-from storage.store import TrainingSampleRow, dialect_insert
+from storage.store import ResultStore, TrainingSampleRow, dialect_insert
 
 ALARM_STATUSES = ("open", "resolved")
 DRIFT_KINDS = ("score", "brightness", "sharpness", "position")
@@ -50,9 +50,9 @@ class DriftStore:
         self.url = url
 
     @classmethod
-    def of(cls, store: Any) -> DriftStore:
+    def of(cls, store: ResultStore) -> DriftStore:
         """The drift store over a :class:`storage.store.ResultStore` (same engine and URL)."""
-        return cls(store.engine, getattr(store, "url", ""))
+        return cls(store.engine, store.url)
 
     # --- alarms ---------------------------------------------------------------------------
     def open_alarm(self, product: str, camera: str, *, kinds: list[str], onset_at: float, onset_frame_id: int,
