@@ -56,8 +56,12 @@ def run_consume(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     cache = open_cache(settings)
     engine = open_engine(settings, ModelRegistry(store, settings.resolved_models_dir))
+    from inference.families import build_step
+
+    families = build_step(settings, store)
     consumer = InferenceConsumer(settings, open_consumer(settings), engine, store, cache, ConsumerMetrics(settings),
-                                 pipelined=not getattr(args, "no_pipeline", False))
+                                 pipelined=not getattr(args, "no_pipeline", False),
+                                 post_store=[families] if families else None)
     consumer.install_signal_handlers()
     log.info("consumer started", extra=kv(name=consumer.name, group=settings.consumer_group, topic=settings.topic_frames,
                                           engine=settings.engine_url, metrics_port=settings.metrics_port))

@@ -37,7 +37,7 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,6 +54,8 @@ from lineinspect.settings import Settings
 from storage.records import ResultRow
 
 log = logging.getLogger(__name__)
+
+PostStore = Callable[[list[ResultRow], list[FrameEnvelope]], None]
 # --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
 # a member left without partitions for longer is surplus and may idle out.
 UNASSIGNED_GRACE_S = 60.0
@@ -110,7 +112,8 @@ class InferenceConsumer:
     def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: Any, cache: Any = None,
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
-                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1) -> None:
+                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1,
+                 post_store: list[PostStore] | None = None) -> None:
         """``pipelined``: store batch k on a sink thread while batch k+1 is scored (``run`` only;
         :meth:`process` is always synchronous); ``sink_depth``: scored batches allowed to wait for
         or sit in the sink (>= 1); ``decode_threads``: image decoders per batch. Serial (1) is the
@@ -118,6 +121,9 @@ class InferenceConsumer:
         ``benchmarks/RESULTS.md`` pipeline section; raise it on machines with spare cores."""
         if sink_depth < 1 or decode_threads < 1:
             raise ValueError(f"sink_depth ({sink_depth}) and decode_threads ({decode_threads}) must be >= 1")
+        # Steps run after a batch is durably stored (e.g. inference.drift.DriftMonitor): ``step(rows,
+        # envelopes)``; a failing step is logged and never blocks the commit.
+        self.post_store: list[PostStore] = list(post_store or [])
         self.settings = settings
         self.bus = bus
         self.engine = engine
@@ -273,6 +279,7 @@ class InferenceConsumer:
                 self.metrics.observe_stored(product, verdicts, lat)
             self._update_cache(rows)
             self._fuse(rows)
+            self._post_store(rows, [s.env for s in batch.scored])
         batch.rows = rows
         log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows),
                                            dlq=len(batch.poison) + len(batch.unstorable),
@@ -373,6 +380,14 @@ class InferenceConsumer:
                 log.info("left uncommitted for redelivery", extra=kv(batches=len(inflight),
                                                                      records=sum(len(b.records) for b in inflight)))
         return handled
+
+    def _post_store(self, rows: list[ResultRow], envelopes: list[FrameEnvelope]) -> None:
+        for step in self.post_store:
+            try:
+                step(rows, envelopes)
+            except Exception as exc:  # noqa: BLE001 - the rows are stored; a monitor must not stop the line
+                log.warning("post-store step failed; results are stored, continuing",
+                            extra=kv(step=type(step).__name__, error=str(exc)[:300]))
 
     # --- specimen fusion (inference/fusion.py) ---------------------------------------------------
     def _fuse(self, rows: list[ResultRow]) -> None:

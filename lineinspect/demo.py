@@ -75,8 +75,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     cache = open_cache(settings)
     truth = _start_camera(args, settings, bus)
     router = ModelRouter(settings, registry)
+    from inference.families import build_step
+
+    families = build_step(settings, store)
     consumer = InferenceConsumer(settings, open_consumer(settings, memory_bus=bus), router, store, cache,
-                                 ConsumerMetrics(settings))
+                                 ConsumerMetrics(settings), post_store=[families] if families else None)
     print(f"[3/4] streaming {args.frames} frames from simulated camera {args.camera!r} through the pipeline ...", flush=True)
     t0 = time.perf_counter()
     n = consumer.run(max_frames=args.frames, idle_timeout_s=120.0)

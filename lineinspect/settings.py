@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
     keep_flagged_frames: bool = True
+    families_enabled: bool = Field(default=True, description="embed flagged regions and group them into defect families")
+    families_warmup: int = Field(default=20, ge=2, description="regions per product whose nearest-neighbour distances set its family threshold")
 
     # --- engines -----------------------------------------------------------------------
     threads: int = Field(default=0, description="Intra-op threads for local engines; 0 = all cores")

@@ -215,3 +215,57 @@ class ConsumerStat(Base):
     engine: Mapped[str] = mapped_column(String(64))
     engine_ok: Mapped[bool] = mapped_column(Boolean)
     __table_args__ = (Index("ix_consumer_stats_at", "at"),)
+
+
+class DefectRegion(Base):
+    """One connected component of a defect frame's mask: where it is (frame-relative 0..1), its
+    embedding (float16 bytes, see inference/families.py) and the family it was grouped into
+    (NULL while the product's threshold is still warming up). Unique per (result, component), so
+    a redelivered batch writes nothing twice; deleted with its result."""
+
+    __tablename__ = "defect_regions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(BigId, ForeignKey("inspection_results.id", ondelete="CASCADE"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    captured_at: Mapped[float] = mapped_column(Float)
+    component: Mapped[int] = mapped_column(Integer)
+    cx: Mapped[float] = mapped_column(Float)
+    cy: Mapped[float] = mapped_column(Float)
+    x0: Mapped[float] = mapped_column(Float)
+    y0: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    area_px: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    family_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    __table_args__ = (
+        UniqueConstraint("result_id", "component", name="uq_region_result_component"),
+        Index("ix_region_product_time", "product_id", "captured_at"),
+        Index("ix_region_product_family", "product_id", "family_id"),
+    )
+
+
+class DefectFamily(Base):
+    """A product's defect family: running centroid (sum of unit member vectors, float32 bytes), size,
+    the operator's name (sticks to every later member), and the family it was merged into, if any."""
+
+    __tablename__ = "defect_families"
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)
+    family_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    total: Mapped[bytes] = mapped_column(LargeBinary)
+    count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    merged_into: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class FamilySettings(Base):
+    """Per product: the clustering threshold fitted from its first regions (NULL until then); the row
+    is also what concurrent consumers lock while they assign that product's regions."""
+
+    __tablename__ = "family_settings"
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    fitted_on: Mapped[int] = mapped_column(Integer, default=0)
+    fitted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
