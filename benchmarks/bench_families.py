@@ -139,10 +139,11 @@ def main() -> int:
     res: dict = {"machine": machine(), "load_avg_start": os.getloadavg()[0], "iters": args.iters, "orders": args.orders,
                  "embedding": "EfficientNet-Lite0 (ImageNet, frozen) blocks 4+7, context-relative pooled, 120-d",
                  "categories": {}}
-    for cat, rel in CATEGORIES.items():
+    items_of = {}
+    for cat, rel in CATEGORIES.items():  # ground-truth regions first: written before any model is trained
         t0 = time.perf_counter()
         test = load_split(data_root(), rel, "test")
-        items = [it for it in test if it.defect != "good" and it.mask_path is not None]
+        items = items_of[cat] = [it for it in test if it.defect != "good" and it.mask_path is not None]
         cache = WORK / "families" / f"{cat}-gt-regions.npz"
         if cache.is_file():
             z = np.load(cache)
@@ -151,19 +152,25 @@ def main() -> int:
             x, y = gt_regions(items, emb)
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, x=x, y=y)
-        entry = {"gt": evaluate(x, y, args.orders)}
-        t_embed = (time.perf_counter() - t0) / max(1, len(items))
-        entry["embed_s_per_image"] = t_embed
-        if not args.no_flagged:
-            xf, yf, info = flagged_regions(cat, rel, items, emb, args.iters)
-            entry["flagged"] = {**info, **(evaluate(xf, yf, args.orders) if len(xf) >= 4 and len(set(yf)) > 1 else {})}
-        res["categories"][cat] = entry
-        print(cat, json.dumps({k: v.get("families") for k, v in entry.items() if isinstance(v, dict)}), flush=True)
+            res.setdefault("embed_s_per_image", {})[cat] = (time.perf_counter() - t0) / max(1, len(items))
+        res["categories"][cat] = {"gt": evaluate(x, y, args.orders)}
+        print(cat, "gt", json.dumps(res["categories"][cat]["gt"]["families"]), flush=True)
+    save(res)
+    if not args.no_flagged:
+        for cat, rel in CATEGORIES.items():
+            xf, yf, info = flagged_regions(cat, rel, items_of[cat], emb, args.iters)
+            res["categories"][cat]["flagged"] = {**info, **(evaluate(xf, yf, args.orders)
+                                                             if len(xf) >= 4 and len(set(yf)) > 1 else {})}
+            print(cat, "flagged", json.dumps(res["categories"][cat]["flagged"].get("families")), flush=True)
+            save(res)
+    return 0
+
+
+def save(res: dict) -> None:
     res["load_avg_end"] = os.getloadavg()[0]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "families.json").write_text(json.dumps(res, indent=1))
     write_section("families", render(res))
-    return 0
 
 
 def render(res: dict) -> str:

@@ -178,3 +178,33 @@ def triton_ready(health_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return False, f"unreachable ({reason})"
+
+
+# --- defect families (storage/families.py) ----------------------------------------------------
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_pareto(url: str, f: Filters) -> list[dict[str, Any]]:
+    from storage import families as fq
+
+    return _with(url, fq.pareto, f)
+
+
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False, max_entries=256)
+def family_examples(url: str, product_id: int, family_id: int, f: Filters, limit: int) -> list[dict[str, Any]]:
+    from storage import families as fq
+
+    return _with(url, fq.examples, product_id, family_id, f, limit)
+
+
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False, max_entries=256)
+def family_locations(url: str, product_id: int, family_id: int, f: Filters) -> list[tuple[float, float]]:
+    from storage import families as fq
+
+    return _with(url, fq.locations, product_id, family_id, f)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_trend(url: str, f: Filters, bucket_s: float, origin: float) -> pd.DataFrame:
+    from storage import families as fq
+
+    return pd.DataFrame(_with(url, fq.trend, f, bucket_s, origin),
+                        columns=["product_id", "family_id", "bucket", "regions", "frames"])

@@ -276,16 +276,20 @@ def locations(conn: Connection, product_id: int, family_id: int, f: Filters, lim
     return [(float(a), float(b)) for a, b in conn.execute(q).all()]
 
 
-def trend(conn: Connection, f: Filters, bucket_s: float) -> list[dict[str, Any]]:
-    """Regions per (product, family, time bucket): [{product_id, family_id, bucket, regions}];
-    ``bucket`` is the bucket's start (epoch s). Bucketed in Python over the range's region times
-    (one row per region; the page asks for bounded ranges)."""
+def trend(conn: Connection, f: Filters, bucket_s: float, origin: float = 0.0) -> list[dict[str, Any]]:
+    """Regions and distinct frames per (product, family, time bucket):
+    [{product_id, family_id, bucket, regions, frames}]; ``bucket`` is the bucket's start (epoch s,
+    buckets aligned to ``origin`` as in :func:`storage.queries.trend`). Bucketed in Python over the
+    range's regions (flagged frames only, so a small share of the results)."""
     if not (bucket_s > 0):
         raise ValueError(f"bucket_s must be > 0, got {bucket_s!r}")
-    q = (select(RG.c.product_id, RG.c.family_id, RG.c.captured_at).select_from(RG).join(R, R.c.id == RG.c.result_id)
-         .where(RG.c.family_id.is_not(None), *_where(f)))
-    counts: dict[tuple[int, int, float], int] = {}
-    for pid, fid, t in conn.execute(q).all():
-        key = (int(pid), int(fid), float(np.floor(float(t) / bucket_s) * bucket_s))
-        counts[key] = counts.get(key, 0) + 1
-    return [{"product_id": p, "family_id": fi, "bucket": b, "regions": n} for (p, fi, b), n in sorted(counts.items())]
+    q = (select(RG.c.product_id, RG.c.family_id, RG.c.captured_at, RG.c.result_id).select_from(RG)
+         .join(R, R.c.id == RG.c.result_id).where(RG.c.family_id.is_not(None), *_where(f)))
+    regions: dict[tuple[int, int, float], int] = {}
+    frames: dict[tuple[int, int, float], set[int]] = {}
+    for pid, fid, t, rid in conn.execute(q).all():
+        key = (int(pid), int(fid), float(np.floor((float(t) - origin) / bucket_s) * bucket_s + origin))
+        regions[key] = regions.get(key, 0) + 1
+        frames.setdefault(key, set()).add(int(rid))
+    return [{"product_id": p, "family_id": fi, "bucket": b, "regions": n, "frames": len(frames[(p, fi, b)])}
+            for (p, fi, b), n in sorted(regions.items())]

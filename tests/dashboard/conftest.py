@@ -48,3 +48,45 @@ def make_app(monkeypatch, tmp_path) -> Callable[..., AppTest]:
         return at
 
     return make
+
+
+def seed_families(db_url: str, types: int = 3, per_frame: int = 2, seed: int = 0) -> dict[int, int]:
+    """Give the seeded history's flagged frames regions of ``types`` separable kinds (each kind at its own
+    place in the frame), written and grouped through the real :class:`storage.families.FamilyStore`
+    path; returns {kind: number of regions}."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from sqlalchemy import select
+
+    from inference.families import Region
+    from storage.families import FamilyStore
+    from storage.models import Camera, FrameImage, InspectionResult
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            flagged = conn.execute(
+                select(Camera.name, InspectionResult.frame_id)
+                .join(Camera, Camera.id == InspectionResult.camera_id)
+                .join(FrameImage, FrameImage.result_id == InspectionResult.id)
+                .where(InspectionResult.verdict == "defect", InspectionResult.false_alarm.is_(False))
+                .order_by(InspectionResult.id)).all()
+        rng = np.random.default_rng(seed)
+        centres = np.eye(120)[:types]
+        places = [(0.2 + 0.6 * (k % 2), 0.25 + 0.5 * (k // 2 % 2)) for k in range(types)]
+        batch, counts = [], {k: 0 for k in range(types)}
+        for i, (camera, frame_id) in enumerate(flagged):
+            regions = []
+            for j in range(per_frame):
+                k = (i + j) % types
+                v = centres[k] + rng.normal(scale=0.03, size=120)
+                cx, cy = places[k]
+                regions.append(Region(j, cx, cy, cx - 0.08, cy - 0.08, cx + 0.08, cy + 0.08, 120,
+                                      (v / np.linalg.norm(v)).astype(np.float32)))
+                counts[k] += 1
+            batch.append((SimpleNamespace(camera=camera, frame_id=frame_id), regions))
+        FamilyStore(engine, db_url, warmup=6).add_regions(batch)
+        return counts
+    finally:
+        engine.dispose()
