@@ -34,10 +34,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, write_section  # noqa: E402
-from inference.families import RegionEmbedder, components  # noqa: E402
-from lineinspect.family_clustering import cluster, fit_threshold  # noqa: E402
-from training.data import load_split  # noqa: E402
+from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, write_section
+from inference.families import RegionEmbedder, components
+from lineinspect.family_clustering import cluster, fit_threshold
+from training.data import load_split
 
 CATEGORIES = {"magnetic_tile": "magnetic_tile/magnetic_tile", "tire": "mvtec_3d_ad/tire"}
 FACTORS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -54,7 +54,7 @@ def purity(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
 def scores(y: np.ndarray, pred: np.ndarray) -> dict:
     from sklearn.metrics import adjusted_rand_score
 
-    return {"ari": float(adjusted_rand_score(y, pred)), "purity": purity(y, pred), "families": int(len(np.unique(pred)))}
+    return {"ari": float(adjusted_rand_score(y, pred)), "purity": purity(y, pred), "families": len(np.unique(pred))}
 
 
 def evaluate(x: np.ndarray, y: np.ndarray, orders: int) -> dict:
@@ -62,7 +62,7 @@ def evaluate(x: np.ndarray, y: np.ndarray, orders: int) -> dict:
 
     rng = np.random.default_rng(0)
     perms = [rng.permutation(len(x)) for _ in range(orders)]
-    out: dict = {"regions": int(len(x)), "types": {str(t): int((y == t).sum()) for t in np.unique(y)}}
+    out: dict = {"regions": len(x), "types": {str(t): int((y == t).sum()) for t in np.unique(y)}}
     per_factor = {}
     for factor in FACTORS:
         runs = [scores(y[p], cluster(x[p], factor=factor)) for p in perms]
@@ -175,13 +175,13 @@ def save(res: dict) -> None:
 
 def render(res: dict) -> str:
     lines = ["## Defect families (issue 17)", "",
-             "Families found without labels vs the true defect types (`benchmarks/bench_families.py`, "
+             ("Families found without labels vs the true defect types (`benchmarks/bench_families.py`, "
              "`results/families.json`). Regions: `gt` = connected components of the ground-truth masks of every test "
              f"defect image; `flagged` = components of the deployed mask (INP-Former, {res['iters']} iterations on "
              "train/good) on the defect images the model flags, scored when they overlap the ground truth. Embedding: "
              f"{res['embedding']}. Online leader clustering, threshold = 2.0 x median nearest-neighbour cosine distance of "
              f"the first 20 regions, mean ± std over {res['orders']} shuffled arrival orders. k-means is told the true "
-             "number of types (it cheats: an upper reference, not a competitor).", "",
+             "number of types (it cheats: an upper reference, not a competitor)."), "",
              "| category | regions | source | types | families | ARI | purity | k-means true k: ARI | purity |",
              "|---|---|---|---|---|---|---|---|---|"]
     for cat, e in res["categories"].items():
@@ -207,8 +207,8 @@ def render(res: dict) -> str:
         if fl:
             lines.append(f"* {cat} flagged: {fl['flagged_images']} of {fl['defect_images']} defect images flagged, "
                          f"{fl['off_defect_regions']} regions off the ground truth (not scored)")
-    lines += ["", f"Machine: {res['machine']}; load average {fmt(res['load_avg_start'], 1)} at start, "
-              f"{fmt(res['load_avg_end'], 1)} at end (other engineers' jobs share the 2 cores)."]
+    lines += ["", (f"Machine: {res['machine']}; load average {fmt(res['load_avg_start'], 1)} at start, "
+                   f"{fmt(res['load_avg_end'], 1)} at end (other engineers' jobs share the 2 cores).")]
     return "\n".join(lines)
 
 

@@ -52,7 +52,10 @@ class Region:
     embedding: np.ndarray        # (EMBED_DIM,) float32, unit length
 
 
-def components(mask: np.ndarray, max_regions: int = MAX_REGIONS) -> list[tuple[np.ndarray, tuple[float, ...], int]]:
+Geometry = tuple[float, float, float, float, float, float]   # cx, cy, x0, y0, x1, y1 (relative)
+
+
+def components(mask: np.ndarray, max_regions: int = MAX_REGIONS) -> list[tuple[np.ndarray, Geometry, int]]:
     """The mask's largest connected components: (boolean component mask, (cx, cy, x0, y0, x1, y1) relative, area)."""
     m = (np.asarray(mask) > 0).astype(np.uint8)
     if m.ndim != 2:
@@ -62,10 +65,10 @@ def components(mask: np.ndarray, max_regions: int = MAX_REGIONS) -> list[tuple[n
     min_area = max(4, int(MIN_AREA_FRACTION * h * w))
     found = [(int(stats[i, cv2.CC_STAT_AREA]), i) for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     found.sort(reverse=True)
-    out = []
+    out: list[tuple[np.ndarray, Geometry, int]] = []
     for area, i in found[:max_regions]:
         x, y, bw, bh = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
-        geo = (float(cents[i, 0]) / w, float(cents[i, 1]) / h, x / w, y / h, (x + bw) / w, (y + bh) / h)
+        geo: Geometry = (float(cents[i, 0]) / w, float(cents[i, 1]) / h, x / w, y / h, (x + bw) / w, (y + bh) / h)
         out.append((labels == i, geo, area))
     return out
 
@@ -166,7 +169,7 @@ class FamilyStep:
             env = by_key.get((r.camera, r.frame_id))
             if env is None:
                 continue
-            mask = cv2.imdecode(np.frombuffer(r.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+            mask = cv2.imdecode(np.frombuffer(r.mask_png or b"", np.uint8), cv2.IMREAD_GRAYSCALE)
             if mask is None:
                 log.warning("defect mask not decodable; no families for this frame", extra=kv(camera=r.camera, frame_id=r.frame_id))
                 continue

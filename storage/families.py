@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, Table, and_, func, select, update
 from sqlalchemy.engine import Connection
 
 from lineinspect.family_clustering import Family, FamilyClusterer, fit_threshold
@@ -42,7 +42,7 @@ from storage.store import dialect_insert
 log = logging.getLogger("lineinspect.families")
 
 DEFAULT_WARMUP = 20
-RG, FM, FS, R = DefectRegion.__table__, DefectFamily.__table__, FamilySettings.__table__, InspectionResult.__table__
+RG, FM, FS, R = (cast(Table, m.__table__) for m in (DefectRegion, DefectFamily, FamilySettings, InspectionResult))
 
 
 def to_bytes(v: np.ndarray) -> bytes:
@@ -74,30 +74,29 @@ class FamilyStore:
         if not batch:
             return 0
         inserted = 0
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
-            with conn.begin():
-                products: set[int] = set()
-                for row, regions in batch:
-                    found = conn.execute(
-                        select(R.c.id, R.c.product_id, R.c.captured_at)
-                        .join(Camera.__table__, Camera.__table__.c.id == R.c.camera_id)
-                        .where(Camera.__table__.c.name == row.camera, R.c.frame_id == int(row.frame_id))
-                    ).first()
-                    if found is None:
-                        log.warning("region's result not stored; skipped", extra=kv(camera=row.camera, frame_id=row.frame_id))
-                        continue
-                    rid, pid, cap = found
-                    values = [{"result_id": rid, "product_id": pid, "captured_at": cap, "component": int(g.index),
-                               "cx": _unit(g.cx), "cy": _unit(g.cy), "x0": _unit(g.x0), "y0": _unit(g.y0),
-                               "x1": _unit(g.x1), "y1": _unit(g.y1), "area_px": int(g.area_px),
-                               "embedding": _embedding_bytes(g.embedding)} for g in regions]
-                    if values:
-                        res = conn.execute(dialect_insert(conn, RG).values(values)
-                                           .on_conflict_do_nothing(index_elements=["result_id", "component"]))
-                        inserted += max(0, res.rowcount or 0)
-                        products.add(int(pid))
-                for pid in sorted(products):
-                    self._group(conn, pid)
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            products: set[int] = set()
+            for row, regions in batch:
+                found = conn.execute(
+                    select(R.c.id, R.c.product_id, R.c.captured_at)
+                    .join(Camera.__table__, Camera.__table__.c.id == R.c.camera_id)
+                    .where(Camera.__table__.c.name == row.camera, R.c.frame_id == int(row.frame_id))
+                ).first()
+                if found is None:
+                    log.warning("region's result not stored; skipped", extra=kv(camera=row.camera, frame_id=row.frame_id))
+                    continue
+                rid, pid, cap = found
+                values = [{"result_id": rid, "product_id": pid, "captured_at": cap, "component": int(g.index),
+                           "cx": _unit(g.cx), "cy": _unit(g.cy), "x0": _unit(g.x0), "y0": _unit(g.y0),
+                           "x1": _unit(g.x1), "y1": _unit(g.y1), "area_px": int(g.area_px),
+                           "embedding": _embedding_bytes(g.embedding)} for g in regions]
+                if values:
+                    res = conn.execute(dialect_insert(conn, RG).values(values)
+                                       .on_conflict_do_nothing(index_elements=["result_id", "component"]))
+                    inserted += max(0, res.rowcount or 0)
+                    products.add(int(pid))
+            for pid in sorted(products):
+                self._group(conn, pid)
         return inserted
 
     def _group(self, conn: Connection, product_id: int) -> None:
@@ -122,9 +121,9 @@ class FamilyStore:
             conn.execute(update(FS).where(FS.c.product_id == product_id)
                          .values(threshold=threshold, fitted_on=len(first), fitted_at=now))
             log.info("family threshold fitted", extra=kv(product_id=product_id, threshold=round(threshold, 4), regions=len(first)))
-        fams = [Family(int(r.family_id), np.frombuffer(bytes(r.total), np.float32).astype(np.float64), int(r.count),
-                       r.name, r.merged_into)
-                for r in conn.execute(select(FM).where(FM.c.product_id == product_id))]
+        fams = [Family(int(r["family_id"]), np.frombuffer(bytes(r["total"]), np.float32).astype(np.float64),
+                       int(r["count"]), r["name"], r["merged_into"])
+                for r in conn.execute(select(FM).where(FM.c.product_id == product_id)).mappings()]
         before = {f.id: (f.count, f.name, f.merged_into) for f in fams}
         c = FamilyClusterer(float(threshold), fams, merge_ratio=self.merge_ratio)
         labels = [(int(rid), c.assign(from_bytes(emb)).family_id) for rid, emb in pending]
@@ -150,21 +149,20 @@ class FamilyStore:
         check_name("product", product)
         if name is not None:
             name = check_text("family name", name.strip(), 128) or None
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
-            with conn.begin():
-                pid = conn.execute(select(Product.__table__.c.id).where(Product.__table__.c.name == product)).scalar()
-                if pid is None:
-                    raise LookupError(f"no product {product!r}")
-                fid = int(family_id)
-                for _ in range(1000):  # follow merges
-                    row = conn.execute(select(FM.c.merged_into).where(FM.c.product_id == pid, FM.c.family_id == fid)).first()
-                    if row is None:
-                        raise LookupError(f"product {product!r} has no family {family_id}")
-                    if row[0] is None:
-                        break
-                    fid = int(row[0])
-                conn.execute(update(FM).where(FM.c.product_id == pid, FM.c.family_id == fid)
-                             .values(name=name, updated_at=time.time()))
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            pid = conn.execute(select(Product.__table__.c.id).where(Product.__table__.c.name == product)).scalar()
+            if pid is None:
+                raise LookupError(f"no product {product!r}")
+            fid = int(family_id)
+            for _ in range(1000):  # follow merges
+                row = conn.execute(select(FM.c.merged_into).where(FM.c.product_id == pid, FM.c.family_id == fid)).first()
+                if row is None:
+                    raise LookupError(f"product {product!r} has no family {family_id}")
+                if row[0] is None:
+                    break
+                fid = int(row[0])
+            conn.execute(update(FM).where(FM.c.product_id == pid, FM.c.family_id == fid)
+                         .values(name=name, updated_at=time.time()))
         log.info("family named", extra=kv(product=product, family_id=fid, named=name is not None))
         return fid
 

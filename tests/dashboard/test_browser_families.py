@@ -13,7 +13,13 @@ from dashboard import cli
 from lineinspect.settings import Settings
 from tests.conftest import ON_CI
 from tests.dashboard.conftest import SeedConfig, seed_families, seed_file
-from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _save, _wait_healthy
+from tests.dashboard.test_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    _free_port,
+    _save,
+    _wait_healthy,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -7,9 +7,8 @@ import numpy as np
 
 from inference.engines.base import EngineOutput
 from inference.families import EMBED_DIM, FamilyStep, RegionEmbedder, components, pooled
-from ingest.bus.memory import MemoryBus
+from ingest.bus.memory import MemoryBus, MemoryPublisher
 from ingest.publisher import FramePublisher
-from ingest.bus.memory import MemoryPublisher
 from lineinspect.settings import Settings
 from storage.families import FamilyStore
 from storage.store import ResultStore
@@ -98,7 +97,7 @@ def test_consumer_writes_regions_for_flagged_frames_only(settings: Settings, sto
 
 def test_a_failing_family_step_never_blocks_the_commit(settings: Settings, store: ResultStore):
     class Broken:
-        def add_regions(self, batch):  # noqa: ANN001, ANN202
+        def add_regions(self, batch):
             raise RuntimeError("database said no")
 
     bus = MemoryBus(partitions=1)
