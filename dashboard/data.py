@@ -39,8 +39,8 @@ def cache(url: str) -> Any | None:
     """The Redis / in-memory cache handle, or ``None`` when it cannot be opened (the pages then
     say so and fall back to the database)."""
     try:
-        from lineinspect.settings import load_settings
         from storage import open_cache
+        from lineinspect.settings import load_settings
 
         return open_cache(load_settings(cache_url=url))
     except Exception as exc:  # noqa: BLE001 - a dead cache must not take the dashboard down
@@ -171,7 +171,7 @@ def held_models(url: str) -> list[dict[str, str]]:
 def triton_ready(health_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
     """GET ``/v2/health/ready``: (ready, human-readable detail)."""
     try:
-        with urllib.request.urlopen(health_url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(health_url, timeout=timeout_s) as resp:  # noqa: S310 - configured http URL
             return resp.status == 200, f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}"
