@@ -117,3 +117,21 @@ def test_bad_regions_are_refused_and_nothing_is_written(db_url):
         assert fam.add_regions([(make_row(77, "defect"), [_region(0, np.ones(8))])]) == 0
     finally:
         store.close()
+
+
+def test_pruned_results_take_their_regions_with_them(db_url):
+    import time
+
+    from storage.retention import prune
+
+    store = ResultStore.open(db_url)
+    try:
+        fam = FamilyStore(store.engine, warmup=2)
+        old = make_row(1, "defect", mask_png=b"\x89PNG", captured_at=time.time() - 40 * 86400)
+        new = make_row(2, "defect", mask_png=b"\x89PNG")
+        store.save_results([old, new])
+        fam.add_regions([(old, [_region(0, np.ones(8))]), (new, [_region(0, np.ones(8))])])
+        prune(store.engine, 30)
+        assert fam.regions_of("cam1", 1) == [] and len(fam.regions_of("cam1", 2)) == 1
+    finally:
+        store.close()
