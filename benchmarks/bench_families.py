@@ -163,7 +163,7 @@ def main() -> int:
     if not args.no_flagged:
         for cat, rel in CATEGORIES.items():
             xf, yf, info = flagged_regions(cat, rel, items_of[cat], emb, args.iters)
-            res["categories"][cat]["flagged"] = {**info, **(evaluate(xf, yf, args.orders)
+            res["categories"][cat]["flagged"] = {**info, "scored_regions": len(xf), **(evaluate(xf, yf, args.orders)
                                                              if len(xf) >= 4 and len(set(yf)) > 1 else {})}
             print(cat, "flagged", json.dumps(res["categories"][cat]["flagged"].get("families")), flush=True)
             save(res)
@@ -182,6 +182,13 @@ def reading(res: dict) -> str:
                      f"threshold {g['threshold_default'][0]:.3f}"
                      + (" (the 0.6 cap binds: the regions' nearest neighbours are far apart)"
                         if g["threshold_default"][0] >= 0.599 else ""))
+    for cat, e in res["categories"].items():
+        fl = e.get("flagged")
+        if fl and fl.get("regions", 0) < 30:
+            parts.append(f"{cat} (flagged): the {res['iters']}-iteration model flags only {fl['flagged_images']} of "
+                         f"{fl['defect_images']} defect images at its calibrated threshold, leaving "
+                         f"{fl.get('regions', 'fewer than 4')} scorable regions: too few to judge the families on the "
+                         "model's own masks; a better-trained model is needed for that measurement")
     weak = [c for c, e in res["categories"].items() if e["gt"]["kmeans_true_k"]["ari"][0] < 0.2]
     if weak:
         parts.append(f"where even k-means with the true k stays below ARI 0.2 ({', '.join(weak)}), the frozen ImageNet "
@@ -213,7 +220,8 @@ def render(res: dict) -> str:
             r = e.get(src)
             if not r or "families" not in r:
                 if r:
-                    lines.append(f"| {cat} | 0 | {src} | - | - | - | - | - | - |")
+                    n = r.get("scored_regions", "< 4")
+                    lines.append(f"| {cat} | {n} | {src} | - | - | too few regions to score | - | - | - |")
                 continue
             f, km = r["families"], r["kmeans_true_k"]
             lines.append(f"| {cat} | {r['regions']} | {src} | {len(r['types'])} | {f['families'][0]:.1f} | "
