@@ -23,9 +23,10 @@ PAGES = (
     ("views/overview.py", "Overview", ":material/monitoring:"),
     ("views/anomalies.py", "Latest anomalies", ":material/warning:"),
     ("views/locations.py", "Defect locations", ":material/grid_on:"),
-    ("views/families.py", "Defect families", ":material/category_search:"),
     ("views/scores.py", "Score distributions", ":material/bar_chart:"),
     ("views/specimens.py", "Specimens", ":material/category:"),
+    ("views/families.py", "Defect families", ":material/workspaces:"),
+    ("views/drift.py", "Drift", ":material/trending_up:"),
     ("views/health.py", "System health", ":material/dns:"),
 )
 

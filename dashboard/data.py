@@ -180,31 +180,53 @@ def triton_ready(health_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
         return False, f"unreachable ({reason})"
 
 
-# --- defect families (storage/families.py) ----------------------------------------------------
-@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def family_pareto(url: str, f: Filters) -> list[dict[str, Any]]:
-    from storage import families as fq
+# --- drift alarms (storage/drift.py) -----------------------------------------------------------------
 
-    return _with(url, fq.pareto, f)
+def _drift(url: str) -> Any:
+    from storage.drift import DriftStore
 
-
-@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False, max_entries=256)
-def family_examples(url: str, product_id: int, family_id: int, f: Filters, limit: int) -> list[dict[str, Any]]:
-    from storage import families as fq
-
-    return _with(url, fq.examples, product_id, family_id, f, limit)
-
-
-@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False, max_entries=256)
-def family_locations(url: str, product_id: int, family_id: int, f: Filters) -> list[tuple[float, float]]:
-    from storage import families as fq
-
-    return _with(url, fq.locations, product_id, family_id, f)
+    return DriftStore(engine(url), url)
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def family_trend(url: str, f: Filters, bucket_s: float, origin: float) -> pd.DataFrame:
-    from storage import families as fq
+def drift_alarms(url: str, status: str | None = None, limit: int = 200) -> list[dict]:
+    """Drift alarms, newest first, with the number of verdicts they mark as drifted."""
+    d = _drift(url)
+    out = d.alarms(status=status, limit=limit)
+    for a in out:
+        a["drifted_verdicts"] = d.drifted_count(int(a["id"]))
+        a["kept_frames"] = d.count_frames(int(a["id"]))
+    return out
 
-    return pd.DataFrame(_with(url, fq.trend, f, bucket_s, origin),
-                        columns=["product_id", "family_id", "bucket", "regions", "frames"])
+
+def request_rebaseline(url: str, product: str, since: float | None, by: str) -> int:
+    """The operator's "this is the new normal" (the scheduler, or ``lineinspect models rebaseline``, retrains)."""
+    n = _drift(url).request_rebaseline(product, since, by)
+    clear()
+    return n
+
+
+# --- defect families (storage/families.py) ------------------------------------------------------------
+
+def _families(url: str) -> Any:
+    from storage.families import FamilyStore
+
+    return FamilyStore(engine(url), url)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_pareto(url: str, start: float | None, end: float | None) -> pd.DataFrame:
+    rows = _families(url).pareto(None, start, end)
+    cols = ["product", "family", "regions", "frames", "mean_area_px", "name"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_members(url: str, product: str, family: int, with_frames: int = 6) -> list[dict]:
+    return _families(url).members(product, family, with_frames=with_frames)
+
+
+def name_family(url: str, product: str, family: int, name: str | None) -> bool:
+    ok = _families(url).name_family(product, family, name)
+    clear()
+    return ok

@@ -41,12 +41,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct
+from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct, decode_hw
 from inference.metrics import ConsumerMetrics
-from inference.postprocess import binary_mask, defect_area, heat_png, mask_png, pixel_threshold, verdict
+from inference.postprocess import build_row
 from ingest.bus import message_size
 from ingest.bus.base import BatchConsumer, Record
-from ingest.envelope import FrameEnvelope, PoisonFrame, decode_image
+from ingest.envelope import FrameEnvelope, PoisonFrame, decode_frame
 from lineinspect.errors import ServiceUnavailable
 from lineinspect.logs import kv
 from lineinspect.redact import redact
@@ -54,11 +54,11 @@ from lineinspect.settings import Settings
 from storage.records import ResultRow
 
 log = logging.getLogger(__name__)
-
-PostStore = Callable[[list[ResultRow], list[FrameEnvelope]], None]
 # --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
 # a member left without partitions for longer is surplus and may idle out.
 UNASSIGNED_GRACE_S = 60.0
+
+PostStore = Callable[[list[ResultRow], list[FrameEnvelope]], None]
 
 
 class _Stopped(Exception):
@@ -69,7 +69,8 @@ class _Stopped(Exception):
 class _Frame:
     record: Record
     env: FrameEnvelope
-    image: np.ndarray
+    image: np.ndarray               # decoded for the engine (model input size unless it tiles)
+    frame_hw: tuple[int, int]       # the camera frame's own geometry (rows record it)
 
 
 @dataclass
@@ -279,7 +280,7 @@ class InferenceConsumer:
                 self.metrics.observe_stored(product, verdicts, lat)
             self._update_cache(rows)
             self._fuse(rows)
-            self._post_store(rows, [s.env for s in batch.scored])
+            self._post_store(rows, [s.env for i, (s, _) in enumerate(built) if i not in refused])
         batch.rows = rows
         log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows),
                                            dlq=len(batch.poison) + len(batch.unstorable),
@@ -439,7 +440,9 @@ class InferenceConsumer:
             return "oversized", f"message is {size} bytes, over max_message_bytes={self.settings.max_message_bytes}"
         try:
             env = FrameEnvelope.from_message(rec.key, rec.value, rec.headers)
-            return _Frame(rec, env, decode_image(env, self.settings.max_frame_pixels))
+            d = decode_frame(env, self.settings.max_frame_pixels, decode_hw(self.engine, env.product),
+                             self.settings.decode_oversample)
+            return _Frame(rec, env, d.image, d.frame_hw)
         except PoisonFrame as exc:
             return exc.reason, exc.detail
 
@@ -458,11 +461,9 @@ class InferenceConsumer:
                 rows.extend(r)
                 bad.extend(b)
             return rows, bad
-        engine_name = getattr(out, "engine_name", None) or getattr(self.engine, "name", "unknown")
-        if getattr(out, "calibrated", True) is False:  # zero-shot threshold still warming up: say so per row
-            engine_name = f"{engine_name}:warmup"
+        engine_name = out.engine_name or getattr(self.engine, "name", "unknown")
         inferred_at = time.time()
-        return [_Scored(f.record, f.env, f.image.shape[:2], out, i, engine_name, inferred_at, len(frames))
+        return [_Scored(f.record, f.env, f.frame_hw, out, i, engine_name, inferred_at, len(frames))
                 for i, f in enumerate(frames)], []
 
     def _infer(self, product: str, frames: list[_Frame]) -> EngineOutput:
@@ -495,31 +496,9 @@ class InferenceConsumer:
             delay = min(delay * 2, self.backoff_max_s)
 
     def _row(self, s: _Scored) -> ResultRow:
-        """The result row; masks and heatmaps are encoded here, on the sink thread when pipelined."""
-        env, out, i = s.env, s.out, s.index
-        score = float(out.scores[i])
-        thr = float(out.threshold)
-        h, w = s.hw
-        v = verdict(score, thr)
-        row = ResultRow(
-            product=env.product, line=env.line, camera=env.camera, frame_id=env.frame_id,
-            captured_at=env.capture_ts, inferred_at=s.inferred_at, score=score, threshold=thr, verdict=v,
-            model_version=str(out.model_version), engine=str(s.engine_name)[:32], infer_ms=float(out.infer_ms),
-            batch_size=s.batch, width=w, height=h, specimen_id=env.specimen_id, view=env.view,
-            frame_encoding=env.encoding,
-        )
-        if v == "defect":
-            amap = np.asarray(out.maps[i], dtype=np.float32)
-            mask = binary_mask(amap, pixel_threshold(thr, getattr(out, "pixel_threshold", None)), (h, w))
-            row.defect_area_px = defect_area(mask)
-            row.mask_png = mask_png(mask)
-            row.heat_png = heat_png(amap, thr, (h, w)) if thr > 0 else None
-            if self.settings.keep_flagged_frames:
-                row.frame_bytes = env.payload
-        elif score < self.settings.keep_normal_margin * thr:
-            row.keep_as_normal = True
-            row.frame_bytes = env.payload
-        return row
+        """The result row (inference.postprocess.build_row); on the sink thread when pipelined."""
+        return build_row(s.env, s.hw, s.out, s.index, s.inferred_at, s.batch, s.engine_name,
+                         self.settings.keep_flagged_frames, self.settings.keep_normal_margin)
 
     def _update_cache(self, rows: list[ResultRow]) -> None:
         if self.cache is None:

@@ -1,195 +1,244 @@
-"""Defect-family embeddings: one small vector per flagged region, and the consumer's post-store step.
+"""Defect families: an embedding per flagged region and an incremental, unsupervised grouping of them.
 
-A *region* is a connected component (8-connectivity) of a defect frame's binary mask. Its embedding
-is the frozen EfficientNet-Lite0 trunk (the INP-Former's default backbone, ImageNet-pretrained
-weights from PyPI, no training) at two stages - block 4 (stride 8, 40 channels) and block 7
-(stride 16, 80 channels) - pooled over the component: per stage, the mask-weighted mean of the
-feature vectors inside the component *minus* the mean over the rest of the frame, L2-normalised;
-the two parts are concatenated and normalised again (120 floats, stored as float16). Subtracting the
-frame's context makes the vector say how the region differs from its own part (what an operator
-calls the defect), not what the part looks like, so the same crack on two lots lands close.
+Quality engineers ask "which defects, how often, where". Each connected component of a flagged
+frame's mask gets an embedding: the frozen encoder's features (every group L2-normalised, then
+concatenated) averaged over the grid cells the component covers, minus the frame's own mean feature
+(so the embedding says how the region differs from its surroundings, not which part or lighting
+it sits on), L2-normalised. The grouping is leader clustering on cosine distance with running
+centroids: a region joins the nearest family when it is closer than ``threshold``, else it founds a
+new one. It needs no number of families up front and learns from every region in one pass, so it
+runs per product as results arrive.
 
-Why a second (cheap) backbone pass instead of the engine's tokens: the engines are interchangeable
-(ONNX Runtime, Triton, zero-shot) and return only scores and maps; a second pass on *flagged frames
-only* (a few percent of the stream) at 256 px costs ~20 ms on one core and touches no engine.
+The threshold comes from the data: after ``warmup`` regions, the ``quantile`` of the distances from
+each region to its nearest neighbour among them, times ``factor`` (regions of one kind are each
+other's near neighbours; the factor widens that to a family's spread). The warm-up regions are then
+clustered with it, in arrival order, and later regions one at a time.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ingest.envelope import FrameEnvelope, decode_image
-from lineinspect.logs import kv
-from storage.records import ResultRow
-
-log = logging.getLogger("lineinspect.families")
-
-EMBED_SIZE = 256                 # square input of the embedding pass
-EMBED_BLOCKS = (4, 7)            # lite0: stride 8 (40 ch), stride 16 (80 ch)
-EMBED_DIM = 120
-MAX_REGIONS = 8                  # largest components kept per frame: bounds the hot path on a shattered mask
-MIN_AREA_FRACTION = 1e-4         # components smaller than this fraction of the frame (and < 4 px) are noise
+MIN_REGION_PX = 16  # components smaller than this (frame pixels) are noise, not a defect
 
 
-@dataclass
+@dataclass(frozen=True)
 class Region:
-    """One connected component of a defect mask, in frame-relative units (0..1)."""
+    """One flagged region of a frame: where it is and what it looks like."""
 
     index: int
-    cx: float
-    cy: float
-    x0: float
-    y0: float
-    x1: float
-    y1: float
     area_px: int
-    embedding: np.ndarray        # (EMBED_DIM,) float32, unit length
+    bbox: tuple[int, int, int, int]          # x, y, w, h in frame pixels
+    centroid: tuple[float, float]            # x, y as fractions of the frame width / height
+    embedding: np.ndarray = field(repr=False)  # float32, unit length
 
 
-Geometry = tuple[float, float, float, float, float, float]   # cx, cy, x0, y0, x1, y1 (relative)
+def encoder_grid(enc_groups: list[Any]) -> np.ndarray:
+    """One frame's encoder groups [(C_g, h, w)] -> (h, w, C) with every group L2-normalised per cell."""
+    parts = []
+    for g in enc_groups:
+        a = np.asarray(g.detach().cpu().numpy() if hasattr(g, "detach") else g, dtype=np.float32)
+        a = np.moveaxis(a, 0, -1)
+        parts.append(a / (np.linalg.norm(a, axis=-1, keepdims=True) + 1e-8))
+    return np.concatenate(parts, axis=-1)
 
 
-def components(mask: np.ndarray, max_regions: int = MAX_REGIONS) -> list[tuple[np.ndarray, Geometry, int]]:
-    """The mask's largest connected components: (boolean component mask, (cx, cy, x0, y0, x1, y1) relative, area)."""
-    m = (np.asarray(mask) > 0).astype(np.uint8)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
-    h, w = m.shape
-    n, labels, stats, cents = cv2.connectedComponentsWithStats(m, connectivity=8)
-    min_area = max(4, int(MIN_AREA_FRACTION * h * w))
-    found = [(int(stats[i, cv2.CC_STAT_AREA]), i) for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
-    found.sort(reverse=True)
-    out: list[tuple[np.ndarray, Geometry, int]] = []
-    for area, i in found[:max_regions]:
-        x, y, bw, bh = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
-        geo: Geometry = (float(cents[i, 0]) / w, float(cents[i, 1]) / h, x / w, y / h, (x + bw) / w, (y + bh) / h)
-        out.append((labels == i, geo, area))
+def regions(mask: np.ndarray, grid: np.ndarray, min_area_px: int = MIN_REGION_PX, max_regions: int = 16) -> list[Region]:
+    """Connected components of ``mask`` (frame size, bool) with their pooled embeddings, largest first."""
+    h, w = mask.shape
+    gh, gw = grid.shape[:2]
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    background = grid.reshape(-1, grid.shape[-1]).mean(axis=0)
+    order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
+    out: list[Region] = []
+    for rank, i in enumerate(order[:max_regions]):
+        area = int(stats[i, cv2.CC_STAT_AREA])
+        if area < min_area_px:
+            continue
+        small = cv2.resize((labels == i).astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA)
+        if small.max() <= 0:
+            continue
+        weights = small / small.sum()
+        if (small > 0.25).any():  # cells mostly inside the region; a thin region keeps its best cells
+            weights = np.where(small > 0.25, small, 0.0)
+            weights = weights / weights.sum()
+        vec = np.tensordot(weights, grid, axes=([0, 1], [0, 1])) - background
+        vec = (vec / (np.linalg.norm(vec) + 1e-8)).astype(np.float32)
+        x, y, bw, bh = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
+                                                   cv2.CC_STAT_HEIGHT))
+        out.append(Region(rank, area, (x, y, bw, bh), (float(cents[i][0]) / w, float(cents[i][1]) / h), vec))
     return out
 
 
-class RegionEmbedder:
-    """The frozen Lite0 trunk, built on first use (import and weights load lazily: no I/O at import)."""
+def nn_distance_threshold(embs: np.ndarray, quantile: float = 0.5, factor: float = 2.0) -> float:
+    """``factor`` x the ``quantile`` of each embedding's cosine distance to its nearest other embedding."""
+    e = np.asarray(embs, dtype=np.float32)
+    if len(e) < 2:
+        raise ValueError("a threshold from data needs at least 2 embeddings")
+    d = 1.0 - e @ e.T
+    np.fill_diagonal(d, np.inf)
+    return float(min(1.5, factor * np.quantile(d.min(axis=1), quantile)))
 
-    def __init__(self, threads: int = 1) -> None:
-        self.threads = threads
-        self._net: Any = None
 
-    def _backbone(self) -> Any:
-        if self._net is None:
-            from inference.model.backbones import build_backbone
+@dataclass
+class Family:
+    id: int
+    centroid: np.ndarray          # unit length
+    count: int
+    name: str | None = None
 
-            self._net = build_backbone("efficientnet_lite0", list(EMBED_BLOCKS))
-        return self._net
 
-    def features(self, image: np.ndarray) -> list[np.ndarray]:
-        """Per stage (C, h, w) float32 maps of an RGB/BGR/grey uint8 frame (channel order barely matters
-        for a context-relative descriptor, and every caller passes decode_image's order)."""
+class LeaderClustering:
+    """Incremental leader clustering on cosine distance with running centroids (see the module docstring).
+
+    ``families`` may be restored from storage (their ids, centroids, counts and names), so a family's
+    operator-given name sticks to the regions that join it later."""
+
+    def __init__(self, threshold: float | None = None, warmup: int = 30, quantile: float = 0.5,
+                 factor: float = 2.0, families: list[Family] | None = None) -> None:
+        self.threshold = threshold
+        self.warmup = warmup
+        self.quantile = quantile
+        self.factor = factor
+        self.families: list[Family] = list(families or [])
+        self._pending: list[np.ndarray] = []
+        self._next = max((f.id for f in self.families), default=0) + 1
+
+    def add(self, emb: np.ndarray) -> list[int]:
+        """Add one embedding; returns the family ids of every embedding decided by this call (in arrival
+        order): nothing while warming up, then the whole warm-up at once, then one id per call."""
+        e = np.asarray(emb, dtype=np.float32)
+        if self.threshold is None:
+            self._pending.append(e)
+            if len(self._pending) < self.warmup:
+                return []
+            self.threshold = nn_distance_threshold(np.stack(self._pending), self.quantile, self.factor)
+            pending, self._pending = self._pending, []
+            return [self._assign(p) for p in pending]
+        return [self._assign(e)]
+
+    def flush(self) -> list[int]:
+        """Decide the warm-up embeddings now (end of a batch run with fewer than ``warmup`` regions)."""
+        if self.threshold is not None or not self._pending:
+            return []
+        if len(self._pending) < 2:
+            self.threshold = 0.5
+        else:
+            self.threshold = nn_distance_threshold(np.stack(self._pending), self.quantile, self.factor)
+        pending, self._pending = self._pending, []
+        return [self._assign(p) for p in pending]
+
+    def _assign(self, e: np.ndarray) -> int:
+        assert self.threshold is not None
+        if self.families:
+            cents = np.stack([f.centroid for f in self.families])
+            d = 1.0 - cents @ e
+            j = int(np.argmin(d))
+            if d[j] <= self.threshold:
+                f = self.families[j]
+                c = f.centroid * f.count + e
+                f.centroid = (c / (np.linalg.norm(c) + 1e-8)).astype(np.float32)
+                f.count += 1
+                return f.id
+        f = Family(self._next, e.copy(), 1)
+        self._next += 1
+        self.families.append(f)
+        return f.id
+
+
+def purity(labels_true: list[Any], labels_pred: list[Any]) -> float:
+    """Share of items whose family's majority true label is their own."""
+    from collections import Counter
+
+    by: dict[Any, Counter] = {}
+    for t, p in zip(labels_true, labels_pred):
+        by.setdefault(p, Counter())[t] += 1
+    return float(sum(c.most_common(1)[0][1] for c in by.values()) / max(1, len(labels_true)))
+
+
+# --- the consumer's post-store step -------------------------------------------------------------------
+
+class FamilyMonitor:
+    """Post-store step: embeds each flagged frame's regions (a second encoder pass on flagged frames
+    only, with the product's active model) and groups them per product; families persist in storage,
+    so names and grouping survive restarts and are shared by consumers that load them."""
+
+    def __init__(self, store: Any, family_store: Any, registry: Any, max_pixels: int = 40_000_000,
+                 warmup: int = 30) -> None:
+        self.store = store
+        self.families = family_store
+        self.registry = registry
+        self.max_pixels = max_pixels
+        self.warmup = warmup
+        self._models: dict[tuple[str, str], Any] = {}
+        self._clusters: dict[str, LeaderClustering] = {}
+        self._pending: dict[str, list[Any]] = {}
+
+    def __call__(self, rows: list[Any], envelopes: list[Any]) -> None:
+        from ingest.envelope import decode_image
+        from storage.families import RegionRow
+
+        touched: dict[str, list[RegionRow]] = {}
+        for row, env in zip(rows, envelopes):
+            if row.verdict != "defect" or not row.mask_png:
+                continue
+            model = self._model(row.product, str(row.model_version))
+            if model is None:
+                continue
+            mask = cv2.imdecode(np.frombuffer(row.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+            got = self.store.get_result(row.camera, row.frame_id)
+            if mask is None or got is None:
+                continue
+            grid = self._grid(model, decode_image(env, self.max_pixels))
+            lc = self._clustering(row.product)
+            pending = self._pending.setdefault(row.product, [])
+            for reg in regions(mask > 0, grid):
+                pending.append((int(got["id"]), float(row.captured_at), reg))
+                ids = lc.add(reg.embedding)
+                if ids:
+                    decided, self._pending[row.product] = pending[-len(ids):], pending[:-len(ids)]
+                    pending = self._pending[row.product]
+                    touched.setdefault(row.product, []).extend(
+                        RegionRow(rid, row.product, r.index, fam, r.area_px, r.bbox, r.centroid, ts, r.embedding)
+                        for (rid, ts, r), fam in zip(decided, ids))
+        for product, regs in touched.items():
+            lc = self._clusters[product]
+            self.families.save(product, float(lc.threshold or 0.0), lc.families, regs)
+
+    def _clustering(self, product: str) -> LeaderClustering:
+        lc = self._clusters.get(product)
+        if lc is None:
+            thr, fams = self.families.load(product)
+            lc = LeaderClustering(threshold=thr, warmup=self.warmup,
+                                  families=[Family(f["family"], f["centroid"], f["count"], f["name"]) for f in fams])
+            self._clusters[product] = lc
+        return lc
+
+    def _model(self, product: str, version: str) -> Any:
+        key = (product, version)
+        if key not in self._models:
+            self._models[key] = None
+            try:
+                info = next((v for v in self.registry.list(product) if v.version == version), None)
+                if info is not None:
+                    from inference.model_dir import load_model_dir
+
+                    self._models[key] = load_model_dir(info.path)
+            except Exception:
+                self._models[key] = None
+                raise
+        return self._models[key]
+
+    @staticmethod
+    def _grid(loaded: Any, image: np.ndarray) -> np.ndarray:
         import torch
 
-        img = np.asarray(image)
-        if img.ndim == 2:
-            img = np.repeat(img[:, :, None], 3, axis=2)
-        if img.ndim != 3 or img.shape[2] not in (3, 4):
-            raise ValueError(f"image must be HxW or HxWx3, got shape {img.shape}")
-        img = cv2.resize(np.ascontiguousarray(img[:, :, :3]), (EMBED_SIZE, EMBED_SIZE), interpolation=cv2.INTER_AREA)
-        x = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-        prev = torch.get_num_threads()
-        torch.set_num_threads(max(1, self.threads))
-        try:
-            with torch.inference_mode():
-                feats = self._backbone()(x)
-        finally:
-            torch.set_num_threads(prev)
-        return [f[0].numpy().astype(np.float32) for f in feats]
+        from inference.preprocess import batch_to_input
 
-    def embed(self, image: np.ndarray, mask: np.ndarray, max_regions: int = MAX_REGIONS) -> list[Region]:
-        """Regions of ``mask`` (frame resolution or any size: it is resized to the image) with embeddings."""
-        comps = components(mask if mask.shape[:2] == image.shape[:2] else
-                           cv2.resize((mask > 0).astype(np.uint8), (image.shape[1], image.shape[0]),
-                                      interpolation=cv2.INTER_NEAREST), max_regions)
-        if not comps:
-            return []
-        feats = self.features(image)
-        return [Region(i, *geo, area, pooled(feats, comp)) for i, (comp, geo, area) in enumerate(comps)]
-
-
-def pooled(feats: list[np.ndarray], comp: np.ndarray) -> np.ndarray:
-    """Context-relative pooled descriptor of one component (module docstring)."""
-    parts = []
-    for f in feats:
-        c, h, w = f.shape
-        wgt = cv2.resize(comp.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-        if wgt.sum() <= 1e-6:  # smaller than a cell: the cell under its centre
-            ys, xs = np.nonzero(comp)
-            wgt = np.zeros((h, w), np.float32)
-            wgt[min(h - 1, int(ys.mean() * h / comp.shape[0])), min(w - 1, int(xs.mean() * w / comp.shape[1]))] = 1.0
-        flat = f.reshape(c, -1)
-        wi = wgt.ravel()
-        wo = 1.0 - np.clip(wi, 0.0, 1.0)
-        inside = flat @ wi / wi.sum()
-        outside = flat @ wo / max(wo.sum(), 1e-6)
-        d = inside - outside
-        n = float(np.linalg.norm(d))
-        parts.append(d / n if n > 0 else d)
-    v = np.concatenate(parts)
-    n = float(np.linalg.norm(v))
-    if n == 0.0 or not np.isfinite(n):
-        v = np.full_like(v, 1.0 / np.sqrt(v.size))  # a region identical to its context: one shared direction
-    else:
-        v = v / n
-    return v.astype(np.float32)
-
-
-class FamilyStep:
-    """Post-store step (``InferenceConsumer(post_store=[...])``): embed the regions of the stored
-    *defect* rows and hand them to the families store, which assigns them to families.
-
-    Only flagged frames cost anything; a failure is the consumer's to log (the rows are stored)."""
-
-    def __init__(self, families: Any, embedder: RegionEmbedder | None = None, max_frame_pixels: int = 50_000_000) -> None:
-        self.families = families                 # storage.families.FamilyStore
-        self.embedder = embedder or RegionEmbedder()
-        self.max_frame_pixels = max_frame_pixels
-        self.embedded_frames = 0
-
-    def __call__(self, rows: list[ResultRow], envelopes: list[FrameEnvelope]) -> None:
-        flagged = [r for r in rows if r.verdict == "defect" and r.mask_png]
-        if not flagged:
-            return
-        by_key = {(e.camera, e.frame_id): e for e in envelopes}
-        t0 = time.perf_counter()
-        batch = []
-        for r in flagged:
-            env = by_key.get((r.camera, r.frame_id))
-            if env is None:
-                continue
-            mask = cv2.imdecode(np.frombuffer(r.mask_png or b"", np.uint8), cv2.IMREAD_GRAYSCALE)
-            if mask is None:
-                log.warning("defect mask not decodable; no families for this frame", extra=kv(camera=r.camera, frame_id=r.frame_id))
-                continue
-            image = decode_image(env, self.max_frame_pixels)
-            regions = self.embedder.embed(image, mask)
-            if regions:
-                batch.append((r, regions))
-        if batch:
-            self.families.add_regions(batch)
-            self.embedded_frames += len(batch)
-            log.debug("families updated", extra=kv(frames=len(batch), regions=sum(len(g) for _, g in batch),
-                                                   ms=round((time.perf_counter() - t0) * 1000, 1)))
-
-
-def build_step(settings: Any, store: Any) -> FamilyStep | None:
-    """The families post-store step for a SQL result store, or ``None`` when disabled / not SQL."""
-    if not getattr(settings, "families_enabled", False) or not hasattr(store, "engine"):
-        return None
-    from storage.families import FamilyStore
-
-    threads = max(1, int(getattr(settings, "threads", 0) or 1))
-    return FamilyStep(FamilyStore(store.engine, getattr(store, "url", ""), warmup=settings.families_warmup),
-                      RegionEmbedder(threads=min(threads, 2)), settings.max_frame_pixels)
+        with torch.inference_mode():
+            enc = loaded.module.encode(torch.from_numpy(batch_to_input([image], loaded.input_hw)))
+        return encoder_grid([g[0] for g in enc])

@@ -1,125 +1,79 @@
-"""Defect families: which defects, how often, where. A Pareto chart of each product's families over
-the selected range, then per family its name (editable: the name sticks to every later member),
-example crops from the stored evidence, its location heatmap and a control chart of its rate."""
+"""Defect families: which defects, how often, where. Unsupervised groups of similar flagged regions
+(inference/families.py); an operator's name for a family sticks to every region that joins it later."""
 
 from __future__ import annotations
 
-import logging
-
 import altair as alt
+import cv2
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, context, data, family_charts, imaging
-from lineinspect.logs import kv
-from storage.queries import Filters
+from dashboard import context, data
 
-log = logging.getLogger(__name__)
 ctx = context.current()
 st.title("Defect families")
-st.caption("Flagged regions (connected components of defect masks) grouped without labels by what they look like; "
-           "false alarms excluded. Name a family and every later member carries the name.")
-c1, c2, c3 = st.columns(3)
-top_n = c1.selectbox("Families shown per product", [3, 5, 8], index=1, key="fam_top")
-n_examples = c2.selectbox("Examples per family", [2, 4, 6], index=1, key="fam_examples")
-bucket_name = c3.selectbox("Control chart per", list(charts.BUCKETS), index=1, key="fam_bucket")
+st.caption(f"{ctx.range_label} · families are found without labels; name one to keep the name for its new members")
+f = ctx.filters
 
-
-def save_name(product: str, family_id: int, key: str) -> None:
-    """Through storage (the only SQL owner); an invalid name is refused with the reason."""
-    from storage.families import FamilyStore
-
-    try:
-        kept = FamilyStore(data.engine(ctx.db_url), ctx.db_url).set_name(product, family_id, st.session_state.get(key, ""))
-    except (ValueError, LookupError) as exc:
-        st.session_state["fam_notice"] = ("error", f"Name not saved: {exc}")
-        return
-    log.info("family named", extra=kv(product=product, family_id=kept))
-    data.clear()
-    st.session_state["fam_notice"] = ("ok", f"Family #{kept} of {product} renamed.")
-
-
-notice = st.session_state.pop("fam_notice", None)
-if notice:
-    (st.success if notice[0] == "ok" else st.error)(notice[1])
-
-rows = data.family_pareto(ctx.db_url, ctx.filters)
-if not rows:
-    st.info("No flagged regions in this range yet. Regions are embedded and grouped as defect frames are stored.")
+pareto = data.family_pareto(ctx.db_url, f.start, f.end)
+if pareto.empty:
+    st.info("No flagged regions grouped into families in this range yet.")
     st.stop()
+products = sorted(pareto["product"].unique())
+product = st.selectbox("Product", products, key="fam_product")
+p = pareto[pareto["product"] == product].copy()
+p["label"] = [f"#{int(k)} {n}" if isinstance(n, str) and n else f"#{int(k)}" for k, n in zip(p["family"], p["name"])]
+p["cumulative"] = p["regions"].cumsum() / p["regions"].sum()
 
-products = sorted({(r["product_id"], r["product"]) for r in rows}, key=lambda p: p[1])
-bucket_s, origin = charts.BUCKETS[bucket_name]
-trend = data.family_trend(ctx.db_url, ctx.filters, bucket_s, origin)
+st.subheader("Pareto of families")
+bars = alt.Chart(p).mark_bar(color="#457b9d").encode(
+    x=alt.X("label:N", sort=list(p["label"]), title="family"), y=alt.Y("regions:Q", title="regions"),
+    tooltip=["label:N", "regions:Q", "frames:Q", alt.Tooltip("mean_area_px:Q", format=".0f")])
+line = alt.Chart(p).mark_line(color="#e63946", point=True).encode(
+    x=alt.X("label:N", sort=list(p["label"])),
+    y=alt.Y("cumulative:Q", axis=alt.Axis(format="%", title="cumulative share")))
+st.altair_chart(alt.layer(bars, line).resolve_scale(y="independent").properties(height=260), width="stretch")
+st.dataframe(p[["label", "regions", "frames", "mean_area_px", "cumulative"]], hide_index=True,
+             column_config={"cumulative": st.column_config.NumberColumn(format="percent"),
+                            "mean_area_px": st.column_config.NumberColumn("mean area (px)", format="%.0f")})
 
-for pid, pname in products:
-    df = family_charts.pareto_frame([r for r in rows if r["product_id"] == pid])
-    st.header(pname)
-    st.caption(f"{int(df['regions'].sum())} regions in {int(df['frames'].sum())} frame-family pairs · "
-               f"{int(df['family_id'].notna().sum())} families")
-    order = df["label"].tolist()
-    base = alt.Chart(df).encode(x=alt.X("label:N", sort=order, title="family"))
-    st.altair_chart(
-        alt.layer(
-            base.mark_bar(color="#457b9d").encode(y=alt.Y("regions:Q", title="regions"),
-                                                   tooltip=["label:N", "regions:Q", "frames:Q",
-                                                            alt.Tooltip("share:Q", format=".1%")]),
-            base.mark_line(color="#e63946", point=True).encode(
-                y=alt.Y("cumulative:Q", title="cumulative share", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
-                tooltip=["label:N", alt.Tooltip("cumulative:Q", format=".1%")]),
-        ).resolve_scale(y="independent").properties(height=260),
-        width="stretch",
-    )
-    # the product's inspected counts per bucket: the denominator of each family's rate
-    pf = Filters(start=ctx.filters.start, end=ctx.filters.end, product_ids=(pid,), line_ids=ctx.filters.line_ids,
-                 camera_ids=ctx.filters.camera_ids)
-    inspected = pd.DataFrame(data.trend(ctx.db_url, pf, bucket_s, origin), columns=["start", "inspected", "defects", "false_alarms"])
-    for _, fam in df[df["family_id"].notna()].head(int(top_n)).iterrows():
-        fid = int(fam["family_id"])
-        with st.container(border=True):
-            st.subheader(f"{fam['label']} · {int(fam['regions'])} regions ({fam['share']:.0%})")
-            key = f"fam_name_{pid}_{fid}"
-            n1, n2 = st.columns([3, 1])
-            n1.text_input("Name", value=fam["name"] if isinstance(fam["name"], str) else "", key=key,
-                          placeholder="e.g. crack, blowhole", max_chars=128)
-            n2.button("Save name", key=f"save_{key}", on_click=save_name, args=(pname, fid, key))
-            left, right = st.columns([3, 1])
-            with left:
-                ex = data.family_examples(ctx.db_url, pid, fid, ctx.filters, int(n_examples))
-                cols = st.columns(max(1, len(ex)))
-                for col, e in zip(cols, ex):
-                    if e["frame"]:
-                        img = imaging.decode_image(e["frame"])
-                    elif e["heat_png"]:
-                        img = imaging.colorize(imaging.decode_image(e["heat_png"], grayscale=True).astype("float32") / 255.0)
-                    else:
-                        col.caption("no stored evidence")
-                        continue
-                    col.image(family_charts.crop(img, (e["x0"], e["y0"], e["x1"], e["y1"])), width="stretch",
-                              caption=f"result {e['result_id']}")
-            with right:
-                dens = family_charts.location_density(data.family_locations(ctx.db_url, pid, fid, ctx.filters))
-                st.image(imaging.colorize(dens, size=(192, 192)), caption="where (centroid density)", width="stretch")
-            ft = trend[(trend["product_id"] == pid) & (trend["family_id"] == fid)]
-            merged = inspected.merge(ft.rename(columns={"bucket": "start"})[["start", "frames"]], on="start", how="left").fillna(0)
-            merged = merged[merged["inspected"] > 0].reset_index(drop=True)
-            if len(merged) >= 2:
-                pc = charts.p_chart(merged["inspected"].to_numpy(), merged["frames"].to_numpy().astype(int))
-                cc = merged.assign(rate=pc.rate, ucl=pc.ucl, center=pc.center,
-                                   time=pd.to_datetime(merged["start"], unit="s", utc=True),
-                                   state=["out of control" if o else "in control" for o in pc.out])
-                b = alt.Chart(cc).encode(x=alt.X("time:T", title="time (UTC)"))
-                st.altair_chart(
-                    (b.mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(y="ucl:Q")
-                     + b.mark_line(color="#2a9d8f").encode(y="center:Q")
-                     + b.mark_line(color="#457b9d").encode(y=alt.Y("rate:Q", title="frames with this family",
-                                                                    axis=alt.Axis(format="%")))
-                     + b.mark_point(filled=True).encode(
-                         y="rate:Q", color=alt.Color("state:N", scale=alt.Scale(domain=["in control", "out of control"],
-                                                                                range=["#457b9d", "#e63946"])),
-                         tooltip=[alt.Tooltip("time:T"), "inspected:Q", "frames:Q", alt.Tooltip("rate:Q", format=".2%")]))
-                    .properties(height=180),
-                    width="stretch",
-                )
-            else:
-                st.caption("Control chart: needs two buckets with inspected frames in this range.")
+family = st.selectbox("Family", [int(k) for k in p["family"]], key="fam_family",
+                      format_func=lambda k: p.loc[p["family"] == k, "label"].iloc[0])
+current = p.loc[p["family"] == family, "name"].iloc[0]
+with st.form(key="fam_name_form"):
+    new = st.text_input("Name of this family", value=current if isinstance(current, str) else "", key="fam_name")
+    if st.form_submit_button("Save name"):
+        data.name_family(ctx.db_url, product, family, new or None)
+        st.session_state["fam_flash"] = f"Family #{family} of {product} is now called {new!r}; new members inherit the name."
+        st.rerun()  # the Pareto and the family list show the new name
+if "fam_flash" in st.session_state:
+    st.success(st.session_state.pop("fam_flash"))
+
+members = data.family_members(ctx.db_url, product, family)
+c1, c2 = st.columns(2)
+with c1:
+    st.subheader("Where (location heatmap)")
+    heat, _, _ = np.histogram2d([m["cy"] for m in members], [m["cx"] for m in members], bins=8, range=[[0, 1], [0, 1]])
+    hm = pd.DataFrame([{"row": r, "col": c, "regions": int(heat[r, c])} for r in range(8) for c in range(8)])
+    st.altair_chart(alt.Chart(hm).mark_rect().encode(
+        x=alt.X("col:O", title="x (eighths of the frame)"), y=alt.Y("row:O", title="y (eighths of the frame)"),
+        color=alt.Color("regions:Q", scale=alt.Scale(scheme="reds")), tooltip=["row:O", "col:O", "regions:Q"]
+    ).properties(height=260), width="stretch")
+with c2:
+    st.subheader("Example crops")
+    crops = []
+    for m in members:
+        if not m.get("frame"):
+            continue
+        img = cv2.imdecode(np.frombuffer(m["frame"], np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        pad = max(8, int(0.25 * max(m["w"], m["h"])))
+        y0, x0 = max(0, m["y"] - pad), max(0, m["x"] - pad)
+        crop = img[y0:m["y"] + m["h"] + pad, x0:m["x"] + m["w"] + pad]
+        crops.append(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+    if crops:
+        st.image(crops[:6], width=120, caption=[f"region {i + 1}" for i in range(len(crops[:6]))])
+    else:
+        st.caption("No kept frames for this family's newest regions (keep_flagged_frames off?).")
