@@ -128,3 +128,11 @@ def fmt_ts(ts: float | None) -> str:
     if ts is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def family_rate(inspected: list[dict], family: list[dict]) -> list[dict]:
+    """Per bucket with inspected frames: ``{start, inspected, frames}`` where ``frames`` is how many of
+    them had a region of the family (0 where none did): the inputs of the family's p-chart."""
+    hits = {round(r["start"], 6): int(r["frames"]) for r in family}
+    return [{"start": r["start"], "inspected": int(r["inspected"]), "frames": hits.get(round(r["start"], 6), 0)}
+            for r in inspected if int(r["inspected"]) > 0]

@@ -230,3 +230,9 @@ def name_family(url: str, product: str, family: int, name: str | None) -> bool:
     ok = _families(url).name_family(product, family, name)
     clear()
     return ok
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_trend(url: str, product: str, family: int, bucket_s: float, origin: float,
+                 start: float | None, end: float | None) -> list[dict]:
+    return _families(url).trend(product, family, bucket_s, origin, start, end)

@@ -96,6 +96,26 @@ class FamilyStore:
             rows = [dict(x._mapping) for x in conn.execute(q).all()]
         return sorted(rows, key=lambda d: (-d["regions"], d["product"], d["family"]))
 
+    def trend(self, product: str, family: int, bucket_s: float, origin: float = 0.0,
+              start: float | None = None, end: float | None = None) -> list[dict]:
+        """Frames with at least one region of this family per time bucket, ``[{start, frames}]`` oldest
+        first; buckets are aligned to ``origin`` like :func:`storage.queries.trend`, so the two line up
+        as numerator and denominator of the family's rate (its control chart)."""
+        if not (float(bucket_s) > 0):
+            raise ValueError(f"bucket_s must be > 0, got {bucket_s!r}")
+        r = DefectRegion
+        q = select(r.captured_at, r.result_id).where(r.product == product, r.family == int(family))
+        if start is not None:
+            q = q.where(r.captured_at >= float(start))
+        if end is not None:
+            q = q.where(r.captured_at < float(end))
+        buckets: dict[float, set[int]] = {}
+        with service_errors(self.url), self.engine.connect() as conn:
+            for t, rid in conn.execute(q).all():
+                b = float(np.floor((float(t) - origin) / bucket_s)) * float(bucket_s) + float(origin)
+                buckets.setdefault(b, set()).add(int(rid))
+        return [{"start": b, "frames": len(ids)} for b, ids in sorted(buckets.items())]
+
     def members(self, product: str, family: int, limit: int = 500, with_frames: int = 0) -> list[dict]:
         """A family's regions, newest first (bbox, centroid, result id); the newest ``with_frames`` carry the
         kept frame bytes for example crops."""

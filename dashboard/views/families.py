@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import context, data
+from dashboard import charts, context, data
+from storage.queries import Filters
 
 ctx = context.current()
 st.title("Defect families")
@@ -77,3 +78,31 @@ with c2:
         st.image(crops[:6], width=120, caption=[f"region {i + 1}" for i in range(len(crops[:6]))])
     else:
         st.caption("No kept frames for this family's newest regions (keep_flagged_frames off?).")
+
+st.subheader("Control chart of this family (p-chart)")
+bucket_name = st.selectbox("Per", list(charts.BUCKETS), index=1, key="fam_bucket")
+bucket_s, origin = charts.BUCKETS[bucket_name]
+pid = {name: i for i, name in context.product_names(ctx.db_url).items()}.get(product)
+inspected = data.trend(ctx.db_url, Filters(start=f.start, end=f.end, product_ids=(pid,) if pid is not None else (),
+                                           line_ids=f.line_ids, camera_ids=f.camera_ids), bucket_s, origin)
+rate = pd.DataFrame(charts.family_rate(inspected, data.family_trend(ctx.db_url, product, family, bucket_s, origin,
+                                                                   f.start, f.end)))
+if len(rate) < 2:
+    st.caption("Needs two buckets with inspected frames in this range.")
+else:
+    pc = charts.p_chart(rate["inspected"].to_numpy(), rate["frames"].to_numpy())
+    rate = rate.assign(rate=pc.rate, ucl=pc.ucl, center=pc.center, time=pd.to_datetime(rate["start"], unit="s", utc=True),
+                       state=["out of control" if o else "in control" for o in pc.out])
+    base = alt.Chart(rate).encode(x=alt.X("time:T", title="time (UTC)"))
+    st.altair_chart(
+        (base.mark_line(color="#888", strokeDash=[4, 3], interpolate="step-after").encode(y="ucl:Q")
+         + base.mark_line(color="#2a9d8f").encode(y="center:Q")
+         + base.mark_line(color="#457b9d").encode(y=alt.Y("rate:Q", title="frames with this family", axis=alt.Axis(format="%")))
+         + base.mark_point(filled=True).encode(
+             y="rate:Q", color=alt.Color("state:N", scale=alt.Scale(domain=["in control", "out of control"],
+                                                                    range=["#457b9d", "#e63946"])),
+             tooltip=[alt.Tooltip("time:T"), "inspected:Q", "frames:Q", alt.Tooltip("rate:Q", format=".2%")]))
+        .properties(height=220),
+        width="stretch",
+    )
+    st.caption(f"centre {pc.center:.2%} · {int(pc.out.sum())} bucket(s) outside the 3-sigma limits")

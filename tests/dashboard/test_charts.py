@@ -77,3 +77,10 @@ def test_fmt_ms_keeps_tiles_short() -> None:
     assert charts.fmt_ms(85.4) == "85 ms"
     assert charts.fmt_ms(10_293) == "10.3 s"
     assert charts.fmt_ms(250_000) == "4.2 min"
+
+
+def test_family_rate_joins_family_frames_to_inspected_buckets():
+    inspected = [{"start": 0.0, "inspected": 10}, {"start": 60.0, "inspected": 0}, {"start": 120.0, "inspected": 5}]
+    family = [{"start": 120.0, "frames": 2}, {"start": 60.0, "frames": 1}]
+    assert charts.family_rate(inspected, family) == [{"start": 0.0, "inspected": 10, "frames": 0},
+                                                     {"start": 120.0, "inspected": 5, "frames": 2}]

@@ -57,6 +57,8 @@ def test_families_page_in_chromium(server, tmp_path) -> None:  # noqa: F811 - th
             page.get_by_role("button", name="Save name").click()
             page.get_by_text("is now called 'scratch'").wait_for(timeout=30_000)
             page.get_by_text(f"#{top} scratch").first.wait_for(timeout=30_000)  # the Pareto shows the name
+            page.get_by_text("Control chart of this family (p-chart)").wait_for(timeout=30_000)
+            page.get_by_text("outside the 3-sigma limits").wait_for(timeout=30_000)  # the family's p-chart drew
             page.wait_for_timeout(1000)
             shot = tmp_path / "dashboard-families.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -69,4 +71,4 @@ def test_families_page_in_chromium(server, tmp_path) -> None:  # noqa: F811 - th
         names = {f["family"]: f["name"] for f in FamilyStore(engine).load(product)[1]}
     finally:
         engine.dispose()
-    assert names[top] == "scratch" and charts >= 2 and shot.stat().st_size > 20_000
+    assert names[top] == "scratch" and charts >= 3 and shot.stat().st_size > 20_000

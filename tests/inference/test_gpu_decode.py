@@ -55,8 +55,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @needs_cuda
 def test_cuda_decode_matches_the_cpu_decode() -> None:
     """nvJPEG + device area resize gives the model the same input as the CPU's DCT-scaled decode,
-    up to JPEG decoder rounding and the two resampling orders."""
-    envs = _envs()
+    up to JPEG decoder rounding and the two resampling orders (on a smooth image: the DCT-scaled
+    decode legitimately differs on hard 8-pixel block edges like ``_envs``'s)."""
+    import cv2
+
+    envs = [FrameEnvelope("p", "l", "c", e.frame_id, encode_image(cv2.GaussianBlur(decode_frame(e).image, (0, 0), 4), "jpeg", 92), "jpeg")
+            for e in _envs()]
     x_gpu, geoms, path = frames_to_input(envs, (64, 64), "cuda")
     x_cpu, _, cpu_path = frames_to_input(envs, (64, 64), "cpu")
     assert path == "gpu" and cpu_path == "cpu" and geoms == [(480, 560)] * 3
