@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Engine, and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -522,3 +522,17 @@ def _validate(r: ResultRow) -> None:
 def _int_in(name: str, v: object, lo: int, hi: int) -> None:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= int(v) < hi:
         raise ValueError(f"ResultRow.{name} must be an integer in [{lo}, {hi}), not {str(v)[:40]!r}")
+
+
+class SharedEngineStore:
+    """Owner of a few tables of its own that shares a :class:`ResultStore`'s SQLAlchemy engine (one
+    connection pool per process); the drift and defect-family stores are two."""
+
+    def __init__(self, engine: Engine, url: str = "") -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def of(cls, store: ResultStore) -> Self:
+        """Over ``store``'s engine and URL."""
+        return cls(store.engine, store.url)
