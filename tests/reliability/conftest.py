@@ -121,6 +121,10 @@ class TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def build_tiny_model(dest: Path) -> TinyModel:
     """An untrained seeded 64x64 INP-Former with its ONNX export; threshold = median score of the frames."""
     import cv2
     import torch
@@ -131,7 +135,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
     torch.manual_seed(0)
     model = InpFormer(InpConfig(input_hw=(64, 64), width=32, head_dim=32, decoder_blocks=2, n_inps=2))
-    d = save_model_dir(tmp_path_factory.mktemp("tiny") / "model", model, {}, {"threshold": 1.0})
+    d = save_model_dir(dest / "model", model, {}, {"threshold": 1.0})
     engine = OnnxEngine(d, threads=1)  # exports model.onnx + sidecar once, so consumers only load it
     imgs = [cv2.cvtColor(cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             for p in frame_payloads()]

@@ -1,0 +1,62 @@
+"""KafkaBatchConsumer.keep_alive: services the group without consuming anything (fake client, no broker)."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+from kafka import TopicPartition
+
+from ingest.bus.kafka import KafkaBatchConsumer
+from lineinspect.settings import Settings
+
+Msg = namedtuple("Msg", "topic partition offset")
+
+
+class FakeKafka:
+    """The KafkaConsumer calls keep_alive makes; a rebalance during the poll adds partition 2, which
+    (not paused) returns two records that must be given back."""
+
+    def __init__(self) -> None:
+        self.assigned = {TopicPartition("t", 0), TopicPartition("t", 1)}
+        self._paused: set[TopicPartition] = set()
+        self.polled_while_paused: set[TopicPartition] = set()
+        self.seeks: dict[TopicPartition, int] = {}
+        self.log: list[str] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self._paused |= set(tps)
+        self.log.append("pause")
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._paused -= set(tps)
+        self.log.append("resume")
+
+    def poll(self, timeout_ms: int = 0, max_records: Any = None) -> dict:
+        self.log.append("poll")
+        self.polled_while_paused = set(self._paused)
+        new = TopicPartition("t", 2)
+        self.assigned.add(new)  # the rebalance this poll took part in
+        return {new: [Msg("t", 2, 7), Msg("t", 2, 8)]}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp] = offset
+
+
+def test_keep_alive_polls_paused_and_gives_back_anything_it_got() -> None:
+    c = KafkaBatchConsumer.__new__(KafkaBatchConsumer)
+    c.settings, c.group, c.topic = Settings(), "g", "t"
+    c._rebalancing_since, c._warned_rebalance = None, False
+    fake = FakeKafka()
+    c._consumer = fake  # type: ignore[assignment]
+    c.keep_alive(0.1)
+    assert fake.log == ["pause", "poll", "resume"]
+    assert fake.polled_while_paused == {TopicPartition("t", 0), TopicPartition("t", 1)}
+    assert fake.paused() == set()  # nothing stays paused after the wait
+    assert fake.seeks == {TopicPartition("t", 2): 7}  # the next poll_batch hands out offsets 7 and 8
