@@ -37,7 +37,11 @@ from tests.dbtools import throwaway_database
 
 REPO = Path(__file__).resolve().parents[2]
 ON_CI = bool(os.environ.get("CI"))
-PORTS = {"LINEINSPECT_PG_PORT": "25532", "LINEINSPECT_REDIS_PORT": "26479", "LINEINSPECT_KAFKA_PORT": "29192"}
+# Private ports; LINEINSPECT_FAULT_*_PORT, _FAULT_SERVICES_DIR and _FAULT_PG_DIR move them, so two fault-test runs
+# (a CI loop beside a developer's run) never stop each other's services.
+PORTS = {k: os.environ.get(k.replace("LINEINSPECT_", "LINEINSPECT_FAULT_"), v)
+         for k, v in {"LINEINSPECT_PG_PORT": "25532", "LINEINSPECT_REDIS_PORT": "26479",
+                      "LINEINSPECT_KAFKA_PORT": "29192"}.items()}
 SERVICE_TIMEOUT_S = 120
 
 
@@ -71,8 +75,9 @@ class Services:
 @pytest.fixture(scope="session")
 def fault_services() -> Iterator[Services]:
     cache = Path(os.environ.get("LINEINSPECT_CACHE", Path.home() / ".cache" / "lineinspect"))
-    env = {**os.environ, **PORTS, "LINEINSPECT_SERVICES_DIR": str(cache / "fault-services"),
-           "LINEINSPECT_PG_DIR": f"/var/tmp/lineinspect-faults-pg-{os.getuid()}"}
+    state = os.environ.get("LINEINSPECT_FAULT_SERVICES_DIR", str(cache / "fault-services"))
+    env = {**os.environ, **PORTS, "LINEINSPECT_SERVICES_DIR": state,
+           "LINEINSPECT_PG_DIR": os.environ.get("LINEINSPECT_FAULT_PG_DIR", f"/var/tmp/lineinspect-faults-pg-{os.getuid()}")}
     svc = Services(env)
     try:
         svc.start()
