@@ -148,6 +148,26 @@ def model_versions(url: str, product_ids: tuple[int, ...]) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def held_models(url: str) -> list[dict[str, str]]:
+    """Active versions whose model directory (when visible from this host) fails verification: consumers
+    hold those products' frames (inference.router.ModelHeld) until the files are repaired or another version is promoted."""
+    from pathlib import Path
+
+    from storage.registry import ModelRegistry
+
+    out = []
+    registry = ModelRegistry(engine(url), Path("."))  # models_dir is only used to register
+    for product, info in sorted(registry.active_versions().items()):
+        if not info.path.is_dir():  # models live on the consumers' hosts: only what this host sees is checked
+            continue
+        try:
+            registry.verify(info)
+        except Exception as exc:  # noqa: BLE001 - reported on the page
+            out.append({"product": product, "version": info.version, "error": str(exc)[:300]})
+    return out
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
 def triton_ready(health_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
     """GET ``/v2/health/ready``: (ready, human-readable detail)."""
     try:

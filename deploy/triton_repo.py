@@ -23,6 +23,7 @@ from deploy.triton_server import preferred_batch_sizes
 from inference.engines.triton_engine import triton_model_name
 from inference.onnx_export import export_onnx, read_model_meta
 from lineinspect.errors import ConfigError
+from lineinspect.names import child_path
 
 KINDS = ("KIND_GPU", "KIND_CPU", "KIND_AUTO")
 
@@ -51,7 +52,8 @@ def write_triton_repo(model_dir: str | Path, repo: str | Path, product: str | No
     meta = read_model_meta(model_dir)
     product = product or str((meta.config.get("categories") or [meta.path.name])[0]).replace("/", "_")
     name = triton_model_name(product)
-    folder = Path(repo) / name
+    Path(repo).mkdir(parents=True, exist_ok=True)
+    folder = child_path(repo, name, kind="Triton model name", max_len=255)
     vdir = folder / str(int(version))
     vdir.mkdir(parents=True, exist_ok=True)
     src = export_onnx(meta.path)

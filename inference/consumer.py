@@ -44,14 +44,19 @@ import numpy as np
 from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct
 from inference.metrics import ConsumerMetrics
 from inference.postprocess import binary_mask, defect_area, heat_png, mask_png, pixel_threshold, verdict
+from ingest.bus import message_size
 from ingest.bus.base import BatchConsumer, Record
 from ingest.envelope import FrameEnvelope, PoisonFrame, decode_image
 from lineinspect.errors import ServiceUnavailable
 from lineinspect.logs import kv
+from lineinspect.redact import redact
 from lineinspect.settings import Settings
 from storage.records import ResultRow
 
 log = logging.getLogger(__name__)
+# --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
+# a member left without partitions for longer is surplus and may idle out.
+UNASSIGNED_GRACE_S = 60.0
 
 
 class _Stopped(Exception):
@@ -69,6 +74,7 @@ class _Frame:
 class _Scored:
     """One scored frame waiting for its row: the engine output is shared by its product batch."""
 
+    record: Record
     env: FrameEnvelope
     hw: tuple[int, int]
     out: EngineOutput
@@ -91,6 +97,8 @@ class _Batch:
     scored: list[_Scored]
     poison: list[tuple[Record, str, str]]
     rows: list[ResultRow] = field(default_factory=list)
+    unstorable: list[tuple[Record, str, str]] = field(default_factory=list)  # dead-lettered at commit
+    refused: int = 0  # unstorable rows already dead-lettered
     status: str = "queued"
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -165,6 +173,7 @@ class InferenceConsumer:
         self._polling_thread = threading.get_ident()
         self.metrics.start_http()
         last_data = time.monotonic()
+        unassigned_since: float | None = None
         poll_delay = self.backoff_initial_s
         sink = _Sink(self) if self.pipelined else None
         inflight: deque[_Batch] = deque()
@@ -201,6 +210,13 @@ class InferenceConsumer:
                     log.info("stopped during an outage; the batches in hand stay uncommitted and will be redelivered",
                              extra=kv(records=len(records) + sum(len(b.records) for b in inflight)))
                     break
+                if records or self._assigned():
+                    unassigned_since = None
+                elif idle_timeout_s is not None:  # a rebalance, no partitions yet: waiting, not idle ...
+                    now = time.monotonic()
+                    unassigned_since = unassigned_since or now
+                    if now - unassigned_since < max(UNASSIGNED_GRACE_S, 4 * idle_timeout_s):
+                        last_data = now  # ... unless it lasts so long that this member is simply surplus
                 if not records and idle_timeout_s is not None and time.monotonic() - last_data >= idle_timeout_s:
                     log.info("idle timeout", extra=kv(seconds=idle_timeout_s, handled=handled))
                     break
@@ -243,9 +259,13 @@ class InferenceConsumer:
     def _store(self, batch: _Batch) -> None:
         """Sink half: rows (masks, heatmaps), the durable store, then cache and specimen fusion."""
         t0 = time.time()
-        rows = [self._row(s) for s in batch.scored]
+        built = [(s, self._row(s)) for s in batch.scored]  # an encoding error here is an engine bug: raised
+        bad = self._save([r for _, r in built])
+        for i, detail in bad:
+            batch.unstorable.append((built[i][0].record, "unstorable", detail))
+        refused = {i for i, _ in bad}
+        rows = [r for i, (_, r) in enumerate(built) if i not in refused]
         if rows:
-            self._retry("result store", lambda: self.store.save_results(rows))
             stored_at = time.time()
             per_product: dict[str, tuple[list[str], list[float]]] = defaultdict(lambda: ([], []))
             for r in rows:
@@ -256,14 +276,65 @@ class InferenceConsumer:
             self._update_cache(rows)
             self._fuse(rows)
         batch.rows = rows
-        log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows), dlq=len(batch.poison),
+        log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows),
+                                           dlq=len(batch.poison) + len(batch.unstorable),
                                            ms=round((time.time() - t0) * 1000, 1)))
 
+    def _save(self, rows: list[ResultRow]) -> list[tuple[int, str]]:
+        """Store ``rows``; returns ``(index, why)`` of the rows the store refused.
+
+        Outages (:func:`storage.db.is_outage`) are waited out with backoff and the same rows retried;
+        any other failure is the fault of some row: the batch is split in halves until the refused
+        rows stand alone, so one bad frame costs ~2 log2(batch) extra writes and never the batch."""
+        from storage.db import is_outage
+
+        delay = self.backoff_initial_s
+        while rows:
+            try:
+                conflicts = getattr(self.store, "redelivery_conflicts", 0)
+                self.store.save_results(rows)
+                new = getattr(self.store, "redelivery_conflicts", 0) - conflicts
+                if new > 0:
+                    self.metrics.redelivery_conflicts.inc(new)
+                return []
+            except _Stopped:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below: wait (outage) or isolate (row)
+                if not is_outage(exc):
+                    return self._bisect(rows, exc)
+                self.metrics.store_errors.inc()
+                log.warning("result store unavailable; waiting before retrying (nothing is committed meanwhile)",
+                            extra=kv(wait_s=round(delay, 2), error=redact(str(exc))[:300]))
+            self._wait(delay)
+            delay = min(delay * 2, self.backoff_max_s)
+        return []
+
+    def _bisect(self, rows: list[ResultRow], exc: BaseException) -> list[tuple[int, str]]:
+        if len(rows) == 1:
+            r = rows[0]
+            detail = f"the result store refused the row: {type(exc).__name__}: {redact(str(exc)).splitlines()[0][:220]}"
+            log.error("result row refused by the store; dead-lettering that frame alone",
+                      extra=kv(camera=r.camera[:64], frame_id=r.frame_id, error=detail))
+            return [(0, detail)]
+        mid = len(rows) // 2
+        left = self._save(rows[:mid])
+        right = self._save(rows[mid:])
+        return left + [(i + mid, d) for i, d in right]
+
     def _commit(self, batch: _Batch) -> int:
-        """Commit a stored batch (polling thread only); returns its record count."""
+        """Dead-letter the rows the store refused, then commit a stored batch (polling thread only);
+        returns its record count."""
+        while batch.unstorable:  # popped once acknowledged: a commit retried after a stop does not repeat them
+            rec, reason, detail = batch.unstorable[0]
+            self._retry("dead-letter topic", lambda r=rec, a=reason, d=detail: self.bus.dead_letter(r, a, d))
+            batch.unstorable.pop(0)
+            batch.refused += 1
+            self.metrics.dead_lettered(reason)
+            log.warning("dead-lettered", extra=kv(reason=reason, detail=detail[:200], partition=rec.partition,
+                                                  offset=rec.offset))
         self._retry("bus commit", lambda: self.bus.commit(batch.records))  # broker restarting: wait, do not die
         self.stored += len(batch.rows)
-        self.dead_lettered += len(batch.poison)
+        self.dead_lettered += len(batch.poison) + batch.refused
         return len(batch.records)
 
     def _commit_done(self, inflight: deque[_Batch], room_for: int | None = None) -> int:
@@ -355,6 +426,9 @@ class InferenceConsumer:
         return frames, poison
 
     def _decode_one(self, rec: Record) -> _Frame | tuple[str, str]:
+        size = message_size(rec.key, rec.value, rec.headers)  # the publisher's own rule (ingest.bus.check_size)
+        if size > self.settings.max_message_bytes:  # the broker's framing headroom let it through; we do not
+            return "oversized", f"message is {size} bytes, over max_message_bytes={self.settings.max_message_bytes}"
         try:
             env = FrameEnvelope.from_message(rec.key, rec.value, rec.headers)
             return _Frame(rec, env, decode_image(env, self.settings.max_frame_pixels))
@@ -380,7 +454,7 @@ class InferenceConsumer:
         if getattr(out, "calibrated", True) is False:  # zero-shot threshold still warming up: say so per row
             engine_name = f"{engine_name}:warmup"
         inferred_at = time.time()
-        return [_Scored(f.env, f.image.shape[:2], out, i, engine_name, inferred_at, len(frames))
+        return [_Scored(f.record, f.env, f.image.shape[:2], out, i, engine_name, inferred_at, len(frames))
                 for i, f in enumerate(frames)], []
 
     def _infer(self, product: str, frames: list[_Frame]) -> EngineOutput:
@@ -393,11 +467,14 @@ class InferenceConsumer:
                 out = self.engine.infer(product, [f.image for f in frames])
                 _check_output(out, len(frames))
                 self.metrics.observe_infer(time.perf_counter() - t0)
+                if failures or delay > self.backoff_initial_s:  # recovered from a wait: clear held gauges now
+                    self._update_held()
                 return out
             except UnknownProduct:
                 raise
             except EngineUnavailable as exc:
                 self.metrics.engine_error()
+                self._update_held()
                 log.warning("engine unavailable; waiting before retrying the batch",
                             extra=kv(product=product, wait_s=round(delay, 2), error=str(exc)))
             except Exception as exc:  # noqa: BLE001 - a failing engine must not kill the consumer
@@ -487,11 +564,30 @@ class InferenceConsumer:
             return False
         return True
 
+    def _update_held(self) -> None:
+        held = getattr(self.engine, "held", None)
+        if callable(held):
+            try:
+                self.metrics.set_held(held())
+            except Exception as exc:  # noqa: BLE001 - a gauge must never stop consumption
+                log.debug("held models unavailable", extra=kv(error=str(exc)))
+
+    def _assigned(self) -> bool:
+        """Whether the bus holds partitions now (buses without an assignment always count as assigned)."""
+        assignment = getattr(self.bus, "assignment", None)
+        if not callable(assignment):
+            return True
+        try:
+            return bool(assignment())
+        except Exception:  # noqa: BLE001 - informational
+            return True
+
     def _maybe_snapshot(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_stat < self.stat_interval_s:
             return
         self._last_stat = now
+        self._update_held()
         try:
             self.metrics.set_lag(self.bus.lag())
         except Exception as exc:  # noqa: BLE001 - lag is informational

@@ -37,6 +37,11 @@ class ConsumerMetrics:
         self.engine_errors = Counter("lineinspect_engine_errors", "Engine failures (retried)", registry=r)
         self.store_errors = Counter("lineinspect_store_errors", "Result store failures (retried)", registry=r)
         self.cache_errors = Counter("lineinspect_cache_errors", "Cache failures (not retried)", registry=r)
+        self.redelivery_conflicts = Counter("lineinspect_redelivery_conflicts", "Redelivered (camera, frame id) "
+                                            "with a different image (first row kept)", registry=r)
+        self.models_held = Gauge("lineinspect_models_held", "1 while a product's active model fails verification "
+                                 "and its frames are held", ["product"], registry=r)
+        self._held: set[str] = set()
         self.host = settings.metrics_host if settings else "127.0.0.1"
         self.port = settings.metrics_port if settings else 0
         self._lock = threading.Lock()
@@ -76,6 +81,14 @@ class ConsumerMetrics:
     def engine_error(self) -> None:
         self.engine_errors.inc()
         self.engine_ok = False
+
+    def set_held(self, held: dict[str, str]) -> None:
+        """Products whose frames are held (inference.router.ModelHeld): 1, cleared to 0 on recovery."""
+        for product in self._held - set(held):
+            self.models_held.labels(product).set(0)
+        for product in held:
+            self.models_held.labels(product).set(1)
+        self._held = set(held)
 
     def set_lag(self, lag_by_partition: dict[int, int]) -> None:
         total = int(sum(lag_by_partition.values()))

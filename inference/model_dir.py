@@ -1,19 +1,14 @@
-"""A self-contained model directory: everything needed to serve one trained model anywhere.
-
-    weights.pt        state dict of the learnable head only (the frozen backbone comes from its package)
-    config.json       format version, architecture, backbone identity + weight-file sha256, input size,
-                      preprocessing, categories, train settings, seed
-    calibration.json  normal-score statistics on held-out normal images and the image ``threshold``
-    checksums.json    sha256 of weights.pt, verified at load
+"""Save and load a self-contained model directory with PyTorch (the weights); its metadata files
+(config.json, calibration.json, checksums.json), their formats, migration and verification belong to
+:mod:`lineinspect.model_meta`, which every package uses.
 
 Loading uses ``torch.load(weights_only=True)`` (no pickle execution) and refuses a directory whose
-weights or backbone file do not match the recorded hashes, so a half-copied or swapped model can
-never serve silently.
+files or backbone do not match the recorded hashes, so a half-copied or swapped model can never
+serve silently.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +16,13 @@ from typing import Any
 
 import torch
 
-from lineinspect.files import file_sha256
 from inference.model.inp_former import InpConfig, InpFormer
-from lineinspect.errors import ConfigError
+from lineinspect import model_meta
+from lineinspect.files import file_sha256
+from lineinspect.model_meta import FORMAT_VERSION, ModelDirError, read_verified
 
-FORMAT_VERSION = 1
-FILES = ("weights.pt", "config.json", "calibration.json", "checksums.json")
-
-
-class ModelDirError(ConfigError):
-    """A model directory is missing files, has an unknown format or fails its checksum."""
+__all__ = ["FORMAT_VERSION", "LoadedModel", "ModelDirError", "backbone_identity", "load_model_dir",
+           "read_verified", "save_model_dir"]
 
 
 @dataclass
@@ -49,12 +41,6 @@ class LoadedModel:
         return self.module.cfg.input_hw
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def backbone_identity(model: InpFormer) -> dict[str, Any]:
     wf = model.backbone.weights_file
     return {"name": model.cfg.backbone, "weights_file": wf.name if wf else None,
@@ -68,7 +54,6 @@ def save_model_dir(path: str | Path, model: InpFormer, config: dict[str, Any], c
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     full = {
-        "format_version": FORMAT_VERSION,
         "architecture": "inp_former",
         "model": model.cfg.to_dict(),
         "backbone": backbone_identity(model),
@@ -79,43 +64,18 @@ def save_model_dir(path: str | Path, model: InpFormer, config: dict[str, Any], c
                           "std": list(model.backbone.spec.std)},
         **config,
     }
-    weights = path / "weights.pt"
+    weights = path / model_meta.WEIGHTS
     tmp = path / "weights.pt.tmp"
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, tmp)
     os.replace(tmp, weights)
-    _write_json(path / "config.json", full)
-    _write_json(path / "calibration.json", calibration)
-    _write_json(path / "checksums.json", {"weights.pt": file_sha256(weights)})
+    model_meta.write(path, full, calibration)  # config, calibration, then checksums of every file
     return path
-
-
-def read_verified(path: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(config, calibration, weights sha256) of a model dir, after checking that every file is there,
-    the format is one this build reads and weights.pt matches its recorded checksum. Shared by the
-    PyTorch loader and the ONNX exporter so both refuse the same broken directories."""
-    missing = [f for f in FILES if not (path / f).is_file()]
-    if missing:
-        raise ModelDirError(f"{path} is not a model directory: missing {', '.join(missing)}")
-    try:
-        config = json.loads((path / "config.json").read_text())
-        calibration = json.loads((path / "calibration.json").read_text())
-        checksums = json.loads((path / "checksums.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelDirError(f"{path}: unreadable JSON ({exc})") from None
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: model format {config.get('format_version')!r} is not supported "
-                            f"(this build reads format {FORMAT_VERSION}); retrain or upgrade")
-    actual = file_sha256(path / "weights.pt")
-    if actual != checksums.get("weights.pt"):
-        raise ModelDirError(f"{path}/weights.pt fails its checksum (expected {checksums.get('weights.pt')}, "
-                            f"got {actual}): the file is corrupt or was replaced; re-copy or retrain the model")
-    return config, calibration, actual
 
 
 def load_model_dir(path: str | Path, device: str = "cpu", backbone_checkpoint: str | None = None) -> LoadedModel:
     """Load and verify a model dir; the module is in eval mode on ``device``."""
     path = Path(path)
-    config, calibration, actual = read_verified(path)
+    config, calibration, actual = read_verified(path, exports=False)  # the PyTorch module never runs the ONNX exports
     cfg = InpConfig.from_dict(config["model"])
     model = InpFormer(cfg, checkpoint=backbone_checkpoint)
     want = (config.get("backbone") or {}).get("weights_sha256")

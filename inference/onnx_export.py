@@ -14,7 +14,6 @@ never serve a stale graph, and an unchanged one is exported only once.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import tempfile
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lineinspect import model_meta
 from lineinspect.errors import ConfigError
 from lineinspect.files import file_sha256
 from lineinspect.logs import kv
@@ -54,13 +54,11 @@ class ModelMeta:
 
 def read_model_meta(model_dir: str | Path) -> ModelMeta:
     """Read and verify a model dir's metadata (same checks and version rule as ``load_model_dir``)."""
-    from inference.model_dir import ModelDirError, read_verified
-
     path = Path(model_dir)
-    config, calibration, actual = read_verified(path)
+    config, calibration, actual = model_meta.read_verified(path, exports=False)  # a bad export is rebuilt
     hw = config.get("input_hw") or (config.get("model") or {}).get("input_hw")
     if not hw or len(hw) != 2:
-        raise ModelDirError(f"{path}/config.json has no input_hw")
+        raise model_meta.ModelDirError(f"{path}: the model config has no input_hw")
     return ModelMeta(path, str(config.get("version") or actual[:12]), float(calibration["threshold"]),
                      (int(hw[0]), int(hw[1])), actual, config)
 
@@ -74,9 +72,8 @@ def onnx_is_fresh(meta: ModelMeta, onnx_path: Path) -> bool:
     side = sidecar_path(onnx_path)
     if not onnx_path.is_file() or not side.is_file():
         return False
-    try:
-        info = json.loads(side.read_text())
-    except json.JSONDecodeError:
+    info = model_meta.read_sidecar(side)
+    if info is None:
         return False
     return (info.get("export_format") == EXPORT_FORMAT
             and info.get("weights_sha256") == meta.weights_sha256
@@ -146,9 +143,9 @@ def _export_locked(meta: ModelMeta, target: Path, opset: int) -> Path:
             "version": meta.version, "input_hw": list(meta.input_hw), "opset": opset, "input": INPUT_NAME,
             "outputs": list(OUTPUT_NAMES), "exporter": "torch.onnx (TorchScript)", "torch": torch.__version__}
     side = sidecar_path(target)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, side)
+    model_meta.write_json(side, info)
+    if target.parent.resolve() == meta.path.resolve():  # an export inside the model dir is part of the model
+        model_meta.record_checksums(meta.path, [target.name, side.name])
     log.info("exported ONNX", extra=kv(model_dir=str(meta.path), path=str(target), version=meta.version,
                                        seconds=round(time.perf_counter() - t0, 2)))
     return target

@@ -8,11 +8,11 @@ Off by default; ``benchmarks/bench_engines.py`` reports its speed and image-AURO
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from inference.onnx_export import file_sha256
+from lineinspect import model_meta
+from lineinspect.files import file_sha256
 
 DEFAULT_OPS = ("MatMul", "Gemm")
 
@@ -32,12 +32,8 @@ def quantize_dynamic_int8(onnx_path: str | Path, out_path: str | Path | None = N
     out = Path(out_path) if out_path else int8_path(src)
     side = out.with_name(out.name + ".json")
     want = {"source_sha256": file_sha256(src), "op_types": sorted(op_types)}
-    if out.is_file() and side.is_file():
-        try:
-            if json.loads(side.read_text()) == {**want, "sha256": file_sha256(out)}:
-                return out
-        except json.JSONDecodeError:
-            pass
+    if out.is_file() and model_meta.read_sidecar(side) == {**want, "sha256": file_sha256(out)}:
+        return out
     tmp = out.with_name(out.name + ".tmp.onnx")
     try:
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
@@ -45,5 +41,7 @@ def quantize_dynamic_int8(onnx_path: str | Path, out_path: str | Path | None = N
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    side.write_text(json.dumps({**want, "sha256": file_sha256(out)}, sort_keys=True))
+    model_meta.write_json(side, {**want, "sha256": file_sha256(out)})
+    if (out.parent / model_meta.CHECKSUMS).is_file():  # inside a model dir: part of the model
+        model_meta.record_checksums(out.parent, [out.name, side.name])
     return out

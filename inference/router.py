@@ -5,7 +5,17 @@ registry. A background thread polls ``registry.active_versions()`` every ``poll_
 product's active version changes it verifies the weights' checksum, builds the new engine *first*
 and then swaps the reference under a lock, so requests keep flowing through the old engine until
 the new one is ready. The replaced engine is closed one poll later, after in-flight batches end.
-A version that fails to load is logged and skipped; the product keeps its current engine.
+
+A product with a promoted model is never downgraded silently. When its active version fails to
+verify (any file of the model directory against checksums.json and the registry) or to load:
+  * if the product is already served by an earlier version, that version keeps serving (it was
+    verified when it was loaded) and an error is logged;
+  * otherwise the product is *held*: :meth:`infer` raises :class:`ModelHeld` (an
+    :class:`EngineUnavailable`), so the consumer backs off and commits nothing; its frames wait in
+    Kafka instead of being scored zero-shot with uncalibrated verdicts. :meth:`held` lists them
+    (the ``lineinspect_models_held{product}`` gauge and the dashboard's health page).
+Failed versions are verified again on every registry poll, so repairing the file or promoting
+another version recovers without a restart.
 
 Engine construction sits behind an *engine factory* (``VersionInfo -> Engine``) so other engine
 kinds plug in without touching the routing; :func:`open_engine` picks by ``settings.engine_url``.
@@ -22,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, UnknownProduct
+from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
@@ -30,6 +40,16 @@ from lineinspect.settings import Settings
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Any], Engine]  # storage.registry.VersionInfo -> Engine
+LOUD_EVERY_S = 60.0  # a held product's error is repeated at ERROR level this often (and on every change)
+
+
+class ModelHeld(EngineUnavailable):
+    """The product's active model fails verification: its frames wait (never scored zero-shot)."""
+
+    def __init__(self, product: str, version: str, error: str) -> None:
+        super().__init__(f"{product}: active model {version} is held ({error}); repair the files or promote "
+                         "another version (verified again on every registry poll)")
+        self.product, self.version, self.error = product, version, error
 
 
 def local_engine_factory(settings: Settings) -> EngineFactory:
@@ -68,7 +88,7 @@ class ModelRouter:
         self.verify = verify
         self._routes: dict[str, _Route] = {}
         self._retired: list[Engine] = []
-        self._failed: dict[str, str] = {}  # product -> version that failed to load (not retried until it changes)
+        self._failed: dict[str, tuple[str, str, float]] = {}  # product -> (version, error, last loud log)
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._last_refresh = 0.0
@@ -106,26 +126,26 @@ class ModelRouter:
                         with self._lock:
                             self._routes[product] = _Route(cur.version, float(info.threshold), cur.engine)
                     continue
-                if self._failed.get(product) == info.version:
-                    continue
-                try:
+                try:  # a version that failed before is verified again on every poll (repair = recovery)
                     if self.verify and hasattr(self.registry, "verify"):
                         self.registry.verify(info)
                     engine = self.factory(info)
-                except Exception as exc:  # noqa: BLE001 - keep serving the old version
-                    self._failed[product] = info.version
-                    log.error("cannot load model version; keeping the current one",
-                              extra=kv(product=product, version=info.version, error=str(exc)))
+                except Exception as exc:  # noqa: BLE001 - hold the product or keep the earlier version
+                    self._fail(product, info.version, str(exc), serving=cur.version if cur else None)
                     continue
                 with self._lock:
                     old = self._routes.get(product)
                     self._routes[product] = _Route(info.version, float(info.threshold), engine)
                     if old is not None:
                         self._retired.append(old.engine)
-                self._failed.pop(product, None)
+                if self._failed.pop(product, None) is not None:
+                    log.warning("model verified and loaded; the product is no longer held",
+                                extra=kv(product=product, version=info.version))
                 changed.append(product)
                 log.info("model routed", extra=kv(product=product, version=info.version,
                                                   previous=old.version if old else None, engine=getattr(engine, "name", "?")))
+            for p in [p for p in self._failed if p not in active]:
+                self._failed.pop(p)  # no active version any more: nothing is held
             gone = [p for p in self._routes if p not in active]
             if gone:
                 with self._lock:
@@ -134,6 +154,27 @@ class ModelRouter:
                 log.info("products without an active model", extra=kv(products=gone))
                 changed.extend(gone)
             return changed
+
+    def _fail(self, product: str, version: str, error: str, serving: str | None) -> None:
+        prev = self._failed.get(product)
+        now = time.monotonic()
+        loud = prev is None or prev[:2] != (version, error) or now - prev[2] >= LOUD_EVERY_S
+        self._failed[product] = (version, error, now if loud else prev[2] if prev else now)
+        if not loud:
+            return
+        if serving is not None:
+            log.error("active model version fails verification or loading; the earlier version keeps serving",
+                      extra=kv(product=product, version=version, serving=serving, error=error))
+        else:
+            log.error("active model version fails verification or loading; HOLDING the product's frames "
+                      "(no commit, retried every poll) instead of scoring them zero-shot",
+                      extra=kv(product=product, version=version, error=error))
+
+    def held(self) -> dict[str, str]:
+        """{product: why} for products whose active model fails and that have no verified engine."""
+        with self._lock:
+            served = set(self._routes)
+        return {p: f"{v}: {e}" for p, (v, e, _) in self._failed.items() if p not in served}
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -148,6 +189,9 @@ class ModelRouter:
             with self._lock:
                 route = self._routes.get(product)
         if route is None:
+            failed = self._failed.get(product)
+            if failed is not None:  # a promoted model that fails verification is never replaced by zero-shot
+                raise ModelHeld(product, failed[0], failed[1])
             if self.fallback is not None:
                 out = self.fallback.infer(product, images)
                 out.engine_name = getattr(self.fallback, "name", "fallback")  # type: ignore[attr-defined]

@@ -26,6 +26,8 @@ from typing import Literal
 
 import numpy as np
 
+from lineinspect.names import InvalidName, check_name
+
 ENVELOPE_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 Encoding = Literal["jpeg", "png"]
@@ -98,16 +100,16 @@ class FrameEnvelope:
             raise PoisonFrame("bad_encoding", f"encoding {str(encoding)[:40]!r} is not jpeg or png")
         try:
             env = cls(
-                product=_req_str(meta, "product"),
-                line=_req_str(meta, "line"),
-                camera=_req_str(meta, "camera"),
+                product=_req_name(meta, "product"),
+                line=_req_name(meta, "line"),
+                camera=_req_name(meta, "camera"),
                 frame_id=_req_int(meta, "frame_id"),
                 payload=bytes(value),
                 encoding=encoding,
                 shape=_shape(meta.get("shape")),
                 capture_ts=_timestamp(meta.get("capture_ts", time.time())),
-                specimen_id=_opt_str(meta, "specimen_id"),
-                view=_opt_str(meta, "view"),
+                specimen_id=_opt_name(meta, "specimen_id", "specimen"),
+                view=_opt_name(meta, "view", "view"),
                 version=version,
             )
         except (TypeError, ValueError, OverflowError) as exc:
@@ -122,18 +124,30 @@ class FrameEnvelope:
         return (self.camera, self.frame_id)
 
 
-def _req_str(meta: dict, name: str) -> str:
-    v = meta.get(name)
-    if not isinstance(v, str) or not v or len(v) > 128:
-        raise ValueError(f"field {name!r} must be a non-empty string of at most 128 characters")
-    return v
+def _req_name(meta: dict, name: str) -> str:
+    """A name field under the one name rule (lineinspect.names), sized to its column."""
+    return _opt_name(meta, name, name, required=True) or ""
 
 
-def _opt_str(meta: dict, name: str) -> str | None:
-    v = meta.get(name)
-    if v is None:
+def _opt_name(meta: dict, field_name: str, kind: str, required: bool = False) -> str | None:
+    v = meta.get(field_name)
+    if v is None and not required:  # optional fields (specimen_id, view) may be absent
         return None
-    return _req_str(meta, name)
+    try:
+        return check_name(kind, v)
+    except InvalidName as exc:
+        raise ValueError(f"field {field_name!r}: {exc}") from None
+
+
+def check_names(env: "FrameEnvelope") -> None:
+    """Raise :class:`lineinspect.names.InvalidName` unless every name of ``env`` obeys the name rule
+    (the publisher checks before sending, the consumer's parser on receipt)."""
+    for kind, value in (("product", env.product), ("line", env.line), ("camera", env.camera)):
+        check_name(kind, value)
+    if env.specimen_id is not None:
+        check_name("specimen", env.specimen_id)
+    if env.view is not None:
+        check_name("view", env.view)
 
 
 def _req_int(meta: dict, name: str) -> int:

@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from ingest.bus.base import Publisher
-from ingest.envelope import Encoding, FrameEnvelope, encode_image
+from ingest.envelope import Encoding, FrameEnvelope, check_names, encode_image
+from lineinspect.names import check_name
 from lineinspect.settings import Settings
 
 
@@ -29,9 +30,8 @@ class FramePublisher:
 
     def __init__(self, settings: Settings, product: str, line: str, camera: str, publisher: Publisher,
                  first_frame_id: int | None = None, encoding: Encoding = "jpeg", quality: int = 92) -> None:
-        for name, v in (("product", product), ("line", line), ("camera", camera)):
-            if not v or len(v) > 128:
-                raise ValueError(f"{name} must be a non-empty string of at most 128 characters")
+        for kind, v in (("product", product), ("line", line), ("camera", camera)):
+            check_name(kind, v)  # the consumer would dead-letter every frame: refuse at the camera
         if encoding not in ("jpeg", "png"):
             raise ValueError(f"encoding must be jpeg or png, got {encoding!r}")
         if not 1 <= quality <= 100:
@@ -57,6 +57,7 @@ class FramePublisher:
                             payload=payload, encoding=self.encoding, shape=tuple(int(d) for d in image.shape),
                             capture_ts=time.time() if capture_ts is None else float(capture_ts),
                             specimen_id=specimen_id, view=view)
+        check_names(env)
         return env
 
     def publish(self, image: np.ndarray, capture_ts: float | None = None, specimen_id: str | None = None,

@@ -9,6 +9,7 @@ import sys
 
 from lineinspect.errors import ConfigError, ServiceUnavailable
 from lineinspect.logs import setup_logging
+from lineinspect.redact import redact
 from lineinspect.settings import load_settings
 
 # Each module exposes ``register(subparsers)``; its parsers set ``func(args, settings) -> int``.
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(settings.log_level, settings.log_json)
         return int(args.func(args, settings) or 0)
     except (ConfigError, ServiceUnavailable) as exc:
-        print(f"lineinspect: error: {exc}", file=sys.stderr)
+        print(f"lineinspect: error: {redact(str(exc))}", file=sys.stderr)  # URLs in messages may carry secrets
         return 2
     except KeyboardInterrupt:
         return 130

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lineinspect.logs import kv
+from lineinspect.names import check_name, child_path
 from lineinspect.settings import Settings
 
 log = logging.getLogger("lineinspect.demo")
@@ -46,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    for kind, value in (("product", args.product), ("line", args.line), ("camera", args.camera)):
+        check_name(kind, value)  # names become paths and keys: refuse them before anything is written
     home = (args.home or (settings.home / "demo")).resolve()
     home.mkdir(parents=True, exist_ok=True)
     settings = settings.with_overrides(
@@ -62,11 +65,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     version = _ensure_model(args, settings, registry)
     print(f"[2/4] model {version.version} of {args.product!r} is active (threshold {version.threshold:.4f})", flush=True)
 
-    from ingest.bus.memory import MemoryBus
-    from ingest.bus import open_consumer, open_publisher
     from inference.consumer import InferenceConsumer
     from inference.metrics import ConsumerMetrics
     from inference.router import ModelRouter
+    from ingest.bus import open_consumer, open_publisher
+    from ingest.bus.memory import MemoryBus
 
     bus = MemoryBus(partitions=settings.topic_partitions)
     cache = open_cache(settings)
@@ -115,7 +118,7 @@ def _ensure_model(args: argparse.Namespace, settings: Settings, registry: Any) -
     print(f"[1/4] training INP-Former on {len(images)} simulated normal frames of {args.product!r} ({args.iters} iterations)", flush=True)
     cfg = TrainConfig(iters=args.iters, threads=settings.threads, cache_dir=str(settings.home / "feature-cache"))
     cfg.categories = [args.product]
-    out = settings.home / "runs" / f"{args.product}-{int(time.time())}"
+    out = child_path(settings.home / "runs", f"{args.product}-{int(time.time())}", kind="run folder", max_len=255)
     model_dir = train(images, cfg, out_dir=out, seed=args.seed)
     version = registry.register(args.product, model_dir, backbone=cfg.model.backbone,
                                 data_snapshot={"source": "simulator", "frames": len(images), "seed": args.seed + 1000})

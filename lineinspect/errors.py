@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from lineinspect.settings import ConfigError, redact_url
+from lineinspect.redact import redact_url
 
 __all__ = ["ConfigError", "ServiceUnavailable"]
+
+
+class ConfigError(ValueError):
+    """A broken or inconsistent configuration; the message says what to change."""
 
 _HINTS = {
     "kafka": "start it with `bash deploy/services.sh start kafka` (or point LINEINSPECT_BUS_URL at your broker)",
@@ -17,11 +21,13 @@ _HINTS = {
 class ServiceUnavailable(RuntimeError):
     """A service named in the settings cannot be reached; says which one and how to start it."""
 
-    def __init__(self, service: str, url: str, cause: str = "") -> None:
-        hint = _HINTS.get(service, "")
-        msg = f"{service} is not reachable at {redact_url(url)}"
+    def __init__(self, service: str, url: str, cause: str = "", *, state: str | None = None) -> None:
+        """``state`` says what is wrong when the service answers but refuses (e.g. "is out of memory");
+        the default, "is not reachable", comes with the hint on how to start it."""
+        hint = _HINTS.get(service, "") if state is None else ""
+        msg = f"{service} {state or 'is not reachable'} at {redact_url(url)}"
         if cause:
-            msg += f" ({cause})"
+            msg += f" ({redact_url(cause)})"
         if hint:
             msg += f"; {hint}"
         super().__init__(msg)

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 
-from lineinspect.settings import redact_url
-
-_SECRETISH = re.compile(r"(?i)(password|passwd|secret|token|sasl_plain_password)(\s*[=:]\s*)(\S+)")
-
-
-def _scrub(text: str) -> str:
-    return _SECRETISH.sub(lambda m: m.group(1) + m.group(2) + "***", redact_url(text))
+from lineinspect.redact import redact as _scrub
 
 
 class _KVFormatter(logging.Formatter):

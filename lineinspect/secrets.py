@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from lineinspect.settings import ConfigError
+from lineinspect.errors import ConfigError
 
 PREFIX = "LINEINSPECT_"
 # Plain-environment secrets read directly by the clients (not Settings fields).

@@ -13,20 +13,20 @@ Secrets (passwords inside URLs, SASL credentials) are never logged: use :func:`r
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lineinspect.errors import ConfigError
+from lineinspect.redact import redact_url
+
+__all__ = ["ConfigError", "Settings", "load_settings", "redact_url"]
+
 
 def _default_home() -> Path:
     return Path(os.environ.get("LINEINSPECT_HOME", Path.cwd() / "var"))
-
-
-class ConfigError(ValueError):
-    """A broken or inconsistent configuration; the message says what to change."""
 
 
 class Settings(BaseSettings):
@@ -191,14 +191,6 @@ class Settings(BaseSettings):
             else:
                 out[k] = str(v) if isinstance(v, Path) else v
         return out
-
-
-_URL_PW = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<at>@)")
-
-
-def redact_url(url: str) -> str:
-    """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
-    return _URL_PW.sub(lambda m: m.group("pre") + "***" + m.group("at"), url)
 
 
 def load_settings(**overrides: Any) -> Settings:

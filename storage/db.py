@@ -157,6 +157,52 @@ def _is_connection_error(exc: DBAPIError) -> bool:
     return isinstance(exc, OperationalError) and any(n in text for n in needles)
 
 
+# SQLSTATE classes / codes of a store that is down, overloaded, failing over or not migrated yet:
+# waiting is right, the frames are not at fault. 08 connection exception, 53 insufficient resources
+# (53300 too many connections, disk full, out of memory), 57 operator intervention (57P01..57P03
+# shutdown, 57014 statement timeout), 58 system error, 40 transaction rollback (serialization,
+# deadlock), 55P03 lock not available, 25006 read-only transaction (a standby after failover),
+# 42P01 / 42703 / 3F000 missing table / column / schema (a migration has not run yet).
+_OUTAGE_SQLSTATE_PREFIXES = ("08", "53", "57", "58", "40", "55P03", "25006", "42P01", "42703", "3F000", "XX")
+_OUTAGE_TEXT = ("database is locked", "database table is locked", "disk i/o error", "unable to open database",
+                "database or disk is full", "no such table", "no such column", "connection", "server closed",
+                "terminating connection", "timeout", "timed out", "could not connect", "the database system is",
+                "too many clients", "too many connections", "shutting down", "starting up", "broken pipe")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says the store is unavailable (wait and retry the same batch), False when
+    the rows being written caused it (bisect the batch and dead-letter the culprit).
+
+    The one classifier the consumer uses. Outages: :class:`ServiceUnavailable`, connection
+    refused / lost / invalidated, timeouts, server shutting down, too many connections, SQLite
+    "database is locked" and the SQLSTATEs above. Everything else is a row's fault: SQLSTATE class
+    22 (data exception: NUL byte, value too long, bad UTF-8, number out of range), 23 (integrity),
+    42804 (type mismatch from an out-of-range int), SQLite binding / integrity errors and the
+    ``ValueError`` / ``TypeError`` / ``OverflowError`` / ``UnicodeEncodeError`` raised while
+    validating or binding a row."""
+    from sqlalchemy.exc import DisconnectionError, StatementError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, (ServiceUnavailable, DisconnectionError, PoolTimeout, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if state:
+            return str(state).startswith(_OUTAGE_SQLSTATE_PREFIXES)
+        if isinstance(exc, OperationalError):  # SQLite, or psycopg without a server answer (connection level)
+            text = str(exc.orig).lower()
+            return any(n in text for n in _OUTAGE_TEXT) or type(exc.orig).__module__.startswith("psycopg")
+        return False
+    if isinstance(exc, StatementError):  # raised while binding parameters: the row's values
+        return False
+    if isinstance(exc, OSError):  # sockets, files: infrastructure, not data
+        return True
+    return False
+
+
 def open_engine(url: str) -> Engine:
     """:func:`make_engine` with connection failures reported as service errors."""
     with service_errors(url):

@@ -23,6 +23,9 @@ from urllib.parse import urlsplit
 import redis
 from redis import exceptions as rexc
 
+# What a full Redis is, in the log line and the error (it is reachable; it refuses writes).
+OOM_STATE = "is out of memory (maxmemory reached; writes refused, reads still work)"
+
 from lineinspect.settings import redact_url
 from storage.cache import CacheUnavailable
 from storage.db import env_secret
@@ -83,13 +86,14 @@ class RedisCache:
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise CacheUnavailable("redis", self.url, redact_url(str(exc)) or type(exc).__name__) from exc
         except rexc.OutOfMemoryError as exc:
-            raise CacheUnavailable("redis", self.url, f"out of memory (maxmemory reached): {exc}") from exc
+            raise CacheUnavailable("redis", self.url, str(exc), state=OOM_STATE) from exc
         except rexc.ResponseError as exc:
             text = str(exc)
             if "OOM" in text:  # older clients report it as a plain ResponseError
-                raise CacheUnavailable("redis", self.url, f"out of memory (maxmemory reached): {text}") from exc
+                raise CacheUnavailable("redis", self.url, text, state=OOM_STATE) from exc
             if "NOAUTH" in text or "WRONGPASS" in text:
-                raise CacheUnavailable("redis", self.url, "authentication failed") from exc
+                raise CacheUnavailable("redis", self.url, "check LINEINSPECT_REDIS_PASSWORD or the URL",
+                                       state="refused authentication") from exc
             raise
 
     def _key(self, *parts: object) -> str:

@@ -12,7 +12,6 @@ version per product; engines poll :meth:`active_versions` (one small query) to h
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -24,7 +23,9 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from lineinspect import model_meta
 from lineinspect.files import file_sha256
+from lineinspect.names import InvalidName, check_name, child_path
 from storage.db import WRITE
 from storage.models import ModelVersion, Product
 from storage.store import ResultStore, ensure_named
@@ -32,7 +33,6 @@ from storage.store import ResultStore, ensure_named
 WEIGHTS_FILE = "weights.pt"
 STATUSES = ("candidate", "active", "retired", "rejected")
 _VERSION = re.compile(r"^v(\d{4,})$")
-_PRODUCT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class RegistryError(RuntimeError):
@@ -94,7 +94,7 @@ class ModelRegistry:
             raise RegistryError(f"{src} is not a model directory: {WEIGHTS_FILE} is missing")
         threshold, backbone = _describe(src, threshold, backbone)
         checksum = file_sha256(src / WEIGHTS_FILE)
-        staging = self.models_dir / product / f".incoming-{uuid.uuid4().hex}"
+        staging = child_path(self.models_dir, product) / f".incoming-{uuid.uuid4().hex}"
         staging.parent.mkdir(parents=True, exist_ok=True)
         if move:
             shutil.move(str(src), staging)
@@ -109,7 +109,7 @@ class ModelRegistry:
                 with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
                     pid = ensure_named(conn, Product, [product], time.time())[product]
                     name = name or _next_version(conn, pid)
-                    dest = self.models_dir / product / name
+                    dest = child_path(child_path(self.models_dir, product), name, kind="version")
                     conn.execute(ModelVersion.__table__.insert().values(
                         product_id=pid, version=name, status=status, path=str(dest.resolve()), checksum=checksum,
                         backbone=backbone, threshold=float(threshold), metrics=dict(metrics or {}),
@@ -208,7 +208,9 @@ class ModelRegistry:
             return {r.product: _info(r) for r in conn.execute(q).all()}
 
     def verify(self, info: VersionInfo) -> None:
-        """Raise :class:`ChecksumMismatch` unless the weights file exists and matches the recorded sha256."""
+        """Raise :class:`ChecksumMismatch` unless the weights match the sha256 recorded at registration
+        and every file of the directory matches its checksums.json (config, calibration, exports)."""
+        _check_product(info.product)
         weights = info.weights_path
         if not weights.is_file():
             raise ChecksumMismatch(f"{info.product} {info.version}: weights file {weights} is missing")
@@ -216,6 +218,10 @@ class ModelRegistry:
         if actual != info.checksum:
             raise ChecksumMismatch(f"{info.product} {info.version}: {weights} has sha256 {actual[:12]}..., "
                                    f"the registry recorded {info.checksum[:12]}... (file replaced or corrupted)")
+        try:
+            model_meta.verify(info.path)
+        except model_meta.ModelDirError as exc:
+            raise ChecksumMismatch(f"{info.product} {info.version}: {exc}") from None
 
     # --- helpers --------------------------------------------------------------------------
     def _lock_rows(self, conn: Connection, product: str) -> dict[str, VersionInfo]:
@@ -252,32 +258,20 @@ def _next_version(conn: Connection, product_id: int) -> str:
 
 
 def _describe(model_dir: Path, threshold: float | None, backbone: str | None) -> tuple[float, str]:
-    """Fill a missing threshold / backbone name from the model directory's own JSON files."""
-    if threshold is None:
-        calib = _read_json(model_dir / "calibration.json")
-        if "threshold" not in calib:
-            raise RegistryError(f"no threshold given and {model_dir}/calibration.json has none")
-        threshold = calib["threshold"]
-    if backbone is None:
-        bb = _read_json(model_dir / "config.json").get("backbone")
-        backbone = bb.get("name") if isinstance(bb, dict) else bb
-        if not backbone:
-            raise RegistryError(f"no backbone given and {model_dir}/config.json names none")
-    return float(threshold), str(backbone)
-
-
-def _read_json(path: Path) -> dict:
+    """Fill a missing threshold / backbone name from the model directory (lineinspect.model_meta)."""
+    if threshold is not None and backbone is not None:
+        return float(threshold), str(backbone)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"cannot read {path}: {exc}") from None
-    return obj if isinstance(obj, dict) else {}
+        d = model_meta.describe(model_dir)
+    except model_meta.ModelDirError as exc:
+        raise RegistryError(f"no threshold/backbone given and {exc}") from None
+    return float(d.threshold if threshold is None else threshold), str(backbone or d.backbone)
 
 
 def _check_product(product: str) -> None:
-    """Product names become folder names: keep them to safe characters."""
-    if not isinstance(product, str) or not _PRODUCT.match(product):
-        raise RegistryError(f"product names use letters, digits, '.', '_' and '-' (max 128), not {product!r}")
+    """Product names become folder names: the one name rule (lineinspect.names)."""
+    try:
+        check_name("product", product)
+    except InvalidName as exc:
+        raise RegistryError(str(exc)) from None
 

@@ -10,6 +10,9 @@ camera at once. Only plain values (ints, dicts, tuples) leave this module, never
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
+import numbers
 import threading
 import time
 from collections.abc import Iterable
@@ -19,6 +22,8 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from lineinspect.logs import kv
+from lineinspect.names import check_name, check_text
 from lineinspect.settings import redact_url
 from storage.db import WRITE, make_engine, service_errors, upgrade
 from storage.models import (
@@ -34,7 +39,10 @@ from storage.models import (
 )
 from storage.records import ResultRow
 
+log = logging.getLogger(__name__)
+
 VERDICTS = ("ok", "defect")
+_NAME_KINDS = {"products": "product", "lines": "line", "cameras": "camera"}
 SAMPLE_SOURCES = ("clear_normal", "false_alarm", "seed")
 
 
@@ -55,6 +63,10 @@ def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **ex
     wanted = sorted(set(names))
     if not wanted:
         return {}
+    kind = _NAME_KINDS.get(model.__tablename__)
+    if kind is not None:
+        for n in wanted:
+            check_name(kind, n)  # every write path (results, samples, specimens, models) obeys the one name rule
     found = dict(conn.execute(select(model.name, model.id).where(model.name.in_(wanted))).all())
     missing = [n for n in wanted if n not in found]
     if missing:
@@ -87,6 +99,7 @@ class ResultStore:
         self.url = url
         self.normal_cap = normal_cap
         self._ids: dict[str, dict[str, int]] = {"product": {}, "line": {}, "camera": {}}
+        self.redelivery_conflicts = 0  # redelivered keys carrying a different image (see _conflict)
         self._lock = threading.Lock()
 
     @classmethod
@@ -157,6 +170,11 @@ class ResultStore:
         for r in rows:
             key = (ids["camera"][r.camera], int(r.frame_id))
             if key in values:  # the same frame twice in one batch: the first one wins
+                first = values[key]
+                if (first["captured_at"], first["width"], first["height"]) != (float(r.captured_at), int(r.width),
+                                                                               int(r.height)):
+                    self._conflict(key[0], key[1], (first["captured_at"], first["width"], first["height"]),
+                                   (float(r.captured_at), int(r.width), int(r.height)))
                 continue
             values[key] = {
                 "camera_id": key[0], "frame_id": key[1], "product_id": ids["product"][r.product],
@@ -178,10 +196,26 @@ class ResultStore:
         if missing:
             cams = sorted({c for c, _ in missing})
             frames = sorted({f for _, f in missing})
-            q = select(t.id, t.camera_id, t.frame_id).where(t.camera_id.in_(cams), t.frame_id.in_(frames))
+            q = (select(t.id, t.camera_id, t.frame_id, t.captured_at, t.width, t.height)
+                 .where(t.camera_id.in_(cams), t.frame_id.in_(frames)))
             wanted = set(missing)
-            result_ids.update({(c, f): i for i, c, f in conn.execute(q).all() if (c, f) in wanted})
+            for i, c, f, cap, w, h in conn.execute(q).all():
+                if (c, f) not in wanted:
+                    continue
+                result_ids[(c, f)] = i
+                v = values[(c, f)]
+                if (float(cap), int(w), int(h)) != (v["captured_at"], v["width"], v["height"]):
+                    self._conflict(c, f, (float(cap), int(w), int(h)), (v["captured_at"], v["width"], v["height"]))
         return result_ids, new_keys
+
+    def _conflict(self, camera_id: int, frame_id: int, kept: tuple, refused: tuple) -> None:
+        """A redelivered (camera, frame id) that is a DIFFERENT image (other capture time or size): the
+        first row wins (idempotency), but a camera reusing ids loses frames, so say so and count it."""
+        with self._lock:
+            self.redelivery_conflicts += 1
+        log.warning("frame id reused for a different image; the first stored row is kept",
+                    extra=kv(camera_id=camera_id, frame_id=frame_id, kept_captured_at=kept[0], kept_size=kept[1:],
+                             new_captured_at=refused[0], new_size=refused[1:]))
 
     def _insert_payloads(self, conn: Connection, rows: list[ResultRow], ids: dict, result_ids: dict,
                          new_keys: set, now: float, cap: int) -> None:
@@ -394,14 +428,43 @@ def _cap_samples(conn: Connection, product_id: int, source: str, cap: int) -> in
     return len(doomed)
 
 
+_INT32 = 2**31
+
+
 def _validate(r: ResultRow) -> None:
+    """Refuse, with the field named, any value some backend could not store (the same rule on
+    SQLite and PostgreSQL: names by :mod:`lineinspect.names`, text by column width without NUL or
+    control characters, integers by column range, floats finite). The consumer bisects a batch
+    that raises here and dead-letters the one row at fault."""
     if not isinstance(r, ResultRow):
         raise TypeError(f"save_results takes ResultRow objects, not {type(r).__name__}")
-    for name in ("product", "line", "camera"):
-        v = getattr(r, name)
-        if not isinstance(v, str) or not v or len(v) > 128:
-            raise ValueError(f"ResultRow.{name} must be a non-empty string of at most 128 characters, not {v!r}")
+    for kind, value in (("product", r.product), ("line", r.line), ("camera", r.camera)):
+        check_name(kind, value)
+    if r.specimen_id is not None:
+        check_name("specimen", r.specimen_id)
+    if r.view is not None:
+        check_name("view", r.view)
+    check_text("ResultRow.model_version", r.model_version, 64)
+    check_text("ResultRow.engine", r.engine, 32)
     if r.verdict not in VERDICTS:
-        raise ValueError(f"ResultRow.verdict must be one of {VERDICTS}, not {r.verdict!r}")
-    if int(r.frame_id) < 0:
-        raise ValueError(f"ResultRow.frame_id must be >= 0, not {r.frame_id}")
+        raise ValueError(f"ResultRow.verdict must be one of {VERDICTS}, not {str(r.verdict)[:40]!r}")
+    if r.frame_encoding not in ("jpeg", "png"):
+        raise ValueError(f"ResultRow.frame_encoding must be jpeg or png, not {str(r.frame_encoding)[:40]!r}")
+    _int_in("frame_id", r.frame_id, 0, 2**63)
+    for name in ("width", "height", "batch_size", "defect_area_px"):
+        _int_in(name, getattr(r, name), 0, _INT32)
+    for name in ("captured_at", "inferred_at", "score", "threshold", "infer_ms"):
+        v = getattr(r, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+            raise ValueError(f"ResultRow.{name} must be a finite number, not {str(v)[:40]!r}")
+        if abs(float(v)) > 1e300:  # (now - captured_at) * 1000 must stay finite for latency_ms
+            raise ValueError(f"ResultRow.{name} is out of range ({v!r})")
+    for name in ("mask_png", "heat_png", "frame_bytes"):
+        v = getattr(r, name)
+        if v is not None and not isinstance(v, (bytes, bytearray, memoryview)):
+            raise TypeError(f"ResultRow.{name} must be bytes or None, not {type(v).__name__}")
+
+
+def _int_in(name: str, v: object, lo: int, hi: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= int(v) < hi:
+        raise ValueError(f"ResultRow.{name} must be an integer in [{lo}, {hi}), not {str(v)[:40]!r}")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
 from lineinspect.errors import ConfigError
+from lineinspect.logs import kv
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +62,7 @@ def run_train(args: argparse.Namespace, settings: Any) -> int:
         kept, out = hold_out(split.items, cfg.holdout, args.seed)
         fit += [it.path for it in kept]
         held += [it.path for it in out]
+    check_calibration_count(len(held), len(fit) + len(held))
     extra: dict[str, Any] = {"data_root": str(root)}
     if getattr(args, "tile", False):
         from training.tiles import crops_from_images
@@ -69,6 +74,22 @@ def run_train(args: argparse.Namespace, settings: Any) -> int:
                     calibration_images=held, extra_config=extra)
     print(out_dir)
     return 0
+
+
+MIN_CALIBRATION_IMAGES = 2   # a threshold from fewer held-out normals is a guess
+WARN_CALIBRATION_IMAGES = 20  # below this the threshold quantile rests on a handful of scores
+
+
+def check_calibration_count(held: int, total: int) -> None:
+    """Refuse to calibrate the threshold on fewer than 2 held-out normal images; warn below ~20."""
+    if held < MIN_CALIBRATION_IMAGES:
+        raise ConfigError(f"only {held} of {total} normal training images would be held out to calibrate the "
+                          f"threshold; at least {MIN_CALIBRATION_IMAGES} are needed (add normal images: with the "
+                          f"default 15 % hold-out that is about {int(MIN_CALIBRATION_IMAGES / 0.15) + 1} images)")
+    if held < WARN_CALIBRATION_IMAGES:
+        log.warning("few held-out normal images calibrate the threshold; expect false alarms or misses until "
+                    "more normal data is added", extra=kv(held_out=held, images=total,
+                                                          recommended=WARN_CALIBRATION_IMAGES))
 
 
 def _device(name: str) -> str:

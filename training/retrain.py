@@ -27,7 +27,6 @@ they make the gate stricter, never laxer.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import shutil
@@ -43,8 +42,10 @@ import numpy as np
 from sqlalchemy import select
 
 from inference.model.inp_former import InpConfig
+from lineinspect import model_meta
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
+from lineinspect.names import check_name, child_path
 from storage.models import FrameImage, InspectionResult, Product
 from storage.registry import ModelRegistry, VersionInfo
 from storage.store import ResultStore, TrainingSampleRow
@@ -239,7 +240,7 @@ def score_images(model_dir: str | Path, product: str, *image_sets: Sequence[np.n
 
     engine = load_local_engine(model_dir, kind=kind, threads=threads)
     try:
-        threshold = float(json.loads((Path(model_dir) / "calibration.json").read_text())["threshold"])
+        threshold = model_meta.describe(model_dir).threshold
         out_sets: list[np.ndarray] = []
         for images in image_sets:
             scores = [np.zeros(0)]
@@ -306,9 +307,11 @@ def _model_config(active: VersionInfo | None, options: RetrainOptions) -> InpCon
     if options.model is not None:
         return options.model
     if active is not None:
-        cfg_file = active.path / "config.json"
-        if cfg_file.is_file():
-            return InpConfig.from_dict(json.loads(cfg_file.read_text())["model"])
+        try:
+            return InpConfig.from_dict(model_meta.read_config(active.path)["model"])
+        except (model_meta.ModelDirError, KeyError) as exc:
+            log.warning("active version's config unreadable; training with the default architecture",
+                        extra=kv(version=active.version, error=str(exc)))
     return InpConfig()
 
 
@@ -323,13 +326,9 @@ def _json_safe(v: Any) -> Any:
 
 
 def _stamp_version(model_dir: Path, product: str, version: str) -> None:
-    """Write the registry version into config.json so engines report it on every result row."""
-    path = model_dir / "config.json"
-    cfg = json.loads(path.read_text())
-    cfg.update({"version": version, "product": product})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    """Write the registry version into the model config (engines report it on every result row);
+    the owner re-records the checksums so the rewritten config still verifies."""
+    model_meta.stamp(model_dir, product, version)
 
 
 def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: RetrainOptions | None = None, *,
@@ -342,6 +341,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
     """
     from training.train import TrainConfig, train
 
+    check_name("product", product)  # a name from a message must never become a path outside the models dir
     opts = options or RetrainOptions()
     t0 = time.perf_counter()
     rows = store.training_samples(product, limit=opts.max_samples)
@@ -372,7 +372,8 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
 
     active = registry.active(product)
     version = next_version(registry, product)
-    work = registry.models_dir / ".retrain" / f"{product}-{version}-{uuid.uuid4().hex[:8]}"
+    work = child_path(registry.models_dir / ".retrain", f"{product}-{version}-{uuid.uuid4().hex[:8]}",
+                      kind="work folder", max_len=255)
     work.parent.mkdir(parents=True, exist_ok=True)
     try:
         train_info: dict[str, Any]
@@ -411,7 +412,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
                                     [n for n in decision.notes if not n.startswith("first version")]
                                     + [f"active {active.version} could not be scored ({active_error}); "
                                        "absolute checks only"])
-        cfg_json = json.loads((work / "config.json").read_text())
+        cfg_json = model_meta.read_config(work)
         backbone = str(cfg_json.get("model", {}).get("backbone") or "unknown")
         snapshot = {**snap.to_dict(split, opts.holdout, opts.seed), "n_gate_labelled_normals": len(extra_normals)}
         metrics = _json_safe({
@@ -419,7 +420,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
             "compared_with": active.version if act_eval else None, "active_error": active_error,
             "gate": decision.to_dict(),
             "forced": bool(opts.force and not decision.promote), "anomaly_source": anomaly_source or None,
-            "calibration": json.loads((work / "calibration.json").read_text()),
+            "calibration": model_meta.read_calibration(work),
             "train": {**train_info, "train_seconds": cfg_json.get("train_seconds"),
                       "final_loss": cfg_json.get("final_loss")},
         })

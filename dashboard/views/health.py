@@ -82,6 +82,12 @@ else:
             st.caption("No live results in the cache yet.")
 
 st.subheader("Model versions")
+held = data.held_models(ctx.db_url)
+if held:
+    st.error(f"{len(held)} product(s) HELD: the active model fails verification, so their frames wait in Kafka "
+             "(not scored zero-shot). Repair the files or promote another version; consumers recover on their "
+             "next registry poll. Prometheus: lineinspect_models_held{product}.")
+    st.dataframe(held, hide_index=True)
 mv = data.model_versions(ctx.db_url, f.product_ids)
 if mv.empty:
     st.info("No registered models (zero-shot scoring until a model is trained).")

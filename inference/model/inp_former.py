@@ -107,11 +107,7 @@ class InpConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InpConfig":
         known = {f.name for f in fields(cls)}
-        d = dict(d)
-        if "feature_norm" not in d:  # older configs: a bool `standardize` (absent = raw features)
-            d["feature_norm"] = "zscore" if d.get("standardize", False) else "none"
-        d.setdefault("map_stride", 1)  # older configs blurred and scored the map at full input size
-        d.setdefault("map_metric", "cos")  # and measured plain cosine distance
+        # Older model directories are upgraded by lineinspect.model_meta.migrate before they get here.
         return cls(**{k: v for k, v in d.items() if k in known})
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from lineinspect.settings import Settings
 from storage.store import ResultStore
+from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - the SQLite/PostgreSQL fixtures
 
 
 @pytest.fixture()
@@ -17,7 +18,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture()
-def store(tmp_path: Path):  # noqa: ANN201
+def store(tmp_path: Path):
     s = ResultStore.open(f"sqlite:///{tmp_path / 'r.sqlite'}")
     yield s
     s.close()

@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from inference.model.anomaly_map import gaussian_blur, gaussian_kernel1d, topk_mean_score
+from inference.model.anomaly_map import (
+    gaussian_blur,
+    gaussian_kernel1d,
+    topk_mean_score,
+)
 from inference.model.inp_former import DecoderBlock, InpAttention, InpConfig, InpFormer
+from lineinspect import model_meta
 
 
 def tiny_cfg(**kw) -> InpConfig:
@@ -67,6 +72,11 @@ def test_config_validation():
     assert InpConfig.from_dict(tiny_cfg().to_dict()) == tiny_cfg()
 
 
+def _format1(model: dict) -> InpConfig:
+    """A format-1 model config as the model-dir owner upgrades it (lineinspect.model_meta.migrate)."""
+    return InpConfig.from_dict(model_meta.migrate({"format_version": 1, "model": model})["model"])
+
+
 def test_blur_kernel_sums_to_one_and_keeps_constants():
     k = gaussian_kernel1d(4.0)
     assert k.numel() == 33 and abs(float(k.sum()) - 1.0) < 1e-6
@@ -112,9 +122,9 @@ def test_feature_norm_validation_and_old_configs():
         tiny_cfg(feature_norm="minmax")
     d = tiny_cfg().to_dict()
     d.pop("feature_norm")
-    assert InpConfig.from_dict(d).feature_norm == "none"                          # before standardisation
-    assert InpConfig.from_dict({**d, "standardize": True}).feature_norm == "zscore"  # bool era
-    assert InpConfig.from_dict({**d, "feature_norm": "center"}).feature_norm == "center"
+    assert _format1(d).feature_norm == "none"                          # before standardisation
+    assert _format1({**d, "standardize": True}).feature_norm == "zscore"  # bool era
+    assert _format1({**d, "feature_norm": "center"}).feature_norm == "center"
 
 
 def test_map_metrics_from_one_reconstruction():
@@ -137,7 +147,10 @@ def test_map_metrics_from_one_reconstruction():
 
 
 def test_length_weighted_cosine_discounts_tokens_near_the_mean():
-    from inference.model.anomaly_map import cosine_distance_map, length_weighted_cosine_map
+    from inference.model.anomaly_map import (
+        cosine_distance_map,
+        length_weighted_cosine_map,
+    )
 
     t = torch.zeros(1, 2, 1, 2)
     t[0, :, 0, 0] = torch.tensor([0.01, 0.0])   # near the normal mean: direction is noise
@@ -154,7 +167,7 @@ def test_length_weighted_cosine_discounts_tokens_near_the_mean():
 def test_old_model_configs_keep_plain_cosine():
     d = tiny_cfg().to_dict()
     d.pop("map_metric")
-    assert InpConfig.from_dict(d).map_metric == "cos" and InpConfig().map_metric == "cos_len"
+    assert _format1(d).map_metric == "cos" and InpConfig().map_metric == "cos_len"
 
 
 def test_map_stride_scores_like_the_full_size_map_and_old_configs_keep_full_size():
@@ -172,6 +185,6 @@ def test_map_stride_scores_like_the_full_size_map_and_old_configs_keep_full_size
     assert torch.corrcoef(torch.stack([small_map.flatten(), full_map.flatten()]))[0, 1] > 0.99
     d = tiny_cfg().to_dict()
     d.pop("map_stride")
-    assert InpConfig.from_dict(d).map_stride == 1 and InpConfig().map_stride == 4
+    assert _format1(d).map_stride == 1 and InpConfig().map_stride == 4
     with pytest.raises(ValueError):
         tiny_cfg(map_stride=3)  # 64 is not a multiple of 3

@@ -9,6 +9,7 @@ from inference.engines.local import load_local_engine
 from inference.engines.torch_engine import TorchEngine
 from inference.model.inp_former import InpConfig, InpFormer
 from inference.model_dir import ModelDirError, load_model_dir, save_model_dir
+from lineinspect import model_meta
 from lineinspect.errors import ConfigError
 
 
@@ -26,7 +27,7 @@ def test_round_trip_same_outputs(model_dir):
     with torch.no_grad():
         assert torch.allclose(lm.module(x)[1], m.eval()(x)[1])
     cfg = json.loads((path / "config.json").read_text())
-    assert cfg["format_version"] == 1 and cfg["categories"] == ["a/b"] and cfg["input_hw"] == [64, 64]
+    assert cfg["format_version"] == model_meta.FORMAT_VERSION and cfg["categories"] == ["a/b"] and cfg["input_hw"] == [64, 64]
     assert lm.threshold == 0.5 and len(lm.version) == 12
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from inference.engines.base import EngineOutput, UnknownProduct
+from inference.engines.base import EngineOutput
 from inference.model.backbones import file_sha256
 from inference.model_dir import ModelDirError, load_model_dir, save_model_dir
-from inference.router import ModelRouter
+from inference.router import ModelHeld, ModelRouter
 from lineinspect.settings import Settings
 from storage.registry import ChecksumMismatch, ModelRegistry
 from storage.store import ResultStore
@@ -116,8 +116,9 @@ def test_router_refuses_a_tampered_version_and_serves_an_intact_one(
         assert factory.built == ["v0001"]  # the tampered version never reached an engine
         messages = " ".join(str(getattr(r, "kv", "")) + r.getMessage() for r in caplog.records)
         assert "tampered" in messages and "file replaced or corrupted" in messages
-        with pytest.raises(UnknownProduct, match="tampered"):
+        with pytest.raises(ModelHeld, match="tampered"):  # held (frames wait), never scored zero-shot
             router.infer("tampered", [np.zeros((32, 32, 3), np.uint8)])
+        assert set(router.held()) == {"tampered"}
         assert router.infer("good", [np.zeros((32, 32, 3), np.uint8)]).model_version == "v0001"
     finally:
         router.close()

@@ -1,4 +1,4 @@
-"""SQL only through bound parameters: hostile names round-trip as data, and no query text is built by formatting."""
+"""SQL only through bound parameters: hostile names are refused, hostile text round-trips as data, and no query text is built by formatting."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
+from lineinspect.names import InvalidName
 from storage import queries
 from storage.store import ResultStore
 from tests.security.conftest import make_row
@@ -25,22 +26,26 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_names_round_trip_harmlessly(db_url: str, name: str) -> None:
+def test_hostile_names_are_refused_and_hostile_text_round_trips_harmlessly(db_url: str, name: str) -> None:
+    """Names obey the one name rule (lineinspect.names), so a hostile name is refused before any SQL
+    runs; free text (model_version) may hold quotes and SQL and is stored as plain data."""
     with ResultStore.open(db_url) as store:
         tables_before = set(inspect(store.engine).get_table_names())
-        rows = [make_row(1, product=name, line=name, camera=name),
-                make_row(2, "defect", product=name, line=name, camera=name, mask_png=b"\x89PNG", frame_bytes=b"\xff\xd8")]
+        with pytest.raises(InvalidName):
+            store.save_results([make_row(1, product=name, line=name, camera=name)])
+        assert store.count_results() == 0
+        rows = [make_row(1, model_version=name), make_row(2, "defect", model_version=name, mask_png=b"\x89PNG",
+                                                          frame_bytes=b"\xff\xd8")]
         ids = store.save_results(rows)
         assert all(isinstance(i, int) for i in ids)
         assert store.save_results(rows) == ids  # idempotent redelivery, same ids
-        got = store.get_result(name, 2)
-        assert got is not None and (got["product"], got["line"], got["camera"]) == (name, name, name)
-        assert store.count_results(product=name) == 2
+        got = store.get_result("cam1", 2)
+        assert got is not None and got["model_version"] == name
+        assert store.count_results(product=name) == 0  # reads bind hostile names as data
+        assert store.get_result(name, 2) is None and store.results_for_camera(name) == []
         assert store.count_results(product="x' OR '1'='1") == 0
-        assert [r["frame_id"] for r in store.results_for_camera(name)] == [1, 2]
-        assert name in store.products()
         with store.engine.connect() as conn:  # the dashboard's read path
-            assert name in [p["name"] for p in queries.products(conn)]
+            assert [p["name"] for p in queries.products(conn)] == ["bolt"]
         assert set(inspect(store.engine).get_table_names()) == tables_before
 
 

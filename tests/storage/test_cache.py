@@ -179,8 +179,9 @@ def test_out_of_memory_is_cache_unavailable_and_changes_nothing(private_redis):
     before = (cache.counters("bolt", "L1", 2), cache.anomalies(), cache.latest("cam1"))
     cache._r.config_set("maxmemory", "1")  # every write is now refused (noeviction policy)
     try:
-        with pytest.raises(CacheUnavailable, match="out of memory"):
+        with pytest.raises(CacheUnavailable, match="redis is out of memory") as info:
             cache.record_results([_res(3, "defect"), _res(4)])
+        assert "not reachable" not in str(info.value)  # it answered: say what really happened
         assert (cache.counters("bolt", "L1", 2), cache.anomalies(), cache.latest("cam1")) == before
     finally:
         cache._r.config_set("maxmemory", "0")

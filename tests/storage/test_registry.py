@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from lineinspect import model_meta
 from storage.registry import ChecksumMismatch, ModelRegistry, RegistryError
 from storage.store import ResultStore
 
@@ -16,11 +17,13 @@ def registry(db_url, tmp_path):
     store.close()
 
 
-def _model_dir(root, tag: str):
+def _model_dir(root, tag: str, config: dict | None = None, threshold: float = 0.5, meta: bool = True):
+    """A model directory with stand-in weights; its metadata written by its owner (lineinspect.model_meta)."""
     d = root / f"trained-{tag}"
     d.mkdir(parents=True)
     (d / "weights.pt").write_bytes(f"weights {tag}".encode())
-    (d / "config.json").write_text("{}")
+    if meta:
+        model_meta.write(d, config or {}, {"threshold": threshold})
     return d
 
 
@@ -142,11 +145,9 @@ def test_concurrent_registrations_get_distinct_versions(registry, tmp_path):
 
 
 def test_threshold_and_backbone_default_to_the_model_dir(registry, tmp_path):
-    d = _model_dir(tmp_path, "j")
-    (d / "calibration.json").write_text('{"threshold": 0.37}')
-    (d / "config.json").write_text('{"backbone": {"name": "efficientnet_lite1", "weights_sha256": "ab"}}')
+    d = _model_dir(tmp_path, "j", {"backbone": {"name": "efficientnet_lite1", "weights_sha256": "ab"}}, 0.37)
     info = registry.get("bolt", registry.register("bolt", d))
     assert (info.threshold, info.backbone) == (0.37, "efficientnet_lite1")
-    bare = _model_dir(tmp_path, "k")
+    bare = _model_dir(tmp_path, "k", meta=False)
     with pytest.raises(RegistryError, match="threshold"):
         registry.register("bolt", bare, backbone="x")

@@ -6,7 +6,8 @@ import pytest
 
 from inference.model.inp_former import InpConfig
 from ingest.simulator import LineSimulator
-from storage.registry import ModelRegistry
+from lineinspect.names import InvalidName
+from storage.registry import ModelRegistry, RegistryError
 from storage.store import ResultStore
 from training.gate import GatePolicy
 from training.retrain import (
@@ -191,3 +192,22 @@ def test_flagged_frames_exclude_false_alarms(store):
     store.mark_false_alarm(ids[0])
     frames = flagged_frames(store, "widget")
     assert len(frames) == 1 and decode_sample(frames[0])[0, 0, 0] == 2
+
+
+HOSTILE_PRODUCTS = ["../escape", "..", "/abs/path", "a/b", "nul\x00byte", "\uff50rod", "caf\u00e9", "x" * 129, ".hidden",
+                    "-rf", "ok name"]
+
+
+@pytest.mark.parametrize("product", HOSTILE_PRODUCTS)
+def test_a_hostile_product_name_never_becomes_a_path(store, registry, tmp_path, product):
+    """A product name from a message is refused before retrain, the registry or the store build a path."""
+    models = registry.models_dir
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(InvalidName):
+        retrain(store, registry, product, options())
+    with pytest.raises(InvalidName):
+        store.add_training_sample(product, b"\x89PNG fake")
+    with pytest.raises(RegistryError):
+        registry.register(product, tmp_path, threshold=0.5, backbone="x")
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert not (models / ".retrain").exists() or not any((models / ".retrain").iterdir())

@@ -1,0 +1,54 @@
+"""`lineinspect train` refuses to calibrate a threshold on fewer than 2 held-out normals and warns below ~20."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lineinspect.cli import main
+from lineinspect.errors import ConfigError
+from training.cli import WARN_CALIBRATION_IMAGES, check_calibration_count
+
+
+def _dataset(root: Path, n: int) -> Path:
+    good = root / "parts" / "train" / "good"
+    good.mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(good / f"{i:03d}.png"), np.full((64, 64, 3), 40 + i, np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_train_on_too_few_images_is_refused_with_a_clear_error(tmp_path: Path, n: int,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path / "home"))
+    root = _dataset(tmp_path / "data", n)
+    out = tmp_path / "model"
+    rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(out), "--iters", "1",
+               "--backbone", "random_tiny", "--size", "64"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "held out to calibrate the threshold" in err and "at least 2" in err
+    assert not (out / "weights.pt").exists()
+
+
+def test_the_calibration_minimum_and_warning() -> None:
+    with pytest.raises(ConfigError, match="at least 2"):
+        check_calibration_count(1, 6)
+    check_calibration_count(2, 14)
+    check_calibration_count(WARN_CALIBRATION_IMAGES, 140)
+
+
+def test_few_calibration_images_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="training.cli"):
+        check_calibration_count(3, 20)
+    assert "few held-out normal images" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="training.cli"):
+        check_calibration_count(WARN_CALIBRATION_IMAGES, 140)
+    assert caplog.text == ""
