@@ -101,7 +101,8 @@ def rss_mb(pid: int) -> float | None:
 
 
 # --- poison ---------------------------------------------------------------------------------------
-def poison_messages(product: str, tag: str, hostile: bool) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
+def poison_messages(product: str, tag: str, hostile: bool,
+                    max_message_bytes: int = 8 * 1024 * 1024) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
     """(expected reason, key, value, headers) for one frame per reason a frame can cause. ``hostile``
     adds the metadata classes of issue 15 (text a store cannot hold, path-like names), which only a code
     base that dead-letters them (reason ``unstorable`` / the name rule) can survive."""
@@ -139,12 +140,16 @@ def poison_messages(product: str, tag: str, hostile: bool) -> list[tuple[str, by
     png = cv2.imencode(".png", np.full((*FRAME_HW, 3), 90, np.uint8))[1].tobytes()
     add("bad_encoding", *env(9, payload=png).to_message())  # PNG bytes declared as JPEG
     add("unknown_product", *env(10, product=f"no-such-product-{tag}").to_message())
-    if hostile:
-        add("hostile", *env(11, line="L1\x00x").to_message())                  # NUL: PostgreSQL refuses it
-        add("hostile", *env(12, specimen_id="s" * 128, view="v" * 128).to_message())
-        add("hostile", *env(13, product="../" + product).to_message())         # a name that is a path
-        add("hostile", *env(14, line="\ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-                            + "\u0000").to_message())
+    if hostile:  # the classes of issue 15: each must be dead-lettered (bad_envelope / unstorable / oversized)
+        add("name_nul", *env(11, line="L1\x00x").to_message())
+        add("name_path", *env(12, product="../" + product).to_message())
+        add("name_long", *env(13, specimen_id="s" * 400, view="v" * 200).to_message())
+        add("name_control", *env(14, camera="cam\u202e\x07", frame_id=fid * 100 + 14).to_message())
+        add("ts_unstorable", *env(15, capture_ts=1e15).to_message())     # finite, but past any SQL timestamp
+        add("ts_unstorable", *env(16, capture_ts=-1e13).to_message())
+        add("frame_id_huge", *env(17, frame_id=2**63).to_message())      # over BIGINT
+        k, v, h = env(18).to_message()
+        add("raw_oversized", k, v + b"\0" * (max_message_bytes - len(v) + 1024), h)  # inside the 64 KiB headroom
     return out
 
 
@@ -295,11 +300,14 @@ class Soak:
         from ingest.bus.kafka import KafkaPublisher
 
         tag = uuid.uuid4().hex[:8]
-        msgs = poison_messages(self.product, tag, self.hostile)
+        msgs = poison_messages(self.product, tag, self.hostile, self.settings.max_message_bytes)
         pub = KafkaPublisher(self.settings, linger_ms=5)
         try:
-            for _reason, k, v, h in msgs:
-                pub.publish(k, v, h)
+            for reason, k, v, h in msgs:
+                if reason == "raw_oversized":  # a raw client: no size check before the broker
+                    pub._producer.send(self.settings.topic_frames, key=k, value=v, headers=h)
+                else:
+                    pub.publish(k, v, h)
             pub.flush(30)
         finally:
             pub.close()
