@@ -76,6 +76,7 @@ class SoakConfig:
     batch: int = 8
     partitions: int = 4
     kinds: tuple[str, ...] = FAULT_KINDS
+    trace_slot0: Path | None = None   # run the long-lived consumer under tracemalloc, report to this file
 
 
 @dataclass
@@ -193,7 +194,9 @@ class Soak:
 
     # consumers ----------------------------------------------------------------------------------
     def start_slot(self, slot: int) -> None:
-        p = self.rig.start_consumer(idle_timeout_s=10**6)
+        trace = self.cfg.trace_slot0 if slot == 0 else None
+        launcher = [str(REPO / "benchmarks" / "trace_consumer.py"), str(trace)] if trace else None
+        p = self.rig.start_consumer(idle_timeout_s=10**6, launcher=launcher)
         self.slots[slot] = p
         self.procs.append(ProcStat(slot, p.pid, self.now()))
 
@@ -491,6 +494,8 @@ class Soak:
             "exit_codes": codes,
             "fault_log": self.fault_log,
             "hostile_metadata_injected": self.hostile,
+            "tracemalloc_slot0": (json.loads(self.cfg.trace_slot0.read_text())
+                                  if self.cfg.trace_slot0 and self.cfg.trace_slot0.exists() else None),
         }
 
     def stalls(self) -> list[dict[str, Any]]:
@@ -574,8 +579,19 @@ def render_md(res: dict[str, Any]) -> str:
         "RSS per process (MB, 60 s after start -> last sample): "
         + "; ".join(f"slot {p['slot']} pid {p['pid']} {p['rss_start_mb']} -> {p['rss_end_mb']} ({p['lived_s']} s, {p['ended']})"
                     for p in res["rss_per_process"]),
-        "<!-- soak:end -->",
     ]
+    series = res.get("rss_series_first_consumer") or []
+    if series:
+        step = max(1, len(series) // 8)
+        lines += ["", "RSS of the consumer alive all run over time (s: MB): "
+                  + ", ".join(f"{t:.0f}: {mb:.0f}" for t, mb in series[::step])]
+    tm = res.get("tracemalloc_slot0")
+    if tm and tm.get("series"):
+        last = tm["series"][-1]
+        lines += ["", f"tracemalloc (same consumer, baseline {tm['rss_base_mb']} MB RSS / {tm['heap_base_mb']} MB Python heap "
+                  f"after warm-up; at +{last['t_s']} s: {last['rss_mb']} MB RSS / {last['heap_mb']} MB heap). Top Python growth: "
+                  + "; ".join(f"{g['where']} {g['size_diff_kb']} KB" for g in tm["top_growth"][:5])]
+    lines += ["<!-- soak:end -->"]
     return "\n".join(lines) + "\n"
 
 
@@ -598,6 +614,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     ap.add_argument("--md", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     ap.add_argument("--keep-services", action="store_true", help="leave the private services running")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="run the long-lived consumer under tracemalloc (benchmarks/trace_consumer.py)")
     args = ap.parse_args()
 
     cache = Path(os.environ.get("LINEINSPECT_CACHE", Path.home() / ".cache" / "lineinspect"))
@@ -613,7 +631,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         tiny = build_tiny_model(work)
-        cfg = SoakConfig(minutes=args.minutes, load=args.load, fault_every_s=args.fault_every, backlog=args.backlog)
+        cfg = SoakConfig(minutes=args.minutes, load=args.load, fault_every_s=args.fault_every, backlog=args.backlog,
+                         trace_slot0=(work / "tracemalloc-slot0.json") if args.tracemalloc else None)
         res = run_soak(cfg, svc, tiny, work / "home")
     finally:
         if not args.keep_services:

@@ -175,10 +175,11 @@ class Rig:
         return env
 
     def start_consumer(self, idle_timeout_s: float = 90.0, engine_url: str = "local://onnx",
-                       extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                       extra_env: dict[str, str] | None = None, launcher: list[str] | None = None) -> subprocess.Popen:
+        """``launcher``: what runs the CLI (default ``-m lineinspect.cli``; the soak wraps one in tracemalloc)."""
         s = self.settings
         log_path = self.tmp / f"consumer-{len(self.procs)}.log"
-        cmd = [sys.executable, "-m", "lineinspect.cli", "consume", "--bus", s.bus_url, "--engine", engine_url,
+        cmd = [sys.executable, *(launcher or ["-m", "lineinspect.cli"]), "consume", "--bus", s.bus_url, "--engine", engine_url,
                "--db", s.resolved_db_url, "--cache", s.cache_url, "--group", s.consumer_group,
                "--topic", s.topic_frames, "--batch", str(s.batch_max_records),
                "--batch-wait-ms", str(s.batch_max_wait_ms), "--idle-timeout", str(idle_timeout_s)]
