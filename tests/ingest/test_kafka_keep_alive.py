@@ -70,3 +70,24 @@ def test_kafka_python_verifies_record_crcs_with_the_c_crc32c() -> None:
 
     assert util._crc32c is crc32c.crc32c
     assert util.calc_crc32c(memoryview(b"123456789")) == 0xE3069283  # the CRC-32C check value
+
+
+def test_partitions_kept_across_an_eager_rebalance_stay_fetchable() -> None:
+    """dpkp/kafka-python#3131 ("partitions assigned but never fetched after a rebalance", 3.0.7-3.0.9): the
+    revocation gate set while ``on_partitions_revoked`` runs stayed on partitions the member got back, so
+    they were never fetched again. Fixed upstream (#3132) in the pinned client; this guards the pin, so no
+    fetch watchdog is needed in ingest/bus/kafka.py. Fails on an affected kafka-python."""
+    from kafka.consumer.subscription_state import SubscriptionState
+
+    tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    s = SubscriptionState()
+    s.subscribe(topics=["t"])
+    s.assign_from_subscribed([tp0, tp1])
+    for tp in (tp0, tp1):
+        s.seek(tp, 5)
+    assert set(s.fetchable_partitions()) == {tp0, tp1}
+    s.mark_pending_revocation({tp0, tp1})  # EAGER: the listener is told everything is revoked
+    assert s.fetchable_partitions() == []
+    s.assign_from_subscribed([tp0])         # the new generation gives tp0 back
+    assert s.fetchable_partitions() == [tp0]
+    assert s.assignment[tp0].position.offset == 5  # and its position survives: no replay, no skip
