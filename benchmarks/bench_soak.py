@@ -384,10 +384,13 @@ class Soak:
         for slot, p in enumerate(self.slots):
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        codes = []
+        codes: list[int | None] = []
         for p in self.slots:
+            if p is None:
+                codes.append(None)
+                continue
             try:
-                codes.append(p.wait(60) if p is not None else None)
+                codes.append(p.wait(60))
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes.append(None)
