@@ -63,6 +63,9 @@ RESULTS = REPO / "benchmarks" / "results"
 PORTS = {"LINEINSPECT_PG_PORT": "25632", "LINEINSPECT_REDIS_PORT": "26579", "LINEINSPECT_KAFKA_PORT": "29292"}
 FAULT_KINDS = ("kill9", "kafka_restart", "pg_stop", "redis_fill", "model_corrupt", "poison")
 POISON_CAMERA = "soak-poison"
+# poison classes a store can hold, so stored is right for them: a product without a model is scored zero-shot,
+# and captured_at is a FLOAT column (a timestamp past any SQL TIMESTAMP is still a float)
+STORABLE_POISON = {"unknown_product", "ts_unstorable"}
 OUTAGE_S = 20.0
 
 
@@ -146,7 +149,7 @@ def poison_messages(product: str, tag: str, hostile: bool,
         add("name_path", *env(12, product="../" + product).to_message())
         add("name_long", *env(13, specimen_id="s" * 400, view="v" * 200).to_message())
         add("name_control", *env(14, camera="cam\u202e\x07", frame_id=fid * 100 + 14).to_message())
-        add("ts_unstorable", *env(15, capture_ts=1e15).to_message())     # finite, but past any SQL timestamp
+        add("ts_unstorable", *env(15, capture_ts=1e15).to_message())     # finite, past any SQL TIMESTAMP (storable here)
         add("ts_unstorable", *env(16, capture_ts=-1e13).to_message())
         add("frame_id_huge", *env(17, frame_id=2**63).to_message())      # over BIGINT
         k, v, h = env(18).to_message()
