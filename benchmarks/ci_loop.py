@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,7 @@ def junit_counts(path: Path) -> dict[str, int]:
     return {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
 
 
-def one_run(i: int, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
+def one_run(i: int, args: argparse.Namespace, cache: Path, deadline: float | None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"li-ci-{i}-"))
     clone = tmp / "lineinspect"
     t0 = time.monotonic()
@@ -89,9 +90,25 @@ nice -n 10 python -m pytest {' '.join(SUITES)} -q -p no:cacheprovider --junitxml
 echo "pytest exit $?"
 """
         log = tmp / "run.log"
+        limit = args.run_timeout if deadline is None else min(args.run_timeout, deadline - time.time())
         with open(log, "w") as out:
-            proc = subprocess.run(["bash", "-c", script], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, check=False,
-                                  timeout=args.run_timeout)
+            proc = subprocess.Popen(["bash", "-c", script], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                proc.wait(timeout=max(1.0, limit))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGTERM)  # pytest, its consumers; the trap stops the services
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                subprocess.run(["bash", "deploy/services.sh", "stop"], cwd=clone, env=env, capture_output=True,
+                               check=False, timeout=180)
+                cut = deadline is not None and limit < args.run_timeout
+                return {"run": i, "commit": commit, "seconds": round(time.monotonic() - t0, 1), "incomplete": cut,
+                        "failures": [] if cut else [{"test": "<run timed out>", "kind": "error",
+                                                     "message": f"over {args.run_timeout} s"}],
+                        "junit_so_far": junit_counts(junit)}
         text = log.read_text(errors="replace")
         fails = failures_from_junit(junit)
         if proc.returncode != 0 and not fails:
@@ -128,26 +145,32 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     stopped_by = "runs"
-    for i in tqdm(range(1, args.runs + 1), desc="ci runs", file=sys.stderr):
-        longest = max((r["seconds"] for r in runs), default=0.0)
-        if deadline is not None and time.time() + longest > deadline:
-            stopped_by = "deadline"
-            break
-        runs.append(one_run(i, args, cache))
+    cut_runs: list[dict[str, Any]] = []
+    def write(stopped_by: str) -> None:
         failed = [r for r in runs if r["failures"]]
         res = {
             "suites": SUITES, "branch": args.branch, "repo": str(args.repo), "started_utc": started,
             "requested_runs": args.runs, "runs": len(runs), "failures": len(failed),
             "failed_tests": sorted({f["test"] for r in failed for f in r["failures"]}),
-            "stopped_by": stopped_by if len(runs) < args.runs else "runs",
+            "stopped_by": stopped_by, "cut_by_deadline": cut_runs,
             "loadavg_end": " ".join(f"{x:.2f}" for x in os.getloadavg()), "per_run": runs,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1) + "\n")
-    if runs and stopped_by == "deadline":
-        res = json.loads(args.out.read_text())
-        res["stopped_by"] = "deadline"
-        args.out.write_text(json.dumps(res, indent=1) + "\n")
+
+    for i in tqdm(range(1, args.runs + 1), desc="ci runs", file=sys.stderr):
+        longest = max((r["seconds"] for r in runs), default=0.0)
+        if deadline is not None and time.time() + longest > deadline:
+            stopped_by = "deadline"
+            break
+        run = one_run(i, args, cache, deadline)
+        if run.get("incomplete"):  # cut by the deadline: not a run, not a failure
+            stopped_by = "deadline"
+            cut_runs.append(run)
+            break
+        runs.append(run)
+        write("in progress")
+    write(stopped_by)
     print(args.out.read_text() if args.out.exists() else "no run started")
 
 
