@@ -2,7 +2,7 @@
 
 Yardstick: the frozen encoder alone in ONNX Runtime at the same input size (what any model on this
 backbone must pay). Each full-model engine (PyTorch eager, ONNX Runtime fp32, ONNX Runtime int8,
-Triton via pytriton over gRPC) is reported as images/s and as a ratio of the yardstick at batch
+OpenVINO fp32 on the same ONNX file, Triton via pytriton over gRPC) is reported as images/s and as a ratio of the yardstick at batch
 1/4/8/16, on already pre-processed tensors (the shared resize is identical for all engines and is
 timed separately). Latency p50/p99 at batch 1: one client, and 4 concurrent clients (local: one
 shared session; Triton: dynamic batching). Accuracy: image AUROC on real test images of one
@@ -148,6 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     xb = {b: np.ascontiguousarray(np.resize(x_all, (b, *x_all.shape[1:]))) for b in BATCHES}
 
     s_enc, s_fp32, s_int8 = (make_session(p, THREADS) for p in (enc_path, fp32, int8))
+    from inference.engines.openvino_engine import compile_onnx
+
+    ov_model = compile_onnx(fp32, THREADS)
+    ov_local = threading.local()  # an infer request serves one caller at a time: one per client thread
+
+    def ov_run(x: np.ndarray) -> np.ndarray:
+        req = getattr(ov_local, "req", None) or ov_model.create_infer_request()
+        ov_local.req = req
+        return np.array(req.infer({"images": x})[ov_model.output("score")])
 
     def torch_run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -160,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     def scores_of(fn) -> np.ndarray:  # noqa: ANN001
         return np.concatenate([fn(x_all[i:i + 16]) for i in range(0, len(x_all), 16)]).reshape(-1)
 
-    sc = {"pytorch": scores_of(torch_run), "ort_fp32": scores_of(ort(s_fp32)), "ort_int8": scores_of(ort(s_int8))}
+    sc = {"pytorch": scores_of(torch_run), "ort_fp32": scores_of(ort(s_fp32)), "ort_int8": scores_of(ort(s_int8)),
+          "openvino_fp32": scores_of(ov_run)}
     auroc = {k: float(metrics.image_auroc(labels, v)) for k, v in sc.items()}
     max_score_diff = {k: float(np.abs(v - sc["pytorch"]).max()) for k, v in sc.items() if k != "pytorch"}
     print(f"image AUROC on {len(items)} {cat} test images: {auroc}", flush=True)
@@ -182,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         sc_triton = scores_of(triton_run)
         max_score_diff["triton"] = float(np.abs(sc_triton - sc["ort_fp32"]).max())
         engines = {"encoder only (ORT, yardstick)": ort(s_enc), "PyTorch eager": torch_run,
-                   "ORT fp32": ort(s_fp32), "ORT int8": ort(s_int8), "Triton (pytriton, gRPC)": triton_run}
+                   "ORT fp32": ort(s_fp32), "ORT int8": ort(s_int8),
+                   "OpenVINO fp32": ov_run, "Triton (pytriton, gRPC)": triton_run}
         thr: dict[str, dict[int, float]] = {}
         for name, fn in engines.items():
             thr[name] = {b: _rate(fn, xb[b]) for b in BATCHES}
             print(f"{name}: " + ", ".join(f"b{b} {v:.1f}" for b, v in thr[name].items()) + " img/s", flush=True)
         lat = {"local ORT fp32": {c: _latency(ort(s_fp32), xb[1], c, 40 // c) for c in (1, 4)},
+               "local OpenVINO fp32": {c: _latency(ov_run, xb[1], c, 40 // c) for c in (1, 4)},
                "Triton (gRPC)": {c: _latency(triton_run, xb[1], c, 40 // c) for c in (1, 4)}}
     finally:
         triton.close()

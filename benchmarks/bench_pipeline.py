@@ -383,7 +383,7 @@ def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list,
         return sum(v[3] for (f, _l, fn), v in stats.items() if f.endswith(file_end) and fn == func)
 
     parts = {"engine (resize + ONNX Runtime)": cum("onnx_engine.py", "infer"),
-             "JPEG decode": cum("envelope.py", "decode_image"),
+             "JPEG decode": cum("envelope.py", "decode_frame"),
              "verdict, mask / heatmap PNG": cum("consumer.py", "_row"),
              "PostgreSQL write": cum("store.py", "save_results"),
              "Redis update": cum("redis_cache.py", "record_results")}
@@ -453,7 +453,14 @@ def main() -> int:
     ap.add_argument("--per-category", type=int, default=8, help="distinct real frames per category")
     ap.add_argument("--arch", choices=sorted(ARCHS), default="small")
     ap.add_argument("--batch", type=int, default=None, help="engine batch (default: the consumer's batch_max_records)")
+    ap.add_argument("--camera", action="store_true", help="only the camera-scale section (issue 14): 5/12 MP frames")
+    ap.add_argument("--camera-frames", type=int, default=96, help="backlog frames per camera configuration")
+    ap.add_argument("--camera-auroc", action="store_true", help="only the camera section's AUROC check")
+    ap.add_argument("--auroc-iters", type=int, default=40)
+    ap.add_argument("--auroc-max-per-category", type=int, default=60)
     args = ap.parse_args()
+    if args.camera or args.camera_auroc:
+        return camera_main(args)
     t_start = time.time()
     os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
     from lineinspect.settings import Settings
@@ -503,6 +510,106 @@ def main() -> int:
     write_section("pipeline", render(result))
     print(render(result))
     return 0
+
+
+def camera_main(args: argparse.Namespace) -> int:
+    """The ``camera`` section of pipeline.json and RESULTS.md (see benchmarks/camera_section.py)."""
+    from benchmarks import camera_section as cam
+    from lineinspect.settings import Settings
+
+    os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
+    path = RESULTS_DIR / "pipeline.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    section = result.get("camera", {})
+    t0 = time.time()
+    load0 = os.getloadavg()[0]
+    if args.camera_auroc:
+        section["auroc"] = cam.run_auroc(args.auroc_iters, args.auroc_max_per_category)
+    if args.camera:
+        batch = args.batch or Settings().batch_max_records
+        urls, started = ensure_services()
+        tmp = WORK / "pipeline" / f"camera-{uuid.uuid4().hex[:6]}"
+        try:
+            got = cam.run_camera(urls, build_model("default"), 90.0, args.camera_frames, batch, 2, tmp)
+        finally:
+            for name in started:
+                services_sh("stop", name)
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        section.update(got, batch=batch, arch="default", machine=machine(), date=time.strftime("%Y-%m-%d"))
+    section.setdefault("load_avg", {})[("auroc" if args.camera_auroc and not args.camera else "throughput")] = [
+        load0, os.getloadavg()[0]]
+    section["seconds_last_run"] = time.time() - t0
+    result = json.loads(path.read_text()) if path.is_file() else {}  # re-read: another section may have landed
+    fresh = result.get("camera", {})
+    fresh.update({k: v for k, v in section.items() if k != "load_avg"})
+    fresh.setdefault("load_avg", {}).update(section.get("load_avg", {}))
+    section = result["camera"] = fresh
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    text = render_camera(section)
+    write_section("camera", text)
+    print(text)
+    return 0
+
+
+def render_camera(c: dict) -> str:
+    lines = ["## Camera-scale frames (issue 14; `python benchmarks/bench_pipeline.py --camera --camera-auroc`)", ""]
+    if c.get("rows"):
+        lines += [
+            f"{c['machine']}, {c['date']}; load average during the throughput runs "
+            f"{c['load_avg'].get('throughput', [0, 0])[0]:.1f} -> {c['load_avg'].get('throughput', [0, 0])[1]:.1f} "
+            "(2 cores shared with other engineers' jobs: absolute figures move, ratios are side by side in one run). "
+            f"Model: the default INP-Former architecture (256x256 input, untrained weights: throughput does not "
+            f"depend on them), ONNX Runtime on all cores, batch {c['batch']}. Frames: real test images of every "
+            "category (2 per category, good and defective), upscaled bicubic to the sensor size, gray for the "
+            "mono camera, JPEG q92. One consumer process, `local://onnx`, Kafka -> PostgreSQL + Redis, "
+            "threshold at the frames' 90th percentile (~10 % flagged: mask, heatmap and the original JPEG stored).",
+            "",
+            "| frames | MP | JPEG kB | DCT scale | consumer fps (Kafka->PG+Redis) | bare model fps | decode+model fps | "
+            "ratio (fps/bare) | ratio_to_decode_and_model | full_decode: decode+model fps (x bare) | decode ms reduced / full | "
+            "p50 / p99 ms at 70 % | consumer RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in c["rows"]:
+            fd = r["full_decode"]
+            lines.append(
+                f"| {r['config']} | {r['megapixels']:.1f} | {r['jpeg_kb']:.0f} | 1/{r['dct_scale']} | {r['fps']:.1f} | "
+                f"{r['bare_fps']:.1f} | {r['decode_and_model_fps']:.1f} | **{r['ratio']:.2f}** | "
+                f"**{r['ratio_to_decode_and_model']:.2f}** | {fd['decode_and_model_fps']:.1f} ({fd['ratio_to_bare']:.2f}x) | "
+                f"{r['decode_reduced_ms']:.1f} / {fd['decode_ms']:.1f} | {r['latency_p50_ms']:.0f} / "
+                f"{r['latency_p99_ms']:.0f} (paced {r['paced_fps']:.1f}, held {r['held_fps']:.1f} fr/s) | "
+                f"{r['consumer_rss_mb']:.0f} |")
+        bounds = ", ".join(f"{r['config']} {1.0 / (1.0 + r['decode_reduced_ms'] * r['bare_fps'] / 1000.0):.2f}"
+                           for r in c["rows"])
+        lines += ["", "Physical bound on `ratio`: the decode cannot be avoided and runs on the same 2 cores as the "
+                  "model, so fps/bare <= 1 / (1 + decode ms x bare fps / 1000) even with free bus and storage "
+                  f"(a decode costing a third of the model caps it near 0.75, ~0.7 with the rest): {bounds} from the "
+                  "decode times above. `ratio_to_decode_and_model` measures everything else (Kafka, storage, "
+                  "masks, commits) against that: the goal is >= 0.85. Under a load average far above 2 "
+                  "the bare and pipeline runs, seconds apart, see different contention, so single ratios move by "
+                  "+-0.2 between runs."]
+        st = c["rows"][0]["storage_per_flagged_frame"]
+        lines += ["", f"Storage per flagged 5 MP colour frame: original JPEG {st['frame_bytes'] / 1e3:.0f} kB + mask PNG "
+                  f"{st['mask_png_bytes'] / 1e3:.1f} kB + heatmap PNG {st['heat_png_bytes'] / 1e3:.1f} kB at map "
+                  f"resolution (row built in {st['row_build_ms']:.1f} ms)."]
+    a = c.get("auroc")
+    if a:
+        lines += ["", f"Scores at 5 MP ({a['hw'][0]}x{a['hw'][1]}, JPEG q{a['jpeg_quality']}, real test images "
+                  f"upscaled bicubic; default model trained {a['iters']} iterations per category; up to the number "
+                  "of test images shown, stratified): image AUROC decoded at the DCT scale vs decoded full then "
+                  "area-resized.", "", "| category | test images | DCT scale | AUROC reduced | AUROC full | difference | "
+                  "mean abs score change (mean score) | decoded at >= 2x the input: AUROC, difference |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for cat, v in a["categories"].items():
+            lines.append(f"| {cat} | {v['n']} ({v['defective']} defective) | "
+                         f"{'/'.join('1/' + str(s) for s in v['dct_scales'])} | {v['auroc_reduced']:.4f} | "
+                         f"{v['auroc_full']:.4f} | {v['difference']:+.4f}"
+                         f"{'' if abs(v['difference']) <= 0.005 else ' (misses 0.005)'} | "
+                         f"{v['mean_abs_score_change']:.4f} ({v['mean_score']:.3f}) | "
+                         + (f"{v['oversample2']['auroc']:.4f}, {v['oversample2']['difference']:+.4f} |"
+                            if "oversample2" in v else "not measured in this run |"))
+    return "\n".join(lines)
 
 
 def _thr(n: int) -> str:

@@ -25,6 +25,8 @@ PAGES = (
     ("views/locations.py", "Defect locations", ":material/grid_on:"),
     ("views/scores.py", "Score distributions", ":material/bar_chart:"),
     ("views/specimens.py", "Specimens", ":material/category:"),
+    ("views/families.py", "Defect families", ":material/workspaces:"),
+    ("views/drift.py", "Drift", ":material/trending_up:"),
     ("views/health.py", "System health", ":material/dns:"),
 )
 

@@ -178,3 +178,55 @@ def triton_ready(health_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return False, f"unreachable ({reason})"
+
+
+# --- drift alarms (storage/drift.py) -----------------------------------------------------------------
+
+def _drift(url: str) -> Any:
+    from storage.drift import DriftStore
+
+    return DriftStore(engine(url), url)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def drift_alarms(url: str, status: str | None = None, limit: int = 200) -> list[dict]:
+    """Drift alarms, newest first, with the number of verdicts they mark as drifted."""
+    d = _drift(url)
+    out = d.alarms(status=status, limit=limit)
+    for a in out:
+        a["drifted_verdicts"] = d.drifted_count(int(a["id"]))
+        a["kept_frames"] = d.count_frames(int(a["id"]))
+    return out
+
+
+def request_rebaseline(url: str, product: str, since: float | None, by: str) -> int:
+    """The operator's "this is the new normal" (the scheduler, or ``lineinspect models rebaseline``, retrains)."""
+    n = _drift(url).request_rebaseline(product, since, by)
+    clear()
+    return n
+
+
+# --- defect families (storage/families.py) ------------------------------------------------------------
+
+def _families(url: str) -> Any:
+    from storage.families import FamilyStore
+
+    return FamilyStore(engine(url), url)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_pareto(url: str, start: float | None, end: float | None) -> pd.DataFrame:
+    rows = _families(url).pareto(None, start, end)
+    cols = ["product", "family", "regions", "frames", "mean_area_px", "name"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def family_members(url: str, product: str, family: int, with_frames: int = 6) -> list[dict]:
+    return _families(url).members(product, family, with_frames=with_frames)
+
+
+def name_family(url: str, product: str, family: int, name: str | None) -> bool:
+    ok = _families(url).name_family(product, family, name)
+    clear()
+    return ok

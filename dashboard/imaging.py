@@ -20,6 +20,18 @@ def decode_image(data: bytes, grayscale: bool = False) -> np.ndarray:
     return img if grayscale else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def bounded_preview(frame: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """The frame shrunk (area) so its longer side is at most ``max_side``: a 5-20 MP camera frame
+    is overlaid and sent to the browser at preview size. Masks and heatmaps are stored at the
+    model's map resolution and :func:`overlay_heatmap` scales them to whatever frame it gets, so
+    the overlay stays aligned."""
+    h, w = frame.shape[:2]
+    s = max_side / max(h, w)
+    if s >= 1.0:
+        return frame
+    return cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
 def overlay_heatmap(frame_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45,
                     mask: np.ndarray | None = None) -> np.ndarray:
     """Blend a colour-mapped 8-bit anomaly map onto the frame (resized to the frame), weighting

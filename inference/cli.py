@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "results (PostgreSQL/SQLite) and the live view (Redis), then commit. Run several "
                                    "with the same --group to share the partitions. SIGTERM finishes the batch in hand.")
     p.add_argument("--bus", default=None, help="kafka://host:port (env LINEINSPECT_BUS_URL)")
-    p.add_argument("--engine", default=None, help="local://auto|onnx|onnx-int8|torch, zero-shot://grnr, triton-grpc://host:port")
+    p.add_argument("--engine", default=None, help="local://auto|onnx|onnx-int8|openvino|torch, zero-shot://grnr, triton-grpc://host:port")
     p.add_argument("--db", default=None, help="database URL (env LINEINSPECT_DB_URL)")
     p.add_argument("--cache", default=None, help="redis://host:port/0 or memory:// (env LINEINSPECT_CACHE_URL)")
     p.add_argument("--group", default=None, help="consumer group (env LINEINSPECT_CONSUMER_GROUP)")
@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_consume(args: argparse.Namespace, settings: Settings) -> int:
     from inference.consumer import InferenceConsumer
+    from inference.drift import build_steps
     from inference.metrics import ConsumerMetrics
     from inference.router import open_engine
     from ingest.bus import open_consumer
@@ -55,9 +56,12 @@ def run_consume(args: argparse.Namespace, settings: Settings) -> int:
         batch_max_wait_ms=args.batch_wait_ms, metrics_port=args.metrics_port)
     store = open_store(settings)
     cache = open_cache(settings)
-    engine = open_engine(settings, ModelRegistry(store, settings.resolved_models_dir))
-    consumer = InferenceConsumer(settings, open_consumer(settings), engine, store, cache, ConsumerMetrics(settings),
-                                 pipelined=not getattr(args, "no_pipeline", False))
+    registry = ModelRegistry(store, settings.resolved_models_dir)
+    engine = open_engine(settings, registry)
+    metrics = ConsumerMetrics(settings)
+    steps = build_steps(settings, store, registry, metrics.registry)
+    consumer = InferenceConsumer(settings, open_consumer(settings), engine, store, cache, metrics,
+                                 pipelined=not getattr(args, "no_pipeline", False), post_store=steps)
     consumer.install_signal_handlers()
     log.info("consumer started", extra=kv(name=consumer.name, group=settings.consumer_group, topic=settings.topic_frames,
                                           engine=settings.engine_url, metrics_port=settings.metrics_port))

@@ -37,16 +37,16 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct
+from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct, decode_hw
 from inference.metrics import ConsumerMetrics
-from inference.postprocess import binary_mask, defect_area, heat_png, mask_png, pixel_threshold, verdict
+from inference.postprocess import build_row
 from ingest.bus import message_size
 from ingest.bus.base import BatchConsumer, Record
-from ingest.envelope import FrameEnvelope, PoisonFrame, decode_image
+from ingest.envelope import FrameEnvelope, PoisonFrame, decode_frame
 from lineinspect.errors import ServiceUnavailable
 from lineinspect.logs import kv
 from lineinspect.redact import redact
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 # a member left without partitions for longer is surplus and may idle out.
 UNASSIGNED_GRACE_S = 60.0
 
+PostStore = Callable[[list[ResultRow], list[FrameEnvelope]], None]
+
 
 class _Stopped(Exception):
     """Stop was requested while waiting out an outage: abandon the batch uncommitted."""
@@ -67,7 +69,8 @@ class _Stopped(Exception):
 class _Frame:
     record: Record
     env: FrameEnvelope
-    image: np.ndarray
+    image: np.ndarray               # decoded for the engine (model input size unless it tiles)
+    frame_hw: tuple[int, int]       # the camera frame's own geometry (rows record it)
 
 
 @dataclass
@@ -110,7 +113,8 @@ class InferenceConsumer:
     def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: Any, cache: Any = None,
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
-                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1) -> None:
+                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1,
+                 post_store: list[PostStore] | None = None) -> None:
         """``pipelined``: store batch k on a sink thread while batch k+1 is scored (``run`` only;
         :meth:`process` is always synchronous); ``sink_depth``: scored batches allowed to wait for
         or sit in the sink (>= 1); ``decode_threads``: image decoders per batch. Serial (1) is the
@@ -118,6 +122,9 @@ class InferenceConsumer:
         ``benchmarks/RESULTS.md`` pipeline section; raise it on machines with spare cores."""
         if sink_depth < 1 or decode_threads < 1:
             raise ValueError(f"sink_depth ({sink_depth}) and decode_threads ({decode_threads}) must be >= 1")
+        # Steps run after a batch is durably stored (e.g. inference.drift.DriftMonitor): ``step(rows,
+        # envelopes)``; a failing step is logged and never blocks the commit.
+        self.post_store: list[PostStore] = list(post_store or [])
         self.settings = settings
         self.bus = bus
         self.engine = engine
@@ -275,6 +282,7 @@ class InferenceConsumer:
                 self.metrics.observe_stored(product, verdicts, lat)
             self._update_cache(rows)
             self._fuse(rows)
+            self._post_store(rows, [s.env for i, (s, _) in enumerate(built) if i not in refused])
         batch.rows = rows
         log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows),
                                            dlq=len(batch.poison) + len(batch.unstorable),
@@ -381,6 +389,14 @@ class InferenceConsumer:
                                                                      records=sum(len(b.records) for b in inflight)))
         return handled
 
+    def _post_store(self, rows: list[ResultRow], envelopes: list[FrameEnvelope]) -> None:
+        for step in self.post_store:
+            try:
+                step(rows, envelopes)
+            except Exception as exc:  # noqa: BLE001 - the rows are stored; a monitor must not stop the line
+                log.warning("post-store step failed; results are stored, continuing",
+                            extra=kv(step=type(step).__name__, error=str(exc)[:300]))
+
     # --- specimen fusion (inference/fusion.py) ---------------------------------------------------
     def _fuse(self, rows: list[ResultRow]) -> None:
         """Decide specimens whose views are now all stored. Never blocks the stream: on failure the
@@ -431,7 +447,9 @@ class InferenceConsumer:
             return "oversized", f"message is {size} bytes, over max_message_bytes={self.settings.max_message_bytes}"
         try:
             env = FrameEnvelope.from_message(rec.key, rec.value, rec.headers)
-            return _Frame(rec, env, decode_image(env, self.settings.max_frame_pixels))
+            d = decode_frame(env, self.settings.max_frame_pixels, decode_hw(self.engine, env.product),
+                             self.settings.decode_oversample)
+            return _Frame(rec, env, d.image, d.frame_hw)
         except PoisonFrame as exc:
             return exc.reason, exc.detail
 
@@ -450,11 +468,9 @@ class InferenceConsumer:
                 rows.extend(r)
                 bad.extend(b)
             return rows, bad
-        engine_name = getattr(out, "engine_name", None) or getattr(self.engine, "name", "unknown")
-        if getattr(out, "calibrated", True) is False:  # zero-shot threshold still warming up: say so per row
-            engine_name = f"{engine_name}:warmup"
+        engine_name = out.engine_name or getattr(self.engine, "name", "unknown")
         inferred_at = time.time()
-        return [_Scored(f.record, f.env, f.image.shape[:2], out, i, engine_name, inferred_at, len(frames))
+        return [_Scored(f.record, f.env, f.frame_hw, out, i, engine_name, inferred_at, len(frames))
                 for i, f in enumerate(frames)], []
 
     def _infer(self, product: str, frames: list[_Frame]) -> EngineOutput:
@@ -487,31 +503,9 @@ class InferenceConsumer:
             delay = min(delay * 2, self.backoff_max_s)
 
     def _row(self, s: _Scored) -> ResultRow:
-        """The result row; masks and heatmaps are encoded here, on the sink thread when pipelined."""
-        env, out, i = s.env, s.out, s.index
-        score = float(out.scores[i])
-        thr = float(out.threshold)
-        h, w = s.hw
-        v = verdict(score, thr)
-        row = ResultRow(
-            product=env.product, line=env.line, camera=env.camera, frame_id=env.frame_id,
-            captured_at=env.capture_ts, inferred_at=s.inferred_at, score=score, threshold=thr, verdict=v,
-            model_version=str(out.model_version), engine=str(s.engine_name)[:32], infer_ms=float(out.infer_ms),
-            batch_size=s.batch, width=w, height=h, specimen_id=env.specimen_id, view=env.view,
-            frame_encoding=env.encoding,
-        )
-        if v == "defect":
-            amap = np.asarray(out.maps[i], dtype=np.float32)
-            mask = binary_mask(amap, pixel_threshold(thr, getattr(out, "pixel_threshold", None)), (h, w))
-            row.defect_area_px = defect_area(mask)
-            row.mask_png = mask_png(mask)
-            row.heat_png = heat_png(amap, thr, (h, w)) if thr > 0 else None
-            if self.settings.keep_flagged_frames:
-                row.frame_bytes = env.payload
-        elif score < self.settings.keep_normal_margin * thr:
-            row.keep_as_normal = True
-            row.frame_bytes = env.payload
-        return row
+        """The result row (inference.postprocess.build_row); on the sink thread when pipelined."""
+        return build_row(s.env, s.hw, s.out, s.index, s.inferred_at, s.batch, s.engine_name,
+                         self.settings.keep_flagged_frames, self.settings.keep_normal_margin)
 
     def _update_cache(self, rows: list[ResultRow]) -> None:
         if self.cache is None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct
+from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct, decode_hw
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
@@ -53,7 +53,7 @@ class ModelHeld(EngineUnavailable):
 
 
 def local_engine_factory(settings: Settings) -> EngineFactory:
-    """``local://auto|onnx|onnx-int8|torch``: an in-process engine on the version's model directory."""
+    """``local://auto|onnx|onnx-int8|openvino|torch``: an in-process engine on the version's model directory."""
     kind = settings.engine_url[len("local://"):].strip("/") or "auto"
 
     def build(info: Any) -> Engine:
@@ -181,6 +181,13 @@ class ModelRouter:
             self.refresh()
 
     # --- Engine ---------------------------------------------------------------------------
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        """The routed engine's decode size (the fallback's for a product without a model)."""
+        with self._lock:
+            route = self._routes.get(product)
+        engine = route.engine if route is not None else self.fallback
+        return None if engine is None else decode_hw(engine, product)
+
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         with self._lock:
             route = self._routes.get(product)
@@ -194,13 +201,13 @@ class ModelRouter:
                 raise ModelHeld(product, failed[0], failed[1])
             if self.fallback is not None:
                 out = self.fallback.infer(product, images)
-                out.engine_name = getattr(self.fallback, "name", "fallback")  # type: ignore[attr-defined]
+                out.engine_name = getattr(self.fallback, "name", "fallback")
                 return out
             raise UnknownProduct(product, list(self.products()))
         out = route.engine.infer(product, images)
         out.model_version = route.version
         out.threshold = route.threshold
-        out.engine_name = getattr(route.engine, "name", "local")  # type: ignore[attr-defined]
+        out.engine_name = getattr(route.engine, "name", "local")
         return out
 
     def close(self) -> None:

@@ -175,6 +175,10 @@ class TilingEngine:
     def input_hw(self) -> tuple[int, int]:
         return self.tile_hw
 
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        """None: tiling needs every pixel of the frame, so it is decoded at full resolution."""
+        return None
+
     def _tiles(self, images: list[np.ndarray]) -> Iterator[tuple[int, int, int, bool]]:
         """(frame index, y, x, last tile of its frame) in frame order."""
         for i, img in enumerate(images):

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("publish", help="publish a camera source (sim://, folder://, video, rtsp://, usb:N) to Kafka",
                        description="Encode frames from a source and publish them keyed by camera. "
-                                   "Sources: sim://PRODUCT?defect_rate=0.1&seed=0&size=256, folder:///dir?loop=1, "
+                                   "Sources: sim://PRODUCT?defect_rate=0.1&seed=0&size=256[&resolution=5mp|12mp|20mp|HxW][&mono=1], "
+                                   "folder:///dir?loop=1, "
                                    "a video file, rtsp://..., http://..., usb:0.")
     p.add_argument("--source", required=True, help="source URI (see above)")
     p.add_argument("--product", required=True)
@@ -70,6 +71,12 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
     dt = time.monotonic() - t0
     log.info("published", extra=kv(camera=args.camera, frames=pub.published, first_frame_id=first,
                                     last_frame_id=pub.next_frame_id - 1, seconds=round(dt, 2)))
+    held = pub.published / max(dt, 1e-9)
+    fmt = f"JPEG quality {args.quality}" if args.encoding == "jpeg" else "PNG"
+    target = f"target {args.fps:g} frames/s, " if args.fps > 0 else "unpaced, "
     print(f"published {pub.published} frames from {args.source} as camera {args.camera} "
-          f"(frame ids {first}..{pub.next_frame_id - 1}, {pub.published / max(dt, 1e-9):.1f} frames/s)")
+          f"(frame ids {first}..{pub.next_frame_id - 1}; {fmt}; {target}held {held:.1f} frames/s)")
+    if args.fps > 0 and held < 0.95 * args.fps:
+        print(f"warning: the publisher held {held:.1f} of the {args.fps:g} frames/s asked for "
+              f"(rendering/encoding or the broker is the limit)")
     return 0

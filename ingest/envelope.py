@@ -196,15 +196,36 @@ def encode_image(image: np.ndarray, encoding: Encoding = "jpeg", quality: int = 
 _SIGNATURES = {"jpeg": b"\xff\xd8", "png": b"\x89PNG\r\n\x1a\n"}
 
 
-def decode_image(env: FrameEnvelope, max_pixels: int = 40_000_000) -> np.ndarray:
-    """Decode to RGB uint8 (H, W, 3). Raises :class:`PoisonFrame` for anything unusable.
+JPEG_SCALES = (8, 4, 2)  # the DCT scalings libjpeg offers (and OpenCV exposes as IMREAD_REDUCED_*)
 
-    Only the declared format reaches the decoder (OpenCV would otherwise sniff BMP/TIFF/PNM,
-    whose sizes are not checked here), and the size in the format's header is bounded by
-    ``max_pixels`` *before* decoding, so a tiny message cannot make the consumer allocate gigabytes.
+
+def choose_jpeg_scale(src_hw: tuple[int, int], target_hw: tuple[int, int] | None, oversample: float = 1.0) -> int:
+    """The largest JPEG DCT scale-down (8, 4, 2, else 1) whose output stays at or above
+    ``oversample`` x ``target_hw`` on both sides; 1 (full resolution) when there is no target.
+
+    WHY: the model throws the extra pixels away; libjpeg's scaled IDCT skips computing them, which
+    is 5-10x cheaper than decoding 5 MP and area-resizing it. libjpeg rounds scaled sizes up
+    (``ceil(W / s)``), so that is the size compared. ``oversample`` > 1 keeps more detail before
+    the final area resize (an option when the coarsest scale shifts scores measurably).
     """
-    import cv2
+    if target_hw is None:
+        return 1
+    h, w = int(src_hw[0]), int(src_hw[1])
+    th, tw = int(target_hw[0]), int(target_hw[1])
+    if min(h, w, th, tw) <= 0:
+        raise ValueError(f"sizes must be positive, got source {src_hw} and target {target_hw}")
+    if oversample < 1.0:
+        raise ValueError(f"oversample must be >= 1, got {oversample}")
+    need_h, need_w = th * oversample, tw * oversample
+    for s in JPEG_SCALES:
+        if -(-h // s) >= need_h and -(-w // s) >= need_w:
+            return s
+    return 1
 
+
+def check_frame_header(env: FrameEnvelope, max_pixels: int) -> tuple[int, int, int]:
+    """The decompression-bomb guard, before any decoder runs: declared shape, signature and the
+    header's own size, all bounded by ``max_pixels``. Returns the header's (H, W, channels)."""
     if env.shape:
         if len(env.shape) not in (2, 3) or any(d <= 0 for d in env.shape):
             raise PoisonFrame("bad_shape", f"declared shape {env.shape} is not (H,W) or (H,W,C)")
@@ -213,46 +234,146 @@ def decode_image(env: FrameEnvelope, max_pixels: int = 40_000_000) -> np.ndarray
     sig = _SIGNATURES.get(env.encoding)
     if sig is None or not env.payload.startswith(sig[: min(len(sig), len(env.payload))]) or len(env.payload) < 2:
         raise PoisonFrame("bad_encoding", f"payload does not carry the {env.encoding} signature")
-    hdr_shape = _peek_dims(env.payload)
-    if hdr_shape is None:
+    hdr = _peek_header(env.payload)
+    if hdr is None:
         raise PoisonFrame("undecodable", f"no {env.encoding} size header in {len(env.payload)} bytes")
-    if hdr_shape[0] * hdr_shape[1] > max_pixels:
-        raise PoisonFrame("oversized", f"image header says {hdr_shape[1]}x{hdr_shape[0]}, over {max_pixels} pixels")
+    if hdr[0] * hdr[1] > max_pixels:
+        raise PoisonFrame("oversized", f"image header says {hdr[1]}x{hdr[0]}, over {max_pixels} pixels")
+    return hdr
+
+
+def _imdecode(env: FrameEnvelope, flags: int) -> np.ndarray:
+    import cv2
+
     try:
-        img = cv2.imdecode(np.frombuffer(env.payload, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(np.frombuffer(env.payload, dtype=np.uint8), flags)
     except cv2.error as exc:
         raise PoisonFrame("undecodable", f"OpenCV: {str(exc).strip().splitlines()[-1][:200]}") from None
     if img is None or img.size == 0:
         raise PoisonFrame("undecodable", f"{len(env.payload)} bytes are not a valid {env.encoding} image")
+    return img
+
+
+def decode_image(env: FrameEnvelope, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode at full resolution to RGB uint8 (H, W, 3). Raises :class:`PoisonFrame` for anything unusable.
+
+    Only the declared format reaches the decoder (OpenCV would otherwise sniff BMP/TIFF/PNM,
+    whose sizes are not checked here), and the size in the format's header is bounded by
+    ``max_pixels`` *before* decoding, so a tiny message cannot make the consumer allocate gigabytes.
+    """
+    import cv2
+
+    check_frame_header(env, max_pixels)
+    img = _imdecode(env, cv2.IMREAD_UNCHANGED)
     if img.shape[0] * img.shape[1] > max_pixels:
         raise PoisonFrame("oversized", f"decoded {img.shape[1]}x{img.shape[0]}, over {max_pixels} pixels")
+    img = _to_rgb(_to_u8(img))
+    _check_geometry(env, img.shape[:2])
+    return img
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    import cv2
+
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(np.nanmax(img))))
+        return (img >> 8).astype(np.uint8)
+    if img.dtype != np.uint8:
+        return cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(np.nanmax(img))))
+    return img
+
+
+def _to_rgb(img: np.ndarray, keep_mono: bool = False) -> np.ndarray:
+    """OpenCV's BGR / BGRA / gray(+alpha) -> RGB (H, W, 3), or (H, W) gray when ``keep_mono``."""
+    import cv2
+
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
+        img = np.ascontiguousarray(img[:, :, 0])
     if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 2:  # gray + alpha
-        img = cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return img if keep_mono else cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    raise PoisonFrame("bad_channels", f"{img.shape[2]} channels; expected 1, 2, 3 or 4")
+
+
+def _check_geometry(env: FrameEnvelope, hw: tuple[int, ...]) -> None:
+    if env.shape and tuple(env.shape[:2]) != tuple(hw[:2]):
+        raise PoisonFrame("shape_mismatch", f"declared {tuple(env.shape[:2])}, decoded {tuple(hw[:2])}")
+    if min(hw[:2]) < 16:
+        raise PoisonFrame("too_small", f"{hw[1]}x{hw[0]} is below 16 px")
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """A frame decoded for one consumer's purpose.
+
+    ``image`` is what the engine gets: (h, w, 3) RGB, or (h, w) for a one-channel frame (engines
+    expand it at model size, where it is cheap); ``frame_hw`` is the camera frame's own geometry
+    (the header's), which rows record so model-resolution masks overlay the original frame;
+    ``scale`` is the JPEG DCT scale used (1 = full resolution)."""
+
+    image: np.ndarray
+    frame_hw: tuple[int, int]
+    scale: int = 1
+
+
+def decode_frame(env: FrameEnvelope, max_pixels: int = 40_000_000, target_hw: tuple[int, int] | None = None,
+                 oversample: float = 1.0) -> DecodedFrame:
+    """Decode for the model: JPEG at the largest DCT scale that stays at or above ``target_hw``
+    (see :func:`choose_jpeg_scale`), one-channel JPEGs as one channel, then one area resize to
+    ``target_hw``; other formats are decoded once and resized once. ``target_hw=None`` (tiling,
+    which needs every pixel) decodes at full resolution and does not resize.
+
+    The header is checked against ``max_pixels`` before any decoder runs, exactly as in
+    :func:`decode_image`.
+    """
+    import cv2
+
+    h, w, channels = check_frame_header(env, max_pixels)
+    if target_hw is None:
+        img = decode_image(env, max_pixels)
+        return DecodedFrame(img, (img.shape[0], img.shape[1]), 1)
+    _check_geometry(env, (h, w))
+    mono = channels == 1
+    scale = 1
+    if env.encoding == "jpeg":
+        scale = choose_jpeg_scale((h, w), target_hw, oversample)
+        flags = {(1, True): cv2.IMREAD_GRAYSCALE, (1, False): cv2.IMREAD_COLOR,
+                 (2, True): cv2.IMREAD_REDUCED_GRAYSCALE_2, (2, False): cv2.IMREAD_REDUCED_COLOR_2,
+                 (4, True): cv2.IMREAD_REDUCED_GRAYSCALE_4, (4, False): cv2.IMREAD_REDUCED_COLOR_4,
+                 (8, True): cv2.IMREAD_REDUCED_GRAYSCALE_8, (8, False): cv2.IMREAD_REDUCED_COLOR_8}[(scale, mono)]
+        img = _imdecode(env, flags | cv2.IMREAD_IGNORE_ORIENTATION)  # the full path ignores EXIF too
+        want = (-(-h // scale), -(-w // scale))
+        if tuple(img.shape[:2]) != want:
+            raise PoisonFrame("shape_mismatch", f"header says {w}x{h}, decoded {img.shape[1]}x{img.shape[0]} at 1/{scale}")
+        img = _to_rgb(img, keep_mono=True)
     else:
-        raise PoisonFrame("bad_channels", f"{img.shape[2]} channels; expected 1, 2, 3 or 4")
-    if env.shape and tuple(env.shape[:2]) != tuple(img.shape[:2]):
-        raise PoisonFrame("shape_mismatch", f"declared {tuple(env.shape[:2])}, decoded {tuple(img.shape[:2])}")
-    if min(img.shape[:2]) < 16:
-        raise PoisonFrame("too_small", f"{img.shape[1]}x{img.shape[0]} is below 16 px")
-    return img
+        img = _imdecode(env, cv2.IMREAD_UNCHANGED)
+        if tuple(img.shape[:2]) != (h, w):
+            raise PoisonFrame("shape_mismatch", f"header says {w}x{h}, decoded {img.shape[1]}x{img.shape[0]}")
+        img = _to_rgb(_to_u8(img), keep_mono=True)
+    th, tw = int(target_hw[0]), int(target_hw[1])
+    if img.shape[:2] != (th, tw):
+        shrink = img.shape[0] * img.shape[1] >= th * tw
+        img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return DecodedFrame(img, (h, w), scale)
 
 
 def _peek_dims(data: bytes) -> tuple[int, int] | None:
     """(H, W) from a PNG IHDR or JPEG SOF header, without decoding; None if not found."""
+    hdr = _peek_header(data)
+    return None if hdr is None else (hdr[0], hdr[1])
+
+
+def _peek_header(data: bytes) -> tuple[int, int, int] | None:
+    """(H, W, channels) from a PNG IHDR or JPEG SOF header, without decoding; None if not found."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+        color_type = data[25] if len(data) > 25 else 2
+        channels = {0: 1, 4: 1}.get(color_type, 3)  # gray, gray+alpha -> one channel
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), channels
     if data[:2] == b"\xff\xd8":
         i = 2
         n = len(data)
@@ -262,7 +383,8 @@ def _peek_dims(data: bytes) -> tuple[int, int] | None:
                 continue
             marker = data[i + 1]
             if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+                comps = data[i + 9] if i + 9 < n else 3
+                return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big"), comps
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
                 i += 2
                 continue

@@ -1,6 +1,8 @@
 """Camera sources: anything that yields RGB uint8 frames, named by one string.
 
-  * ``sim://widget?defect_rate=0.1&seed=0&size=256x256`` — the synthetic line (:mod:`ingest.simulator`)
+  * ``sim://widget?defect_rate=0.1&seed=0&size=256x256`` — the synthetic line (:mod:`ingest.simulator`);
+    ``&resolution=5mp|12mp|20mp|HxW`` upscales each rendered frame to a line camera's sensor size
+    (bicubic; the scene is rendered at ``size``), ``&mono=1`` makes it a one-channel camera
   * ``folder:///path/to/images?loop=1`` or a folder path — images in sorted order (optionally looping)
   * ``/path/video.mp4`` or ``file:///path/video.mp4`` — a video file (OpenCV)
   * ``rtsp://...``, ``http(s)://...`` — a network stream (OpenCV / FFmpeg)
@@ -80,24 +82,46 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+# Common line-camera sensors, (H, W): 5 MP (e.g. Sony IMX264), 12 MP (IMX253), 20 MP (IMX183).
+CAMERA_RESOLUTIONS = {"5mp": (2048, 2448), "12mp": (3000, 4096), "20mp": (3648, 5472)}
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``5mp``/``12mp``/``20mp`` or ``HxW`` -> (H, W)."""
+    named = CAMERA_RESOLUTIONS.get(text.lower())
+    return named if named is not None else parse_size(text)
+
+
 class SimSource(FrameSource):
-    """The synthetic production line; ``truth[i]`` holds frame i's injected defect (or None)."""
+    """The synthetic production line; ``truth[i]`` holds frame i's injected defect (or None).
+
+    ``resolution`` upscales every rendered frame to a camera sensor size (bicubic): rendering the
+    scene itself at 5-20 MP would cost seconds per frame, and the pipeline under test only needs
+    frames of the camera's size and byte weight. ``mono`` yields (H, W) one-channel frames."""
 
     def __init__(self, product: str, size: tuple[int, int] = (256, 256), defect_rate: float = 0.1, seed: int = 0,
-                 count: int | None = None, start: int = 0) -> None:
+                 count: int | None = None, start: int = 0, resolution: tuple[int, int] | None = None,
+                 mono: bool = False) -> None:
         from ingest.simulator import LineSimulator
 
         self.name = f"sim://{product}"
         self.sim = LineSimulator(product=product, size=size, defect_rate=defect_rate, seed=seed)
         self.count = count
         self.start = start
+        self.resolution = resolution
+        self.mono = mono
         self.truth: dict[int, str | None] = {}
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        import cv2
+
         stop = None if self.count is None else self.start + self.count
         for f in self.sim.frames(self.start, stop):
             self.truth[f.index] = f.defect
-            yield f.image
+            img = f.image
+            if self.resolution is not None and img.shape[:2] != self.resolution:
+                img = cv2.resize(img, (self.resolution[1], self.resolution[0]), interpolation=cv2.INTER_CUBIC)
+            yield cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if self.mono else img
 
 
 class FolderSource(FrameSource):
@@ -198,7 +222,9 @@ def open_source(spec: str, loop: bool = False, count: int | None = None) -> Fram
         if not 0.0 <= rate <= 1.0:
             raise SourceError("defect_rate must be within [0, 1]")
         size = parse_size(q.get("size", ["256"])[-1])
-        return SimSource(product, size=size, defect_rate=rate, seed=seed, count=count, start=start)
+        res = q.get("resolution", [None])[-1]
+        return SimSource(product, size=size, defect_rate=rate, seed=seed, count=count, start=start,
+                         resolution=parse_resolution(res) if res else None, mono=_flag(q, "mono"))
     if u.scheme == "folder":
         return FolderSource(unquote(u.netloc + u.path), loop=_flag(q, "loop", loop))
     if u.scheme == "usb":

@@ -66,6 +66,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"[2/4] model {version.version} of {args.product!r} is active (threshold {version.threshold:.4f})", flush=True)
 
     from inference.consumer import InferenceConsumer
+    from inference.drift import build_steps
     from inference.metrics import ConsumerMetrics
     from inference.router import ModelRouter
     from ingest.bus import open_consumer, open_publisher
@@ -75,8 +76,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     cache = open_cache(settings)
     truth = _start_camera(args, settings, bus)
     router = ModelRouter(settings, registry)
+    metrics = ConsumerMetrics(settings)
+    steps = build_steps(settings, store, registry, metrics.registry)
     consumer = InferenceConsumer(settings, open_consumer(settings, memory_bus=bus), router, store, cache,
-                                 ConsumerMetrics(settings))
+                                 metrics, post_store=steps)
     print(f"[3/4] streaming {args.frames} frames from simulated camera {args.camera!r} through the pipeline ...", flush=True)
     t0 = time.perf_counter()
     n = consumer.run(max_frames=args.frames, idle_timeout_s=120.0)

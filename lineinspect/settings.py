@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     bus_url: str = "memory://"
     db_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite:///<home>/lineinspect.sqlite")
     cache_url: str = "memory://"
-    engine_url: str = Field(default="local://auto", description="local://auto|onnx|onnx-int8|torch, triton-grpc://h:p, triton-http://h:p")
+    engine_url: str = Field(default="local://auto", description="local://auto|onnx|onnx-int8|openvino|torch, triton-grpc://h:p, triton-http://h:p")
 
     # --- Kafka -------------------------------------------------------------------------
     topic_frames: str = "lineinspect.frames"
@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # 0 = no HTTP metrics endpoint
     metrics_host: str = "127.0.0.1"
     max_frame_pixels: int = 40_000_000
+    decode_oversample: float = Field(default=1.0, ge=1.0, description=(
+        "JPEG frames are decoded at the largest DCT scale (1/2, 1/4, 1/8) giving at least this "
+        "multiple of the model input size on both sides; 1 = the coarsest scale that covers it"))
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
     keep_flagged_frames: bool = True
@@ -106,6 +109,20 @@ class Settings(BaseSettings):
     fusion_method: Literal["max", "topk_mean"] = "max"
     fusion_topk: int = 2
     fusion_timeout_s: float = Field(default=30.0, description="decide an incomplete specimen this long after its first view")
+
+    # --- drift monitor (inference/drift.py) -------------------------------------------------
+    drift_enabled: bool = Field(default=True, description="watch each camera for drift after its results are stored")
+    drift_window: int = Field(default=30, ge=5, description="recent frames per camera the drift checks look at")
+    drift_reference_frames: int = Field(default=30, ge=5, description="a camera's first frames that form its image reference")
+    drift_score_ratio: float = Field(default=1.0, gt=0, description="alarm when the window's median score > ratio x calibration p99")
+    drift_brightness_grey: float = Field(default=12.0, gt=0, description="least brightness change (grey levels, 0-255) that alarms")
+    drift_sharpness_ratio: float = Field(default=1.6, gt=1, description="least sharpness change (x or / variance of Laplacian) that alarms")
+    drift_position_pct: float = Field(default=3.0, gt=0, description="least part shift (% of the frame) that alarms")
+    drift_min_std_errors: float = Field(default=4.0, gt=0, description="limits never tighter than this many standard errors of the camera's own variation")
+    drift_confirm_frames: int = Field(default=3, ge=1, description="consecutive frames a check must breach before an alarm")
+    families_enabled: bool = Field(default=True, description="embed flagged regions and group them into defect families")
+    families_warmup: int = Field(default=30, ge=2, description="regions per product that set the family threshold")
+    drift_keep_frames: int = Field(default=1000, ge=0, description="frames kept per open alarm for a re-baseline")
 
     # --- dashboard -----------------------------------------------------------------------
     dashboard_port: int = 8501

@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -215,3 +216,104 @@ class ConsumerStat(Base):
     engine: Mapped[str] = mapped_column(String(64))
     engine_ok: Mapped[bool] = mapped_column(Boolean)
     __table_args__ = (Index("ix_consumer_stats_at", "at"),)
+
+
+class DriftAlarm(Base):
+    """A camera whose frames no longer look like the active model's normal (light, position, lot).
+
+    At most one *open* alarm per (product, camera): a unique partial index, so several consumers
+    seeing the same drift insert-or-nothing one row (PostgreSQL and SQLite both honour it).
+    """
+
+    __tablename__ = "drift_alarms"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    product: Mapped[str] = mapped_column(String(128))
+    camera: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))          # open | resolved
+    kinds: Mapped[str] = mapped_column(String(128))          # comma list: score,brightness,sharpness,position
+    opened_at: Mapped[float] = mapped_column(Float)
+    onset_at: Mapped[float] = mapped_column(Float)           # capture time of the first frame of the window
+    onset_frame_id: Mapped[int] = mapped_column(BigInteger)
+    model_version: Mapped[str] = mapped_column(String(64))
+    evidence: Mapped[dict] = mapped_column(JSON, default=dict)
+    rebaseline_since: Mapped[float | None] = mapped_column(Float, nullable=True)  # operator: "new normal since T"
+    rebaseline_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    resolution: Mapped[str | None] = mapped_column(Text, nullable=True)
+    __table_args__ = (
+        Index("uq_drift_open_camera", "product", "camera", unique=True,
+              postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'")),
+        Index("ix_drift_product_status", "product", "status"),
+    )
+
+
+class DriftReference(Base):
+    """A camera's image reference (brightness, sharpness, mean image for alignment) from its first frames."""
+
+    __tablename__ = "drift_references"
+    camera: Mapped[str] = mapped_column(String(128), primary_key=True)
+    product: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)
+    stats: Mapped[dict] = mapped_column(JSON, default=dict)
+    image_png: Mapped[bytes] = mapped_column(LargeBinary)    # mean grey frame at the check size
+
+
+class DriftFrame(Base):
+    """Frames seen while a drift alarm is open: the candidate training set of a re-baseline, kept apart
+    from ``training_samples`` so shifted frames never become training data unless an operator says so."""
+
+    __tablename__ = "drift_frames"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    alarm_id: Mapped[int] = mapped_column(BigId, ForeignKey("drift_alarms.id", ondelete="CASCADE"))
+    product: Mapped[str] = mapped_column(String(128))
+    camera: Mapped[str] = mapped_column(String(128))
+    frame_id: Mapped[int] = mapped_column(BigInteger)
+    captured_at: Mapped[float] = mapped_column(Float)
+    sha256: Mapped[str] = mapped_column(String(64))
+    encoding: Mapped[str] = mapped_column(String(8))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    __table_args__ = (
+        UniqueConstraint("product", "sha256", name="uq_drift_frame_product_sha"),
+        Index("ix_drift_frame_product_time", "product", "captured_at"),
+    )
+
+
+class DefectFamily(Base):
+    """An unsupervised group of similar flagged regions of one product (inference/families.py);
+    ``name`` is the operator's and sticks to every region that joins the family later."""
+
+    __tablename__ = "defect_families"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product: Mapped[str] = mapped_column(String(128))
+    family: Mapped[int] = mapped_column(Integer)              # id within the product
+    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    centroid: Mapped[list] = mapped_column(JSON, default=list)
+    count: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[float] = mapped_column(Float)          # the product's cosine-distance threshold
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("product", "family", name="uq_family_product_family"),)
+
+
+class DefectRegion(Base):
+    """One connected component of a flagged frame's mask, its embedding and its family."""
+
+    __tablename__ = "defect_regions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(BigId, ForeignKey("inspection_results.id", ondelete="CASCADE"))
+    product: Mapped[str] = mapped_column(String(128))
+    region: Mapped[int] = mapped_column(Integer)             # rank by area within the frame
+    family: Mapped[int] = mapped_column(Integer)
+    area_px: Mapped[int] = mapped_column(Integer)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    cx: Mapped[float] = mapped_column(Float)                 # centroid, fraction of the frame width
+    cy: Mapped[float] = mapped_column(Float)
+    captured_at: Mapped[float] = mapped_column(Float)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)    # float16 vector
+    __table_args__ = (
+        UniqueConstraint("result_id", "region", name="uq_region_result_region"),
+        Index("ix_region_product_family_time", "product", "family", "captured_at"),
+    )

@@ -27,8 +27,8 @@ class ResultRow:
     defect_area_px: int = 0
     specimen_id: str | None = None
     view: str | None = None
-    mask_png: bytes | None = None       # binary mask (defect frames only), frame resolution
-    heat_png: bytes | None = None       # 8-bit anomaly heatmap (defect frames only)
+    mask_png: bytes | None = None       # binary mask (defect frames only), map resolution; width/height say the frame
+    heat_png: bytes | None = None       # 8-bit anomaly heatmap (defect frames only), map resolution
     frame_bytes: bytes | None = None    # encoded frame, kept for flagged frames / training samples
     frame_encoding: str = "jpeg"
     keep_as_normal: bool = False        # clearly normal: keep frame_bytes as a training sample

@@ -65,23 +65,30 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 @torch.no_grad()
-def encode_images(model: InpFormer, images: Sequence[np.ndarray], batch_size: int = 8) -> list[torch.Tensor]:
-    """Encode RGB uint8 frames -> per group (N, C_g, h, w) float32 on the CPU (on the model's device meanwhile)."""
+def encode_images(model: InpFormer, images: Sequence[np.ndarray], batch_size: int = 8,
+                  memory: bool = False) -> list[torch.Tensor]:
+    """Encode RGB uint8 frames -> per group (N, C_g, h, w) float32 on the CPU (on the model's device
+    meanwhile); with ``memory`` the one-element list of extrinsic-memory features instead."""
     model.eval()
     device = model.blur_kernel.device
     chunks: list[list[torch.Tensor]] = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(batch_to_input(list(images[i:i + batch_size]), model.cfg.input_hw)).to(device)
-        chunks.append([g.cpu() for g in model.encode(x)])
+        out = [model.encode_memory(x)] if memory else model.encode(x)
+        chunks.append([g.cpu() for g in out])
     return [torch.cat([c[g] for c in chunks]) for g in range(len(chunks[0]))]
 
 
 def cached_features(model: InpFormer, sources: Sequence[ImageSource], cache_dir: str | Path | None,
-                    aug_copies: int = 0, seed: int = 0, batch_size: int = 8) -> list[torch.Tensor]:
-    """Features of ``sources`` (plus ``aug_copies`` augmented copies of each), cached under ``cache_dir``."""
+                    aug_copies: int = 0, seed: int = 0, batch_size: int = 8, memory: bool = False) -> list[torch.Tensor]:
+    """Features of ``sources`` (plus ``aug_copies`` augmented copies of each), cached under ``cache_dir``;
+    with ``memory`` the extrinsic-memory features ([one (N, C_m, h_m, w_m) tensor]) instead of the groups."""
     if not sources:
         raise ValueError("no images to encode")
-    key = cache_key(model, sources, extra=f"aug{aug_copies}:seed{seed}")
+    extra = f"aug{aug_copies}:seed{seed}"
+    if memory:
+        extra += f":memory{model.cfg.memory_stride}"
+    key = cache_key(model, sources, extra=extra)
     path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -92,7 +99,7 @@ def cached_features(model: InpFormer, sources: Sequence[ImageSource], cache_dir:
 
     def flush() -> None:
         if batch:
-            feats.append(encode_images(model, batch, batch_size))
+            feats.append(encode_images(model, batch, batch_size, memory))
             batch.clear()
 
     for src in sources:

@@ -53,3 +53,33 @@ def score(bank: MemoryBank, feats: torch.Tensor, input_hw: tuple[int, int], sigm
     up = F.interpolate(grid_map, size=input_hw, mode="bilinear", align_corners=False).squeeze(1)
     amap = gaussian_blur(up, gaussian_kernel1d(sigma))
     return amap, topk_mean_score(amap, top_fraction)
+
+
+@torch.no_grad()
+def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128, chunk: int = 65536) -> torch.Tensor:
+    """Indices of ``k`` rows of ``x`` (P, C) chosen by PatchCore's greedy k-center rule: start at a
+    random row, then repeatedly add the row farthest from everything chosen so far. Distances are
+    measured after a fixed random projection to ``proj_dim`` dims (Johnson-Lindenstrauss), which
+    keeps the order of distances and makes each step one pass over the rows. Covers rare normal
+    patterns that a random sample of the same size misses."""
+    p, c = x.shape
+    if not 0 < k <= p:
+        raise ValueError(f"coreset size must be in 1..{p}, got {k}")
+    g = torch.Generator().manual_seed(seed)
+    z = x
+    if c > proj_dim:
+        z = x @ (torch.randn(c, proj_dim, generator=g) / proj_dim ** 0.5)
+    first = int(torch.randint(p, (1,), generator=g))
+    chosen = torch.empty(k, dtype=torch.long)
+    chosen[0] = first
+    mind = ((z - z[first]) ** 2).sum(1)
+    for i in range(1, k):
+        nxt = int(mind.argmax())
+        chosen[i] = nxt
+        mind = torch.minimum(mind, ((z - z[nxt]) ** 2).sum(1))
+    return chosen
+
+
+def memory_rows(feats: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (N*h*w, C) patch vectors."""
+    return feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])

@@ -66,6 +66,11 @@ class NotEnoughSamples(RetrainError):
     """The product has not accumulated enough normal samples yet (the scheduler records a skip)."""
 
 
+class RetrainPaused(RetrainError):
+    """A drift alarm is open for the product: its recent frames may be shifted, so no retraining on them
+    until an operator re-baselines (the scheduler records a skip)."""
+
+
 # --- data --------------------------------------------------------------------------------------
 
 def decode_sample(data: bytes) -> np.ndarray:
@@ -332,19 +337,33 @@ def _stamp_version(model_dir: Path, product: str, version: str) -> None:
 
 
 def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: RetrainOptions | None = None, *,
-            candidate_dir: str | Path | None = None, lock_lost: Callable[[], bool] | None = None) -> RetrainResult:
+            candidate_dir: str | Path | None = None, lock_lost: Callable[[], bool] | None = None,
+            samples: list[TrainingSampleRow] | None = None) -> RetrainResult:
     """Train (or take ``candidate_dir``), gate against the active version, register and maybe promote.
 
     ``candidate_dir`` gates an already trained model directory (e.g. from ``lineinspect train``)
     on the product's held-back data instead of training one. ``lock_lost`` is polled before
     promoting: a job whose lease was stolen registers its version but does not promote it.
+    ``samples`` replaces the product's kept samples as the training set (a re-baseline, see
+    :mod:`training.rebaseline`); without it an open drift alarm refuses the run (:class:`RetrainPaused`).
     """
     from training.train import TrainConfig, train
 
     check_name("product", product)  # a name from a message must never become a path outside the models dir
     opts = options or RetrainOptions()
     t0 = time.perf_counter()
-    rows = store.training_samples(product, limit=opts.max_samples)
+    if samples is None:
+        from storage.drift import DriftStore
+
+        alarms = DriftStore.of(store).open_alarms(product)
+        if alarms:
+            a = alarms[-1]
+            raise RetrainPaused(f"{product}: drift alarm #{a['id']} open on camera {a['camera']} since frame "
+                                f"{a['onset_frame_id']} ({', '.join(a['kinds'])}); retraining pauses until a re-baseline "
+                                f"(dashboard Drift page, or lineinspect models rebaseline --product {product} --since T)")
+        rows = store.training_samples(product, limit=opts.max_samples)
+    else:
+        rows = list(samples)[: opts.max_samples] if opts.max_samples else list(samples)
     if len(rows) < max(4, opts.min_samples):
         need = max(4, opts.min_samples)
         raise NotEnoughSamples(f"{product} has {len(rows)} training samples; at least {need} are needed (let "

@@ -45,6 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     rj.add_argument("--version", required=True)
     rj.add_argument("--reason", required=True)
     rj.set_defaults(func=run_models_reject)
+    rbl = msub.add_parser("rebaseline", help="after a drift alarm: train on the frames since T (the new normal), "
+                                             "gate and promote; a promotion resolves the alarm")
+    rbl.add_argument("--product", required=True)
+    rbl.add_argument("--since", default=None,
+                     help="epoch seconds or ISO time (UTC); default: the confirmed time or the alarm's onset")
+    _retrain_options(rbl)
+    rbl.add_argument("--json", action="store_true")
+    rbl.set_defaults(func=run_models_rebaseline)
     rn = msub.add_parser("runs", help="recent retrain jobs (job_runs)")
     rn.add_argument("--product", default=None)
     rn.add_argument("--limit", type=int, default=20)
@@ -234,6 +242,42 @@ def run_models_rollback(args: argparse.Namespace, settings: Any) -> int:
 
 def run_models_reject(args: argparse.Namespace, settings: Any) -> int:
     return _registry_action(settings, lambda r: r.reject(args.product, args.version, args.reason))
+
+
+def run_models_rebaseline(args: argparse.Namespace, settings: Any) -> int:
+    from training.rebaseline import parse_since, rebaseline
+    from training.scheduler import run_job
+
+    try:
+        since = None if args.since is None else parse_since(args.since)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    opts = _options(args, settings)
+    store, registry = _open(settings)
+    try:
+        holder: dict[str, Any] = {}
+
+        def job(lock_lost) -> str:  # noqa: ANN001
+            holder["result"] = rebaseline(store, registry, args.product, since, opts, lock_lost=lock_lost)
+            return "re-baseline: " + holder["result"].describe()
+
+        outcome = run_job(store.engine, args.product, job)
+        res = holder.get("result")
+        if args.json:
+            print(json.dumps({"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id,
+                              "version": res.version if res else None, "model_status": res.status if res else None},
+                             indent=2))
+        else:
+            print(f"{outcome.status}: {outcome.detail}")
+            if res is not None:
+                print(_eval_table(res))
+        if outcome.status == "failed":
+            return 1
+        if outcome.status == "skipped":
+            return 3
+        return 0 if res is None or res.status != "rejected" else 4
+    finally:
+        store.close()
 
 
 def run_models_runs(args: argparse.Namespace, settings: Any) -> int:

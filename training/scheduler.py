@@ -26,7 +26,7 @@ from storage.models import JobRun
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
 from training.locks import DbLock, Heartbeat
-from training.retrain import NotEnoughSamples, RetrainOptions, new_samples_since, retrain
+from training.retrain import NotEnoughSamples, RetrainOptions, RetrainPaused, new_samples_since, retrain
 
 log = logging.getLogger("lineinspect.training.scheduler")
 
@@ -97,7 +97,7 @@ def run_job(engine: Engine, product: str, job: Callable[[Callable[[], bool]], st
             with Heartbeat(lock) as hb:
                 detail = job(hb.lost.is_set)
             status = "ok"
-        except NotEnoughSamples as exc:
+        except (NotEnoughSamples, RetrainPaused) as exc:
             status, detail = "skipped", str(exc)
             log.info("job skipped", extra=kv(product=product, kind=kind, reason=detail))
         except Exception as exc:  # noqa: BLE001 - recorded and logged; the caller keeps going
@@ -179,8 +179,22 @@ class Scheduler:
         return out
 
     def tick(self) -> list[JobOutcome]:
+        """Run the re-baselines operators asked for, then the due retrains (a product with an open drift
+        alarm is refused by :func:`training.retrain.retrain` and recorded as skipped)."""
+        from storage.drift import DriftStore
+        from training.rebaseline import rebaseline_job, requested
+
         outcomes = []
+        asked = {p: t for p, t in requested(DriftStore.of(self.store)).items()
+                 if not self.products or p in self.products}
+        for product, since in asked.items():
+            log.info("re-baseline requested", extra=kv(product=product, since=since))
+            outcomes.append(run_job(self.store.engine, product,
+                                    rebaseline_job(self.store, self.registry, product, since, self.options),
+                                    KIND, self.lock_ttl_s))
         for product, reason in self.due().items():
+            if product in asked:
+                continue
             log.info("retrain due", extra=kv(product=product, reason=reason))
 
             def job(lock_lost: Callable[[], bool], product: str = product, reason: str = reason) -> str:

@@ -25,6 +25,7 @@ from lineinspect.logs import kv
 from training.features import ImageSource, cached_features, source_key
 from training.losses import inp_former_loss
 from training.optim import StableAdamW, warmup_cosine
+from training.patchcore import greedy_coreset, memory_rows
 
 log = logging.getLogger("lineinspect.training")
 
@@ -96,6 +97,24 @@ def _fingerprint(cfg: TrainConfig, seed: int, n_fit: int, feats: list[torch.Tens
     h = hashlib.sha256(json.dumps([d, seed, n_fit], sort_keys=True).encode())
     h.update(np.asarray([float(f.sum()) for f in feats]).tobytes())
     return h.hexdigest()
+
+
+@torch.no_grad()
+def fit_memory(model: InpFormer, fit_mem: torch.Tensor, cal_feats: list[torch.Tensor], cal_mem: torch.Tensor,
+               seed: int) -> None:
+    """Fill the extrinsic memory: greedy coreset of the training patches, then the (mean, std) of the
+    reconstruction and memory maps over the calibration normals, which put the two maps on one scale."""
+    rows = memory_rows(fit_mem)
+    k = model.cfg.memory_size
+    if rows.shape[0] < k:
+        raise ValueError(f"memory_size {k} exceeds the {rows.shape[0]} training patches")
+    model.head.memory.fit(rows[greedy_coreset(rows.cpu(), k, seed).to(rows.device)])
+    recs, mems = [], []
+    for i in range(0, cal_mem.shape[0], 16):
+        r, m = model.raw_maps([f[i:i + 16] for f in cal_feats], cal_mem[i:i + 16])
+        recs.append(r)
+        mems.append(m)
+    model.head.memory.fit_stats(torch.cat(recs), torch.cat(mems))
 
 
 def train(
@@ -198,8 +217,14 @@ def train(
         cal_src = "held-out train normals"
     else:  # few-shot with nothing left over: the augmented copies are the only normals we have
         cal_feats, cal_src = feats, "augmented training copies (no held-out normals)"
+    cal_mem = None
+    if cfg.model.memory_size:
+        fit_mem = cached_features(model, fit, cfg.cache_dir, aug_copies=aug, seed=seed, memory=True)[0]
+        cal_mem = (cached_features(model, held, cfg.cache_dir, seed=seed, memory=True)[0] if held else fit_mem).to(device)
+        fit_memory(model, fit_mem.to(device), cal_feats, cal_mem, seed)
     with torch.no_grad():
-        scores = torch.cat([model.score_features([f[i:i + 16] for f in cal_feats])[1]
+        scores = torch.cat([model.score_features([f[i:i + 16] for f in cal_feats],
+                                                 mem=None if cal_mem is None else cal_mem[i:i + 16])[1]
                             for i in range(0, cal_feats[0].shape[0], 16)]).cpu().numpy()
     calibration = calibrate(scores, cfg.threshold_quantile, cfg.threshold_margin)
     calibration["source"] = cal_src

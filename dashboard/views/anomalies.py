@@ -34,7 +34,7 @@ def mark_false_alarm(result_id: int) -> None:
 
 def card(row: dict) -> None:
     imgs = data.anomaly_images(ctx.db_url, row["id"])
-    frame = imaging.decode_image(imgs["frame"]) if imgs["frame"] else None
+    frame = imaging.bounded_preview(imaging.decode_image(imgs["frame"])) if imgs["frame"] else None
     heat = imaging.decode_image(imgs["heat_png"], grayscale=True) if imgs["heat_png"] else None
     mask = imaging.decode_image(imgs["mask_png"], grayscale=True) if imgs["mask_png"] else None
     if frame is not None and heat is not None:
@@ -49,7 +49,8 @@ def card(row: dict) -> None:
                f"({row['engine']}) · {charts.fmt_ts(row['captured_at'])}")
     with st.expander("Full frame"):
         if frame is not None:
-            st.image(frame, caption=f"frame {row['width']}x{row['height']}", width="stretch")
+            st.image(frame, caption=f"frame {row['width']}x{row['height']} (preview {frame.shape[1]}x{frame.shape[0]})",
+                     width="stretch")
         if heat is not None:
             st.image(imaging.colorize(heat.astype("float32") / 255.0), caption="anomaly map (0..2x threshold)", width="stretch")
         if mask is not None:

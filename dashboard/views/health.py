@@ -14,6 +14,23 @@ f = ctx.filters
 
 
 @st.fragment(run_every=ctx.refresh_s)
+def drift() -> None:
+    st.subheader("Drift alarms")
+    open_ = data.drift_alarms(ctx.db_url, "open")
+    if not open_:
+        st.caption("No open drift alarm.")
+        return
+    st.warning(f"{len(open_)} open drift alarm(s); retraining paused for "
+               f"{', '.join(sorted({a['product'] for a in open_}))}.")
+    st.dataframe([{"product": a["product"], "camera": a["camera"], "checks": ", ".join(a["kinds"]),
+                   "opened": charts.fmt_ts(a["opened_at"]), "drifted verdicts": a["drifted_verdicts"],
+                   "re-baseline requested": a["rebaseline_since"] is not None} for a in open_], hide_index=True)
+
+
+drift()
+
+
+@st.fragment(run_every=ctx.refresh_s)
 def consumers() -> None:
     st.subheader("Consumers")
     ch = data.consumer_health(ctx.db_url, f.start, f.end)

@@ -11,6 +11,12 @@ from dashboard import charts, context, data
 MAX_BUCKETS = 3000
 ctx = context.current()
 st.title("Overview")
+drift_open = [a for a in data.drift_alarms(ctx.db_url, "open")]
+if drift_open:  # the banner: a drifted camera floods the counts below with false alarms
+    st.error(f"Drift alarm: {len(drift_open)} camera(s) no longer look like their model's normal ("
+             + "; ".join(f"{a['product']}/{a['camera']}: {', '.join(a['kinds'])}" for a in drift_open)
+             + "). Their verdicts are marked drifted and retraining is paused. See the Drift page.",
+             icon=":material/warning:")
 st.caption(f"{ctx.range_label} · times in UTC · defects exclude frames marked as false alarms")
 bucket_name = st.radio("Trend bucket", list(charts.BUCKETS), index=1, horizontal=True, key="overview_bucket")
 

@@ -34,6 +34,8 @@ class EngineOutput:
     model_version: str          # the registry version that produced them ("zero-shot" for cold start)
     threshold: float            # the version's calibrated image threshold
     infer_ms: float = 0.0       # wall time spent in the engine for the whole batch
+    engine_name: str = ""       # what scored it (rows record it); "" = the consumer's engine name
+    calibrated: bool = True     # False while a zero-shot threshold is still warming up (rows say so)
 
 
 @runtime_checkable
@@ -44,3 +46,17 @@ class Engine(Protocol):
         """Score RGB uint8 (H, W, 3) images of one product (any sizes)."""
 
     def close(self) -> None: ...
+
+
+def decode_hw(engine: object, product: str) -> tuple[int, int] | None:
+    """The size frames of ``product`` should be decoded to for ``engine``: its model input size
+    when the engine resizes frames to a fixed input (decoding more pixels is wasted work), None
+    when it needs full resolution (tiling) or does not say (the safe default: decode everything).
+
+    Engines opt in with a ``decode_hw(product)`` method; the :class:`Engine` protocol does not
+    require it, so external engines and test doubles keep working unchanged."""
+    fn = getattr(engine, "decode_hw", None)
+    if fn is None:
+        return None
+    hw = fn(product)
+    return None if hw is None else (int(hw[0]), int(hw[1]))

@@ -134,6 +134,10 @@ class OnnxEngine:
     def version(self) -> str:
         return self.model.version
 
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        """Frames are resized to the model input: decode no more than that (see engines.base.decode_hw)."""
+        return self.input_hw
+
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         t0 = time.perf_counter()
         hw = self.input_hw

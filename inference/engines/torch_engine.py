@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,9 @@ import torch
 from inference.engines.base import EngineOutput
 from inference.model_dir import LoadedModel, load_model_dir
 from inference.preprocess import batch_to_input
+
+if TYPE_CHECKING:
+    from ingest.envelope import FrameEnvelope
 
 
 class TorchEngine:
@@ -29,6 +33,10 @@ class TorchEngine:
     def input_hw(self) -> tuple[int, int]:
         return self.loaded.input_hw
 
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        """Frames are resized to the model input: decode no more than that (see engines.base.decode_hw)."""
+        return self.input_hw
+
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         t0 = time.perf_counter()
         hw = self.input_hw
@@ -43,6 +51,19 @@ class TorchEngine:
         out_maps = np.concatenate(maps) if maps else np.zeros((0, *hw), np.float32)
         return EngineOutput(out_scores.astype(np.float32), out_maps.astype(np.float32), self.loaded.version,
                             self.loaded.threshold, (time.perf_counter() - t0) * 1000.0)
+
+    def infer_encoded(self, product: str, envs: list["FrameEnvelope"], max_pixels: int = 40_000_000
+                      ) -> tuple[EngineOutput, list[tuple[int, int]], str]:
+        """Score encoded frames, decoding JPEG on this engine's device (nvJPEG on a GPU, the
+        CPU's DCT-scaled decode otherwise; see :mod:`inference.gpu_decode`). Returns the output,
+        each frame's geometry and the decode path used ("gpu" / "cpu")."""
+        from inference.gpu_decode import infer_encoded
+
+        t0 = time.perf_counter()
+        maps, scores, geoms, path = infer_encoded(self.loaded.module, self.input_hw, self.device, envs, max_pixels)
+        out = EngineOutput(scores.astype(np.float32), maps.astype(np.float32), self.loaded.version,
+                           self.loaded.threshold, (time.perf_counter() - t0) * 1000.0, engine_name=f"{self.name}+{path}decode")
+        return out, geoms, path
 
     def close(self) -> None:
         pass

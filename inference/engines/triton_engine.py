@@ -183,6 +183,12 @@ class TritonEngine:
         thr = res.as_numpy(OUT_THRESHOLD).reshape(-1).astype(np.float32, copy=False)
         return amap, score, versions, thr
 
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        """The served model's input size once known (after the first batch); None before (full decode)."""
+        with self._lock:
+            info = self._info.get(product)
+        return None if info is None else info.input_hw
+
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         t0 = time.perf_counter()
         info = self.model_info(product)

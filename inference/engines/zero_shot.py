@@ -121,6 +121,10 @@ class ZeroShotEngine:
             return np.zeros((0, *self.input_hw), np.float32), np.zeros((0,), np.float32)
         return np.concatenate(maps).astype(np.float32), np.concatenate(scores).astype(np.float32)
 
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        """Frames are resized to the backbone input: decode no more than that."""
+        return self.input_hw
+
     def infer(self, product: str, images: list[np.ndarray]) -> ZeroShotOutput:
         t0 = time.perf_counter()
         maps, scores = self.raw_scores(images)

@@ -79,6 +79,12 @@ def anomaly_map_and_score(
     and is then blurred holds no detail finer than a few pixels, so this costs nothing in accuracy
     and a 16x smaller working map (the blur and top-k were a third of the model's CPU time).
     ``kernel1d`` must then be built for the working resolution (sigma scaled alike)."""
+    return finish_maps(group_distance_maps(enc, dec, metric, typical_lengths), size, kernel1d, top_fraction, work_size)
+
+
+def group_distance_maps(enc: list[torch.Tensor], dec: list[torch.Tensor], metric: str = "cos",
+                        typical_lengths: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Per-group (N, h, w) reconstruction error maps for ``metric`` in MAP_METRICS."""
     if metric == "cos":
         per_group = [cosine_distance_map(e, d) for e, d in zip(enc, dec)]
     elif metric == "cos_len":
@@ -87,7 +93,7 @@ def anomaly_map_and_score(
         per_group = [length_weighted_cosine_map(e, d, n) for e, d, n in zip(enc, dec, typical_lengths)]
     else:
         raise ValueError(f"unknown map metric {metric!r}; known: {MAP_METRICS}")
-    return finish_maps(per_group, size, kernel1d, top_fraction, work_size)
+    return per_group
 
 
 def finish_maps(per_group: list[torch.Tensor], size: tuple[int, int], kernel1d: torch.Tensor,

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.model.anomaly_map import MAP_METRICS, anomaly_map_and_score, gaussian_kernel1d
+from inference.model.anomaly_map import (MAP_METRICS, anomaly_map_and_score, finish_maps, fuse_maps, gaussian_kernel1d,
+                                         group_distance_maps)
 from inference.model.backbones import FrozenBackbone, build_backbone, default_groups, resize_to_grid
 
 
@@ -69,6 +70,14 @@ class InpConfig:
     sigma: float = 4.0             # Gaussian blur of the map, in input pixels
     top_fraction: float = 0.01
     map_stride: int = 4            # the map is blurred and scored at input / map_stride, then upsampled
+    # Extrinsic memory (INP-Former + memory): a greedy coreset of ``memory_size`` normal training
+    # patches (the last block of each group, 3x3 pooled, on the input/``memory_stride`` grid, coarser
+    # blocks upsampled to it); a patch's distance to its nearest memory entry is a second map, fused
+    # with the reconstruction map after both are standardised on held-out normal images. 0 = the pure
+    # INP-Former (and what every config written before this field means).
+    memory_size: int = 0
+    memory_stride: int = 8
+    memory_weight: float = 1.0     # weight of the standardised memory map in the sum (reconstruction: 1)
 
     def __post_init__(self) -> None:
         self.input_hw = (int(self.input_hw[0]), int(self.input_hw[1]))
@@ -89,11 +98,21 @@ class InpConfig:
             raise ValueError(f"input size {self.input_hw} must be a multiple of map_stride {self.map_stride}")
         if self.map_metric not in MAP_METRICS:
             raise ValueError(f"map_metric must be one of {MAP_METRICS}, got {self.map_metric!r}")
+        if self.memory_size < 0:
+            raise ValueError("memory_size must be >= 0 (0 = no extrinsic memory)")
+        if self.memory_size and any(s % self.memory_stride for s in self.input_hw):
+            raise ValueError(f"input size {self.input_hw} must be a multiple of memory_stride {self.memory_stride}")
+        if self.memory_weight < 0:
+            raise ValueError("memory_weight must be >= 0")
 
     @property
     def map_hw(self) -> tuple[int, int]:
         """Working resolution of the anomaly map (blur and score)."""
         return (self.input_hw[0] // self.map_stride, self.input_hw[1] // self.map_stride)
+
+    @property
+    def memory_grid(self) -> tuple[int, int]:
+        return (self.input_hw[0] // self.memory_stride, self.input_hw[1] // self.memory_stride)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -211,6 +230,53 @@ class DecoderBlock(nn.Module):
         return x + self.mlp(self.n2(x))
 
 
+class ExtrinsicMemory(nn.Module):
+    """Fixed bank of normal patch features plus the statistics that put its distance map on the
+    reconstruction map's scale. Nearest-neighbour search is one matmul and a min, so the bank is a
+    constant inside the exported ONNX graph (no index, no custom op)."""
+
+    center: torch.Tensor
+    bank: torch.Tensor
+    bank_sq: torch.Tensor
+    rec_stats: torch.Tensor
+    mem_stats: torch.Tensor
+
+    def __init__(self, size: int, channels: int) -> None:
+        super().__init__()
+        # the bank is stored centred on its own mean (and queries are shifted alike): distances are
+        # unchanged, but |q|^2 - 2 q.b + |b|^2 then cancels far less float32 precision
+        self.register_buffer("center", torch.zeros(channels))
+        self.register_buffer("bank", torch.zeros(size, channels))
+        self.register_buffer("bank_sq", torch.zeros(size))
+        # (mean, std) of the reconstruction map and of the memory map over held-out normal pixels
+        self.register_buffer("rec_stats", torch.tensor([0.0, 1.0]))
+        self.register_buffer("mem_stats", torch.tensor([0.0, 1.0]))
+
+    @torch.no_grad()
+    def fit(self, bank: torch.Tensor) -> None:
+        if bank.shape != self.bank.shape:
+            raise ValueError(f"memory bank shape {tuple(bank.shape)} != configured {tuple(self.bank.shape)}")
+        self.center.copy_(bank.mean(0))
+        self.bank.copy_(bank - self.center)
+        self.bank_sq.copy_((self.bank * self.bank).sum(1))
+
+    @torch.no_grad()
+    def fit_stats(self, rec: torch.Tensor, mem: torch.Tensor) -> None:
+        for buf, m in ((self.rec_stats, rec), (self.mem_stats, mem)):
+            buf.copy_(torch.stack([m.mean(), m.std().clamp_min(1e-6)]))
+
+    def distance(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) -> (N, h, w): Euclidean distance to the nearest bank entry."""
+        n, c, h, w = feats.shape
+        q = feats.flatten(2).transpose(1, 2) - self.center                     # (N, L, C)
+        d2 = (q * q).sum(-1, keepdim=True) - 2.0 * (q @ self.bank.t()) + self.bank_sq
+        return d2.min(dim=-1).values.clamp_min(0.0).sqrt().view(n, h, w)
+
+    def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
+        """Standardised reconstruction map + ``weight`` x standardised memory map (same size)."""
+        return (rec - self.rec_stats[0]) / self.rec_stats[1] + weight * (mem - self.mem_stats[0]) / self.mem_stats[1]
+
+
 @dataclass
 class HeadOutput:
     dec: list[torch.Tensor]      # per group (N, C_g, h, w), aligned with the encoder groups
@@ -222,8 +288,12 @@ class HeadOutput:
 class InpHead(nn.Module):
     """Everything learnable: projection, INP extractor, bottleneck, decoder, output heads."""
 
-    def __init__(self, cfg: InpConfig, group_channels: list[int]) -> None:
+    memory: ExtrinsicMemory  # only when cfg.memory_size > 0
+
+    def __init__(self, cfg: InpConfig, group_channels: list[int], memory_channels: int = 0) -> None:
         super().__init__()
+        if cfg.memory_size and memory_channels < 1:
+            raise ValueError("an extrinsic memory needs its feature width (memory_channels)")
         d = cfg.width
         self.cfg = cfg
         self.group_channels = list(group_channels)
@@ -242,6 +312,8 @@ class InpHead(nn.Module):
         # Median length of the (normalised) training tokens per group, for the cos_len map.
         for i in range(len(group_channels) if cfg.map_metric == "cos_len" else 0):
             self.register_buffer(f"token_len{i}", torch.ones(()))
+        if cfg.memory_size:
+            self.memory = ExtrinsicMemory(cfg.memory_size, memory_channels)
         self.apply(self._init)
 
     @torch.no_grad()
@@ -307,13 +379,16 @@ class InpFormer(nn.Module):
     ``x``: float RGB NCHW in [0, 1] at ``cfg.input_hw`` (see :mod:`inference.preprocess`).
     """
 
+    blur_kernel: torch.Tensor
+
     def __init__(self, cfg: InpConfig, backbone: FrozenBackbone | None = None, checkpoint: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         blocks = sorted({b for g in cfg.groups for b in g})
         self.backbone = backbone or build_backbone(cfg.backbone, blocks, checkpoint)
         ch = self.backbone.channels()
-        self.head = InpHead(cfg, [sum(ch[b] for b in g) for g in cfg.groups])
+        self.head = InpHead(cfg, [sum(ch[b] for b in g) for g in cfg.groups],
+                            sum(ch[b] for b in memory_blocks(cfg)))
         self.register_buffer("blur_kernel", gaussian_kernel1d(cfg.sigma / cfg.map_stride), persistent=False)
 
     def train(self, mode: bool = True) -> "InpFormer":
@@ -326,14 +401,41 @@ class InpFormer(nn.Module):
         """Frozen encoder groups on the token grid: list of (N, C_g, h, w) (the reconstruction targets)."""
         return encode_groups(self.backbone(x), self.backbone.blocks, self.cfg)
 
+    @torch.no_grad()
+    def encode_memory(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen memory features (N, C_m, h_m, w_m) on the memory grid (needs ``memory_size`` > 0)."""
+        return encode_memory(self.backbone(x), self.backbone.blocks, self.cfg)
+
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], HeadOutput]:
         """Encoder targets and the head's output for training from images."""
         enc = self.encode(x)
         return enc, self.head(enc)
 
-    def score_features(self, enc: list[torch.Tensor], metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(map (N, H, W), score (N,)) from encoder groups; ``metric`` overrides ``cfg.map_metric``."""
-        return self.map_from_output(enc, self.head(enc), metric)
+    def score_features(self, enc: list[torch.Tensor], metric: str | None = None,
+                       mem: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(map (N, H, W), score (N,)) from encoder groups (and memory features when the model has a
+        memory); ``metric`` overrides ``cfg.map_metric``."""
+        if not self.cfg.memory_size:
+            return self.map_from_output(enc, self.head(enc), metric)
+        if mem is None:
+            raise ValueError("this model has an extrinsic memory: score_features needs its features (mem=...)")
+        rec, mdist = self.raw_maps(enc, mem, metric)
+        return self.finish(self.head.memory.fuse(rec, mdist, self.cfg.memory_weight))
+
+    def raw_maps(self, enc: list[torch.Tensor], mem: torch.Tensor,
+                 metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unblurred (reconstruction map, memory distance map), both (N, h, w) at ``cfg.map_hw``."""
+        metric = metric or self.cfg.map_metric
+        out = self.head(enc)
+        lengths = self.head.typical_lengths() if metric == "cos_len" else None
+        rec = fuse_maps(group_distance_maps(out.targets, out.dec, metric, lengths), self.cfg.map_hw)
+        mdist = self.head.memory.distance(mem).unsqueeze(1)
+        mdist = F.interpolate(mdist, size=self.cfg.map_hw, mode="bilinear", align_corners=False).squeeze(1)
+        return rec, mdist
+
+    def finish(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unblurred (N, h, w) map at ``cfg.map_hw`` -> blurred map at the input size, top-fraction score."""
+        return finish_maps([raw], self.cfg.input_hw, self.blur_kernel, self.cfg.top_fraction, self.cfg.map_hw)
 
     def map_from_output(self, enc: list[torch.Tensor], out: HeadOutput,
                         metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,7 +447,32 @@ class InpFormer(nn.Module):
                                      metric, work_size=self.cfg.map_hw, typical_lengths=lengths)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.score_features(self.encode(x))
+        if not self.cfg.memory_size:
+            return self.score_features(self.encode(x))
+        maps = self.backbone(x)  # one backbone pass feeds both the groups and the memory features
+        return self.score_features(encode_groups(maps, self.backbone.blocks, self.cfg), mem=encode_memory(
+            maps, self.backbone.blocks, self.cfg))
+
+
+def memory_blocks(cfg: InpConfig) -> list[int]:
+    """The blocks the extrinsic memory reads: the last (deepest) block of each group."""
+    return [g[-1] for g in cfg.groups] if cfg.memory_size else []
+
+
+def encode_memory(maps: list[torch.Tensor], blocks: list[int], cfg: InpConfig) -> torch.Tensor:
+    """Backbone maps -> (N, C_m, h_m, w_m): each memory block 3x3 pooled at its own stride, then
+    brought to the memory grid (bilinear up from coarser strides) and concatenated - PatchCore's
+    locally-aware patches at the finest useful grid."""
+    by_block = dict(zip(blocks, maps))
+    parts = []
+    for b in memory_blocks(cfg):
+        f = F.avg_pool2d(by_block[b], 3, stride=1, padding=1, count_include_pad=False)
+        if tuple(f.shape[-2:]) != cfg.memory_grid:
+            f = F.interpolate(f, size=cfg.memory_grid, mode="bilinear", align_corners=False)
+        parts.append(f)
+    if not parts:
+        raise ValueError("this model has no extrinsic memory (memory_size = 0)")
+    return torch.cat(parts, dim=1)
 
 
 def encode_groups(maps: list[torch.Tensor], blocks: list[int], cfg: InpConfig) -> list[torch.Tensor]:

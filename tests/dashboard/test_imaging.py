@@ -61,3 +61,21 @@ def test_colorize_shape() -> None:
     img = imaging.colorize(np.array([[0.0, 0.5], [1.0, 0.25]], np.float32), size=(8, 8))
     assert img.shape == (8, 8, 3) and img.dtype == np.uint8
     assert imaging.colorize(np.zeros((2, 2), np.float32)).shape == (2, 2, 3)
+
+
+def test_map_resolution_heat_and_mask_overlay_the_right_place_on_a_camera_frame() -> None:
+    """Evidence is stored at map resolution (e.g. 64x64) for a 5 MP frame: the overlay on the
+    bounded preview must put the hot spot where it is in the frame."""
+    frame = np.full((2048, 2448, 3), 100, np.uint8)
+    preview = imaging.bounded_preview(frame, 1024)
+    assert preview.shape == (857, 1024, 3)
+    heat = np.zeros((64, 64), np.uint8)
+    heat[48:56, 8:16] = 255                      # lower-left: rows 75-87 %, columns 12-25 %
+    mask = (heat > 0).astype(np.uint8) * 255
+    out = imaging.overlay_heatmap(preview, heat, mask=mask)
+    changed = np.abs(out.astype(int) - preview.astype(int)).sum(axis=2) > 30
+    ys, xs = np.nonzero(changed)
+    h, w = preview.shape[:2]
+    assert 0.70 * h <= ys.min() and ys.max() <= 0.92 * h
+    assert 0.08 * w <= xs.min() and xs.max() <= 0.30 * w
+    assert imaging.bounded_preview(preview[:100, :200]) is not None and imaging.bounded_preview(preview[:100, :200]).shape == (100, 200, 3)

@@ -14,7 +14,7 @@ from storage.models import TrainingSample
 from tests.dashboard.conftest import SeedConfig, seed_file
 
 PAGES = ["views/overview.py", "views/anomalies.py", "views/locations.py", "views/scores.py",
-         "views/specimens.py", "views/health.py"]
+         "views/specimens.py", "views/health.py", "views/drift.py", "views/families.py"]
 
 
 def metrics(at) -> dict[str, str]:

@@ -202,3 +202,61 @@ def test_two_consumers_share_the_work_and_a_crash_loses_nothing(settings: Settin
     snap = store.consumer_stats()
     assert snap and snap[0]["frames"] > 0
     b.close()
+
+
+class SizedEngine(FakeEngine):
+    """A fake engine that says its model input size (or None, like tiling) and records what it got."""
+
+    def __init__(self, hw: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.hw = hw
+        self.shapes: list[tuple[int, ...]] = []
+
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        return self.hw
+
+    def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
+        self.shapes.extend(im.shape for im in images)
+        return super().infer(product, [np.atleast_3d(im) if im.ndim == 3 else np.stack([im] * 3, 2) for im in images])
+
+
+def _publish_jpeg(bus: MemoryBus, settings: Settings, img: np.ndarray, n: int = 3) -> None:
+    pub = FramePublisher(settings, "widget", "L1", "cam-1", MemoryPublisher(bus, settings.topic_frames),
+                         first_frame_id=1, encoding="jpeg")
+    for _ in range(n):
+        pub.publish(img)
+
+
+def test_frames_are_decoded_at_the_engine_size_and_rows_keep_the_frame_geometry(settings: Settings,
+                                                                                   store: ResultStore) -> None:
+    bus = MemoryBus(partitions=1)
+    big = np.full((640, 800, 3), 200, np.uint8)
+    big[:, :, 0] = 250
+    _publish_jpeg(bus, settings, big)
+    eng = SizedEngine((32, 32))
+    c = make(settings, bus, store, engine=eng)
+    assert c.run(max_frames=3, idle_timeout_s=2) == 3
+    assert eng.shapes == [(32, 32, 3)] * 3          # 1/8 DCT decode (80x100) then one area resize
+    row = store.get_result("cam-1", 1)
+    assert row is not None and (row["width"], row["height"]) == (800, 640)  # the camera frame's geometry
+    c.close()
+
+
+def test_tiling_engines_get_full_resolution_and_mono_stays_one_channel(settings: Settings,
+                                                                         store: ResultStore) -> None:
+    bus = MemoryBus(partitions=1)
+    _publish_jpeg(bus, settings, np.full((240, 320, 3), 90, np.uint8), n=2)
+    tiled = SizedEngine(None)
+    c = make(settings, bus, store, engine=tiled)
+    assert c.run(max_frames=2, idle_timeout_s=2) == 2
+    assert tiled.shapes == [(240, 320, 3)] * 2
+    c.close()
+    bus2 = MemoryBus(partitions=1)
+    pub = FramePublisher(settings, "widget", "L1", "cam-9", MemoryPublisher(bus2, settings.topic_frames),
+                         first_frame_id=1, encoding="jpeg")
+    pub.publish(np.full((240, 320), 90, np.uint8))
+    mono = SizedEngine((24, 24))
+    c2 = make(settings, bus2, store, engine=mono)
+    assert c2.run(max_frames=1, idle_timeout_s=2) == 1
+    assert mono.shapes == [(24, 24)]                 # a grayscale JPEG reaches the engine as one channel
+    c2.close()

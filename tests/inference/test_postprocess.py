@@ -6,7 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.postprocess import binary_mask, defect_area, heat_png, heat_u8, mask_png, pixel_threshold, verdict
+from inference.engines.base import EngineOutput
+from inference.postprocess import (
+    binary_mask,
+    defect_area,
+    heat_png,
+    heat_u8,
+    mask_png,
+    verdict,
+)
 
 
 def test_verdict_rule() -> None:
@@ -25,7 +33,8 @@ def test_mask_is_resized_to_the_frame_and_thresholded() -> None:
     ys, xs = np.nonzero(mask)
     assert 6 <= ys.min() and ys.max() <= 17 and 30 <= xs.min() and xs.max() <= 49  # the hot cell, scaled 4x/8x
     assert defect_area(mask) == int(mask.sum()) > 0
-    assert pixel_threshold(0.3) == 0.3 and pixel_threshold(0.3, 0.7) == 0.7
+    small = binary_mask(amap, 0.5)  # map resolution
+    assert small.shape == (8, 8) and defect_area(small) == 4 and defect_area(small, (32, 64)) == 4 * 32
 
 
 def test_mask_png_round_trip() -> None:
@@ -44,3 +53,33 @@ def test_heat_scale_is_zero_to_twice_the_threshold() -> None:
     assert back.shape == (8, 6) and int(back[0, 0]) == 64
     with pytest.raises(ValueError):
         heat_u8(amap, 0.0)
+
+
+def _out(scores: list[float], thr: float = 1.0, calibrated: bool = True) -> EngineOutput:
+    maps = np.zeros((len(scores), 16, 16), np.float32)
+    maps[:, 4:8, 8:12] = 3.0 * thr
+    return EngineOutput(np.asarray(scores, np.float32), maps, "v1", thr, 5.0, engine_name="onnx", calibrated=calibrated)
+
+
+def test_build_row_flagged_frame_keeps_map_resolution_and_original_bytes() -> None:
+    from inference.postprocess import build_row
+    from ingest.envelope import FrameEnvelope
+
+    env = FrameEnvelope("p", "l", "c", 7, b"\xff\xd8original-bytes", "jpeg", (2048, 2448))
+    row = build_row(env, (2048, 2448), _out([2.0, 0.1]), 0, 123.0, 2, "onnx")
+    assert row.verdict == "defect" and (row.width, row.height) == (2448, 2048)
+    mask = cv2.imdecode(np.frombuffer(row.mask_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    heat = cv2.imdecode(np.frombuffer(row.heat_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == heat.shape == (16, 16)           # map resolution, not 5 MP
+    assert row.frame_bytes == env.payload                  # the camera's bytes, never re-encoded
+    assert row.defect_area_px == round(16 * 2048 * 2448 / 256)  # in frame pixels
+    ok = build_row(env, (2048, 2448), _out([2.0, 0.1]), 1, 123.0, 2, "onnx")
+    assert ok.verdict == "ok" and ok.mask_png is None and ok.heat_png is None and ok.keep_as_normal
+
+
+def test_build_row_marks_an_uncalibrated_threshold() -> None:
+    from inference.postprocess import build_row
+    from ingest.envelope import FrameEnvelope
+
+    env = FrameEnvelope("p", "l", "c", 7, b"\xff\xd8x", "jpeg")
+    assert build_row(env, (64, 64), _out([0.9], calibrated=False), 0, 1.0, 1, "zero-shot").engine == "zero-shot:warmup"

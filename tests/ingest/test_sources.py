@@ -8,7 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from ingest.sources import FolderSource, Pacer, SourceError, VideoSource, open_source, parse_size
+from ingest.sources import (
+    FolderSource,
+    Pacer,
+    SourceError,
+    VideoSource,
+    open_source,
+    parse_size,
+)
 
 
 def _write_images(folder: Path, n: int) -> list[np.ndarray]:
@@ -92,3 +99,16 @@ def test_pacer_schedules_without_bursting() -> None:
     Pacer(0).wait()  # no pacing
     with pytest.raises(ValueError):
         Pacer(-1)
+
+
+def test_sim_source_camera_resolution_and_mono() -> None:
+    from ingest.sources import CAMERA_RESOLUTIONS, parse_resolution
+
+    src = open_source("sim://widget?size=128&resolution=5mp&mono=1&seed=3", count=2)
+    frames = list(src)
+    assert [f.shape for f in frames] == [CAMERA_RESOLUTIONS["5mp"]] * 2 and frames[0].dtype == np.uint8
+    colour = next(iter(open_source("sim://widget?size=64&resolution=96x160", count=1)))
+    assert colour.shape == (96, 160, 3)
+    assert parse_resolution("12MP") == (3000, 4096) and parse_resolution("300x400") == (300, 400)
+    with pytest.raises(SourceError):
+        open_source("sim://widget?resolution=lots")

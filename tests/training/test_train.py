@@ -112,3 +112,20 @@ def test_train_cli_rejects_a_device_torch_cannot_use():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             _device("cuda")
+
+
+def test_memory_model_trains_saves_and_reloads_with_its_bank(tmp_path):
+    from dataclasses import replace
+
+    c = cfg(iters=3)
+    c = replace(c, model=replace(c.model, token_stride=8, memory_size=32))
+    out = train(images(10), c, tmp_path / "m", seed=0, progress=False)
+    lm = load_model_dir(out)
+    mem = lm.module.head.memory
+    assert mem.bank.shape == (32, 16 + 24) and mem.bank.abs().sum() > 0
+    assert torch.allclose(mem.bank_sq, (mem.bank ** 2).sum(1))
+    assert float(mem.mem_stats[1]) > 0 and float(mem.rec_stats[1]) > 0
+    assert len({tuple(r) for r in mem.bank.tolist()}) == 32  # coreset rows are distinct
+    x = torch.rand(2, 3, 64, 64)
+    amap, score = lm.module(x)
+    assert amap.shape == (2, 64, 64) and torch.isfinite(score).all()

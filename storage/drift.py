@@ -1,0 +1,215 @@
+"""Drift alarms, camera image references and re-baseline frames: the only SQL the drift feature issues.
+
+* ``open_alarm`` is an insert-or-nothing against the unique partial index ``uq_drift_open_camera``
+  (one open alarm per product and camera), so consumers racing on the same camera open exactly one
+  alarm on PostgreSQL as on SQLite; the loser gets ``created=False`` and the winner's id.
+* Frames seen while an alarm is open go to ``drift_frames`` (never ``training_samples``): they are
+  training data only after an operator re-baselines.
+* Results captured on a camera from an alarm's onset until it is resolved are *drifted*: their
+  verdict was given by a model that no longer matches the camera (:meth:`DriftStore.drifted`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, or_, select, update
+
+from storage.db import WRITE, service_errors
+from storage.models import (
+    Camera,
+    DriftAlarm,
+    DriftFrame,
+    DriftReference,
+    InspectionResult,
+)
+from storage.store import TrainingSampleRow, dialect_insert
+
+ALARM_STATUSES = ("open", "resolved")
+DRIFT_KINDS = ("score", "brightness", "sharpness", "position")
+
+
+@dataclass(frozen=True)
+class KeptFrame:
+    """A frame to keep while an alarm is open (encoded bytes as they came off the bus)."""
+
+    frame_id: int
+    captured_at: float
+    encoding: str
+    data: bytes
+
+
+class DriftStore:
+    """Reads and writes the drift tables; shares the result store's SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, url: str = "") -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def of(cls, store: Any) -> DriftStore:
+        """The drift store over a :class:`storage.store.ResultStore` (same engine and URL)."""
+        return cls(store.engine, getattr(store, "url", ""))
+
+    # --- alarms ---------------------------------------------------------------------------
+    def open_alarm(self, product: str, camera: str, *, kinds: list[str], onset_at: float, onset_frame_id: int,
+                   model_version: str, evidence: dict, at: float | None = None) -> tuple[int, bool]:
+        """Open the camera's alarm unless one is open already; returns ``(alarm id, created)``."""
+        bad = [k for k in kinds if k not in DRIFT_KINDS]
+        if not kinds or bad:
+            raise ValueError(f"kinds must be a non-empty subset of {DRIFT_KINDS}, not {kinds!r}")
+        now = time.time() if at is None else float(at)
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            stmt = (dialect_insert(conn, DriftAlarm)
+                    .values(product=product, camera=camera, status="open", kinds=",".join(kinds)[:128],
+                            opened_at=now, onset_at=float(onset_at), onset_frame_id=int(onset_frame_id),
+                            model_version=str(model_version)[:64], evidence=evidence)
+                    .on_conflict_do_nothing(index_elements=["product", "camera"],
+                                            index_where=DriftAlarm.status == "open")
+                    .returning(DriftAlarm.id))
+            got = conn.execute(stmt).first()
+            if got is not None:
+                return int(got[0]), True
+            existing = conn.execute(select(DriftAlarm.id).where(DriftAlarm.product == product,
+                                                                DriftAlarm.camera == camera,
+                                                                DriftAlarm.status == "open")).scalar_one()
+            return int(existing), False
+
+    def alarms(self, product: str | None = None, status: str | None = None, limit: int = 200) -> list[dict]:
+        """Alarms newest first (evidence included)."""
+        if status is not None and status not in ALARM_STATUSES:
+            raise ValueError(f"status must be one of {ALARM_STATUSES}, not {status!r}")
+        q = select(*DriftAlarm.__table__.columns)
+        if product is not None:
+            q = q.where(DriftAlarm.product == product)
+        if status is not None:
+            q = q.where(DriftAlarm.status == status)
+        q = q.order_by(DriftAlarm.opened_at.desc(), DriftAlarm.id.desc()).limit(int(limit))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return [_alarm_dict(r._mapping) for r in conn.execute(q).all()]
+
+    def open_alarms(self, product: str | None = None) -> list[dict]:
+        return self.alarms(product, "open")
+
+    def alarm(self, alarm_id: int) -> dict | None:
+        q = select(*DriftAlarm.__table__.columns).where(DriftAlarm.id == int(alarm_id))
+        with service_errors(self.url), self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else _alarm_dict(row._mapping)
+
+    def request_rebaseline(self, product: str, since: float | None, by: str) -> int:
+        """An operator confirmed the new normal: mark the product's open alarms (``since`` defaults to
+        each alarm's onset); the scheduler or ``lineinspect models rebaseline`` then retrains. Returns
+        the number of alarms marked."""
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            values: dict[str, Any] = {"rebaseline_by": by[:128]}
+            values["rebaseline_since"] = DriftAlarm.onset_at if since is None else float(since)
+            res = conn.execute(update(DriftAlarm).where(DriftAlarm.product == product, DriftAlarm.status == "open")
+                               .values(**values))
+            return int(res.rowcount or 0)
+
+    def clear_rebaseline(self, product: str) -> None:
+        """Withdraw the operator's request (its candidate was refused; the alarm stays open)."""
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            conn.execute(update(DriftAlarm).where(DriftAlarm.product == product, DriftAlarm.status == "open")
+                         .values(rebaseline_since=None, rebaseline_by=None))
+
+    def resolve(self, product: str, resolution: str, camera: str | None = None, at: float | None = None) -> int:
+        """Close the product's (or one camera's) open alarms; the cameras' references are dropped so
+        the next frames become the new reference. Returns the number of alarms closed."""
+        now = time.time() if at is None else float(at)
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            where = [DriftAlarm.product == product, DriftAlarm.status == "open"]
+            if camera is not None:
+                where.append(DriftAlarm.camera == camera)
+            cams = list(conn.execute(select(DriftAlarm.camera).where(*where)).scalars())
+            res = conn.execute(update(DriftAlarm).where(*where)
+                               .values(status="resolved", resolved_at=now, resolution=resolution[:4000]))
+            if cams:
+                conn.execute(delete(DriftReference).where(DriftReference.camera.in_(cams)))
+            return int(res.rowcount or 0)
+
+    # --- references -----------------------------------------------------------------------
+    def save_reference(self, product: str, camera: str, stats: dict, image_png: bytes) -> None:
+        now = time.time()
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            values = {"product": product, "created_at": now, "stats": stats, "image_png": bytes(image_png)}
+            conn.execute(dialect_insert(conn, DriftReference).values(camera=camera, **values)
+                         .on_conflict_do_update(index_elements=["camera"], set_=values))
+
+    def reference(self, camera: str) -> dict | None:
+        q = select(*DriftReference.__table__.columns).where(DriftReference.camera == camera)
+        with service_errors(self.url), self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else dict(row._mapping)
+
+    # --- frames kept while an alarm is open -----------------------------------------------------
+    def keep_frames(self, alarm_id: int, product: str, camera: str, frames: list[KeptFrame], cap: int) -> int:
+        """Keep frames for a later re-baseline (deduplicated by sha256, at most ``cap`` per alarm);
+        returns how many were added."""
+        if not frames:
+            return 0
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            have = int(conn.execute(select(func.count()).select_from(DriftFrame)
+                                    .where(DriftFrame.alarm_id == int(alarm_id))).scalar_one())
+            room = max(0, int(cap) - have)
+            added = 0
+            for f in frames[:room]:
+                stmt = (dialect_insert(conn, DriftFrame)
+                        .values(alarm_id=int(alarm_id), product=product, camera=camera, frame_id=int(f.frame_id),
+                                captured_at=float(f.captured_at), sha256=hashlib.sha256(f.data).hexdigest(),
+                                encoding=f.encoding[:8], data=bytes(f.data))
+                        .on_conflict_do_nothing(index_elements=["product", "sha256"]).returning(DriftFrame.id))
+                added += conn.execute(stmt).first() is not None
+            return added
+
+    def frames_since(self, product: str, since: float, limit: int | None = None) -> list[TrainingSampleRow]:
+        """Kept drift frames of ``product`` captured at or after ``since``, newest first, as training rows."""
+        f = DriftFrame
+        q = (select(f.sha256, f.data, f.captured_at).where(f.product == product, f.captured_at >= float(since))
+             .order_by(f.captured_at.desc(), f.id.desc()))
+        if limit is not None:
+            q = q.limit(int(limit))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return [TrainingSampleRow(sha, bytes(data), "drift", ts) for sha, data, ts in conn.execute(q).all()]
+
+    def count_frames(self, alarm_id: int) -> int:
+        with service_errors(self.url), self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(DriftFrame)
+                                    .where(DriftFrame.alarm_id == int(alarm_id))).scalar_one())
+
+    # --- drifted verdicts -------------------------------------------------------------------------
+    def drifted(self, camera: str, captured_at: float) -> bool:
+        """Whether a result of ``camera`` captured at ``captured_at`` falls inside an alarm (open or not yet
+        re-baselined when captured): its verdict came from a model the camera had drifted away from."""
+        with service_errors(self.url), self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(DriftAlarm).where(
+                _covers(DriftAlarm.camera == camera, float(captured_at)))).scalar_one() > 0
+
+    def drifted_count(self, alarm_id: int) -> int:
+        """Results stored on the alarm's camera between its onset and its resolution (or now)."""
+        a = self.alarm(alarm_id)
+        if a is None:
+            return 0
+        t = InspectionResult
+        q = (select(func.count()).select_from(t).join(Camera, Camera.id == t.camera_id)
+             .where(Camera.name == a["camera"], t.captured_at >= a["onset_at"]))
+        if a["resolved_at"] is not None:
+            q = q.where(t.captured_at <= a["resolved_at"])
+        with service_errors(self.url), self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+
+def _covers(camera_clause: Any, ts: float) -> Any:
+    return and_(camera_clause, DriftAlarm.onset_at <= ts,
+                or_(DriftAlarm.resolved_at.is_(None), DriftAlarm.resolved_at >= ts))
+
+
+def _alarm_dict(m: Any) -> dict:
+    d = dict(m)
+    d["kinds"] = [k for k in str(d.get("kinds") or "").split(",") if k]
+    return d
+

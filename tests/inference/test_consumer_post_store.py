@@ -1,0 +1,41 @@
+"""The consumer's post-store steps: called after the durable store with the stored rows and their own
+envelopes (refused rows left out), and a failing step never blocks the commit."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.bus.memory import MemoryBus
+from lineinspect.settings import Settings
+from storage.store import ResultStore
+from tests.inference.test_consumer import make, publish
+from tests.inference.test_consumer_unstorable import RefusingStore, publish_raw
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_steps_see_stored_rows_with_their_envelopes_and_failures_do_not_block(settings: Settings, store: ResultStore,
+                                                                             pipelined: bool) -> None:
+    bus = MemoryBus(partitions=1)
+    publish_raw(bus, settings, [{} for _ in range(12)])
+    seen: list[tuple[int, int]] = []
+
+    def record(rows, envs):
+        assert store.get_result(rows[0].camera, rows[0].frame_id) is not None  # durable before the step
+        seen.extend((r.frame_id, e.frame_id) for r, e in zip(rows, envs, strict=True))
+
+    def explode(rows, envs):
+        raise RuntimeError("monitor bug")
+
+    c = make(settings, bus, RefusingStore(store, bad_frame=6), pipelined=pipelined, post_store=[explode, record])
+    assert c.run(max_frames=12, idle_timeout_s=2) == 12
+    c.close()
+    assert sorted(seen) == [(i, i) for i in range(1, 13) if i != 6]
+    assert bus.committed("g", settings.topic_frames) == {0: 12}
+
+
+def test_no_steps_is_the_default(settings: Settings, store: ResultStore) -> None:
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 4)
+    c = make(settings, bus, store)
+    assert c.post_store == [] and c.run(max_frames=4, idle_timeout_s=2) == 4
+    c.close()

@@ -1,0 +1,93 @@
+"""The drift statistic on synthetic camera frames: in-limit streams stay quiet, changes alarm."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from inference.drift import (
+    CameraDrift,
+    DriftConfig,
+    ImageReference,
+    calibration_p99,
+    shift_pct,
+    to_grey,
+)
+
+
+def _frame(rng: np.random.Generator, dx: float = 0.0, gain: float = 0.0, blur: float = 0.0) -> np.ndarray:
+    """A part (bright disc with a cross) on a textured background, with camera noise."""
+    img = np.full((200, 240), 60, np.float32) + rng.normal(0, 4, (200, 240)).astype(np.float32)
+    cx, cy = 120 + int(dx * 240 / 100) + int(rng.integers(-2, 3)), 100 + int(rng.integers(-2, 3))
+    cv2.circle(img, (cx, cy), 50, 170, -1)
+    cv2.line(img, (cx - 30, cy), (cx + 30, cy), 40, 5)
+    cv2.line(img, (cx, cy - 30), (cx, cy + 30), 40, 5)
+    if blur:
+        img = cv2.GaussianBlur(img, (0, 0), blur)
+    return np.clip(img + gain, 0, 255).astype(np.uint8)
+
+
+def _run(cfg: DriftConfig, n_pre: int, n_post: int, seed: int = 0, **change: float) -> int | None:
+    rng = np.random.default_rng(seed)
+    d = CameraDrift(cfg)
+    for t in range(n_pre + n_post):
+        img = _frame(rng, **change) if t >= n_pre else _frame(rng)
+        score = float(rng.normal(1.0, 0.1))
+        if d.update(t, float(t), score, 1.3, to_grey(img), "v1"):
+            return t
+    return None
+
+
+CFG = DriftConfig(window=20, reference_frames=20, confirm_frames=3)
+
+
+def test_steady_stream_never_alarms():
+    for seed in range(3):
+        assert _run(CFG, 120, 0, seed) is None
+
+
+@pytest.mark.parametrize("change", [{"gain": 40.0}, {"blur": 3.0}, {"dx": 8.0}])
+def test_image_changes_alarm_after_the_change(change):
+    t = _run(CFG, 60, 60, **change)
+    assert t is not None and 60 <= t < 60 + CFG.window + CFG.confirm_frames
+
+
+def test_score_median_above_calibration_p99_alarms_and_onset_is_window_start():
+    d = CameraDrift(CFG)
+    fired = None
+    for t in range(80):
+        score = 1.0 if t < 40 else 2.0  # p99 is 1.3: from frame 40 every frame scores above it
+        if d.update(t, float(t), score, 1.3, None, "v1"):
+            fired = t
+            break
+    assert fired is not None and 40 < fired < 40 + CFG.window
+    b = d.breaches()
+    assert [x.kind for x in b] == ["score"] and b[0].value > 1.0
+    assert d.onset.frame_id == fired - CFG.window + 1
+
+
+def test_a_new_model_version_restarts_the_score_window():
+    d = CameraDrift(CFG)
+    for t in range(CFG.window):
+        d.update(t, float(t), 2.0, 1.0, None, "v1")
+    assert d.breaches()
+    d.update(CFG.window, 0.0, 0.5, 1.0, None, "v2")
+    assert not d.breaches()
+
+
+def test_reference_round_trips_and_shift_is_measured_in_percent():
+    rng = np.random.default_rng(1)
+    greys = [to_grey(_frame(rng)) for _ in range(10)]
+    ref = ImageReference.build(greys)
+    assert ref.aligned
+    back = ImageReference.from_stored(ref.to_stats(), ref.to_png())
+    assert back.brightness == pytest.approx(ref.brightness)
+    dx, dy, peak = shift_pct(back.image, to_grey(_frame(rng, dx=8.0)))
+    assert dx == pytest.approx(8.0, abs=1.5) and abs(dy) < 1.5 and peak > 0.2
+
+
+def test_calibration_p99_prefers_the_quantile():
+    assert calibration_p99({"quantiles": {"p99": 0.7}, "threshold": 0.9}) == 0.7
+    assert calibration_p99({"threshold": 1.1, "threshold_margin": 1.1}) == pytest.approx(1.0)
+    assert calibration_p99({}) is None

@@ -1,0 +1,122 @@
+"""INP-Former + extrinsic memory: shapes, nearest-neighbour maths, fusion, old configs, ORT parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.model.anomaly_map import anomaly_map_and_score
+from inference.model.inp_former import ExtrinsicMemory, InpConfig, InpFormer
+from tests.inference.onnx_fixtures import RealModel, real_model  # noqa: F401 - fixture
+
+
+def tiny_cfg(**kw) -> InpConfig:
+    base = {"backbone": "random_tiny", "input_hw": (64, 64), "token_stride": 8, "width": 32, "head_dim": 16,
+            "decoder_blocks": 2, "n_inps": 3, "memory_size": 16}
+    return InpConfig(**{**base, **kw})
+
+
+def filled(m: InpFormer, x: torch.Tensor) -> InpFormer:
+    """Fill the memory from ``x``'s own patches and its stats from the same images."""
+    enc, mem = m.encode(x), m.encode_memory(x)
+    m.head.fit_stats(enc)
+    rows = mem.permute(0, 2, 3, 1).reshape(-1, mem.shape[1])
+    m.head.memory.fit(rows[: m.cfg.memory_size])
+    m.head.memory.fit_stats(*m.raw_maps(enc, mem))
+    return m
+
+
+def test_memory_shapes_and_forward() -> None:
+    m = InpFormer(tiny_cfg()).eval()
+    x = torch.rand(2, 3, 64, 64)
+    mem = m.encode_memory(x)
+    assert mem.shape == (2, 16 + 24, 8, 8)  # last block of each group, on the 64/8 grid
+    assert m.head.memory.bank.shape == (16, 40)
+    filled(m, x)
+    rec, md = m.raw_maps(m.encode(x), mem)
+    assert rec.shape == md.shape == (2, 16, 16)  # map_hw = 64 / map_stride 4
+    amap, score = m(x)
+    assert amap.shape == (2, 64, 64) and score.shape == (2,)
+    with pytest.raises(ValueError, match="mem="):
+        m.score_features(m.encode(x))
+
+
+def test_distance_is_the_nearest_bank_entry() -> None:
+    torch.manual_seed(0)
+    mem = ExtrinsicMemory(50, 7)
+    bank = torch.randn(50, 7)
+    mem.fit(bank)
+    q = torch.randn(3, 7, 4, 5)
+    want = torch.cdist(q.permute(0, 2, 3, 1).reshape(-1, 7), bank).min(1).values.view(3, 4, 5)
+    assert torch.allclose(mem.distance(q), want, atol=1e-4)
+    mem.fit(bank[:50])
+    # bank entries are at distance ~0 (sqrt of the expanded square's float32 round-off)
+    assert mem.distance(bank.T.reshape(1, 7, 5, 10)).abs().max() < 1e-2
+    with pytest.raises(ValueError):
+        mem.fit(torch.zeros(49, 7))
+
+
+def test_fusion_standardises_both_maps() -> None:
+    mem = ExtrinsicMemory(4, 3)
+    rec, md = torch.rand(5, 8, 8) * 3 + 1, torch.rand(5, 8, 8) * 40 + 10
+    mem.fit_stats(rec, md)
+    z = mem.fuse(rec, md, 0.0)
+    assert abs(float(z.mean())) < 1e-5 and abs(float(z.std()) - 1) < 1e-4
+    fused = mem.fuse(rec, md, 2.0)
+    assert torch.allclose(fused, z + 2 * (md - md.mean()) / md.std(), atol=1e-4)
+
+
+def test_pure_model_and_old_configs_are_unchanged() -> None:
+    cfg = tiny_cfg(memory_size=0)
+    d = cfg.to_dict()
+    for k in ("memory_size", "memory_stride", "memory_weight"):
+        d.pop(k)
+    old = InpConfig.from_dict(d)
+    assert old.memory_size == 0 and InpConfig().memory_size == 0
+    m = InpFormer(old).eval()
+    assert not any("memory" in k for k in m.head.state_dict())  # old weights.pt files load strictly
+    x = torch.rand(2, 3, 64, 64)
+    enc = m.encode(x)
+    o = m.head(enc)
+    want = anomaly_map_and_score(o.targets, o.dec, old.input_hw, m.blur_kernel, old.top_fraction, old.map_metric,
+                                 work_size=old.map_hw, typical_lengths=m.head.typical_lengths())
+    got = m(x)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for bad in ({"memory_size": -1}, {"memory_weight": -1.0}, {"memory_stride": 7}):
+        with pytest.raises(ValueError):
+            tiny_cfg(**bad)
+
+
+def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealModel, tmp_path: Path) -> None:  # noqa: F811
+    import onnxruntime as ort
+
+    from inference.model_dir import load_model_dir
+    from inference.onnx_export import export_module
+    from inference.preprocess import batch_to_input
+
+    pure = load_model_dir(real_model.model_dir).module
+    cfg = InpConfig.from_dict({**pure.cfg.to_dict(), "memory_size": 256})
+    m = InpFormer(cfg).eval()
+    missing = m.head.load_state_dict(pure.head.state_dict(), strict=False).missing_keys
+    assert all(k.startswith("memory.") for k in missing)
+    # memory and statistics from two normal frames; the graph is compared on the other frames
+    # (a bank member's own distance is sqrt(~0), where any float difference is magnified)
+    bank_x = torch.from_numpy(batch_to_input(real_model.normal[:2], cfg.input_hw))
+    frames = real_model.normal[2:] + real_model.anomalous
+    x = torch.from_numpy(batch_to_input(frames, cfg.input_hw))
+    with torch.no_grad():
+        n = len(real_model.normal) - 2
+        enc, mem = m.encode(bank_x), m.encode_memory(bank_x)
+        rows = mem.permute(0, 2, 3, 1).reshape(-1, mem.shape[1])
+        m.head.memory.fit(rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))[:256]])
+        m.head.memory.fit_stats(*m.raw_maps(enc, mem))
+        want_map, want_score = m(x)
+    path = export_module(m, tmp_path / "m.onnx", cfg.input_hw, ("map", "score"))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got_map, got_score = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    assert np.abs(got_map - want_map.numpy()).max() <= 1e-4
+    assert np.abs(got_score - want_score.numpy()).max() <= 1e-4
+    assert want_score[n:].mean() != want_score[:n].mean()  # the memory map is live, not a constant

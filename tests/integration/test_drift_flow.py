@@ -1,0 +1,138 @@
+"""End to end, on SQLite and on PostgreSQL: a camera drifts mid-stream -> exactly one drift alarm with
+its evidence, the scheduler's retrain is skipped (paused), a re-baseline on the frames since the onset
+trains, gates and promotes a new version, the alarm closes, and the *running* consumer scores the
+new normal with the new version and raises no new alarm. No restart anywhere.
+
+The model is tiny (random test backbone): this checks the plumbing; detection quality is in
+benchmarks/bench_drift.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.consumer import InferenceConsumer
+from inference.drift import DriftMonitor, RegistryCalibration
+from inference.metrics import ConsumerMetrics
+from inference.router import ModelRouter
+from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
+from ingest.publisher import FramePublisher
+from ingest.simulator import LineSimulator
+from lineinspect.settings import Settings
+from storage.drift import DriftStore
+from storage.registry import ModelRegistry
+from storage.store import ResultStore
+from tests.dbtools import throwaway_database
+from tests.integration.test_retrain_flow import wait_for
+from tests.training.test_retrain import tiny_model
+from training.gate import GatePolicy
+from training.retrain import RetrainOptions, import_seed
+from training.scheduler import Schedule, Scheduler, list_runs
+
+PRODUCT, CAMERA = "widget", "cam-1"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def flow_db(request, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{(tmp_path / 'drift.sqlite').as_posix()}"
+        return
+    with throwaway_database(request.getfixturevalue("postgres_url"), "li_drift") as url:
+        yield url
+
+
+def brighter(img: np.ndarray) -> np.ndarray:
+    """The lamp changed: every grey level +60."""
+    return np.clip(img.astype(np.int16) + 60, 0, 255).astype(np.uint8)
+
+
+def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, flow_db: str) -> None:
+    settings = Settings(home=tmp_path, engine_url="local://torch", batch_max_records=8, batch_max_wait_ms=20,
+                        topic_frames="frames", topic_dlq="frames.dlq", keep_normal_margin=0.95, threads=1,
+                        drift_window=10, drift_reference_frames=10, drift_confirm_frames=2)
+    store = ResultStore.open(flow_db, normal_cap=200)
+    registry = ModelRegistry(store, tmp_path / "models")
+    drift = DriftStore.of(store)
+    opts = RetrainOptions(iters=8, holdout=0.4, min_samples=12, model=tiny_model(), progress=False, threads=1,
+                          train_overrides={"batch_size": 4}, policy=GatePolicy(max_fpr=0.6, fpr_tolerance=1.0))
+    sim = LineSimulator(PRODUCT, size=(128, 128), defect_rate=0.1, seed=7)
+    seeds = tmp_path / "seeds"
+    LineSimulator(PRODUCT, size=(128, 128), seed=99).write_mvtec(seeds, 16, 0, 0)
+    assert import_seed(store, PRODUCT, seeds) == (16, 0)
+    scheduler = Scheduler(store, registry, Schedule(min_new=16, backoff_s=0), opts)
+    assert [o.status for o in scheduler.tick()] == ["ok"]
+    assert registry.active(PRODUCT).version == "v0001"
+
+    bus = MemoryBus(partitions=2)
+    router = ModelRouter(settings, registry, poll_s=0.2)
+    metrics = ConsumerMetrics(settings)
+    monitor = DriftMonitor(settings, drift, RegistryCalibration(registry), metrics.registry, refresh_s=0.2)
+    consumer = InferenceConsumer(settings, MemoryConsumer(bus, settings.topic_frames, "g", settings.topic_dlq),
+                                 router, store, None, metrics, backoff_initial_s=0.01, post_store=[monitor])
+    thread = threading.Thread(target=consumer.run, name="consumer", daemon=True)
+    thread.start()
+    pub = FramePublisher(settings, PRODUCT, "L1", CAMERA, MemoryPublisher(bus, settings.topic_frames),
+                         first_frame_id=0, encoding="png")
+    try:
+        for i in range(30):  # the normal line: reference built, no alarm
+            pub.publish(sim.frame(i).image)
+        wait_for(lambda: store.count_results(PRODUCT) == 30, what="30 normal frames")
+        assert drift.alarms() == []
+
+        for i in range(30, 70):  # the lamp changes at frame 30
+            pub.publish(brighter(sim.frame(i).image))
+        wait_for(lambda: store.count_results(PRODUCT) == 70, what="40 drifted frames")
+        alarms = drift.alarms()
+        assert len(alarms) == 1, alarms  # one alarm, however long the drift lasts
+        alarm = alarms[0]
+        assert alarm["status"] == "open" and "brightness" in alarm["kinds"]
+        b = alarm["evidence"]["checks"]["brightness"]
+        assert b["value"] > b["limit"] >= settings.drift_brightness_grey
+        assert 20 <= alarm["onset_frame_id"] <= 30 + settings.drift_confirm_frames
+        assert drift.drifted(CAMERA, store.get_result(CAMERA, 60)["captured_at"])  # verdicts marked drifted
+        assert not drift.drifted(CAMERA, store.get_result(CAMERA, 5)["captured_at"])
+        assert drift.count_frames(alarm["id"]) >= 30  # the re-baseline's candidate training set
+        assert metrics.registry.get_sample_value("lineinspect_drift_alarm_open",
+                                                 {"product": PRODUCT, "camera": CAMERA}) == 1.0
+
+        # Retraining pauses: the due retrain is recorded as skipped, no version is trained.
+        scheduler.schedule = Schedule(min_new=1, backoff_s=0)
+        outcome, = scheduler.tick()
+        assert outcome.status == "skipped" and "drift alarm" in outcome.detail, outcome.detail
+        assert list_runs(store.engine, PRODUCT)[0]["status"] == "skipped"
+        assert [v.version for v in registry.list(PRODUCT)] == ["v0001"]
+
+        # The operator confirms the new normal (dashboard) -> the scheduler re-baselines on the frames
+        # since the onset: usual gate, promotion, the alarm closes.
+        assert drift.request_rebaseline(PRODUCT, None, "operator") == 1
+        outcome, = scheduler.tick()
+        assert outcome.status == "ok" and "re-baseline" in outcome.detail and "v0002: active" in outcome.detail, \
+            outcome.detail
+        v2 = registry.active(PRODUCT)
+        assert v2.version == "v0002" and v2.data_snapshot["by_source"].get("drift", 0) >= 12
+        closed = drift.alarm(alarm["id"])
+        assert closed["status"] == "resolved" and "v0002" in closed["resolution"]
+
+        # No restart: the running consumer serves v0002 and the new normal raises no alarm.
+        wait_for(lambda: router.products().get(PRODUCT) == "v0002", what="router to serve v0002")
+        for i in range(70, 110):
+            pub.publish(brighter(sim.frame(i).image))
+        wait_for(lambda: store.count_results(PRODUCT) == 110, what="40 frames of the new normal")
+        later = store.results_for_camera(CAMERA, min_frame_id=80)
+        assert {r["model_version"] for r in later} == {"v0002"}
+        assert len(drift.alarms()) == 1 and drift.open_alarms() == []
+        snap = monitor.snapshot()[CAMERA]  # the monitor saw the alarm close on its next batch
+        assert snap["alarm_id"] is None and snap["reference"] is not None  # reference rebuilt from the new normal
+        assert drift.reference(CAMERA) is not None
+        assert thread.is_alive()
+    finally:
+        consumer.request_stop()
+        thread.join(timeout=10)
+        consumer.close()
+        router.close()
+        store.close()
