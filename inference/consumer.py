@@ -154,6 +154,7 @@ class InferenceConsumer:
         self.sink_depth = sink_depth
         self.decode_threads = decode_threads
         self._decoder: ThreadPoolExecutor | None = None
+        self._polling_thread = threading.get_ident()  # the only thread that may touch the bus (run() resets it)
 
     # --- control ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -182,6 +183,7 @@ class InferenceConsumer:
         abandoned in an outage (and everything polled after it) stays uncommitted and is redelivered."""
         handled = 0
         polled = 0  # records taken from the bus (committed or in the sink)
+        self._polling_thread = threading.get_ident()
         self.metrics.start_http()
         last_data = time.monotonic()
         unassigned_since: float | None = None
@@ -359,7 +361,12 @@ class InferenceConsumer:
         while inflight:
             head = inflight[0]
             if room_for is not None and len(inflight) > room_for:
-                head.done.wait()
+                # a normal batch is stored well within a second; longer, the sink is waiting out an outage,
+                # so keep the group alive meanwhile (a rebalance must not wait for this member)
+                if not head.done.wait(1.0):
+                    while not head.done.is_set():
+                        if not self._keep_alive(0.25):
+                            head.done.wait(0.25)
             elif not head.done.is_set():
                 break
             if head.status == "abandoned":
@@ -530,8 +537,32 @@ class InferenceConsumer:
             delay = min(delay * 2, self.backoff_max_s)
 
     def _wait(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
+        """Back off for ``seconds``; on the polling thread the bus is kept alive meanwhile (see :meth:`_keep_alive`)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._stop.is_set():
+                raise _Stopped()
+            if not self._keep_alive(min(left, 1.0)):
+                self._stop.wait(min(left, 1.0))
+        if self._stop.is_set():
             raise _Stopped()
+
+    def _keep_alive(self, timeout_s: float) -> bool:
+        """Let the bus service its consumer group for up to ``timeout_s`` without taking records; False when
+        it cannot (not the polling thread: Kafka's client is not thread-safe; or a bus without keep-alive).
+
+        Without this, a consumer waiting out an outage (store down, engine down, sink full) never polls,
+        and Kafka's rebalance waits for it: a member joining the group gets no partitions for the whole
+        outage, up to ``kafka_max_poll_interval_ms``."""
+        fn = getattr(self.bus, "keep_alive", None)
+        if fn is None or threading.get_ident() != self._polling_thread:
+            return False
+        try:
+            fn(timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the keep-alive is best effort; the wait goes on
+            log.debug("bus keep-alive failed", extra=kv(error=str(exc)[:300]))
+            return False
+        return True
 
     def _update_held(self) -> None:
         held = getattr(self.engine, "held", None)

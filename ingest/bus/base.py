@@ -49,4 +49,8 @@ class BatchConsumer(Protocol):
     def lag(self) -> dict[int, int]:
         """Per-partition lag: end offset minus committed offset (for metrics)."""
 
+    def keep_alive(self, timeout_s: float) -> None:
+        """Take part in the group for up to ``timeout_s`` without taking records (a consumer waiting out an
+        outage calls this instead of sleeping, so a rebalance never waits for it)."""
+
     def close(self) -> None: ...

@@ -220,6 +220,37 @@ class KafkaBatchConsumer:
             raise _unavailable(self.settings, exc) from exc
         return out
 
+    def keep_alive(self, timeout_s: float) -> None:
+        """Poll with every assigned partition paused, for up to ``timeout_s``: heartbeats alone do not rejoin a
+        rebalance in kafka-python (the heartbeat thread only *requests* the rejoin, the JoinGroup is sent
+        from ``poll()``), so a consumer that sleeps through an outage keeps the whole group, and any member
+        joining it, without partitions until it polls again (up to ``kafka_max_poll_interval_ms``).
+
+        Nothing is consumed: paused partitions return no records (kafka-python keeps their buffered
+        fetches), and a partition assigned during this call that does return records is sought back to
+        its first returned offset, so the next :meth:`poll_batch` hands those records out."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        c = self._consumer
+        try:
+            held = list(c.assignment())
+            if held:
+                c.pause(*held)
+            try:
+                got = c.poll(timeout_ms=max(0, int(timeout_s * 1000)))
+            finally:
+                now = [tp for tp in c.assignment() if tp in c.paused()]
+                if now:
+                    c.resume(*now)
+            for tp, msgs in got.items():
+                if msgs:
+                    c.seek(TopicPartition(tp.topic, tp.partition), min(m.offset for m in msgs))
+            self._check_rebalance()
+        except KafkaError as exc:  # the broker is the outage being waited out, or restarting: the caller waits
+            log.debug("keep-alive poll failed", extra=kv(error=str(exc)))
+            time.sleep(max(0.0, timeout_s))
+
     def _check_rebalance(self) -> None:
         """Say so once when a rebalance outlasts two session timeouts: some member is not rejoining, and
         the group (this consumer included) waits for it up to ``kafka_max_poll_interval_ms``."""

@@ -224,6 +224,10 @@ class MemoryConsumer:
     def assignment(self) -> list[int]:
         return self.bus.assignment(self.group, self.topic, self.member)
 
+    def keep_alive(self, timeout_s: float) -> None:
+        """The in-memory group rebalances synchronously, so there is nothing to service: just wait."""
+        time.sleep(max(0.0, timeout_s))
+
     def lag(self) -> dict[int, int]:
         ends = self.bus.end_offsets(self.topic)
         committed = self.bus.committed(self.group, self.topic)

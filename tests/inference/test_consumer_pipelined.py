@@ -322,3 +322,63 @@ def test_images_are_not_kept_for_the_sink(settings: Settings, store: ResultStore
     assert batch.scored and all(not isinstance(getattr(s, "image", None), np.ndarray) for s in batch.scored)
     assert all(s.hw == (64, 64) for s in batch.scored)
     c.close()
+
+
+class GroupBus(RecordingBus):
+    """Kafka's eager rebalance, reduced to what matters here: once another member asks to join, the group
+    has no assignment for anyone until *this* member services the group from its polling thread
+    (``poll_batch`` or ``keep_alive``); heartbeats from a background thread do not count."""
+
+    def __init__(self, bus: MemoryBus, settings: Settings, journal: Journal) -> None:
+        super().__init__(bus, settings, journal)
+        self.join_pending = threading.Event()
+        self.rebalanced = threading.Event()
+        self.serviced_from: set[str] = set()
+
+    def _service(self) -> None:
+        self.serviced_from.add(threading.current_thread().name)
+        if self.join_pending.is_set():
+            self.rebalanced.set()
+
+    def poll_batch(self, max_records: int, max_wait_ms: int):
+        self._service()
+        return super().poll_batch(max_records, max_wait_ms)
+
+    def keep_alive(self, timeout_s: float) -> None:
+        self._service()
+        time.sleep(min(timeout_s, 0.01))
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_member_joining_during_a_store_outage_is_not_made_to_wait_for_it(
+        settings: Settings, store: ResultStore, pipelined: bool) -> None:
+    """The rebalance stall: a consumer that sleeps through an outage never rejoins a rebalance, so a joining
+    member gets no partitions until the outage ends. It must keep polling (nothing taken) while it waits."""
+    journal = Journal()
+    bus = MemoryBus(partitions=2)
+    publish(bus, settings, 16)
+    slow = SlowStore(store, journal, delay_s=0.0)
+    slow.down.set()
+    c = InferenceConsumer(settings, GroupBus(bus, settings, journal), JournalEngine(journal), slow, MemoryCache(),
+                          ConsumerMetrics(settings), backoff_initial_s=0.05, backoff_max_s=0.2, stat_interval_s=3600,
+                          pipelined=pipelined)
+    done: dict[str, int] = {}
+    t = threading.Thread(target=lambda: done.update(n=c.run(max_frames=16)), name="polling")
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while slow.calls < 3 and time.monotonic() < deadline:  # deep in the outage: the store keeps failing
+            time.sleep(0.01)
+        assert slow.calls >= 3
+        c.bus.join_pending.set()  # another consumer joins the group now
+        assert c.bus.rebalanced.wait(10), "the consumer never serviced the group during the outage"
+        assert slow.down.is_set() and store.count_results() == 0  # ...and it did so while the outage lasted
+        assert bus.committed("g", FRAMES_TOPIC) == {}
+    finally:
+        slow.down.clear()
+        t.join(15)
+    assert not t.is_alive() and done["n"] == 16
+    c.close()
+    assert store.count_results() == 16 and max(slow.saved.values()) == 1
+    assert c.bus.serviced_from == {"polling"}  # Kafka's client is not thread-safe: never from the sink
+    assert_commits_follow_stores(journal, bus)

@@ -88,3 +88,49 @@ def test_unreachable_broker_names_kafka() -> None:
     s = Settings(bus_url="kafka://127.0.0.1:9", topic_frames="x")
     with pytest.raises(ServiceUnavailable, match="kafka is not reachable"):
         KafkaPublisher(s, connect_timeout_s=2)
+
+
+def test_a_member_waiting_out_an_outage_does_not_stall_a_joining_member(settings: Settings) -> None:
+    """The rebalance stall against the real broker: consumer A holds every partition and waits out an outage;
+    B joins. B must get partitions while A is still waiting (A keeps the group alive), and A's records are
+    not consumed by the keep-alive: everything published is handed out exactly once between them."""
+    import threading
+
+    pub = KafkaPublisher(settings)
+    for i in range(8):
+        pub.publish(f"cam{i}".encode(), str(i).encode(), [])
+    pub.flush(30)
+    pub.close()
+    a = KafkaBatchConsumer(settings)
+    got = _drain(a, 1)  # A joined and owns both partitions; it took at least one record
+    assert got and a.assignment() == [0, 1]
+    a.commit(got)
+    outage_over = threading.Event()
+    b_got: list = []
+    b_assigned_during_outage = threading.Event()
+
+    def run_b() -> None:
+        b = KafkaBatchConsumer(settings, create_topics=False)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not b.assignment():
+                b_got.extend(b.poll_batch(8, 500))
+            if b.assignment() and not outage_over.is_set():
+                b_assigned_during_outage.set()
+            b_got.extend(_drain(b, 8, timeout_s=5))
+            b.commit(b_got)
+        finally:
+            b.close()
+
+    t = threading.Thread(target=run_b)
+    t.start()
+    deadline = time.monotonic() + 60  # A's "outage": keep-alive instead of sleep, until B has partitions
+    while time.monotonic() < deadline and not b_assigned_during_outage.is_set() and t.is_alive():
+        a.keep_alive(0.5)
+    outage_over.set()
+    t.join(90)
+    assert b_assigned_during_outage.is_set(), "the joining member got no partitions while A waited"
+    assert len(a.assignment()) == 1
+    got += _drain(a, 8 - len(got) - len(b_got), timeout_s=10)
+    a.close()
+    assert sorted(int(r.value) for r in got + b_got) == list(range(8))

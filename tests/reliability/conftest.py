@@ -37,7 +37,11 @@ from tests.dbtools import throwaway_database
 
 REPO = Path(__file__).resolve().parents[2]
 ON_CI = bool(os.environ.get("CI"))
-PORTS = {"LINEINSPECT_PG_PORT": "25532", "LINEINSPECT_REDIS_PORT": "26479", "LINEINSPECT_KAFKA_PORT": "29192"}
+# Private ports; LINEINSPECT_FAULT_*_PORT, _FAULT_SERVICES_DIR and _FAULT_PG_DIR move them, so two fault-test runs
+# (a CI loop beside a developer's run) never stop each other's services.
+PORTS = {k: os.environ.get(k.replace("LINEINSPECT_", "LINEINSPECT_FAULT_"), v)
+         for k, v in {"LINEINSPECT_PG_PORT": "25532", "LINEINSPECT_REDIS_PORT": "26479",
+                      "LINEINSPECT_KAFKA_PORT": "29192"}.items()}
 SERVICE_TIMEOUT_S = 120
 
 
@@ -71,8 +75,9 @@ class Services:
 @pytest.fixture(scope="session")
 def fault_services() -> Iterator[Services]:
     cache = Path(os.environ.get("LINEINSPECT_CACHE", Path.home() / ".cache" / "lineinspect"))
-    env = {**os.environ, **PORTS, "LINEINSPECT_SERVICES_DIR": str(cache / "fault-services"),
-           "LINEINSPECT_PG_DIR": f"/var/tmp/lineinspect-faults-pg-{os.getuid()}"}
+    state = os.environ.get("LINEINSPECT_FAULT_SERVICES_DIR", str(cache / "fault-services"))
+    env = {**os.environ, **PORTS, "LINEINSPECT_SERVICES_DIR": state,
+           "LINEINSPECT_PG_DIR": os.environ.get("LINEINSPECT_FAULT_PG_DIR", f"/var/tmp/lineinspect-faults-pg-{os.getuid()}")}
     svc = Services(env)
     try:
         svc.start()
@@ -121,6 +126,10 @@ class TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def build_tiny_model(dest: Path) -> TinyModel:
     """An untrained seeded 64x64 INP-Former with its ONNX export; threshold = median score of the frames."""
     import cv2
     import torch
@@ -131,7 +140,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
     torch.manual_seed(0)
     model = InpFormer(InpConfig(input_hw=(64, 64), width=32, head_dim=32, decoder_blocks=2, n_inps=2))
-    d = save_model_dir(tmp_path_factory.mktemp("tiny") / "model", model, {}, {"threshold": 1.0})
+    d = save_model_dir(dest / "model", model, {}, {"threshold": 1.0})
     engine = OnnxEngine(d, threads=1)  # exports model.onnx + sidecar once, so consumers only load it
     imgs = [cv2.cvtColor(cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             for p in frame_payloads()]
@@ -166,10 +175,11 @@ class Rig:
         return env
 
     def start_consumer(self, idle_timeout_s: float = 90.0, engine_url: str = "local://onnx",
-                       extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                       extra_env: dict[str, str] | None = None, launcher: list[str] | None = None) -> subprocess.Popen:
+        """``launcher``: what runs the CLI (default ``-m lineinspect.cli``; the soak wraps one in tracemalloc)."""
         s = self.settings
         log_path = self.tmp / f"consumer-{len(self.procs)}.log"
-        cmd = [sys.executable, "-m", "lineinspect.cli", "consume", "--bus", s.bus_url, "--engine", engine_url,
+        cmd = [sys.executable, *(launcher or ["-m", "lineinspect.cli"]), "consume", "--bus", s.bus_url, "--engine", engine_url,
                "--db", s.resolved_db_url, "--cache", s.cache_url, "--group", s.consumer_group,
                "--topic", s.topic_frames, "--batch", str(s.batch_max_records),
                "--batch-wait-ms", str(s.batch_max_wait_ms), "--idle-timeout", str(idle_timeout_s)]
