@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, write_section  # noqa: E402
+from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, write_section
 
 THREADS = 2
 BATCHES = (1, 4, 8, 16)
@@ -162,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             return loaded.module(torch.from_numpy(x))[1].numpy()
 
-    def ort(sess):  # noqa: ANN001, ANN202
+    def ort(sess):
         return lambda x: sess.run(None, {"images": x})[-1]
 
     # --- accuracy ---------------------------------------------------------------------------
-    def scores_of(fn) -> np.ndarray:  # noqa: ANN001
+    def scores_of(fn) -> np.ndarray:
         return np.concatenate([fn(x_all[i:i + 16]) for i in range(0, len(x_all), 16)]).reshape(-1)
 
     sc = {"pytorch": scores_of(torch_run), "ort_fp32": scores_of(ort(s_fp32)), "ort_int8": scores_of(ort(s_int8)),
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "engines.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    lines = [f"## Engines (`benchmarks/bench_engines.py`)", "",
+    lines = ["## Engines (`benchmarks/bench_engines.py`)", "",
              f"{machine()}; {THREADS} intra-op threads per engine; model: {cfg.backbone} {hw[0]}x{hw[1]} input, "
              f"{cfg.grid[0]}x{cfg.grid[1]} token grid, width {cfg.width}, {cfg.decoder_blocks} decoder blocks, trained "
              f"on {cat}. Images/s on pre-processed tensors (shared resize: {pre_ms:.2f} ms/image extra); "

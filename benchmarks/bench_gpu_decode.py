@@ -54,8 +54,8 @@ def measure(root: Path, reps: int) -> dict:
     rows = {}
     for name, hw in SIZES.items():
         envs = _frames(root, hw, BATCH)
-        cpu_s = _time(lambda: frames_to_input(envs, HW, "cpu"), reps)
-        gpu_s = _time(lambda: frames_to_input(envs, HW, "cuda"), reps)
+        cpu_s = _time(lambda envs=envs: frames_to_input(envs, HW, "cpu"), reps)
+        gpu_s = _time(lambda envs=envs: frames_to_input(envs, HW, "cuda"), reps)
         x_gpu, _, path = frames_to_input(envs, HW, "cuda")
         x_cpu, _, _ = frames_to_input(envs, HW, "cpu")
         rows[name] = {"megapixels": round(hw[0] * hw[1] / 1e6, 1), "batch": BATCH, "gpu_path": path,

@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section  # noqa: E402
-from inference.model.inp_former import MAP_METRICS, InpConfig, InpFormer  # noqa: E402
-from inference.model_dir import load_model_dir  # noqa: E402
-from training import metrics, patchcore  # noqa: E402
-from training.data import discover, hold_out, load_split  # noqa: E402
-from training.features import cached_features  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section
+from inference.model.inp_former import MAP_METRICS, InpConfig, InpFormer
+from inference.model_dir import load_model_dir
+from training import metrics, patchcore
+from training.data import discover, hold_out, load_split
+from training.features import cached_features
+from training.train import TrainConfig, train
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro")
 

@@ -34,12 +34,18 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, RESULTS_DIR, WORK, data_root, machine, write_section  # noqa: E402
+from benchmarks.common import REPO, RESULTS_DIR, WORK, data_root, machine, write_section
+
+if TYPE_CHECKING:  # types only: the benchmark imports the heavy modules where it runs them
+    from inference.pipeline import Pipeline
+    from ingest.bus.base import BatchConsumer
+    from lineinspect.settings import Settings
 
 SERVICES = ("postgres", "redis", "kafka")
 ARCHS = {  # small = the engines benchmark's model; default = what `lineinspect train` builds
@@ -182,6 +188,20 @@ def calibrate(model_dir: Path, images: list[np.ndarray], q: float = 90.0) -> flo
 
 
 # --- one pipeline configuration ----------------------------------------------------------------------
+def _pipeline(s: Settings, bus: BatchConsumer, **consumer_options: Any) -> Pipeline:
+    """The production wiring (:func:`inference.pipeline.build_pipeline`) with what a measurement
+    needs: a non-polling router (no registry thread competing for the cores), a Redis prefix of
+    its own, no periodic health rows and no post-store steps (drift, families), as before they
+    existed, so figures stay comparable."""
+    from inference.pipeline import build_pipeline
+    from inference.router import ModelRouter
+    from storage.redis_cache import RedisCache
+
+    return build_pipeline(s, bus, cache=RedisCache(s.cache_url, prefix=f"li-bench-{uuid.uuid4().hex[:6]}:"),
+                          build_engine=lambda st, reg: ModelRouter(st, reg, poll_s=0, start=False),
+                          stat_interval_s=3600, post_store=[], **consumer_options)
+
+
 class Run:
     def __init__(self, urls: dict[str, str], model_dir: Path, threshold: float, tmp: Path, tag: str) -> None:
         from sqlalchemy import create_engine, text
@@ -345,13 +365,8 @@ def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list,
     import cProfile
     import pstats
 
-    from inference.consumer import InferenceConsumer
-    from inference.router import ModelRouter
     from ingest.bus.memory import MemoryBus, MemoryConsumer
     from ingest.envelope import FrameEnvelope
-    from storage.redis_cache import RedisCache
-    from storage.registry import ModelRegistry
-    from storage.store import ResultStore
 
     run = Run(urls, model_dir, threshold, tmp, "profile")
     s = run.s.with_overrides(threads=threads)
@@ -360,11 +375,8 @@ def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list,
         _c, data, shape = frames[i % len(frames)]
         bus.produce(s.topic_frames, *FrameEnvelope(run.product, "L1", f"cam-{i % 4}", i, data, "jpeg",
                                                    tuple(shape)).to_message())
-    store = ResultStore.open(s.resolved_db_url)
-    router = ModelRouter(s, ModelRegistry(store, s.resolved_models_dir), poll_s=0, start=False)
-    cache = RedisCache(s.cache_url, prefix=f"li-bench-{uuid.uuid4().hex[:6]}:")
-    consumer = InferenceConsumer(s, MemoryConsumer(bus, s.topic_frames, "g", dlq_topic=s.topic_dlq), router, store,
-                                 cache, stat_interval_s=3600, pipelined=False)
+    pipe = _pipeline(s, MemoryConsumer(bus, s.topic_frames, "g", dlq_topic=s.topic_dlq), pipelined=False)
+    consumer = pipe.consumer
     prof = cProfile.Profile()
     try:
         t0 = time.perf_counter()
@@ -373,9 +385,7 @@ def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list,
         prof.disable()
         total = time.perf_counter() - t0
     finally:
-        consumer.close()
-        router.close()
-        store.close()
+        pipe.close()
         run.close()
     stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
 
@@ -405,13 +415,8 @@ def inprocess_variants(urls: dict, model_dir: Path, threshold: float, frames: li
                        tmp: Path, reps: int = 2) -> dict:
     """Frames/s of consumer variants in-process (memory bus, real PostgreSQL + Redis), each as a
     ratio to a bare-model run with the same engine threads just before it (the load drifts)."""
-    from inference.consumer import InferenceConsumer
-    from inference.router import ModelRouter
     from ingest.bus.memory import MemoryBus, MemoryConsumer
     from ingest.envelope import FrameEnvelope
-    from storage.redis_cache import RedisCache
-    from storage.registry import ModelRegistry
-    from storage.store import ResultStore
 
     warm = 2 * batch  # first batches load the model and open connections
     out: dict[str, list[dict]] = {name: [] for name in VARIANTS}
@@ -425,21 +430,15 @@ def inprocess_variants(urls: dict, model_dir: Path, threshold: float, frames: li
                 _c, data, shape = frames[i % len(frames)]
                 bus.produce(run.s.topic_frames, *FrameEnvelope(run.product, "L1", f"cam-{i % 4}", i, data, "jpeg",
                                                                tuple(shape)).to_message())
-            store = ResultStore.open(run.s.resolved_db_url)
-            router = ModelRouter(run.s, ModelRegistry(store, run.s.resolved_models_dir), poll_s=0, start=False)
-            cache = RedisCache(run.s.cache_url, prefix=f"li-bench-{uuid.uuid4().hex[:6]}:")
-            consumer = InferenceConsumer(run.s, MemoryConsumer(bus, run.s.topic_frames, "g"), router, store, cache,
-                                         stat_interval_s=3600, **kw)
+            pipe = _pipeline(run.s, MemoryConsumer(bus, run.s.topic_frames, "g"), **kw)
+            consumer = pipe.consumer
             try:
                 consumer.run(max_frames=warm)
                 t0 = time.perf_counter()
                 handled = consumer.run(max_frames=n)
                 fps = handled / (time.perf_counter() - t0)
             finally:
-                consumer.close()
-                router.close()
-                cache.close()
-                store.close()
+                pipe.close()
                 run.close()
             out[name].append({"fps": fps, "bare_fps": bare, "ratio": fps / bare, "load_avg": os.getloadavg()[0]})
     return {name: {"threads": VARIANTS[name][0], "runs": runs, "fps": float(np.mean([x["fps"] for x in runs])),

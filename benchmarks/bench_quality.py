@@ -23,14 +23,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section  # noqa: E402
-from inference.model.inp_former import InpConfig, InpFormer  # noqa: E402
-from inference.model_dir import load_model_dir  # noqa: E402
-from training import metrics  # noqa: E402
-from training import patchcore  # noqa: E402
-from training.data import discover, hold_out, load_split  # noqa: E402
-from training.features import cached_features  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section
+from inference.model.inp_former import InpConfig, InpFormer
+from inference.model_dir import load_model_dir
+from training import (
+    metrics,
+    patchcore,
+)
+from training.data import discover, hold_out, load_split
+from training.features import cached_features
+from training.train import TrainConfig, train
 
 
 def all_metrics(labels: np.ndarray, scores: np.ndarray, masks: list[np.ndarray], maps: np.ndarray) -> dict[str, float]:

@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ingest.bus.kafka import KafkaBatchConsumer, KafkaPublisher
-from lineinspect.settings import Settings
+from ingest.bus.kafka import KafkaBatchConsumer, KafkaPublisher  # noqa: E402 - after the sys.path line above
+from lineinspect.settings import Settings  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.reliability.conftest import (
+from tests.reliability.conftest import (  # noqa: E402 - after the sys.path line above
     FRAME_HW,
     Camera,
     Rig,
@@ -385,7 +385,7 @@ class Soak:
         soak_s = time.monotonic() - soak_t0
         self.say(f"[{self.now():7.1f}s] camera stopped; draining")
         drained_in = self.drain()
-        for slot, p in enumerate(self.slots):
+        for p in self.slots:
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         codes: list[int | None] = []

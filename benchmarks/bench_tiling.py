@@ -32,14 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK, fmt, machine, write_section  # noqa: E402
-from inference.engines.torch_engine import TorchEngine  # noqa: E402
-from inference.model.inp_former import InpConfig  # noqa: E402
-from inference.tiling import TilingEngine  # noqa: E402
-from ingest.simulator import LineSimulator  # noqa: E402
-from training import metrics  # noqa: E402
-from training.tiles import crops_from_images  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from benchmarks.common import RESULTS_DIR, WORK, fmt, machine, write_section
+from inference.engines.torch_engine import TorchEngine
+from inference.model.inp_former import InpConfig
+from inference.tiling import TilingEngine
+from ingest.simulator import LineSimulator
+from training import metrics
+from training.tiles import crops_from_images
+from training.train import TrainConfig, train
 
 FPR = 0.05
 

@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section  # noqa: E402
-from inference.engines.zero_shot import ZeroShotEngine  # noqa: E402
-from inference.preprocess import batch_to_input  # noqa: E402
-from training import metrics  # noqa: E402
-from training.data import discover, hold_out, load_split  # noqa: E402
+from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section
+from inference.engines.zero_shot import ZeroShotEngine
+from inference.preprocess import batch_to_input
+from training import metrics
+from training.data import discover, hold_out, load_split
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro")
 

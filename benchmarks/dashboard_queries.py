@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, func, select  # noqa: E402
+from sqlalchemy import create_engine, func, select
 
-from dashboard.imaging import accumulate_masks  # noqa: E402
-from dashboard.seed import SeedConfig, seed_history  # noqa: E402
-from storage import queries as q  # noqa: E402
-from storage.models import Base, InspectionResult  # noqa: E402
+from dashboard.imaging import accumulate_masks
+from storage import queries as q
+from storage.models import Base, InspectionResult
+from storage.seed import SeedConfig, seed_history
 
 
 def _time(fn: Callable[[], object], repeat: int) -> tuple[float, float]:

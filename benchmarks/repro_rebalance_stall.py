@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ingest.bus.kafka import KafkaBatchConsumer
-from lineinspect.settings import Settings
+from ingest.bus.kafka import KafkaBatchConsumer  # noqa: E402 - after the sys.path line above
+from lineinspect.settings import Settings  # noqa: E402
 
 
 def _until_assigned(c: KafkaBatchConsumer, deadline: float) -> float | None:

@@ -16,8 +16,8 @@ if __package__ in (None, ""):  # run as a script by streamlit: make the repo's p
     if _root not in sys.path:
         sys.path.insert(0, _root)
 
-from dashboard import auth, context  # noqa: E402
-from lineinspect.settings import load_settings  # noqa: E402
+from dashboard import auth, context
+from lineinspect.settings import load_settings
 
 PAGES = (
     ("views/overview.py", "Overview", ":material/monitoring:"),

@@ -5,6 +5,7 @@ No Streamlit here, so every number the pages show can be unit-tested.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -93,13 +94,22 @@ def fill_buckets(rows: list[dict], start: float, end: float, bucket_s: float, or
 
 def throughput_per_min(inspected: int, start: float | None, end: float | None,
                        first_at: float | None, last_at: float | None) -> float:
-    """Frames per minute over the chosen window, or over the data's own span when the window is
-    open-ended (at least one minute, so a handful of rows does not read as a huge rate)."""
-    lo = start if start is not None else first_at
-    hi = end if end is not None else last_at
-    if inspected <= 0 or lo is None or hi is None:
+    """Frames per minute while the line ran: over the span from the first to the last frame in the
+    range (clipped to it), at least one minute so a handful of rows does not read as a huge rate.
+    Not the range's average: a line that ran one hour of the last 24 would show a rate 24x below
+    what the health page's live fps says."""
+    if inspected <= 0 or first_at is None or last_at is None:
         return 0.0
+    lo = first_at if start is None else max(start, first_at)
+    hi = last_at if end is None else min(end, last_at)
     return inspected / max((hi - lo) / 60.0, 1.0)
+
+
+def fmt_metrics(metrics: object) -> str:
+    """A model version's metrics for a table cell: compact JSON, or '-' when it has none."""
+    if not metrics:
+        return "-"
+    return json.dumps(metrics, sort_keys=True, separators=(", ", ": "), default=str)
 
 
 def fmt_ms(ms: float | None) -> str:

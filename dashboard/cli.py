@@ -21,13 +21,14 @@ APP = Path(__file__).resolve().parent / "app.py"
 
 
 def streamlit_command(port: int, address: str = "127.0.0.1", python: str = sys.executable) -> list[str]:
-    """The ``streamlit run`` command line for the app (headless, no usage stats)."""
+    """The ``streamlit run`` command line for the app (headless, no usage stats, and the toolbar
+    reduced to what operators need: no Deploy button, no developer menu)."""
     if not 0 < port < 65536:
         raise ValueError(f"port must be 1..65535, got {port}")
     return [
         python, "-m", "streamlit", "run", str(APP),
         "--server.headless", "true", "--server.address", address, "--server.port", str(port),
-        "--browser.gatherUsageStats", "false",
+        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
     ]
 
 
@@ -43,12 +44,20 @@ def dashboard_env(settings: Settings, base: dict[str, str] | None = None) -> dic
     return env
 
 
+def serve(settings: Settings, address: str = "127.0.0.1") -> int:
+    """Run the app on ``settings`` until it exits (Ctrl-C); returns its exit status."""
+    cmd = streamlit_command(settings.dashboard_port, address)
+    log.info("starting dashboard", extra=kv(url=f"http://{address}:{settings.dashboard_port}",
+                                            db=redact_url(settings.resolved_db_url)))
+    try:
+        return subprocess.call(cmd, env=dashboard_env(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_overrides(db_url=args.db, cache_url=args.cache, dashboard_port=args.port)
-    cmd = streamlit_command(settings.dashboard_port, args.address)
-    log.info("starting dashboard", extra=kv(url=f"http://{args.address}:{settings.dashboard_port}",
-                                            db=redact_url(settings.resolved_db_url)))
-    return subprocess.call(cmd, env=dashboard_env(settings))
+    return serve(settings, args.address)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

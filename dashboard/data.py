@@ -5,7 +5,6 @@ connection pool and a page re-queries at most once per TTL. Query logic lives in
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 
+from dashboard.charts import fmt_metrics
 from dashboard.imaging import accumulate_masks
 from storage import queries as q
 from storage.queries import Filters
@@ -27,7 +27,7 @@ SLOW_TTL_S = 60        # heavier aggregates that change slowly (mask accumulatio
 
 
 @st.cache_resource(show_spinner=False)
-def engine(url: str) -> Engine:
+def db_engine(url: str) -> Engine:
     """The process-wide engine for ``url`` (WAL / busy timeout on SQLite, pre-ping on PostgreSQL)."""
     from storage.db import open_engine
 
@@ -39,8 +39,8 @@ def cache(url: str) -> Any | None:
     """The Redis / in-memory cache handle, or ``None`` when it cannot be opened (the pages then
     say so and fall back to the database)."""
     try:
-        from storage import open_cache
         from lineinspect.settings import load_settings
+        from storage import open_cache
 
         return open_cache(load_settings(cache_url=url))
     except Exception as exc:  # noqa: BLE001 - a dead cache must not take the dashboard down
@@ -54,7 +54,7 @@ def clear() -> None:
 
 
 def _with(url: str, fn: Any, *args: Any, **kw: Any) -> Any:
-    with engine(url).connect() as conn:
+    with db_engine(url).connect() as conn:
         return fn(conn, *args, **kw)
 
 
@@ -143,7 +143,7 @@ def consumer_series(url: str, bucket_s: float, since: float | None, until: float
 def model_versions(url: str, product_ids: tuple[int, ...]) -> pd.DataFrame:
     rows = _with(url, q.model_versions, product_ids)
     for r in rows:
-        r["metrics"] = json.dumps(r["metrics"], sort_keys=True)
+        r["metrics"] = fmt_metrics(r["metrics"])  # '-' for a version without metrics, not '{}'
     return pd.DataFrame(rows)
 
 
@@ -156,7 +156,7 @@ def held_models(url: str) -> list[dict[str, str]]:
     from storage.registry import ModelRegistry
 
     out = []
-    registry = ModelRegistry(engine(url), Path("."))  # models_dir is only used to register
+    registry = ModelRegistry(db_engine(url), Path("."))  # models_dir is only used to register
     for product, info in sorted(registry.active_versions().items()):
         if not info.path.is_dir():  # models live on the consumers' hosts: only what this host sees is checked
             continue
@@ -185,7 +185,7 @@ def triton_ready(health_url: str, timeout_s: float = 1.0) -> tuple[bool, str]:
 def _drift(url: str) -> Any:
     from storage.drift import DriftStore
 
-    return DriftStore(engine(url), url)
+    return DriftStore(db_engine(url), url)
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
@@ -211,7 +211,7 @@ def request_rebaseline(url: str, product: str, since: float | None, by: str) -> 
 def _families(url: str) -> Any:
     from storage.families import FamilyStore
 
-    return FamilyStore(engine(url), url)
+    return FamilyStore(db_engine(url), url)
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)

@@ -21,17 +21,27 @@ import signal
 import sysconfig
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inference.engines.onnx_engine import OnnxModel
-from inference.engines.triton_engine import (INPUT, OUT_MAP, OUT_SCORE, OUT_THRESHOLD, OUT_VERSION,
-                                             triton_model_name)
+from inference.engines.triton_engine import (
+    INPUT,
+    OUT_MAP,
+    OUT_SCORE,
+    OUT_THRESHOLD,
+    OUT_VERSION,
+    triton_model_name,
+)
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from lineinspect.settings import Settings
 
 log = logging.getLogger("lineinspect.triton")
 
@@ -49,7 +59,7 @@ class ActiveModel:
 ActiveSource = Callable[[], dict[str, ActiveModel]]
 
 
-def registry_source(settings: Any) -> ActiveSource:
+def registry_source(settings: Settings) -> ActiveSource:
     """Active versions from the model registry (``settings.resolved_db_url`` + models dir)."""
     from storage import open_store
     from storage.registry import ModelRegistry
@@ -63,7 +73,7 @@ def registry_source(settings: Any) -> ActiveSource:
     return active
 
 
-def static_source(models: dict[str, str | Path]) -> ActiveSource:
+def static_source(models: Mapping[str, str | Path]) -> ActiveSource:
     """Fixed {product: model_dir} (no registry); the version is the model dir's own."""
     from inference.onnx_export import read_model_meta
 
@@ -181,7 +191,7 @@ class TritonModelServer:
         self._unserved: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self) -> "TritonModelServer":
+    def start(self) -> TritonModelServer:
         """Load every active model, bind it and start Triton (returns once the server is up)."""
         from pytriton.decorators import batch
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -260,7 +270,7 @@ class TritonModelServer:
                 signal.signal(s, h)
             self.stop()
 
-    def __enter__(self) -> "TritonModelServer":
+    def __enter__(self) -> TritonModelServer:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:
@@ -304,7 +314,7 @@ def wait_ready(url: str, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/v2/health/ready", timeout=2) as r:  # noqa: S310 (http URL from our own config)
                 if r.status == 200:
                     return True
         except (urllib.error.URLError, OSError):

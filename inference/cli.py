@@ -1,9 +1,8 @@
-"""``lineinspect consume`` (and, from :mod:`inference.serving_cli`, ``export`` / ``serve-triton``)."""
+"""``lineinspect consume`` (``export`` / ``serve-triton`` are registered by :mod:`deploy.cli`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 
 from lineinspect.logs import kv
@@ -32,45 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="store each batch before scoring the next (default: a sink thread stores batch k while "
                         "batch k+1 is scored; commits always follow the store)")
     p.set_defaults(func=run_consume)
-    try:
-        serving = importlib.import_module("inference.serving_cli")
-    except ModuleNotFoundError as exc:
-        if exc.name != "inference.serving_cli":
-            raise
-    else:
-        serving.register(sub)
 
 
 def run_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from inference.consumer import InferenceConsumer
-    from inference.drift import build_steps
-    from inference.metrics import ConsumerMetrics
-    from inference.router import open_engine
-    from ingest.bus import open_consumer
-    from storage import open_cache, open_store
-    from storage.registry import ModelRegistry
+    from inference.pipeline import build_pipeline
 
     settings = settings.with_overrides(
         bus_url=args.bus, engine_url=args.engine, db_url=args.db, cache_url=args.cache,
         consumer_group=args.group, topic_frames=args.topic, batch_max_records=args.batch,
         batch_max_wait_ms=args.batch_wait_ms, metrics_port=args.metrics_port)
-    store = open_store(settings)
-    cache = open_cache(settings)
-    registry = ModelRegistry(store, settings.resolved_models_dir)
-    engine = open_engine(settings, registry)
-    metrics = ConsumerMetrics(settings)
-    steps = build_steps(settings, store, registry, metrics.registry)
-    consumer = InferenceConsumer(settings, open_consumer(settings), engine, store, cache, metrics,
-                                 pipelined=not getattr(args, "no_pipeline", False), post_store=steps)
+    pipe = build_pipeline(settings, pipelined=not args.no_pipeline)
+    consumer = pipe.consumer
     consumer.install_signal_handlers()
     log.info("consumer started", extra=kv(name=consumer.name, group=settings.consumer_group, topic=settings.topic_frames,
                                           engine=settings.engine_url, metrics_port=settings.metrics_port))
-    try:
+    with pipe:
         n = consumer.run(max_frames=args.max_frames, idle_timeout_s=args.idle_timeout)
-    finally:
-        consumer.close()
-        engine.close()
-        cache.close()
-        store.close()
     log.info("consumer stopped", extra=kv(handled=n, stored=consumer.stored, dead_lettered=consumer.dead_lettered))
     return 0

@@ -29,21 +29,22 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import queue
+import signal
 import socket
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct, decode_hw
-from inference.metrics import ConsumerMetrics
 from inference.postprocess import build_row
+from inference.telemetry import ConsumerMetrics
 from ingest.bus import message_size
 from ingest.bus.base import BatchConsumer, Record
 from ingest.envelope import FrameEnvelope, PoisonFrame, decode_frame
@@ -52,6 +53,11 @@ from lineinspect.logs import kv
 from lineinspect.redact import redact
 from lineinspect.settings import Settings
 from storage.records import ResultRow
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from inference.fusion import SpecimenFuser
+    from storage.cache import Cache
+    from storage.store import ResultStore
 
 log = logging.getLogger(__name__)
 # --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
@@ -110,10 +116,10 @@ class _Batch:
 class InferenceConsumer:
     """One consumer loop; several processes in one consumer group share the partitions."""
 
-    def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: Any, cache: Any = None,
+    def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: ResultStore, cache: Cache | None = None,
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
-                 fuser: Any = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1,
+                 fuser: SpecimenFuser | None = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1,
                  post_store: list[PostStore] | None = None) -> None:
         """``pipelined``: store batch k on a sink thread while batch k+1 is scored (``run`` only;
         :meth:`process` is always synchronous); ``sink_depth``: scored batches allowed to wait for
@@ -379,7 +385,7 @@ class InferenceConsumer:
             handled += self._commit_done(inflight)
         except _Stopped:
             pass
-        except Exception:  # noqa: BLE001 - a failed batch: raise it unless another error is already leaving
+        except Exception:
             if raise_errors:
                 raise
             log.exception("batch failed while another error was leaving the consumer")
@@ -493,7 +499,7 @@ class InferenceConsumer:
                 self._update_held()
                 log.warning("engine unavailable; waiting before retrying the batch",
                             extra=kv(product=product, wait_s=round(delay, 2), error=str(exc)))
-            except Exception as exc:  # noqa: BLE001 - a failing engine must not kill the consumer
+            except Exception as exc:
                 self.metrics.engine_error()
                 failures += 1
                 log.error("engine failed", extra=kv(product=product, frames=len(frames), attempt=failures, error=repr(exc)))

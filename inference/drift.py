@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -41,6 +41,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
+
+if TYPE_CHECKING:  # types only: storage is imported where a step is built
+    from storage.drift import DriftStore
+    from storage.registry import ModelRegistry
+    from storage.store import ResultStore
 
 log = logging.getLogger("lineinspect.drift")
 
@@ -304,7 +309,7 @@ class RegistryCalibration:
     ``threshold / margin`` when the quantile is missing; ``None`` for zero-shot or unknown versions
     (then only the image checks run)."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self._cache: dict[tuple[str, str], float | None] = {}
 
@@ -366,7 +371,7 @@ class DriftMonitor:
     """The consumer's post-store step: feeds every stored frame to its camera's :class:`CameraDrift`,
     opens (one) alarm with its evidence, keeps frames while it is open, and notices resolution."""
 
-    def __init__(self, settings: Settings, drift_store: Any, calibration: Callable[[str, str], float | None],
+    def __init__(self, settings: Settings, drift_store: DriftStore, calibration: Callable[[str, str], float | None],
                  metrics_registry: CollectorRegistry | None = None, refresh_s: float = 2.0) -> None:
         self.config = DriftConfig.from_settings(settings)
         self.store = drift_store
@@ -473,7 +478,7 @@ class DriftMonitor:
                 for c, cam in self._cams.items()}
 
 
-def build_steps(settings: Settings, store: Any, registry: Any,
+def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
                 metrics_registry: CollectorRegistry | None = None) -> list[Any]:
     """The consumer's post-store steps the settings ask for: drift monitor, defect families."""
     steps: list[Any] = []
@@ -489,7 +494,7 @@ def build_steps(settings: Settings, store: Any, registry: Any,
     return steps
 
 
-def build_monitor(settings: Settings, store: Any, registry: Any,
+def build_monitor(settings: Settings, store: ResultStore, registry: ModelRegistry,
                   metrics_registry: CollectorRegistry | None = None) -> DriftMonitor | None:
     """The consumer's drift step (``None`` when ``drift_enabled`` is off or the store has no database)."""
     if not settings.drift_enabled or not hasattr(store, "engine"):

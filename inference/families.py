@@ -18,10 +18,15 @@ clustered with it, in arrival order, and later regions one at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:  # types only
+    from storage.families import FamilyStore
+    from storage.registry import ModelRegistry
+    from storage.store import ResultStore
 
 MIN_REGION_PX = 16  # components smaller than this (frame pixels) are noise, not a defect
 
@@ -167,7 +172,7 @@ class FamilyMonitor:
     only, with the product's active model) and groups them per product; families persist in storage,
     so names and grouping survive restarts and are shared by consumers that load them."""
 
-    def __init__(self, store: Any, family_store: Any, registry: Any, max_pixels: int = 40_000_000,
+    def __init__(self, store: ResultStore, family_store: FamilyStore, registry: ModelRegistry, max_pixels: int = 40_000_000,
                  warmup: int = 30) -> None:
         self.store = store
         self.families = family_store

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import and_, exists, func, select
 
 from lineinspect.logs import kv
-from storage.models import Camera, InspectionResult, Product, Specimen
+from lineinspect.settings import Settings
+from storage.records import ResultRow, SpecimenDecision, ViewScore
+from storage.store import ResultStore
+
+__all__ = ["FUSIONS", "SpecimenDecision", "SpecimenFuser", "ViewScore", "decide", "fuse", "fuse_max",
+           "fuse_topk_mean", "threshold_ratio", "timed_out"]
 
 log = logging.getLogger("lineinspect.fusion")
 
@@ -70,31 +73,6 @@ def threshold_ratio(score: float, threshold: float) -> float:
     return float(min(max(r, -_RATIO_CAP), _RATIO_CAP))
 
 
-@dataclass(frozen=True)
-class ViewScore:
-    result_id: int
-    view: str          # the envelope's view, or the camera name when no view was given
-    score: float
-    threshold: float
-    stored_at: float
-
-
-@dataclass(frozen=True)
-class SpecimenDecision:
-    product: str
-    specimen_id: str
-    expected_views: int
-    received_views: int
-    score: float       # fused score / threshold ratio
-    threshold: float   # always 1.0 (ratios)
-    verdict: str
-    fusion: str
-    complete: bool
-    first_seen_at: float
-    decided_at: float
-    result_ids: list[int]
-
-
 def decide(product: str, specimen_id: str, views: Sequence[ViewScore], expected: int, method: str, k: int,
            now: float) -> SpecimenDecision:
     """Fuse the views of one specimen. Several frames of the same view (a re-shot) count once, at their worst."""
@@ -118,91 +96,48 @@ def timed_out(first_seen_at: float, now: float, timeout_s: float) -> bool:
 
 # --- the database-backed fuser --------------------------------------------------------------------
 class SpecimenFuser:
-    """Groups stored frame results by (product, specimen) and writes each specimen's verdict once.
+    """Decides each (product, specimen) once, from the frame results the store holds.
 
-    ``store`` is a :class:`storage.store.ResultStore` (its SQLAlchemy engine is used directly for the
-    few reads this needs); ``settings`` supplies ``fusion_default_views``, ``fusion_method``,
-    ``fusion_topk`` and ``fusion_timeout_s``.
+    The reads and the exactly-once insert are the store's (:meth:`ResultStore.decide_specimen`, one
+    write transaction); this class owns the policy: which fusion, how many views make a part
+    complete, and when an incomplete part is decided anyway.
     """
 
-    def __init__(self, store: Any, settings: Any, lookback_s: float = 24 * 3600.0) -> None:
+    def __init__(self, store: ResultStore, settings: Settings, lookback_s: float = 24 * 3600.0) -> None:
         self.store = store
-        self.engine = store.engine
-        self.default_views = int(getattr(settings, "fusion_default_views", 3))
-        self.method = str(getattr(settings, "fusion_method", "max"))
-        self.k = int(getattr(settings, "fusion_topk", 2))
-        self.timeout_s = float(getattr(settings, "fusion_timeout_s", 30.0))
+        self.default_views = int(settings.fusion_default_views)
+        self.method = str(settings.fusion_method)
+        self.k = int(settings.fusion_topk)
+        self.timeout_s = float(settings.fusion_timeout_s)
         self.lookback_s = max(float(lookback_s), 10 * self.timeout_s)
         if self.method not in FUSIONS:
             raise ValueError(f"fusion_method must be one of {FUSIONS}, not {self.method!r}")
         if self.default_views < 1 or self.k < 1 or self.timeout_s <= 0:
             raise ValueError("fusion_default_views and fusion_topk must be >= 1, fusion_timeout_s > 0")
 
-    # reads ------------------------------------------------------------------------------------
-    def _views(self, conn: Any, product_id: int, specimen_id: str) -> list[ViewScore]:
-        t = InspectionResult
-        q = (select(t.id, t.view, Camera.name, t.score, t.threshold, t.stored_at)
-             .join(Camera, Camera.id == t.camera_id)
-             .where(t.product_id == product_id, t.specimen_id == specimen_id))
-        return [ViewScore(int(i), v or cam, float(s), float(th), float(st)) for i, v, cam, s, th, st in conn.execute(q).all()]
-
-    def _expected(self, conn: Any, product_id: int) -> int:
-        ev = conn.execute(select(Product.expected_views).where(Product.id == product_id)).scalar_one_or_none()
-        return int(ev) if ev else self.default_views
-
-    def _decided(self, conn: Any, product_id: int, specimen_id: str) -> bool:
-        q = select(Specimen.id).where(Specimen.product_id == product_id, Specimen.specimen_id == specimen_id)
-        return conn.execute(q).first() is not None
-
-    # writes -----------------------------------------------------------------------------------
-    def _insert(self, conn: Any, product_id: int, d: SpecimenDecision) -> bool:
-        from storage.store import dialect_insert
-
-        stmt = (dialect_insert(conn, Specimen)
-                .values(product_id=product_id, specimen_id=d.specimen_id, expected_views=d.expected_views,
-                        received_views=d.received_views, score=d.score, threshold=d.threshold, verdict=d.verdict,
-                        fusion=d.fusion, complete=d.complete, first_seen_at=d.first_seen_at,
-                        decided_at=d.decided_at, result_ids=d.result_ids)
-                .on_conflict_do_nothing(index_elements=["product_id", "specimen_id"])
-                .returning(Specimen.id))
-        return conn.execute(stmt).first() is not None
-
-    def _try(self, product: str, product_id: int, specimen_id: str, now: float, force: bool) -> SpecimenDecision | None:
-        from storage.db import WRITE, service_errors
-
-        # one write transaction (BEGIN IMMEDIATE on SQLite): read views, decide, insert-or-nothing
-        with service_errors(self.store.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-            if self._decided(conn, product_id, specimen_id):
-                return None
-            views = self._views(conn, product_id, specimen_id)
-            if not views:
-                return None
-            expected = self._expected(conn, product_id)
-            d = decide(product, specimen_id, views, expected, self.method, self.k, now)
+    def _try(self, product: str, specimen_id: str, now: float, force: bool) -> SpecimenDecision | None:
+        def policy(views: list[ViewScore], expected: int | None) -> SpecimenDecision | None:
+            d = decide(product, specimen_id, views, expected or self.default_views, self.method, self.k, now)
             if not d.complete and not (force or timed_out(d.first_seen_at, now, self.timeout_s)):
                 return None
-            if not self._insert(conn, product_id, d):
-                return None      # another consumer decided it first
-        log.info("specimen decided", extra=kv(product=product, specimen=specimen_id, verdict=d.verdict,
-                                               score=round(d.score, 4), views=f"{d.received_views}/{d.expected_views}",
-                                               complete=d.complete))
+            return d
+
+        d = self.store.decide_specimen(product, specimen_id, policy)
+        if d is not None:
+            log.info("specimen decided", extra=kv(product=product, specimen=specimen_id, verdict=d.verdict,
+                                                   score=round(d.score, 4),
+                                                   views=f"{d.received_views}/{d.expected_views}",
+                                                   complete=d.complete))
         return d
 
     # public -----------------------------------------------------------------------------------
-    def on_results(self, rows: Iterable[Any], now: float | None = None) -> list[SpecimenDecision]:
+    def on_results(self, rows: Iterable[ResultRow], now: float | None = None) -> list[SpecimenDecision]:
         """Call after ``save_results``: decide every specimen of ``rows`` whose views are all stored."""
         now = time.time() if now is None else float(now)
-        keys = sorted({(r.product, r.specimen_id) for r in rows if getattr(r, "specimen_id", None)})
-        if not keys:
-            return []
-        with self.engine.connect() as conn:
-            pids = dict(conn.execute(select(Product.name, Product.id)
-                                     .where(Product.name.in_(sorted({p for p, _ in keys})))).all())
+        keys = sorted({(r.product, r.specimen_id) for r in rows if r.specimen_id})
         out = []
         for product, sid in keys:
-            if product not in pids:
-                continue
-            d = self._try(product, pids[product], sid, now, force=False)
+            d = self._try(product, sid, now, force=False)
             if d is not None:
                 out.append(d)
         return out
@@ -210,18 +145,9 @@ class SpecimenFuser:
     def sweep(self, now: float | None = None) -> list[SpecimenDecision]:
         """Decide every undecided specimen whose first view is at least ``fusion_timeout_s`` old."""
         now = time.time() if now is None else float(now)
-        t = InspectionResult
-        decided = exists().where(and_(Specimen.product_id == t.product_id, Specimen.specimen_id == t.specimen_id))
-        q = (select(Product.name, t.product_id, t.specimen_id, func.min(t.stored_at))
-             .join(Product, Product.id == t.product_id)
-             .where(t.specimen_id.is_not(None), t.captured_at >= now - self.lookback_s, ~decided)
-             .group_by(Product.name, t.product_id, t.specimen_id)
-             .having(func.min(t.stored_at) <= now - self.timeout_s))
-        with self.engine.connect() as conn:
-            due = conn.execute(q).all()
         out = []
-        for product, pid, sid, _first in due:
-            d = self._try(product, int(pid), sid, now, force=True)
+        for product, sid in self.store.due_specimens(now, self.timeout_s, self.lookback_s):
+            d = self._try(product, sid, now, force=True)
             if d is not None:
                 out.append(d)
         return out

@@ -84,7 +84,7 @@ def heat_png(amap: np.ndarray, threshold: float, frame_hw: tuple[int, int] | Non
     return _png(heat_u8(m, threshold))
 
 
-def build_row(env: "FrameLike", frame_hw: tuple[int, int], out: EngineOutput, index: int, inferred_at: float,
+def build_row(env: FrameLike, frame_hw: tuple[int, int], out: EngineOutput, index: int, inferred_at: float,
               batch_size: int, engine_name: str, keep_flagged_frames: bool = True,
               keep_normal_margin: float = 0.8) -> ResultRow:
     """The stored row of one scored frame. Flagged frames get a mask and a heatmap at map

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from inference.engines.base import Engine, EngineOutput, EngineUnavailable, Unkn
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from storage.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,6 @@ def local_engine_factory(settings: Settings) -> EngineFactory:
 
     def build(info: Any) -> Engine:
         from inference.engines.local import load_local_engine
-
         from inference.tiling import maybe_tiled
 
         return maybe_tiled(load_local_engine(info.path, kind=kind, threads=settings.threads), settings)
@@ -78,7 +80,7 @@ class ModelRouter:
 
     name = "router"
 
-    def __init__(self, settings: Settings, registry: Any, engine_factory: EngineFactory | None = None,
+    def __init__(self, settings: Settings, registry: ModelRegistry, engine_factory: EngineFactory | None = None,
                  fallback: Engine | None = None, poll_s: float = 5.0, verify: bool = True, start: bool = True) -> None:
         self.settings = settings
         self.registry = registry
@@ -230,7 +232,7 @@ def _close(engine: Engine) -> None:
         log.warning("engine close failed", extra=kv(error=str(exc)))
 
 
-def open_engine(settings: Settings, registry: Any) -> Engine:
+def open_engine(settings: Settings, registry: ModelRegistry) -> Engine:
     """The engine ``settings.engine_url`` names.
 
     * ``local://auto|onnx|torch``: a :class:`ModelRouter` of in-process engines;

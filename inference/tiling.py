@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -182,7 +182,7 @@ class TilingEngine:
     def _tiles(self, images: list[np.ndarray]) -> Iterator[tuple[int, int, int, bool]]:
         """(frame index, y, x, last tile of its frame) in frame order."""
         for i, img in enumerate(images):
-            corners = tile_grid(img.shape[:2], self.tile_hw, self.overlap)
+            corners = tile_grid((img.shape[0], img.shape[1]), self.tile_hw, self.overlap)
             for j, (y, x) in enumerate(corners):
                 yield i, y, x, j == len(corners) - 1
 
@@ -207,7 +207,7 @@ class TilingEngine:
             for (i, y, x, end), m in zip(pending, out.maps):
                 st = live.get(i)
                 if st is None:
-                    st = live[i] = Stitcher(frames[i].shape[:2], self.tile_hw, self.map_scale)
+                    st = live[i] = Stitcher((frames[i].shape[0], frames[i].shape[1]), self.tile_hw, self.map_scale)
                     stats.peak_live_frames = max(stats.peak_live_frames, len(live))
                 st.add(y, x, np.asarray(m))
                 if end:

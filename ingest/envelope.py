@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from lineinspect.names import InvalidName, check_name
+from lineinspect.names import InvalidName, check_frame_names, check_name
 
 ENVELOPE_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
@@ -76,7 +76,7 @@ class FrameEnvelope:
         return self.camera.encode(), self.payload, headers
 
     @classmethod
-    def from_message(cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> "FrameEnvelope":
+    def from_message(cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> FrameEnvelope:
         """Parse a bus message; raises :class:`PoisonFrame` with a reason for anything malformed."""
         hdr = {k: v for k, v in (headers or [])}
         if "li-meta" not in hdr:
@@ -139,15 +139,10 @@ def _opt_name(meta: dict, field_name: str, kind: str, required: bool = False) ->
         raise ValueError(f"field {field_name!r}: {exc}") from None
 
 
-def check_names(env: "FrameEnvelope") -> None:
+def check_names(env: FrameEnvelope) -> None:
     """Raise :class:`lineinspect.names.InvalidName` unless every name of ``env`` obeys the name rule
     (the publisher checks before sending, the consumer's parser on receipt)."""
-    for kind, value in (("product", env.product), ("line", env.line), ("camera", env.camera)):
-        check_name(kind, value)
-    if env.specimen_id is not None:
-        check_name("specimen", env.specimen_id)
-    if env.view is not None:
-        check_name("view", env.view)
+    check_frame_names(env.product, env.line, env.camera, env.specimen_id, env.view)
 
 
 def _req_int(meta: dict, name: str) -> int:

@@ -19,9 +19,9 @@ intensity does not give them away.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -59,9 +59,11 @@ def product_spec(product: str) -> ProductSpec:
         raise ValueError("product name must not be empty")
     rng = np.random.default_rng(zlib.crc32(product.encode()))
     material = MATERIALS[int(rng.integers(len(MATERIALS)))]
-    base = tuple(float(v) for v in rng.uniform(0.25, 0.75, 3))
+    b0, b1, b2 = (float(v) for v in rng.uniform(0.25, 0.75, 3))
+    base = (b0, b1, b2)
     dark = float(np.mean(base)) > 0.45
-    ink = tuple(float(v) for v in (rng.uniform(0.02, 0.2, 3) if dark else rng.uniform(0.8, 0.97, 3)))
+    i0, i1, i2 = (float(v) for v in (rng.uniform(0.02, 0.2, 3) if dark else rng.uniform(0.8, 0.97, 3)))
+    ink = (i0, i1, i2)
     letters = "ABCDEFGHKLMNPRSTUVXZ"
     text = "".join(letters[int(k)] for k in rng.integers(0, len(letters), 2)) + "-" + str(int(rng.integers(10, 999)))
     return ProductSpec(

@@ -63,7 +63,7 @@ class FrameSource:
     def close(self) -> None:
         return None
 
-    def __enter__(self) -> "FrameSource":
+    def __enter__(self) -> FrameSource:
         return self
 
     def __exit__(self, *exc: object) -> None:

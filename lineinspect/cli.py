@@ -19,7 +19,8 @@ COMMAND_MODULES = (
     "training.cli",           # train, eval
     "training.retrain_cli",   # retrain, models, scheduler
     "ingest.cli",             # publish
-    "inference.cli",          # consume, export, serve-triton
+    "inference.cli",          # consume
+    "deploy.cli",             # export, serve-triton
     "storage.cli",            # db-upgrade, prune
     "dashboard.cli",          # dashboard
 )
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         return 0
-    except Exception:  # noqa: BLE001 - last resort: a readable message plus the traceback in the log
+    except Exception:
         logging.getLogger("lineinspect").exception("command failed")
         return 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lineinspect.redact import redact_url
 from lineinspect.settings import Settings
 
 
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_config(args: argparse.Namespace, settings: Settings) -> int:
     d = settings.safe_dict()
-    d["resolved_db_url"] = settings.safe_dict().get("db_url") or f"sqlite:///{settings.home / 'lineinspect.sqlite'}"
+    d["resolved_db_url"] = redact_url(settings.resolved_db_url)
     d["resolved_models_dir"] = str(settings.resolved_models_dir)
     if args.json:
         print(json.dumps(d, indent=2, default=str))

@@ -14,20 +14,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lineinspect.logs import kv
 from lineinspect.names import check_name, child_path
 from lineinspect.settings import Settings
 
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from ingest.bus.memory import MemoryBus
+    from storage.registry import ModelRegistry, VersionInfo
+    from storage.store import ResultStore
+
 log = logging.getLogger("lineinspect.demo")
 
 
 
-CAMERA_ENCODING = ("jpeg", 92)  # what the simulated camera publishes, and so what the model is trained on
+CAMERA_ENCODING: tuple[Literal["jpeg", "png"], int] = ("jpeg", 92)  # what the simulated camera publishes, and so what the model is trained on
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train on simulated frames and stream a simulated camera end to end (embedded)")
@@ -43,7 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--home", type=Path, default=None, help="where the SQLite database and models go (default ./var/demo)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if one is registered")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dashboard", action="store_true",
+                   help="afterwards, serve the dashboard on the demo's database (Ctrl-C stops it)")
+    p.add_argument("--dashboard-port", type=int, default=None, help="dashboard port (default settings dashboard_port)")
     p.set_defaults(func=run_demo)
+
+
+def console_command() -> str:
+    """How to run ``lineinspect`` from any shell: the console script beside this interpreter, by
+    absolute path (it lives in the clone's .venv, which a fresh shell does not have on PATH)."""
+    script = Path(sys.executable).parent / "lineinspect"
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m lineinspect.cli"
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,7 +77,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     t_start = time.perf_counter()
     print(f"lineinspect demo: embedded run in {home} (SQLite, in-memory bus and cache)", flush=True)
 
-    from storage import open_cache, open_store
+    from storage import open_store
     from storage.registry import ModelRegistry
 
     store = open_store(settings)
@@ -65,21 +85,16 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     version = _ensure_model(args, settings, registry)
     print(f"[2/4] model {version.version} of {args.product!r} is active (threshold {version.threshold:.4f})", flush=True)
 
-    from inference.consumer import InferenceConsumer
-    from inference.drift import build_steps
-    from inference.metrics import ConsumerMetrics
+    from inference.pipeline import build_pipeline
     from inference.router import ModelRouter
-    from ingest.bus import open_consumer, open_publisher
+    from ingest.bus import open_consumer
     from ingest.bus.memory import MemoryBus
 
     bus = MemoryBus(partitions=settings.topic_partitions)
-    cache = open_cache(settings)
     truth = _start_camera(args, settings, bus)
-    router = ModelRouter(settings, registry)
-    metrics = ConsumerMetrics(settings)
-    steps = build_steps(settings, store, registry, metrics.registry)
-    consumer = InferenceConsumer(settings, open_consumer(settings, memory_bus=bus), router, store, cache,
-                                 metrics, post_store=steps)
+    pipe = build_pipeline(settings, open_consumer(settings, memory_bus=bus), store=store, registry=registry,
+                          build_engine=ModelRouter)
+    consumer = pipe.consumer
     print(f"[3/4] streaming {args.frames} frames from simulated camera {args.camera!r} through the pipeline ...", flush=True)
     t0 = time.perf_counter()
     n = consumer.run(max_frames=args.frames, idle_timeout_s=120.0)
@@ -95,18 +110,24 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  recall / precision   {summary['recall']:.2f} / {summary['precision']:.2f} against the simulator's ground truth")
     print(f"  database             {settings.resolved_db_url}")
     print(f"  models               {settings.resolved_models_dir}")
-    print(f"  dashboard            lineinspect dashboard --db {settings.resolved_db_url}   (then open http://127.0.0.1:{settings.dashboard_port})")
+    port = args.dashboard_port or settings.dashboard_port
+    dashboard_cmd = f"{console_command()} dashboard --db {shlex.quote(settings.resolved_db_url)} --port {port}"
+    print(f"  dashboard            {dashboard_cmd}   (then open http://127.0.0.1:{port})")
     print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
     log.info("demo finished", extra=kv(**{k: v for k, v in summary.items()}))
-    store.close()
-    cache.close()
+    pipe.close()
     if summary["stored"] != args.frames:
         print("lineinspect demo: not every frame was stored - see the log above", flush=True)
         return 1
+    if args.dashboard:
+        from dashboard.cli import serve
+
+        print(f"dashboard: open http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+        return serve(settings.with_overrides(dashboard_port=port))
     return 0
 
 
-def _ensure_model(args: argparse.Namespace, settings: Settings, registry: Any) -> Any:
+def _ensure_model(args: argparse.Namespace, settings: Settings, registry: ModelRegistry) -> VersionInfo:
     active = registry.active(args.product)
     if active is not None and not args.retrain:
         print(f"[1/4] reusing the registered model of {args.product!r} (--retrain to train a new one)", flush=True)
@@ -126,7 +147,7 @@ def _ensure_model(args: argparse.Namespace, settings: Settings, registry: Any) -
     version = registry.register(args.product, model_dir, backbone=cfg.model.backbone,
                                 data_snapshot={"source": "simulator", "frames": len(images), "seed": args.seed + 1000})
     registry.promote(args.product, version)
-    return registry.active(args.product)
+    return registry.get(args.product, version)
 
 
 def _as_published(image: Any) -> Any:
@@ -140,7 +161,7 @@ def _as_published(image: Any) -> Any:
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def _start_camera(args: argparse.Namespace, settings: Settings, bus: Any) -> tuple[threading.Thread, set[int]]:
+def _start_camera(args: argparse.Namespace, settings: Settings, bus: MemoryBus) -> tuple[threading.Thread, set[int]]:
     """Publish the simulated camera from a thread, as a separate process would."""
     from ingest.bus import open_publisher
     from ingest.publisher import FramePublisher
@@ -169,7 +190,7 @@ def _start_camera(args: argparse.Namespace, settings: Settings, bus: Any) -> tup
     return t, defects
 
 
-def _summarise(store: Any, args: argparse.Namespace, defects: set[int]) -> dict[str, Any]:
+def _summarise(store: ResultStore, args: argparse.Namespace, defects: set[int]) -> dict[str, Any]:
     lo, hi = args.first_frame_id, args.first_frame_id + args.frames
     rows = [r for r in store.results_for_camera(args.camera, min_frame_id=lo) if lo <= r["frame_id"] < hi]
     flagged = {r["frame_id"] for r in rows if r["verdict"] == "defect"}

@@ -45,6 +45,18 @@ def check_name(kind: str, value: object, max_len: int | None = None) -> str:
     return value
 
 
+def check_frame_names(product: object, line: object, camera: object, specimen_id: object = None,
+                      view: object = None) -> None:
+    """The name rule over a frame's identity (envelope on the wire, result row in storage); the
+    optional specimen and view are checked when present."""
+    for kind, value in (("product", product), ("line", line), ("camera", camera)):
+        check_name(kind, value)
+    if specimen_id is not None:
+        check_name("specimen", specimen_id)
+    if view is not None:
+        check_name("view", view)
+
+
 def is_valid_name(kind: str, value: object) -> bool:
     try:
         check_name(kind, value)

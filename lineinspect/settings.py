@@ -183,7 +183,7 @@ class Settings(BaseSettings):
             raise ConfigError(f"bus_url {self.bus_url!r} is not a kafka:// URL")
         return [h for h in self.bus_url[len("kafka://"):].strip("/").split(",") if h]
 
-    def with_overrides(self, **kw: Any) -> "Settings":
+    def with_overrides(self, **kw: Any) -> Settings:
         """Return a copy with CLI overrides applied (``None`` means 'not given')."""
         data = {k: v for k, v in kw.items() if v is not None}
         if not data:

@@ -16,14 +16,14 @@ if TYPE_CHECKING:
 __all__ = ["open_cache", "open_store"]
 
 
-def open_store(settings: "Settings", migrate: bool = True) -> "ResultStore":
+def open_store(settings: Settings, migrate: bool = True) -> ResultStore:
     """The result store at ``settings.resolved_db_url`` (migrated to head unless ``migrate=False``)."""
     from storage.store import ResultStore
 
     return ResultStore.open(settings.resolved_db_url, migrate=migrate, normal_cap=settings.keep_normal_cap)
 
 
-def open_cache(settings: "Settings", prefix: str = "li:") -> "Cache":
+def open_cache(settings: Settings, prefix: str = "li:") -> Cache:
     """``memory://`` -> :class:`MemoryCache`; ``redis://`` / ``rediss://`` -> :class:`RedisCache`."""
     url = settings.cache_url
     if url.startswith("memory://"):

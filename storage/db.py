@@ -198,9 +198,7 @@ def is_outage(exc: BaseException) -> bool:
         return False
     if isinstance(exc, StatementError):  # raised while binding parameters: the row's values
         return False
-    if isinstance(exc, OSError):  # sockets, files: infrastructure, not data
-        return True
-    return False
+    return isinstance(exc, OSError)  # sockets, files: infrastructure, not data
 
 
 def open_engine(url: str) -> Engine:

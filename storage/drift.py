@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 
 from storage.db import WRITE, service_errors
 from storage.models import (
@@ -26,7 +26,7 @@ from storage.models import (
     DriftReference,
     InspectionResult,
 )
-from storage.store import TrainingSampleRow, dialect_insert
+from storage.store import SharedEngineStore, TrainingSampleRow, dialect_insert
 
 ALARM_STATUSES = ("open", "resolved")
 DRIFT_KINDS = ("score", "brightness", "sharpness", "position")
@@ -42,17 +42,8 @@ class KeptFrame:
     data: bytes
 
 
-class DriftStore:
+class DriftStore(SharedEngineStore):
     """Reads and writes the drift tables; shares the result store's SQLAlchemy engine."""
-
-    def __init__(self, engine: Engine, url: str = "") -> None:
-        self.engine = engine
-        self.url = url
-
-    @classmethod
-    def of(cls, store: Any) -> DriftStore:
-        """The drift store over a :class:`storage.store.ResultStore` (same engine and URL)."""
-        return cls(store.engine, getattr(store, "url", ""))
 
     # --- alarms ---------------------------------------------------------------------------
     def open_alarm(self, product: str, camera: str, *, kinds: list[str], onset_at: float, onset_frame_id: int,

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import func, select, update
 
 from storage.db import WRITE, service_errors
 from storage.models import DefectFamily, DefectRegion, FrameImage, InspectionResult
-from storage.store import dialect_insert
+from storage.store import SharedEngineStore, dialect_insert
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,8 @@ class RegionRow:
     embedding: np.ndarray
 
 
-class FamilyStore:
-    def __init__(self, engine: Engine, url: str = "") -> None:
-        self.engine = engine
-        self.url = url
-
-    @classmethod
-    def of(cls, store: Any) -> FamilyStore:
-        return cls(store.engine, getattr(store, "url", ""))
+class FamilyStore(SharedEngineStore):
+    """Reads and writes the defect-family tables; shares the result store's SQLAlchemy engine."""
 
     def load(self, product: str) -> tuple[float | None, list[dict]]:
         """(threshold, families) of ``product``: each {family, name, centroid (np), count}."""

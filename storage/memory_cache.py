@@ -101,8 +101,10 @@ class MemoryCache:
         with self._lock:
             for m in minute_window(now, minutes):
                 c = self._counts.get((product, line, m))
-                live = c is not None and c[2] > now
-                out.append((m, c[0] if live else 0, c[1] if live else 0))
+                if c is not None and c[2] > now:
+                    out.append((m, c[0], c[1]))
+                else:
+                    out.append((m, 0, 0))
         return out
 
     def anomalies(self, count: int = 50) -> list[dict]:

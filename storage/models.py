@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -34,6 +35,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # BIGINT primary keys on PostgreSQL, INTEGER (rowid alias, autoincrement) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def table(model: type[Base]) -> Table:
+    """The Core ``Table`` of a mapped class (typed: ``Model.__table__`` is a bare FromClause to mypy)."""
+    return Base.metadata.tables[model.__tablename__]
 
 
 class Base(DeclarativeBase):
@@ -88,7 +94,7 @@ class InspectionResult(Base):
     defect_area_px: Mapped[int] = mapped_column(Integer, default=0)
     false_alarm: Mapped[bool] = mapped_column(Boolean, default=False)  # operator override
 
-    mask: Mapped["Mask | None"] = relationship(back_populates="result", uselist=False, cascade="all, delete-orphan")
+    mask: Mapped[Mask | None] = relationship(back_populates="result", uselist=False, cascade="all, delete-orphan")
 
     __table_args__ = (
         UniqueConstraint("camera_id", "frame_id", name="uq_result_camera_frame"),

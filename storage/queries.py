@@ -58,7 +58,7 @@ GroupBy = Literal["product", "line", "camera"]
 
 
 # --- integer floor, portable -----------------------------------------------------------------
-class floor_int(FunctionElement):
+class floor_int(FunctionElement):  # noqa: N801 (SQL function name, used like func.floor)
     """``floor(x)`` as a BIGINT. PostgreSQL has ``floor``; SQLite may be built without math
     functions, and its ``CAST(x AS INTEGER)`` truncates, so it is corrected for negatives."""
 
@@ -106,14 +106,20 @@ class Filters:
             raise ValueError(f"time range ends before it starts ({self.start} .. {self.end})")
 
 
-def _result_where(f: Filters) -> list[ColumnElement]:
+def _window_where(at: ColumnElement, product_id: ColumnElement, f: Filters) -> list[ColumnElement]:
+    """The time range ``[start, end)`` on ``at`` and the product filter, shared by every table."""
     cond: list[ColumnElement] = []
     if f.start is not None:
-        cond.append(R.c.captured_at >= f.start)
+        cond.append(at >= f.start)
     if f.end is not None:
-        cond.append(R.c.captured_at < f.end)
+        cond.append(at < f.end)
     if f.product_ids:
-        cond.append(R.c.product_id.in_(f.product_ids))
+        cond.append(product_id.in_(f.product_ids))
+    return cond
+
+
+def _result_where(f: Filters) -> list[ColumnElement]:
+    cond = _window_where(R.c.captured_at, R.c.product_id, f)
     if f.line_ids:
         cond.append(R.c.line_id.in_(f.line_ids))
     if f.camera_ids:
@@ -377,14 +383,7 @@ def recent_defect_masks(conn: Connection, product_id: int, f: Filters, limit: in
 
 # --- specimens -------------------------------------------------------------------------------
 def _specimen_where(f: Filters) -> list[ColumnElement]:
-    cond: list[ColumnElement] = []
-    if f.start is not None:
-        cond.append(S.c.decided_at >= f.start)
-    if f.end is not None:
-        cond.append(S.c.decided_at < f.end)
-    if f.product_ids:
-        cond.append(S.c.product_id.in_(f.product_ids))
-    return cond
+    return _window_where(S.c.decided_at, S.c.product_id, f)
 
 
 def specimen_summary(conn: Connection, f: Filters) -> list[dict[str, Any]]:

@@ -41,3 +41,32 @@ class ResultRow:
             "score": self.score, "threshold": self.threshold, "verdict": self.verdict,
             "model_version": self.model_version, "captured_at": self.captured_at,
         }
+
+
+@dataclass(frozen=True)
+class ViewScore:
+    """One stored frame result of a specimen, as fusion needs it."""
+
+    result_id: int
+    view: str          # the envelope's view, or the camera name when no view was given
+    score: float
+    threshold: float
+    stored_at: float
+
+
+@dataclass(frozen=True)
+class SpecimenDecision:
+    """One part's fused verdict (``inference.fusion.decide`` makes it, the store keeps the first one)."""
+
+    product: str
+    specimen_id: str
+    expected_views: int
+    received_views: int
+    score: float       # fused score / threshold ratio
+    threshold: float   # always 1.0 (ratios)
+    verdict: str
+    fusion: str
+    complete: bool
+    first_seen_at: float
+    decided_at: float
+    result_ids: list[int]

@@ -18,18 +18,19 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 from redis import exceptions as rexc
 
-# What a full Redis is, in the log line and the error (it is reachable; it refuses writes).
-OOM_STATE = "is out of memory (maxmemory reached; writes refused, reads still work)"
-
 from lineinspect.settings import redact_url
 from storage.cache import CacheUnavailable
 from storage.db import env_secret
 from storage.memory_cache import check_result, minute_of, minute_window
+
+# What a full Redis is, in the log line and the error (it is reachable; it refuses writes).
+OOM_STATE = "is out of memory (maxmemory reached; writes refused, reads still work)"
 
 # KEYS: seen, latest, counter, stream.  ARGV: ttl, maxlen, is_defect, captured_at, payload, field, value, ...
 _RECORD_LUA = """
@@ -136,7 +137,7 @@ class RedisCache:
         if count <= 0:
             return []
         with self._errors():
-            entries = self._r.xrevrange(self._key("anomalies"), count=int(count))
+            entries: list[tuple[Any, dict[Any, Any]]] = self._r.xrevrange(self._key("anomalies"), count=int(count))  # type: ignore[assignment]
         return [json.loads(fields["data"]) for _id, fields in entries]
 
     def ping(self) -> bool:

@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
@@ -27,7 +28,7 @@ from lineinspect import model_meta
 from lineinspect.files import file_sha256
 from lineinspect.names import InvalidName, check_name, child_path
 from storage.db import WRITE
-from storage.models import ModelVersion, Product
+from storage.models import ModelVersion, Product, table
 from storage.store import ResultStore, ensure_named
 
 WEIGHTS_FILE = "weights.pt"
@@ -110,7 +111,7 @@ class ModelRegistry:
                     pid = ensure_named(conn, Product, [product], time.time())[product]
                     name = name or _next_version(conn, pid)
                     dest = child_path(child_path(self.models_dir, product), name, kind="version")
-                    conn.execute(ModelVersion.__table__.insert().values(
+                    conn.execute(table(ModelVersion).insert().values(
                         product_id=pid, version=name, status=status, path=str(dest.resolve()), checksum=checksum,
                         backbone=backbone, threshold=float(threshold), metrics=dict(metrics or {}),
                         data_snapshot=dict(data_snapshot or {}), parent_version=parent_version,
@@ -136,9 +137,7 @@ class ModelRegistry:
         """
         with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             rows = self._lock_rows(conn, product)
-            target = rows.get(version)
-            if target is None:
-                raise RegistryError(f"{product} has no version {version!r} (known: {sorted(rows) or 'none'})")
+            target = _pick(rows, product, version)
             if target.status == "active":
                 return target
             if target.status == "rejected":
@@ -175,9 +174,7 @@ class ModelRegistry:
         """Mark a candidate (or retired) version as rejected, with the reason, so it is never promoted."""
         with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             rows = self._lock_rows(conn, product)
-            target = rows.get(version)
-            if target is None:
-                raise RegistryError(f"{product} has no version {version!r}")
+            target = _pick(rows, product, version)
             if target.status == "active":
                 raise RegistryError(f"{product} {version} is active; promote or roll back to another version first")
             self._set(conn, product, version, status="rejected", reason=reason)
@@ -193,7 +190,7 @@ class ModelRegistry:
     def active(self, product: str) -> VersionInfo | None:
         return self.active_versions().get(product)
 
-    def list(self, product: str | None = None) -> list[VersionInfo]:  # noqa: A003 - the registry's own verb
+    def list(self, product: str | None = None) -> list[VersionInfo]:
         """Versions ordered by product, then version name."""
         q = _select_versions()
         if product is not None:
@@ -232,10 +229,18 @@ class ModelRegistry:
         return {r.version: _info(r) for r in conn.execute(q).all()}
 
     @staticmethod
-    def _set(conn: Connection, product: str, version: str, **values) -> None:
+    def _set(conn: Connection, product: str, version: str, **values: Any) -> None:
         pid = select(Product.id).where(Product.name == product).scalar_subquery()
         conn.execute(update(ModelVersion).where(ModelVersion.product_id == pid, ModelVersion.version == version)
                      .values(**values))
+
+
+def _pick(rows: dict[str, VersionInfo], product: str, version: str) -> VersionInfo:
+    """``version`` among the locked ``rows`` of ``product``, or a RegistryError naming the known ones."""
+    target = rows.get(version)
+    if target is None:
+        raise RegistryError(f"{product} has no version {version!r} (known: {sorted(rows) or 'none'})")
+    return target
 
 
 def _select_versions():  # noqa: ANN202 - Select

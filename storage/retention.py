@@ -44,11 +44,12 @@ def prune(engine: Engine, older_than_days: float, *, dry_run: bool = False, batc
     old = r.captured_at < cutoff
     if dry_run:
         with engine.connect() as conn:
-            ids = select(r.id).where(old)
-            counts = [conn.execute(select(func.count()).select_from(t).where(w)).scalar_one() for t, w in (
-                (r, old), (Mask, Mask.result_id.in_(ids)), (FrameImage, FrameImage.result_id.in_(ids)),
+            old_ids = select(r.id).where(old)
+            counts: list[int] = [conn.execute(select(func.count()).select_from(t).where(w)).scalar_one() for t, w in (
+                (r, old), (Mask, Mask.result_id.in_(old_ids)), (FrameImage, FrameImage.result_id.in_(old_ids)),
                 (Specimen, Specimen.decided_at < cutoff), (ConsumerStat, ConsumerStat.at < cutoff))]
-        return PruneReport(cutoff, *counts, dry_run=True)
+        n_results, n_masks, n_frames, n_specimens, n_stats = counts
+        return PruneReport(cutoff, n_results, n_masks, n_frames, n_specimens, n_stats, dry_run=True)
     results = masks = frames = 0
     while True:
         with engine.connect().execution_options(**WRITE) as conn, conn.begin():

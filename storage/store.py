@@ -15,15 +15,16 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Self
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from lineinspect.logs import kv
-from lineinspect.names import check_name, check_text
+from lineinspect.names import check_frame_names, check_name, check_text
 from lineinspect.settings import redact_url
 from storage.db import WRITE, make_engine, service_errors, upgrade
 from storage.models import (
@@ -36,14 +37,31 @@ from storage.models import (
     Product,
     Specimen,
     TrainingSample,
+    table,
 )
-from storage.records import ResultRow
+from storage.records import ResultRow, SpecimenDecision, ViewScore
 
 log = logging.getLogger(__name__)
 
 VERDICTS = ("ok", "defect")
 _NAME_KINDS = {"products": "product", "lines": "line", "cameras": "camera"}
 SAMPLE_SOURCES = ("clear_normal", "false_alarm", "seed")
+
+
+def _insert_specimen(conn: Connection, product_id: int, d: SpecimenDecision) -> bool:
+    """The specimens INSERT with the one conflict rule (first verdict stands); True if it inserted."""
+    if d.verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, not {d.verdict!r}")
+    check_name("specimen", d.specimen_id)
+    stmt = (dialect_insert(conn, Specimen)
+            .values(product_id=product_id, specimen_id=d.specimen_id, expected_views=int(d.expected_views),
+                    received_views=int(d.received_views), score=float(d.score), threshold=float(d.threshold),
+                    verdict=d.verdict, fusion=d.fusion, complete=bool(d.complete),
+                    first_seen_at=float(d.first_seen_at), decided_at=float(d.decided_at),
+                    result_ids=[int(i) for i in d.result_ids])
+            .on_conflict_do_nothing(index_elements=["product_id", "specimen_id"])
+            .returning(Specimen.id))
+    return conn.execute(stmt).first() is not None
 
 
 def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM class -> Insert
@@ -55,7 +73,7 @@ def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM
     raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
-def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **extra) -> dict[str, int]:  # noqa: ANN001
+def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **extra: Any) -> dict[str, int]:  # noqa: ANN001
     """Ids of ``model`` rows by unique ``name``, inserting the missing ones (race-safe).
 
     ``extra`` maps column -> {name: value} for columns the new rows need (a camera's line).
@@ -67,7 +85,7 @@ def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **ex
     if kind is not None:
         for n in wanted:
             check_name(kind, n)  # every write path (results, samples, specimens, models) obeys the one name rule
-    found = dict(conn.execute(select(model.name, model.id).where(model.name.in_(wanted))).all())
+    found: dict[str, int] = dict(conn.execute(select(model.name, model.id).where(model.name.in_(wanted))).all())
     missing = [n for n in wanted if n not in found]
     if missing:
         values = [{"name": n, "created_at": now, **{c: m[n] for c, m in extra.items()}} for n in missing]
@@ -103,7 +121,7 @@ class ResultStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, db_url: str, migrate: bool = True, normal_cap: int = 500) -> "ResultStore":
+    def open(cls, db_url: str, migrate: bool = True, normal_cap: int = 500) -> ResultStore:
         """Connect (and by default migrate to head); unreachable PostgreSQL -> ServiceUnavailable."""
         if migrate:
             upgrade(db_url)
@@ -114,7 +132,7 @@ class ResultStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -294,31 +312,62 @@ class ResultStore:
                              engine: str, engine_ok: bool, at: float | None = None) -> None:
         """Append one consumer health snapshot (the dashboard's throughput / lag view)."""
         with service_errors(self.url), self.engine.begin() as conn:
-            conn.execute(ConsumerStat.__table__.insert().values(
+            conn.execute(table(ConsumerStat).insert().values(
                 consumer=consumer, at=time.time() if at is None else float(at), frames=int(frames),
                 seconds=float(seconds), mean_batch=float(mean_batch), p50_latency_ms=float(p50_latency_ms),
                 p99_latency_ms=float(p99_latency_ms), lag=int(lag), dlq_total=int(dlq_total),
                 engine=engine, engine_ok=bool(engine_ok)))
 
-    def save_specimen(self, product: str, specimen_id: str, *, expected_views: int, received_views: int,
-                      score: float, threshold: float, verdict: str, fusion: str, complete: bool,
-                      first_seen_at: float, decided_at: float, result_ids: list[int]) -> int:
-        """Insert or update (by product + specimen_id) a specimen decision; returns its row id."""
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
+    # --- specimens: a part's verdict is decided once -------------------------------------
+    # The one conflict rule: INSERT .. ON CONFLICT (product, specimen) DO NOTHING. Whoever inserts
+    # first (a consumer, the sweeper, a test) decides; every later attempt sees no row come back.
+    def save_specimen(self, d: SpecimenDecision) -> bool:
+        """Store ``d`` unless the specimen is already decided; True when this call decided it."""
         now = time.time()
-        values = {"expected_views": int(expected_views), "received_views": int(received_views),
-                  "score": float(score), "threshold": float(threshold), "verdict": verdict, "fusion": fusion,
-                  "complete": bool(complete), "first_seen_at": float(first_seen_at),
-                  "decided_at": float(decided_at), "result_ids": [int(i) for i in result_ids]}
         with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
-                pid = ensure_named(conn, Product, [product], now)[product]
-                ins = dialect_insert(conn, Specimen).values(product_id=pid, specimen_id=specimen_id, **values)
-                stmt = ins.on_conflict_do_update(index_elements=["product_id", "specimen_id"], set_=values)
-                conn.execute(stmt)
-                return conn.execute(select(Specimen.id).where(Specimen.product_id == pid,
-                                                              Specimen.specimen_id == specimen_id)).scalar_one()
+                pid = ensure_named(conn, Product, [d.product], now)[d.product]
+                return _insert_specimen(conn, pid, d)
+
+    def decide_specimen(self, product: str, specimen_id: str,
+                        decide: Callable[[list[ViewScore], int | None], SpecimenDecision | None]
+                        ) -> SpecimenDecision | None:
+        """In one write transaction (BEGIN IMMEDIATE on SQLite): read the specimen's stored views and
+        the product's expected view count, let ``decide`` fuse them (``None``: not yet), and store the
+        verdict unless another writer decided first. Returns the decision this call stored."""
+        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            pid = conn.execute(select(Product.id).where(Product.name == product)).scalar_one_or_none()
+            if pid is None:
+                return None
+            decided = select(Specimen.id).where(Specimen.product_id == pid, Specimen.specimen_id == specimen_id)
+            if conn.execute(decided).first() is not None:
+                return None
+            t = InspectionResult
+            q = (select(t.id, t.view, Camera.name, t.score, t.threshold, t.stored_at)
+                 .join(Camera, Camera.id == t.camera_id)
+                 .where(t.product_id == pid, t.specimen_id == specimen_id))
+            views = [ViewScore(int(i), v or cam, float(s), float(th), float(st))
+                     for i, v, cam, s, th, st in conn.execute(q).all()]
+            if not views:
+                return None
+            expected = conn.execute(select(Product.expected_views).where(Product.id == pid)).scalar_one_or_none()
+            d = decide(views, int(expected) if expected else None)
+            if d is None or not _insert_specimen(conn, pid, d):
+                return None
+            return d
+
+    def due_specimens(self, now: float, timeout_s: float, lookback_s: float) -> list[tuple[str, str]]:
+        """(product, specimen) of every undecided specimen captured within ``lookback_s`` whose first
+        view was stored at least ``timeout_s`` ago."""
+        t = InspectionResult
+        decided = exists().where(and_(Specimen.product_id == t.product_id, Specimen.specimen_id == t.specimen_id))
+        q = (select(Product.name, t.specimen_id)
+             .join(Product, Product.id == t.product_id)
+             .where(t.specimen_id.is_not(None), t.captured_at >= now - lookback_s, ~decided)
+             .group_by(Product.name, t.product_id, t.specimen_id)
+             .having(func.min(t.stored_at) <= now - timeout_s))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return [(str(p), str(s)) for p, s in conn.execute(q).all()]
 
     def set_expected_views(self, product: str, expected_views: int | None) -> None:
         """How many views make a complete specimen of ``product`` (``None``: not fused)."""
@@ -383,6 +432,16 @@ class ResultStore:
         with service_errors(self.url), self.engine.connect() as conn:
             return [TrainingSampleRow(sha, bytes(data), src, ts) for sha, data, src, ts in conn.execute(q).all()]
 
+    def flagged_frames(self, product: str, limit: int = 200) -> list[bytes]:
+        """Encoded frames the live system flagged ``defect`` and no operator called a false alarm
+        (newest first): the retrainer's anomaly examples."""
+        t = InspectionResult
+        q = (select(FrameImage.data).join(t, t.id == FrameImage.result_id).join(Product, Product.id == t.product_id)
+             .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False))
+             .order_by(t.captured_at.desc()).limit(int(limit)))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return [bytes(d) for d in conn.execute(q).scalars()]
+
     def count_training_samples(self, product: str, since: float | None = None) -> int:
         """Samples of ``product`` (created at or after ``since`` when given): the retrain trigger."""
         s = TrainingSample
@@ -438,12 +497,7 @@ def _validate(r: ResultRow) -> None:
     that raises here and dead-letters the one row at fault."""
     if not isinstance(r, ResultRow):
         raise TypeError(f"save_results takes ResultRow objects, not {type(r).__name__}")
-    for kind, value in (("product", r.product), ("line", r.line), ("camera", r.camera)):
-        check_name(kind, value)
-    if r.specimen_id is not None:
-        check_name("specimen", r.specimen_id)
-    if r.view is not None:
-        check_name("view", r.view)
+    check_frame_names(r.product, r.line, r.camera, r.specimen_id, r.view)
     check_text("ResultRow.model_version", r.model_version, 64)
     check_text("ResultRow.engine", r.engine, 32)
     if r.verdict not in VERDICTS:
@@ -468,3 +522,17 @@ def _validate(r: ResultRow) -> None:
 def _int_in(name: str, v: object, lo: int, hi: int) -> None:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= int(v) < hi:
         raise ValueError(f"ResultRow.{name} must be an integer in [{lo}, {hi}), not {str(v)[:40]!r}")
+
+
+class SharedEngineStore:
+    """Owner of a few tables of its own that shares a :class:`ResultStore`'s SQLAlchemy engine (one
+    connection pool per process); the drift and defect-family stores are two."""
+
+    def __init__(self, engine: Engine, url: str = "") -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def of(cls, store: ResultStore) -> Self:
+        """Over ``store``'s engine and URL."""
+        return cls(store.engine, store.url)

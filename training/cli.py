@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from lineinspect.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,9 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_eval)
 
 
-def run_train(args: argparse.Namespace, settings: Any) -> int:
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from inference.model.inp_former import InpConfig
     from training.data import load_split
+    from training.features import ImageSource
     from training.train import TrainConfig, train
 
     root = Path(args.data or settings.data)
@@ -64,14 +68,16 @@ def run_train(args: argparse.Namespace, settings: Any) -> int:
         held += [it.path for it in out]
     check_calibration_count(len(held), len(fit) + len(held))
     extra: dict[str, Any] = {"data_root": str(root)}
+    fit_src: list[ImageSource] = list(fit)
+    held_src: list[ImageSource] = list(held)
     if getattr(args, "tile", False):
         from training.tiles import crops_from_images
 
-        fit = crops_from_images(fit, args.size, args.tiles_per_image, args.seed)
-        held = crops_from_images(held, args.size, args.tiles_per_image, args.seed + 1) if held else held
+        fit_src = list(crops_from_images(fit, args.size, args.tiles_per_image, args.seed))
+        held_src = list(crops_from_images(held, args.size, args.tiles_per_image, args.seed + 1)) if held else []
         extra["tiled"] = {"tile": args.size, "tiles_per_image": args.tiles_per_image}
-    out_dir = train(fit, cfg, args.out, iters=args.iters, seed=args.seed, resume=not args.no_resume,
-                    calibration_images=held, extra_config=extra)
+    out_dir = train(fit_src, cfg, args.out, iters=args.iters, seed=args.seed, resume=not args.no_resume,
+                    calibration_images=held_src, extra_config=extra)
     print(out_dir)
     return 0
 
@@ -104,7 +110,7 @@ def _device(name: str) -> str:
     return str(dev)
 
 
-def run_eval(args: argparse.Namespace, settings: Any) -> int:
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     from training.evaluate import run_eval as _run_eval
 
     if not args.zero_shot and args.model is None:

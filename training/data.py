@@ -16,9 +16,10 @@ memory while a model scores it batch by batch. Every listing is sorted, so runs 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -124,7 +125,8 @@ class Item:
     def mask(self, shape: tuple[int, int] | None = None) -> np.ndarray:
         """Bool (H, W) mask; all False for a normal image. ``shape`` defaults to the image's size."""
         if shape is None:
-            shape = self.image().shape[:2]
+            img = self.image()
+            shape = (img.shape[0], img.shape[1])
         if self.mask_path is None:
             return np.zeros(shape, dtype=bool)
         return read_mask(self.mask_path, shape)
@@ -132,7 +134,7 @@ class Item:
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """(image, mask) with the mask at the image's size, decoding the image once."""
         img = self.image()
-        return img, self.mask(img.shape[:2])
+        return img, self.mask((img.shape[0], img.shape[1]))
 
 
 @dataclass

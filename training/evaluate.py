@@ -14,8 +14,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from training.data import CategorySplit, discover, load_split
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "images_per_second")
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from lineinspect.settings import Settings
 
 
 def _map_to_frame(amap: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -67,7 +71,7 @@ def evaluate(engine: Engine, product: str, split: CategorySplit, batch_size: int
             scores.append(s)
             for (_, mask), amap in zip(loaded, out.maps):
                 masks.append(mask)
-                maps.append(_map_to_frame(np.asarray(amap, dtype=np.float32), mask.shape))
+                maps.append(_map_to_frame(np.asarray(amap, dtype=np.float32), (mask.shape[0], mask.shape[1])))
             bar.update(len(batch))
     finally:
         bar.close()
@@ -95,9 +99,11 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A fixed-width table, one row per category (metrics in %, throughput in images/s)."""
     cols = ["category", "n", "I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "AUPRO", "img/s"]
     rows = []
+    def pct(r: dict[str, Any], k: str) -> str:
+        return "n/a" if r[k] is None or math.isnan(r[k]) else f"{100 * r[k]:.1f}"
+
     for r in results:
-        pct = lambda k: "n/a" if r[k] is None or math.isnan(r[k]) else f"{100 * r[k]:.1f}"  # noqa: E731
-        rows.append([r["category"], str(r["n_images"]), *(pct(k) for k in METRIC_KEYS[:-1]), f"{r['images_per_second']:.1f}"])
+        rows.append([r["category"], str(r["n_images"]), *(pct(r, k) for k in METRIC_KEYS[:-1]), f"{r['images_per_second']:.1f}"])
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     fmt = lambda row: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
     return "\n".join([fmt(cols), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
@@ -107,7 +113,7 @@ def _json_safe(v: Any) -> Any:
     return None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v
 
 
-def _load_engine(args: argparse.Namespace, settings: Any) -> Engine:
+def _load_engine(args: argparse.Namespace, settings: Settings) -> Engine:
     if getattr(args, "zero_shot", False):
         try:
             from inference.engines.zero_shot import ZeroShotEngine
@@ -127,7 +133,7 @@ def _load_engine(args: argparse.Namespace, settings: Any) -> Engine:
     return load_local_engine(args.model, kind=getattr(args, "engine", None) or "auto", threads=settings.threads)
 
 
-def run_eval(args: argparse.Namespace, settings: Any) -> int:
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     """``lineinspect eval``: print a metrics table and optionally write it as JSON.
 
     ``--category`` may name one category, or be omitted when ``--data`` is itself a category;

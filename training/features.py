@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import cv2
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 from inference.model.inp_former import InpFormer
 from inference.preprocess import batch_to_input
 
-ImageSource = Union[str, Path, np.ndarray]
+ImageSource = str | Path | np.ndarray
 
 
 def load_rgb(src: ImageSource) -> np.ndarray:

@@ -16,8 +16,8 @@ A first version (no active one) is promoted on the absolute checks alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 

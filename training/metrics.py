@@ -14,8 +14,8 @@ evaluation of a split without anomalies is legitimate and the other numbers stil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -56,8 +56,8 @@ def _curve(labels: np.ndarray, scores: np.ndarray) -> _Curve:
     thr, counts = np.unique(scores[labels], return_counts=True)
     thr, counts = thr[::-1], counts[::-1]                    # descending
     tp = np.cumsum(counts)
-    ge = neg.size - np.searchsorted(neg, thr, side="left")   # negatives >= t
-    gt = neg.size - np.searchsorted(neg, thr, side="right")  # negatives > t
+    ge = np.asarray(neg.size - np.searchsorted(neg, thr, side="left"))   # negatives >= t
+    gt = np.asarray(neg.size - np.searchsorted(neg, thr, side="right"))  # negatives > t
     return _Curve(thr, tp, ge, ge - gt, counts, int(tp[-1]) if tp.size else 0, int(neg.size))
 
 

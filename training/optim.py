@@ -8,7 +8,8 @@ moment, the update is shrunk instead of exploding - which matters here because e
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ class StableAdamW(torch.optim.Optimizer):
                                       amsgrad=amsgrad, clip_update=clip_update))
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             b1, b2 = group["betas"]

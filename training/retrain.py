@@ -33,20 +33,19 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
-from sqlalchemy import select
 
 from inference.model.inp_former import InpConfig
 from lineinspect import model_meta
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.names import check_name, child_path
-from storage.models import FrameImage, InspectionResult, Product
 from storage.registry import ModelRegistry, VersionInfo
 from storage.store import ResultStore, TrainingSampleRow
 from training.data import IMAGE_EXTS, read_image
@@ -217,16 +216,6 @@ def labelled_normal_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in good.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
-def flagged_frames(store: ResultStore, product: str, limit: int = 200) -> list[bytes]:
-    """Encoded frames the live system flagged ``defect`` and no operator called a false alarm (newest first)."""
-    t = InspectionResult
-    q = (select(FrameImage.data).join(t, t.id == FrameImage.result_id).join(Product, Product.id == t.product_id)
-         .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False))
-         .order_by(t.captured_at.desc()).limit(int(limit)))
-    with store.engine.connect() as conn:
-        return [bytes(d) for d in conn.execute(q).scalars()]
-
-
 def new_samples_since(store: ResultStore, product: str, info: VersionInfo | None) -> int:
     """Samples that arrived after ``info``'s data snapshot (all samples when there is no version)."""
     if info is None:
@@ -385,7 +374,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
         anomaly_source.append(f"{len(anomalies)} labelled anomalies and {len(extra_normals)} labelled normals "
                               f"(test/good) from {opts.anomalies_dir}")
     if opts.flagged_as_anomalies:
-        flagged = [decode_sample(d) for d in flagged_frames(store, product)]
+        flagged = [decode_sample(d) for d in store.flagged_frames(product)]
         anomalies += flagged
         anomaly_source.append(f"{len(flagged)} pseudo-anomalies (live frames flagged defect, not false alarms)")
 
@@ -426,7 +415,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
                 log.warning("active version could not be scored", extra=kv(product=product, version=active.version,
                                                                            error=active_error))
         decision = decide(cand_eval, act_eval, opts.policy)
-        if active_error is not None:
+        if active is not None and active_error is not None:
             decision = GateDecision(decision.promote, decision.reasons,
                                     [n for n in decision.notes if not n.startswith("first version")]
                                     + [f"active {active.version} could not be scored ({active_error}); "
@@ -436,7 +425,7 @@ def retrain(store: ResultStore, registry: ModelRegistry, product: str, options: 
         snapshot = {**snap.to_dict(split, opts.holdout, opts.seed), "n_gate_labelled_normals": len(extra_normals)}
         metrics = _json_safe({
             "candidate": cand_eval.to_dict(), "active": act_eval.to_dict() if act_eval else None,
-            "compared_with": active.version if act_eval else None, "active_error": active_error,
+            "compared_with": active.version if active is not None and act_eval else None, "active_error": active_error,
             "gate": decision.to_dict(),
             "forced": bool(opts.force and not decision.promote), "anomaly_source": anomaly_source or None,
             "calibration": model_meta.read_calibration(work),

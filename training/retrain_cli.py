@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineinspect.errors import ConfigError
+
+if TYPE_CHECKING:  # types only: these modules are imported where they are used
+    from lineinspect.settings import Settings
+    from storage.registry import ModelRegistry
+    from storage.store import ResultStore
+    from training.retrain import RetrainOptions, RetrainResult
+    from training.scheduler import JobOutcome
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00 UTC when neither --cron nor --min-new is configured
 
@@ -93,7 +101,7 @@ def _retrain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _options(args: argparse.Namespace, settings: Any):  # noqa: ANN202 - RetrainOptions
+def _options(args: argparse.Namespace, settings: Settings) -> RetrainOptions:
     from inference.model.inp_former import InpConfig
     from training.gate import GatePolicy
     from training.retrain import RetrainOptions
@@ -121,7 +129,7 @@ def _options(args: argparse.Namespace, settings: Any):  # noqa: ANN202 - Retrain
         flagged_as_anomalies=args.flagged_as_anomalies, progress=not args.no_progress and sys.stderr.isatty())
 
 
-def _open(settings: Any):  # noqa: ANN202 - (ResultStore, ModelRegistry)
+def _open(settings: Settings) -> tuple[ResultStore, ModelRegistry]:
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
 
@@ -129,7 +137,7 @@ def _open(settings: Any):  # noqa: ANN202 - (ResultStore, ModelRegistry)
     return store, ModelRegistry(store, settings.resolved_models_dir)
 
 
-def run_retrain(args: argparse.Namespace, settings: Any) -> int:
+def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from training.retrain import import_seed, retrain
     from training.scheduler import run_job
 
@@ -148,39 +156,45 @@ def run_retrain(args: argparse.Namespace, settings: Any) -> int:
                 return 0
         holder: dict[str, Any] = {}
 
-        def job(lock_lost) -> str:  # noqa: ANN001
+        def job(lock_lost: Callable[[], bool]) -> str:
             holder["result"] = retrain(store, registry, args.product, opts, candidate_dir=args.candidate,
                                        lock_lost=lock_lost)
             return holder["result"].describe()
 
         outcome = run_job(store.engine, args.product, job)
         res = holder.get("result")
-        if args.json:
-            payload = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id}
-            if res is not None:
-                payload.update({"version": res.version, "model_status": res.status, "parent": res.parent_version,
-                                "gate": res.decision.to_dict(), "candidate": res.candidate.to_dict(),
-                                "active": res.active.to_dict() if res.active else None,
-                                "snapshot": res.snapshot, "seconds": round(res.seconds, 2)})
-            print(json.dumps(payload, indent=2, default=str))
-        else:
-            print(f"{outcome.status}: {outcome.detail}")
-            if res is not None:
-                print(_eval_table(res))
-        if outcome.status == "failed":
-            return 1
-        if outcome.status == "skipped":
-            return 3
-        return 0 if res is None or res.status != "rejected" else 4
+        payload: dict[str, Any] = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id}
+        if res is not None:
+            payload.update({"version": res.version, "model_status": res.status, "parent": res.parent_version,
+                            "gate": res.decision.to_dict(), "candidate": res.candidate.to_dict(),
+                            "active": res.active.to_dict() if res.active else None,
+                            "snapshot": res.snapshot, "seconds": round(res.seconds, 2)})
+        return _report(outcome, res, payload if args.json else None)
     finally:
         store.close()
+
+
+def _report(outcome: JobOutcome, res: Any, payload: dict[str, Any] | None) -> int:
+    """Print a retrain-like job's outcome (``payload`` as JSON, else a line and the evaluation
+    table); the exit status: 0 done, 1 failed, 3 skipped, 4 the candidate was rejected."""
+    if payload is not None:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(f"{outcome.status}: {outcome.detail}")
+        if res is not None:
+            print(_eval_table(res))
+    if outcome.status == "failed":
+        return 1
+    if outcome.status == "skipped":
+        return 3
+    return 0 if res is None or res.status != "rejected" else 4
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _eval_table(res) -> str:  # noqa: ANN001 - RetrainResult
+def _eval_table(res: RetrainResult) -> str:
     rows = [("candidate " + res.version, res.candidate)]
     if res.active is not None:
         rows.append(("active " + (res.parent_version or "?"), res.active))
@@ -191,7 +205,7 @@ def _eval_table(res) -> str:  # noqa: ANN001 - RetrainResult
     return "\n".join(lines)
 
 
-def run_models_list(args: argparse.Namespace, settings: Any) -> int:
+def run_models_list(args: argparse.Namespace, settings: Settings) -> int:
     store, registry = _open(settings)
     try:
         versions = registry.list(args.product)
@@ -217,7 +231,7 @@ def run_models_list(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def _registry_action(settings: Any, fn) -> int:  # noqa: ANN001
+def _registry_action(settings: Settings, fn: Callable[[ModelRegistry], Any]) -> int:
     from storage.registry import RegistryError
 
     store, registry = _open(settings)
@@ -232,19 +246,19 @@ def _registry_action(settings: Any, fn) -> int:  # noqa: ANN001
     return 0
 
 
-def run_models_promote(args: argparse.Namespace, settings: Any) -> int:
+def run_models_promote(args: argparse.Namespace, settings: Settings) -> int:
     return _registry_action(settings, lambda r: r.promote(args.product, args.version))
 
 
-def run_models_rollback(args: argparse.Namespace, settings: Any) -> int:
+def run_models_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return _registry_action(settings, lambda r: r.rollback(args.product))
 
 
-def run_models_reject(args: argparse.Namespace, settings: Any) -> int:
+def run_models_reject(args: argparse.Namespace, settings: Settings) -> int:
     return _registry_action(settings, lambda r: r.reject(args.product, args.version, args.reason))
 
 
-def run_models_rebaseline(args: argparse.Namespace, settings: Any) -> int:
+def run_models_rebaseline(args: argparse.Namespace, settings: Settings) -> int:
     from training.rebaseline import parse_since, rebaseline
     from training.scheduler import run_job
 
@@ -257,33 +271,23 @@ def run_models_rebaseline(args: argparse.Namespace, settings: Any) -> int:
     try:
         holder: dict[str, Any] = {}
 
-        def job(lock_lost) -> str:  # noqa: ANN001
+        def job(lock_lost: Callable[[], bool]) -> str:
             holder["result"] = rebaseline(store, registry, args.product, since, opts, lock_lost=lock_lost)
             return "re-baseline: " + holder["result"].describe()
 
         outcome = run_job(store.engine, args.product, job)
         res = holder.get("result")
-        if args.json:
-            print(json.dumps({"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id,
-                              "version": res.version if res else None, "model_status": res.status if res else None},
-                             indent=2))
-        else:
-            print(f"{outcome.status}: {outcome.detail}")
-            if res is not None:
-                print(_eval_table(res))
-        if outcome.status == "failed":
-            return 1
-        if outcome.status == "skipped":
-            return 3
-        return 0 if res is None or res.status != "rejected" else 4
+        payload = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id,
+                   "version": res.version if res else None, "model_status": res.status if res else None}
+        return _report(outcome, res, payload if args.json else None)
     finally:
         store.close()
 
 
-def run_models_runs(args: argparse.Namespace, settings: Any) -> int:
+def run_models_runs(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from training.scheduler import list_runs
+    from storage.jobs import list_runs
 
     store, _ = _open(settings)
     try:
@@ -299,7 +303,7 @@ def run_models_runs(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def run_scheduler(args: argparse.Namespace, settings: Any) -> int:
+def run_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
     from lineinspect.logs import kv

@@ -4,7 +4,7 @@ A product is due when its cron expression (UTC, e.g. ``0 2 * * *``) has fired si
 or when at least ``min_new`` normal samples arrived after the newest version's data snapshot.
 After a failed or skipped job the product rests ``backoff_s`` before a sample-count trigger may
 fire again, so a broken product does not retrain in a loop. Every job takes the ``retrain:<product>``
-lease (:mod:`training.locks`), so a manual ``lineinspect retrain`` and any number of schedulers
+lease (:mod:`storage.locks`), so a manual ``lineinspect retrain`` and any number of schedulers
 never train the same product at once; a job that finds the lease taken is recorded as ``skipped``.
 A failing job is recorded as ``failed`` with its error and logged; the scheduler carries on.
 """
@@ -14,59 +14,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from croniter import croniter
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine
 
 from lineinspect.logs import kv
-from storage.db import WRITE
-from storage.models import JobRun
+from storage.jobs import KIND, finish_run, list_runs, start_run
+from storage.locks import DbLock, Heartbeat
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
-from training.locks import DbLock, Heartbeat
 from training.retrain import NotEnoughSamples, RetrainOptions, RetrainPaused, new_samples_since, retrain
 
 log = logging.getLogger("lineinspect.training.scheduler")
 
-KIND = "retrain"
-RUN_STATUSES = ("running", "ok", "failed", "skipped")
-
-
-# --- job_runs -----------------------------------------------------------------------------------
-
-def start_run(engine: Engine, product: str, kind: str = KIND, detail: str | None = None,
-              status: str = "running", at: float | None = None) -> int:
-    """Insert a job_runs row; returns its id."""
-    if status not in RUN_STATUSES:
-        raise ValueError(f"status must be one of {RUN_STATUSES}, not {status!r}")
-    now = time.time() if at is None else float(at)
-    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        res = conn.execute(JobRun.__table__.insert().values(
-            product=product, kind=kind, status=status, started_at=now,
-            finished_at=None if status == "running" else now, detail=detail))
-        return int(res.inserted_primary_key[0])
-
-
-def finish_run(engine: Engine, run_id: int, status: str, detail: str | None = None) -> None:
-    if status not in RUN_STATUSES[1:]:
-        raise ValueError(f"a run finishes as one of {RUN_STATUSES[1:]}, not {status!r}")
-    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        conn.execute(update(JobRun).where(JobRun.id == run_id)
-                     .values(status=status, finished_at=time.time(), detail=(detail or "")[:4000]))
-
-
-def list_runs(engine: Engine, product: str | None = None, kind: str | None = KIND, limit: int = 50) -> list[dict]:
-    """Newest first."""
-    q = select(*JobRun.__table__.columns)
-    if product is not None:
-        q = q.where(JobRun.product == product)
-    if kind is not None:
-        q = q.where(JobRun.kind == kind)
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(q.order_by(JobRun.started_at.desc(), JobRun.id.desc())
-                                                       .limit(int(limit))).all()]
 
 
 @dataclass(frozen=True)
@@ -100,7 +62,7 @@ def run_job(engine: Engine, product: str, job: Callable[[Callable[[], bool]], st
         except (NotEnoughSamples, RetrainPaused) as exc:
             status, detail = "skipped", str(exc)
             log.info("job skipped", extra=kv(product=product, kind=kind, reason=detail))
-        except Exception as exc:  # noqa: BLE001 - recorded and logged; the caller keeps going
+        except Exception as exc:
             status, detail = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("job failed", extra=kv(product=product, kind=kind))
         finish_run(engine, rid, status, detail)
@@ -210,7 +172,7 @@ class Scheduler:
         while True:
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - e.g. the database is down for a moment
+            except Exception:
                 log.exception("scheduler tick failed")
             if once or stop.wait(interval_s):
                 return

@@ -8,7 +8,7 @@ drawn uniformly over each image with a seeded generator, so a training run is re
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

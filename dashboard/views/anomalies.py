@@ -23,7 +23,7 @@ def mark_false_alarm(result_id: int) -> None:
     """Flag through the result store (which also keeps the frame as a normal training sample)."""
     from storage.store import ResultStore
 
-    added = ResultStore(data.engine(ctx.db_url), ctx.db_url).mark_false_alarm(result_id)
+    added = ResultStore(data.db_engine(ctx.db_url), ctx.db_url).mark_false_alarm(result_id)
     log.info("marked false alarm", extra=kv(result_id=result_id, training_sample_added=added))
     data.clear()
     st.session_state["anomaly_notice"] = (

@@ -15,7 +15,7 @@ grid_n = c2.selectbox("Grid", [32, 64, 128], index=1, key="loc_grid")
 st.caption("Each cell: fraction of the sampled defects that cover that part of the frame (false alarms excluded).")
 
 names = context.product_names(ctx.db_url)
-pids = list(ctx.filters.product_ids) or sorted(names, key=names.get)
+pids = list(ctx.filters.product_ids) or sorted(names, key=lambda p: names[p])
 cols = st.columns(min(3, max(1, len(pids))))
 for i, pid in enumerate(pids):
     with cols[i % len(cols)]:

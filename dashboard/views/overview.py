@@ -31,9 +31,10 @@ def live() -> None:
     cols[1].metric("Defects", f"{s.defects:,}")
     cols[2].metric("Defect rate", f"{s.defect_rate * 100:.2f} %")
     cols[3].metric("False alarms", f"{s.false_alarms:,}")
-    cols[4].metric("Throughput", f"{tput:,.1f} /min", help="frames per minute averaged over the chosen range")
+    cols[4].metric("Active rate", f"{tput:,.1f} /min",
+                   help="frames per minute between the first and the last frame in the range (not a 24 h average)")
     cols[5].metric("Mean latency", charts.fmt_ms(s.mean_latency_ms), help="camera capture -> result stored")
-    if s.inspected == 0:
+    if s.inspected == 0 or s.first_at is None or s.last_at is None:
         st.info(f"No inspection results in this range. Newest result: {charts.fmt_ts(data.time_bounds(ctx.db_url)[1])}.")
         return
 

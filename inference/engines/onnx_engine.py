@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from inference.engines.base import EngineOutput
-from inference.onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, ModelMeta, export_onnx, onnx_is_fresh, read_model_meta
+from inference.onnx_export import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    ModelMeta,
+    export_onnx,
+    onnx_is_fresh,
+    read_model_meta,
+)
 from inference.preprocess import batch_to_input
 from lineinspect.logs import kv
 
@@ -36,7 +44,7 @@ def session_options(threads: int = 0) -> Any:
 
     Intra-op threads do not spin-wait between ops: a consumer shares its cores with its own storage
     thread, the decoder and often the services, and spinning threads steal exactly those cycles
-    (measured side by side under load: 14.9 vs 12.9 images/s for the default model, batch 8)."""
+    (benchmarks/RESULTS.md, "Figures behind code defaults")."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -74,21 +82,11 @@ def ensure_onnx(meta: ModelMeta, onnx_path: str | Path | None = None) -> Path:
     return export_onnx(meta.path, _fallback_path(meta))
 
 
-class OnnxModel:
-    """One loaded ONNX session plus the metadata every result row needs (version, threshold)."""
+class ExportedModel:
+    """What every runtime of the exported graph shares: the model dir's metadata (version,
+    threshold, input size) and the ``run`` contract; a subclass only executes the graph."""
 
-    def __init__(self, model_dir: str | Path, threads: int = 0, onnx_path: str | Path | None = None,
-                 providers: list[str] | None = None, int8: bool = False) -> None:
-        self.meta = read_model_meta(model_dir)
-        t0 = time.perf_counter()
-        self.onnx_path = ensure_onnx(self.meta, onnx_path)
-        if int8:  # written next to the fp32 export (model dir or the per-user cache), reused while fresh
-            from inference.quantize import quantize_dynamic_int8
-
-            self.onnx_path = quantize_dynamic_int8(self.onnx_path)
-        self.session = make_session(self.onnx_path, threads, providers)
-        log.info("ONNX session ready", extra=kv(model_dir=str(self.meta.path), version=self.meta.version,
-                                                path=str(self.onnx_path), ms=round((time.perf_counter() - t0) * 1e3)))
+    meta: ModelMeta
 
     @property
     def version(self) -> str:
@@ -109,7 +107,30 @@ class OnnxModel:
             raise ValueError(f"expected input (N, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}")
         if x.shape[0] == 0:
             return np.zeros((0, *self.input_hw), np.float32), np.zeros((0,), np.float32)
-        amap, score = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+        return self._execute(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _execute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class OnnxModel(ExportedModel):
+    """One loaded ONNX session plus the metadata every result row needs (version, threshold)."""
+
+    def __init__(self, model_dir: str | Path, threads: int = 0, onnx_path: str | Path | None = None,
+                 providers: list[str] | None = None, int8: bool = False) -> None:
+        self.meta = read_model_meta(model_dir)
+        t0 = time.perf_counter()
+        self.onnx_path = ensure_onnx(self.meta, onnx_path)
+        if int8:  # written next to the fp32 export (model dir or the per-user cache), reused while fresh
+            from inference.quantize import quantize_dynamic_int8
+
+            self.onnx_path = quantize_dynamic_int8(self.onnx_path)
+        self.session = make_session(self.onnx_path, threads, providers)
+        log.info("ONNX session ready", extra=kv(model_dir=str(self.meta.path), version=self.meta.version,
+                                                path=str(self.onnx_path), ms=round((time.perf_counter() - t0) * 1e3)))
+
+    def _execute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        amap, score = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         return amap, score
 
 

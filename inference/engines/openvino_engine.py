@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.engines.onnx_engine import OnnxEngine, available_cores, ensure_onnx
+from inference.engines.onnx_engine import ExportedModel, OnnxEngine, available_cores, ensure_onnx
 from inference.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_model_meta
 from lineinspect.logs import kv
 
@@ -39,7 +39,7 @@ def compile_onnx(onnx_path: str | Path, threads: int = 0) -> Any:
     return core.compile_model(core.read_model(str(onnx_path)), "CPU", cfg)
 
 
-class OpenVinoModel:
+class OpenVinoModel(ExportedModel):
     """One compiled model plus the metadata rows need; the same ``run`` contract as ``OnnxModel``."""
 
     def __init__(self, model_dir: str | Path, threads: int = 0, onnx_path: str | Path | None = None) -> None:
@@ -52,28 +52,10 @@ class OpenVinoModel:
         log.info("OpenVINO model ready", extra=kv(model_dir=str(self.meta.path), version=self.meta.version,
                                                   path=str(self.onnx_path), ms=round((time.perf_counter() - t0) * 1e3)))
 
-    @property
-    def version(self) -> str:
-        return self.meta.version
-
-    @property
-    def threshold(self) -> float:
-        return self.meta.threshold
-
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        return self.meta.input_hw
-
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed float32 (N, 3, H, W) -> (maps (N, H, W), scores (N,))."""
-        want = (3, *self.input_hw)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"expected input (N, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            return np.zeros((0, *self.input_hw), np.float32), np.zeros((0,), np.float32)
+    def _execute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.session is None:
             raise RuntimeError("the OpenVINO engine is closed")
-        res = self._request.infer({INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+        res = self._request.infer({INPUT_NAME: x})
         return np.array(res[self._outputs[0]]), np.array(res[self._outputs[1]])  # copies: the request reuses its buffers
 
 

@@ -52,7 +52,7 @@ class TorchEngine:
         return EngineOutput(out_scores.astype(np.float32), out_maps.astype(np.float32), self.loaded.version,
                             self.loaded.threshold, (time.perf_counter() - t0) * 1000.0)
 
-    def infer_encoded(self, product: str, envs: list["FrameEnvelope"], max_pixels: int = 40_000_000
+    def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000
                       ) -> tuple[EngineOutput, list[tuple[int, int]], str]:
         """Score encoded frames, decoding JPEG on this engine's device (nvJPEG on a GPU, the
         CPU's DCT-scaled decode otherwise; see :mod:`inference.gpu_decode`). Returns the output,

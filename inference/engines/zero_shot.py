@@ -25,8 +25,8 @@ import torch
 
 from inference.engines.base import EngineOutput
 from inference.model.anomaly_map import gaussian_kernel1d
-from inference.model.backbones import build_backbone
-from inference.model.inp_former import InpConfig, encode_groups
+from inference.model.backbones import FrozenBackbone, build_backbone
+from inference.model.inp_former import InpConfig, InpFormer, encode_groups
 from inference.preprocess import batch_to_input
 from inference.zero_shot.grnr import GrnrParams, grnr_maps
 from inference.zero_shot.threshold import RollingThreshold
@@ -63,7 +63,9 @@ class ZeroShotEngine:
         self.batch_size = max(1, int(batch_size))
         self.params = params or GrnrParams()
         self.thresholds = RollingThreshold(threshold_quantile, window, min(min_scores, window))
-        self.model = None
+        self.model: InpFormer | None = None
+        self._backbone: FrozenBackbone | None = None
+        self.source_version: str | None = None
         if method == "inp":
             if model_dir is None:
                 raise ConfigError("zero-shot method 'inp' needs model_dir: an INP-Former trained on other products")
@@ -76,9 +78,9 @@ class ZeroShotEngine:
         else:
             # GRNR needs a fine grid for its 7x7 neighbourhoods and was measured on stride 8 (32x32 at
             # 256 px): pinned here so a change of the trained model's default grid does not move it.
-            self.cfg = InpConfig(backbone=backbone, input_hw=tuple(input_hw), token_stride=GRNR_TOKEN_STRIDE)
-            self._backbone = None     # built on first use: a router holds this engine even when every
-            self.source_version = None  # product has a model, and then it never needs the weights
+            self.cfg = InpConfig(backbone=backbone, input_hw=(input_hw[0], input_hw[1]), token_stride=GRNR_TOKEN_STRIDE)
+            # the backbone is built on first use: a router holds this engine even when every product
+            # has a model, and then it never needs the weights
         self.kernel = gaussian_kernel1d(self.cfg.sigma).to(device)
 
     @property
@@ -86,7 +88,7 @@ class ZeroShotEngine:
         return self.cfg.input_hw
 
     @property
-    def backbone(self):  # noqa: ANN201 - FrozenBackbone
+    def backbone(self) -> FrozenBackbone:
         if self._backbone is None:
             blocks = sorted({b for g in self.cfg.groups for b in g})
             self._backbone = build_backbone(self.cfg.backbone, blocks).to(self.device)

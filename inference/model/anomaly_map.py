@@ -100,7 +100,7 @@ def finish_maps(per_group: list[torch.Tensor], size: tuple[int, int], kernel1d: 
                 top_fraction: float = 0.01, work_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Grid-level (N, h, w) distance maps -> (map (N, H, W) at ``size``, score (N,)); see
     :func:`anomaly_map_and_score` for ``work_size``."""
-    work = tuple(work_size or size)
+    work = (work_size or size)[0], (work_size or size)[1]
     amap = gaussian_blur(fuse_maps(per_group, work), kernel1d)
     score = topk_mean_score(amap, top_fraction)
     if work != tuple(size):

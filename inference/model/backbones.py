@@ -15,9 +15,10 @@ feature maps, one per requested block, which the INP-Former turns into tokens.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,8 @@ class FrozenBackbone(nn.Module):
     """A frozen feature extractor returning the maps of selected blocks (normalisation included)."""
 
     spec: BackboneSpec
+    mean: torch.Tensor   # registered buffers
+    std: torch.Tensor
 
     def __init__(self, spec: BackboneSpec, blocks: list[int], weights_file: Path | None) -> None:
         super().__init__()
@@ -103,20 +106,30 @@ class FrozenBackbone(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
-    def freeze(self) -> "FrozenBackbone":
+    def freeze(self) -> FrozenBackbone:
         for p in self.parameters():
             p.requires_grad_(False)
         return self.eval()
 
-    def train(self, mode: bool = True) -> "FrozenBackbone":  # always eval: BN statistics stay frozen
+    def train(self, mode: bool = True) -> FrozenBackbone:  # always eval: BN statistics stay frozen
         return super().train(False)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def channels(self) -> dict[int, int]:
+        """Channels of each selected block's map (every subclass knows its own)."""
+        raise NotImplementedError
+
+    def strides(self) -> dict[int, int]:
+        """Pixel stride of each selected block's map."""
+        raise NotImplementedError
+
 
 class LiteBackbone(FrozenBackbone):
     """EfficientNet-Lite trunk truncated after the last block we need (the head is never run)."""
+
+    trunk: Any  # nn.ModuleList of efficientnet_lite_pytorch blocks (untyped library)
 
     def __init__(self, spec: BackboneSpec, blocks: list[int], pretrained: bool = True) -> None:
         from efficientnet_lite_pytorch import EfficientNet
@@ -157,6 +170,8 @@ class LiteBackbone(FrozenBackbone):
 
 class DinoBackbone(FrozenBackbone):
     """A timm DINOv2 ViT from a local checkpoint; intermediate block tokens reshaped to maps."""
+
+    vit: Any  # a timm VisionTransformer (untyped library)
 
     def __init__(self, spec: BackboneSpec, blocks: list[int], checkpoint: Path | None) -> None:
         if checkpoint is None or not Path(checkpoint).is_file():

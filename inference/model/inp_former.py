@@ -22,10 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.model.anomaly_map import (MAP_METRICS, anomaly_map_and_score, finish_maps, fuse_maps, gaussian_kernel1d,
-                                         group_distance_maps)
+from inference.model.anomaly_map import (
+    MAP_METRICS,
+    anomaly_map_and_score,
+    finish_maps,
+    fuse_maps,
+    gaussian_kernel1d,
+    group_distance_maps,
+)
 from inference.model.backbones import FrozenBackbone, build_backbone, default_groups, resize_to_grid
-
 
 # How the frozen encoder features are normalised (fixed train statistics) before the head sees them
 # and before they are compared with the reconstruction:
@@ -43,7 +48,8 @@ STD_FLOOR = 0.5
 #   cos      1 - cos(target, rebuilt) on the normalised features (the paper's measure)
 #   cos_len  cos x the target token's length / the group's median training-token length: a token
 #            near the normal mean (plain background) has a noisy direction; its error counts in
-#            proportion to how far it is from the mean (bench_levers.py: tire pixel AUROC 0.44 -> 0.86)
+#            proportion to how far it is from the mean (benchmarks/RESULTS.md, lever sweep: the cos and
+#            cos_len rows of the tire column)
 # (A squared-error map is no option: the cosine loss leaves the reconstruction's length free, so
 # |target - rebuilt| measures the target's distance from the mean, not the reconstruction.)
 
@@ -124,7 +130,7 @@ class InpConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InpConfig":
+    def from_dict(cls, d: dict[str, Any]) -> InpConfig:
         known = {f.name for f in fields(cls)}
         # Older model directories are upgraded by lineinspect.model_meta.migrate before they get here.
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -379,19 +385,19 @@ class InpFormer(nn.Module):
     ``x``: float RGB NCHW in [0, 1] at ``cfg.input_hw`` (see :mod:`inference.preprocess`).
     """
 
-    blur_kernel: torch.Tensor
+    blur_kernel: torch.Tensor  # registered buffer
 
     def __init__(self, cfg: InpConfig, backbone: FrozenBackbone | None = None, checkpoint: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         blocks = sorted({b for g in cfg.groups for b in g})
-        self.backbone = backbone or build_backbone(cfg.backbone, blocks, checkpoint)
+        self.backbone: FrozenBackbone = backbone or build_backbone(cfg.backbone, blocks, checkpoint)
         ch = self.backbone.channels()
         self.head = InpHead(cfg, [sum(ch[b] for b in g) for g in cfg.groups],
                             sum(ch[b] for b in memory_blocks(cfg)))
         self.register_buffer("blur_kernel", gaussian_kernel1d(cfg.sigma / cfg.map_stride), persistent=False)
 
-    def train(self, mode: bool = True) -> "InpFormer":
+    def train(self, mode: bool = True) -> InpFormer:
         super().train(mode)
         self.backbone.train(False)
         return self

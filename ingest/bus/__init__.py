@@ -36,7 +36,7 @@ def check_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, 
             "publish JPEG instead of PNG, or downscale the frames")
 
 
-def dlq_headers(record: "Record", reason: str, detail: str) -> list[tuple[str, bytes]]:
+def dlq_headers(record: Record, reason: str, detail: str) -> list[tuple[str, bytes]]:
     """Headers added to a dead-lettered record: why, and where it came from (original headers kept)."""
     return [
         ("li-dlq-reason", reason.encode()),
@@ -47,14 +47,14 @@ def dlq_headers(record: "Record", reason: str, detail: str) -> list[tuple[str, b
     ]
 
 
-def _memory_bus(settings: "Settings", memory_bus: "MemoryBus | None") -> "MemoryBus":
+def _memory_bus(settings: Settings, memory_bus: MemoryBus | None) -> MemoryBus:
     if memory_bus is None:
         raise ConfigError("bus_url memory:// works inside one process only: pass the shared MemoryBus "
                           "(use LINEINSPECT_BUS_URL=kafka://host:port for separate processes)")
     return memory_bus
 
 
-def open_publisher(settings: "Settings", memory_bus: "MemoryBus | None" = None) -> "Publisher":
+def open_publisher(settings: Settings, memory_bus: MemoryBus | None = None) -> Publisher:
     """A publisher for ``settings.topic_frames`` on the bus the settings name."""
     if settings.bus_url.startswith("memory://"):
         from ingest.bus.memory import MemoryPublisher
@@ -65,7 +65,7 @@ def open_publisher(settings: "Settings", memory_bus: "MemoryBus | None" = None) 
     return KafkaPublisher(settings)
 
 
-def open_consumer(settings: "Settings", memory_bus: "MemoryBus | None" = None, group: str | None = None) -> "BatchConsumer":
+def open_consumer(settings: Settings, memory_bus: MemoryBus | None = None, group: str | None = None) -> BatchConsumer:
     """A batch consumer of ``settings.topic_frames`` in ``group`` (default ``settings.consumer_group``)."""
     group = group or settings.consumer_group
     if settings.bus_url.startswith("memory://"):

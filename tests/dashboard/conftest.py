@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine
 from streamlit.testing.v1 import AppTest
 
-from dashboard.seed import SeedConfig, SeedTruth, seed_history
+from storage.seed import SeedConfig, SeedTruth, seed_history
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 SEED = SeedConfig(results=3000, images=30)

@@ -98,6 +98,8 @@ def test_overview_and_gallery_in_chromium(server, tmp_path) -> None:
             page.locator("[data-testid='stVegaLiteChart']").first.wait_for(timeout=30_000)
             page.wait_for_timeout(1500)  # let the charts finish drawing
             values = page.get_by_test_id("stMetricValue").all_inner_texts()
+            # operators' console: no Deploy button, no developer menu (client.toolbarMode=minimal)
+            chrome = {tid: page.get_by_test_id(tid).count() for tid in ("stAppDeployButton", "stMainMenu")}
             overview = tmp_path / "dashboard-overview.png"
             page.screenshot(path=str(overview), full_page=True)
             _save(overview)
@@ -111,6 +113,7 @@ def test_overview_and_gallery_in_chromium(server, tmp_path) -> None:
             _save(gallery)
         finally:
             browser.close()
+    assert chrome == {"stAppDeployButton": 0, "stMainMenu": 0}
     assert inspected in values and rate in values
     assert f"{int(t.defect.sum()):,}" in values
     assert overview.stat().st_size > 20_000 and gallery.stat().st_size > 20_000

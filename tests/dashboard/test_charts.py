@@ -56,12 +56,20 @@ def test_fill_buckets_inserts_zero_rows_for_gaps() -> None:
 
 
 def test_throughput_per_min() -> None:
-    assert charts.throughput_per_min(600, 0.0, 3600.0, 10.0, 20.0) == 10.0
+    # over the active span (first..last frame, clipped to the range), never the range's average
+    assert charts.throughput_per_min(600, 0.0, 86400.0, 0.0, 3600.0) == 10.0
+    assert charts.throughput_per_min(600, 1800.0, 86400.0, 0.0, 3600.0) == 20.0
+    assert charts.throughput_per_min(600, 0.0, 3600.0, 10.0, 20.0) == 600.0  # at least a minute
     assert charts.throughput_per_min(600, None, None, 0.0, 600.0) == 60.0
     assert charts.throughput_per_min(5, None, None, 0.0, 1.0) == 5.0  # at least a minute
     assert charts.throughput_per_min(0, 0.0, 60.0, None, None) == 0.0
     assert charts.fmt_ts(0.0) == "1970-01-01 00:00:00 UTC" and charts.fmt_ts(None) == "-"
     assert math.isclose(charts.BUCKETS["shift (8 h)"][0], 28800.0)
+
+
+def test_fmt_metrics_shows_a_dash_for_none() -> None:
+    assert charts.fmt_metrics({}) == "-" and charts.fmt_metrics(None) == "-"
+    assert charts.fmt_metrics({"b": 1, "a": 0.5}) == '{"a": 0.5, "b": 1}'
 
 
 def test_fmt_ms_keeps_tiles_short() -> None:

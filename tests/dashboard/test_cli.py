@@ -16,7 +16,7 @@ def test_streamlit_command_is_headless_on_localhost() -> None:
     assert cmd[:4] == ["py", "-m", "streamlit", "run"] and cmd[4].endswith("dashboard/app.py")
     flags = dict(zip(cmd[5::2], cmd[6::2]))
     assert flags == {"--server.headless": "true", "--server.address": "127.0.0.1", "--server.port": "8555",
-                     "--browser.gatherUsageStats": "false"}
+                     "--browser.gatherUsageStats": "false", "--client.toolbarMode": "minimal"}
     with pytest.raises(ValueError):
         cli.streamlit_command(0)
 

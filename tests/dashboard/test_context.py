@@ -15,7 +15,7 @@ from lineinspect.settings import Settings
 class _Triton(BaseHTTPRequestHandler):
     ready = True
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         ok = self.path == "/v2/health/ready" and type(self).ready
         self.send_response(200 if ok else 503)
         self.end_headers()

@@ -45,7 +45,7 @@ def test_overview_numbers_match_the_seed(seeded_db, make_app) -> None:
     assert m["Defect rate"] == f"{t.defect.mean() * 100:.2f} %"
     assert m["False alarms"] == f"{int(t.false_alarm.sum()):,}"
     span_min = (t.captured_at.max() - t.captured_at.min()) / 60
-    assert m["Throughput"] == f"{t.captured_at.size / span_min:,.1f} /min"
+    assert m["Active rate"] == f"{t.captured_at.size / span_min:,.1f} /min"
 
     # p-chart over hourly buckets, recomputed from the seed with numpy
     hours = np.floor(t.captured_at / 3600).astype(np.int64)

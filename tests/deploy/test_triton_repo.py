@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deploy.cli import register
 from deploy.triton_repo import render_config, write_triton_repo
 from deploy.triton_server import preferred_batch_sizes
-from inference.serving_cli import register
 from lineinspect.errors import ConfigError
 from lineinspect.settings import Settings
 from tests.inference.onnx_fixtures import RealModel, real_model  # noqa: F401 - fixture

@@ -9,7 +9,7 @@ import numpy as np
 
 from inference.consumer import InferenceConsumer
 from inference.engines.base import EngineOutput, EngineUnavailable, UnknownProduct
-from inference.metrics import ConsumerMetrics
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
 from ingest.publisher import FramePublisher
 from lineinspect.errors import ServiceUnavailable
@@ -61,7 +61,7 @@ def publish(bus: MemoryBus, settings: Settings, n: int, camera: str = "cam-1", p
     return defects
 
 
-def make(settings: Settings, bus: MemoryBus, store, engine=None, cache=None, **kw) -> InferenceConsumer:  # noqa: ANN001
+def make(settings: Settings, bus: MemoryBus, store, engine=None, cache=None, **kw) -> InferenceConsumer:
     return InferenceConsumer(settings, MemoryConsumer(bus, settings.topic_frames, "g", settings.topic_dlq),
                              engine or FakeEngine(), store, cache, ConsumerMetrics(settings),
                              backoff_initial_s=0.01, backoff_max_s=0.05, **kw)
@@ -109,7 +109,7 @@ class FailingStore:
     def __init__(self, real: ResultStore, failures: int) -> None:
         self.real, self.failures, self.calls = real, failures, 0
 
-    def save_results(self, rows):  # noqa: ANN001, ANN201
+    def save_results(self, rows):
         self.calls += 1
         if self.calls <= self.failures:
             raise ServiceUnavailable("postgresql", "postgresql://db", "connection refused")
@@ -155,7 +155,7 @@ class FlakyEngine(FakeEngine):
         super().__init__()
         self.unavailable, self.bad_level = unavailable, bad_level
 
-    def infer(self, product, images):  # noqa: ANN001, ANN201
+    def infer(self, product, images):
         if self.unavailable > 0:
             self.unavailable -= 1
             raise EngineUnavailable("triton is restarting")
@@ -178,7 +178,7 @@ def test_engine_outage_is_waited_out_and_a_frame_that_always_fails_is_isolated(s
 
 def test_cache_failure_does_not_block_the_commit(settings: Settings, store: ResultStore) -> None:
     class BrokenCache:
-        def record_results(self, results):  # noqa: ANN001, ANN201
+        def record_results(self, results):
             raise ConnectionError("redis down")
 
     bus = MemoryBus(partitions=1)

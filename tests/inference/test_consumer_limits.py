@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from inference.consumer import InferenceConsumer
-from inference.metrics import ConsumerMetrics
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
 from ingest.envelope import FrameEnvelope, encode_image
 from lineinspect.settings import Settings

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from inference.consumer import InferenceConsumer
-from inference.metrics import ConsumerMetrics
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer
 from lineinspect.errors import ServiceUnavailable
 from lineinspect.settings import Settings
@@ -51,11 +51,11 @@ class RecordingBus(MemoryConsumer):
         self.journal = journal
         self.threads: set[str] = set()
 
-    def poll_batch(self, max_records: int, max_wait_ms: int):  # noqa: ANN201
+    def poll_batch(self, max_records: int, max_wait_ms: int):
         self.threads.add(threading.current_thread().name)
         return super().poll_batch(max_records, max_wait_ms)
 
-    def commit(self, records) -> None:  # noqa: ANN001
+    def commit(self, records) -> None:
         self.threads.add(threading.current_thread().name)
         self.journal.add("commit", {(r.partition, r.offset) for r in records})
         super().commit(records)
@@ -72,7 +72,7 @@ class SlowStore:
         self.saved: Counter[tuple[str, int]] = Counter()
         self.engine = real.engine  # lets the consumer build its specimen fuser like on a real store
 
-    def save_results(self, rows):  # noqa: ANN001, ANN201
+    def save_results(self, rows):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             self.down.set()
@@ -85,7 +85,7 @@ class SlowStore:
         self.journal.add("store_end", {(r.camera, r.frame_id) for r in rows})
         return out
 
-    def record_consumer_stat(self, **kw) -> None:  # noqa: ANN003
+    def record_consumer_stat(self, **kw) -> None:
         self.real.record_consumer_stat(**kw)
 
 
@@ -94,12 +94,12 @@ class JournalEngine(FakeEngine):
         super().__init__()
         self.journal = journal
 
-    def infer(self, product, images):  # noqa: ANN001, ANN201
+    def infer(self, product, images):
         self.journal.add("infer", len(images))
         return super().infer(product, images)
 
 
-def make(settings: Settings, bus: MemoryBus, store, journal: Journal, engine=None, **kw) -> InferenceConsumer:  # noqa: ANN001
+def make(settings: Settings, bus: MemoryBus, store, journal: Journal, engine=None, **kw) -> InferenceConsumer:
     return InferenceConsumer(settings, RecordingBus(bus, settings, journal), engine or JournalEngine(journal), store,
                              MemoryCache(), ConsumerMetrics(settings), backoff_initial_s=0.01, backoff_max_s=0.05,
                              stat_interval_s=3600, **kw)
@@ -252,7 +252,7 @@ def test_graceful_stop_drains_the_sink_and_commits_what_it_stored(settings: Sett
 class BadMapEngine(FakeEngine):
     """Defect frames get a 3-D map, which the row's mask encoding rejects (a bug, not an outage)."""
 
-    def infer(self, product, images):  # noqa: ANN001, ANN201
+    def infer(self, product, images):
         out = super().infer(product, images)
         if out.scores.max() > 0.5 and len(self.calls) > 1:
             out.maps = out.maps[:, None]
@@ -340,7 +340,7 @@ class GroupBus(RecordingBus):
         if self.join_pending.is_set():
             self.rebalanced.set()
 
-    def poll_batch(self, max_records: int, max_wait_ms: int):  # noqa: ANN201
+    def poll_batch(self, max_records: int, max_wait_ms: int):
         self._service()
         return super().poll_batch(max_records, max_wait_ms)
 

@@ -10,8 +10,15 @@ import numpy as np
 import onnx
 import pytest
 
-from inference.onnx_export import (INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, export_onnx, onnx_is_fresh, read_model_meta,
-                                   sidecar_path)
+from inference.onnx_export import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    export_onnx,
+    onnx_is_fresh,
+    read_model_meta,
+    sidecar_path,
+)
 from lineinspect.errors import ConfigError
 from tests.inference.onnx_fixtures import RealModel, real_model  # noqa: F401 - fixture
 

@@ -10,8 +10,8 @@ import onnx
 
 from inference.engines.onnx_engine import make_session
 from inference.onnx_export import export_onnx
-from inference.quantize import int8_path, quantize_dynamic_int8
 from inference.preprocess import batch_to_input
+from inference.quantize import int8_path, quantize_dynamic_int8
 from tests.inference.onnx_fixtures import RealModel, real_model  # noqa: F401 - fixture
 
 

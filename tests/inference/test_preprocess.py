@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inference.preprocess import aspect_input_hw, as_rgb, batch_to_input, map_to_frame, to_input
+from inference.preprocess import as_rgb, aspect_input_hw, batch_to_input, map_to_frame, to_input
 
 
 def test_to_input_layout_range_and_size():

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.engines.base import EngineOutput
-from inference.metrics import ConsumerMetrics
+from inference.engines.base import EngineOutput, UnknownProduct
 from inference.router import ModelHeld, ModelRouter
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus
 from lineinspect import model_meta
 from lineinspect.settings import Settings
@@ -144,3 +144,85 @@ def test_an_earlier_verified_version_keeps_serving_when_the_new_one_is_corrupt(s
     router.refresh()
     assert router.products() == {"widget": v1} and router.held() == {}
     router.close()
+
+
+# --- hot swap, as a unit: a fake registry and engines, no database ----------------------------------
+class _Info:
+    def __init__(self, version: str, threshold: float) -> None:
+        self.version, self.threshold = version, threshold
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.active: dict[str, _Info] = {}
+
+    def active_versions(self) -> dict[str, _Info]:
+        return dict(self.active)
+
+
+class _GateEngine:
+    """Scores 0.1 per image; ``gate`` (when set) holds infer until released, like a long batch."""
+
+    name = "local"
+
+    def __init__(self, version: str) -> None:
+        self.version, self.closed = version, False
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
+        assert not self.closed, f"engine {self.version} used after close"
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        return EngineOutput(np.full(len(images), 0.1, np.float32), np.zeros((len(images), 4, 4), np.float32),
+                            model_version="engine-own", threshold=9.9)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_hot_swap_serves_the_new_version_at_once_and_closes_the_old_one_after_its_batch() -> None:
+    reg = _Registry()
+    built: dict[str, _GateEngine] = {}
+
+    def factory(info: _Info) -> _GateEngine:
+        built[info.version] = _GateEngine(info.version)
+        return built[info.version]
+
+    reg.active["widget"] = _Info("v0001", 0.5)
+    router = ModelRouter(Settings(), reg, engine_factory=factory, poll_s=0, verify=False)
+    img = [np.zeros((8, 8, 3), np.uint8)]
+    out = router.infer("widget", img)
+    assert (out.model_version, out.threshold) == ("v0001", 0.5)  # the route's version and threshold, not the engine's
+
+    # a batch is in flight on v0001 when v0002 is promoted
+    built["v0001"].gate = threading.Event()
+    in_flight: list[EngineOutput] = []
+    t = threading.Thread(target=lambda: in_flight.append(router.infer("widget", img)))
+    t.start()
+    assert built["v0001"].entered.wait(10)
+    reg.active["widget"] = _Info("v0002", 0.7)
+    assert router.refresh() == ["widget"]
+    assert router.products() == {"widget": "v0002"}
+    out = router.infer("widget", img)                       # new batches: the new version, at once
+    assert (out.model_version, out.threshold) == ("v0002", 0.7)
+    assert not built["v0001"].closed                         # retired, not closed under the running batch
+    built["v0001"].gate.set()
+    t.join(10)
+    assert [o.model_version for o in in_flight] == ["v0001"]  # the old batch finished on the old version
+    router.refresh()                                         # the next sync closes what was retired
+    assert built["v0001"].closed and not built["v0002"].closed
+
+    # a threshold change of the same version swaps no engine
+    reg.active["widget"] = _Info("v0002", 0.8)
+    assert router.refresh() == []
+    assert router.infer("widget", img).threshold == 0.8 and set(built) == {"v0001", "v0002"}
+
+    # demoted: the product is gone, with no fallback it is unknown
+    reg.active.clear()
+    assert router.refresh() == ["widget"]
+    with pytest.raises(UnknownProduct):
+        router.infer("widget", img)
+    router.close()
+    assert built["v0002"].closed

@@ -27,7 +27,7 @@ def test_tile_grid_covers_the_frame(h: int, w: int, t: int, ov: float) -> None:
     corners = tile_grid((h, w), (t, t), ov)
     cover = np.zeros((h, w), bool)
     for y, x in corners:
-        assert 0 <= y and 0 <= x and (y + t <= h or y == 0) and (x + t <= w or x == 0)
+        assert y >= 0 and x >= 0 and (y + t <= h or y == 0) and (x + t <= w or x == 0)
         cover[y:y + t, x:x + t] = True
     assert cover.all()
     assert len(set(corners)) == len(corners)

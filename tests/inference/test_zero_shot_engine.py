@@ -61,7 +61,7 @@ def test_grnr_engine_interface_version_and_threshold_marking() -> None:
     assert eng.infer("another", [_texture(3)]).calibrated is False   # windows are per product
 
 
-def test_inp_engine_needs_a_model_dir_and_scores_with_it(tmp_path) -> None:  # noqa: ANN001
+def test_inp_engine_needs_a_model_dir_and_scores_with_it(tmp_path) -> None:
     from inference.model.inp_former import InpConfig, InpFormer
     from inference.model_dir import save_model_dir
 

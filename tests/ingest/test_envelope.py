@@ -51,7 +51,7 @@ def test_v1_message_is_accepted() -> None:
     (lambda k, v, h: (k, v, [("li-meta", json.dumps({**json.loads(dict(h)["li-meta"]), "frame_id": -1}).encode())]), "bad_envelope"),
     (lambda k, v, h: (k, v, [("li-meta", json.dumps({**json.loads(dict(h)["li-meta"]), "encoding": "gif"}).encode())]), "bad_encoding"),
 ])
-def test_malformed_messages_are_poison(mutate, reason) -> None:  # noqa: ANN001
+def test_malformed_messages_are_poison(mutate, reason) -> None:
     with pytest.raises(PoisonFrame) as exc:
         FrameEnvelope.from_message(*mutate(*_env().to_message()))
     assert exc.value.reason == reason

@@ -307,7 +307,7 @@ class _ProductEngine:
 
     name = "fake"
 
-    def infer(self, product: str, images: list[np.ndarray]):  # noqa: ANN201 - EngineOutput
+    def infer(self, product: str, images: list[np.ndarray]):
         from inference.engines.base import EngineOutput, UnknownProduct
 
         if product != "widget":

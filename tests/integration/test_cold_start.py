@@ -12,10 +12,10 @@ import torch
 
 from inference.consumer import InferenceConsumer
 from inference.engines.zero_shot import ZeroShotEngine
-from inference.metrics import ConsumerMetrics
 from inference.model.inp_former import InpConfig, InpFormer
 from inference.model_dir import save_model_dir
 from inference.router import ModelRouter, local_engine_factory, open_engine
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
 from ingest.publisher import FramePublisher
 from lineinspect.settings import Settings

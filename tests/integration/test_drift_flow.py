@@ -18,13 +18,14 @@ import pytest
 
 from inference.consumer import InferenceConsumer
 from inference.drift import DriftMonitor, RegistryCalibration
-from inference.metrics import ConsumerMetrics
 from inference.router import ModelRouter
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
 from ingest.publisher import FramePublisher
 from ingest.simulator import LineSimulator
 from lineinspect.settings import Settings
 from storage.drift import DriftStore
+from storage.jobs import list_runs
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
 from tests.dbtools import throwaway_database
@@ -32,7 +33,7 @@ from tests.integration.test_retrain_flow import wait_for
 from tests.training.test_retrain import tiny_model
 from training.gate import GatePolicy
 from training.retrain import RetrainOptions, import_seed
-from training.scheduler import Schedule, Scheduler, list_runs
+from training.scheduler import Schedule, Scheduler
 
 PRODUCT, CAMERA = "widget", "cam-1"
 

@@ -20,7 +20,7 @@ import pytest
 
 from inference.consumer import InferenceConsumer
 from inference.engines.base import EngineOutput
-from inference.metrics import ConsumerMetrics
+from inference.telemetry import ConsumerMetrics
 from ingest.bus import open_consumer, open_publisher
 from ingest.publisher import FramePublisher
 from lineinspect.settings import Settings

@@ -12,18 +12,19 @@ import time
 from pathlib import Path
 
 from inference.consumer import InferenceConsumer
-from inference.metrics import ConsumerMetrics
 from inference.router import ModelRouter
+from inference.telemetry import ConsumerMetrics
 from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
 from ingest.publisher import FramePublisher
 from ingest.simulator import LineSimulator
 from lineinspect.settings import Settings
+from storage.jobs import list_runs
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
+from tests.training.test_retrain import tiny_model
 from training.gate import GatePolicy
 from training.retrain import RetrainOptions, import_seed
-from training.scheduler import Schedule, Scheduler, list_runs
-from tests.training.test_retrain import tiny_model
+from training.scheduler import Schedule, Scheduler
 
 PRODUCT, CAMERA = "widget", "cam-1"
 

@@ -28,7 +28,7 @@ class Line:
         self.store, self.fuser, self.engine = store, fuser, engine
         self.frame_id = 0
 
-    def shoot(self, specimen: str, views: dict[str, np.ndarray]):  # noqa: ANN201
+    def shoot(self, specimen: str, views: dict[str, np.ndarray]):
         out = self.engine.infer("gear", list(views.values()))
         rows = []
         now = time.time()
@@ -44,7 +44,7 @@ class Line:
 
 
 @pytest.fixture()
-def line(tmp_path) -> Line:  # noqa: ANN001
+def line(tmp_path) -> Line:
     store = ResultStore.open(f"sqlite:///{(tmp_path / 's.sqlite').as_posix()}")
     settings = Settings(home=tmp_path, fusion_default_views=3, fusion_timeout_s=30.0, fusion_method="max")
     eng = ZeroShotEngine(method="grnr", input_hw=(128, 128), min_scores=6, window=50)
@@ -78,11 +78,11 @@ def test_missing_view_is_decided_at_the_timeout_and_marked_incomplete(line: Line
     assert line.fuser.sweep(time.time() + 3600) == []       # decided exactly once
 
 
-def test_consumer_fuses_specimens_across_consumers(tmp_path) -> None:  # noqa: ANN001
+def test_consumer_fuses_specimens_across_consumers(tmp_path) -> None:
     """Views of one part land on two consumers (two partitions); the verdict is decided once, in the DB."""
     from inference.consumer import InferenceConsumer
     from inference.engines.base import EngineOutput
-    from inference.metrics import ConsumerMetrics
+    from inference.telemetry import ConsumerMetrics
     from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
     from ingest.publisher import FramePublisher
 

@@ -237,7 +237,7 @@ class Rig:
         finally:
             eng.dispose()
 
-    def wait_for(self, cond, timeout_s: float, what: str, poll_s: float = 0.25) -> None:  # noqa: ANN001
+    def wait_for(self, cond, timeout_s: float, what: str, poll_s: float = 0.25) -> None:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if cond():

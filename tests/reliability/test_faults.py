@@ -132,7 +132,7 @@ def test_redis_out_of_memory_stores_and_commits_and_reports_the_gap(rig: Rig) ->
     assert counted < N
 
 
-def test_triton_outage_is_waited_out(rig: Rig, tiny_model) -> None:  # noqa: ANN001 - TinyModel
+def test_triton_outage_is_waited_out(rig: Rig, tiny_model) -> None:
     pytest.importorskip("pytriton")
     from deploy.triton_server import ServerConfig, TritonModelServer, static_source, wait_ready
     from tests.integration.triton_fixtures import free_port

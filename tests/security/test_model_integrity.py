@@ -50,7 +50,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (Path.touch, (self.marker,))
 
 
@@ -78,7 +78,7 @@ class _CountingFactory:
     def __init__(self) -> None:
         self.built: list[str] = []
 
-    def __call__(self, info) -> object:  # noqa: ANN001 - VersionInfo
+    def __call__(self, info) -> object:
         self.built.append(info.version)
 
         class _Engine:

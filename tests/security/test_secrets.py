@@ -106,7 +106,7 @@ def test_postgres_password_from_file_and_tls_options_reach_the_driver(tmp_path: 
     assert url.password == PW
     assert dict(url.query) == {"sslmode": "verify-full", "sslrootcert": "/etc/ca.pem"}
     assert PW not in repr(url)  # SQLAlchemy masks it too
-    assert resolve_url(f"postgresql+psycopg://li:inline@db/li").password == "inline"  # the URL's own wins
+    assert resolve_url("postgresql+psycopg://li:inline@db/li").password == "inline"  # the URL's own wins
 
 
 @pytest.fixture()

@@ -59,7 +59,7 @@ def test_consumer_logs_never_contain_secrets(rig: Rig) -> None:  # noqa: F811
         assert secret not in log, f"{secret} leaked into the consumer log"
 
 
-def test_fatal_connection_errors_do_not_print_the_password(tmp_path) -> None:  # noqa: ANN001
+def test_fatal_connection_errors_do_not_print_the_password(tmp_path) -> None:
     url = f"postgresql+psycopg://li:{DB_PW}@127.0.0.1:1/li"
     proc = subprocess.run([sys.executable, "-m", "lineinspect.cli", "--log-level", "DEBUG", "consume", "--db", url,
                            "--bus", "kafka://127.0.0.1:1", "--max-frames", "1"],

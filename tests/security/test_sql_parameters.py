@@ -69,9 +69,7 @@ def _formatted_sql_calls(tree: ast.AST) -> list[tuple[int, str]]:
                 if spec.endswith("d'") or "quoted" in ast.unparse(part.value):
                     continue
                 bad.append((node.lineno, ast.unparse(arg)))
-        elif isinstance(arg, ast.BinOp) and isinstance(arg.op, (ast.Mod, ast.Add)):
-            bad.append((node.lineno, ast.unparse(arg)))
-        elif isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "format":
+        elif isinstance(arg, ast.BinOp) and isinstance(arg.op, (ast.Mod, ast.Add)) or isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "format":
             bad.append((node.lineno, ast.unparse(arg)))
     return bad
 

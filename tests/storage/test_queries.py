@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, create_engine, delete, literal, select
 
-from dashboard.seed import SeedConfig, SeedTruth, seed_history
 from storage import queries as q
 from storage.models import Base, ModelVersion
 from storage.queries import Filters, floor_int
+from storage.seed import SeedConfig, SeedTruth, seed_history
 from tests.dbtools import throwaway_database
 
 CFG = SeedConfig(results=3000, images=40)
@@ -149,7 +149,7 @@ def test_current_thresholds_fall_back_to_the_newest_result(tmp_path) -> None:
         conn.execute(delete(ModelVersion.__table__))
     with engine.connect() as conn:
         thr = q.current_thresholds(conn)
-    for name, pid in t.product_ids.items():
+    for pid in t.product_ids.values():
         newest = int(np.flatnonzero(t.product == pid)[np.argmax(t.captured_at[t.product == pid])])
         assert thr[pid]["source"] == "latest result"
         assert thr[pid]["threshold"] == pytest.approx(t.threshold[newest])

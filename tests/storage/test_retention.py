@@ -6,7 +6,9 @@ import pytest
 from sqlalchemy import func, select
 
 from lineinspect.cli import main
+from storage.db import current_revision
 from storage.models import FrameImage, Mask
+from storage.records import SpecimenDecision
 from storage.retention import prune
 from storage.store import ResultStore
 from tests.storage.conftest import make_row
@@ -27,9 +29,9 @@ def filled(db_url):
     old.append(make_row(100, captured_at=now - 40 * DAY, keep_as_normal=True, frame_bytes=b"normal"))
     new = [make_row(200 + i, "defect", captured_at=now - DAY, mask_png=b"m", frame_bytes=b"g") for i in range(3)]
     store.save_results(old + new)
-    store.save_specimen("bolt", "S-old", expected_views=1, received_views=1, score=1, threshold=0.5, verdict="defect",
-                        fusion="max", complete=True, first_seen_at=now - 40 * DAY, decided_at=now - 40 * DAY,
-                        result_ids=[1])
+    store.save_specimen(SpecimenDecision("bolt", "S-old", expected_views=1, received_views=1, score=1, threshold=0.5,
+                                         verdict="defect", fusion="max", complete=True, first_seen_at=now - 40 * DAY,
+                                         decided_at=now - 40 * DAY, result_ids=[1]))
     store.record_consumer_stat("c", 1, 1.0, 1.0, 1.0, 1.0, 0, 0, "onnx", True, at=now - 40 * DAY)
     yield store
     store.close()
@@ -64,13 +66,9 @@ def test_cli_db_upgrade_and_prune(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LINEINSPECT_DB_URL", url)
     monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path))
     assert main(["db-upgrade"]) == 0
-    from storage.db import current_revision, make_engine
-
-    eng = make_engine(url)
-    head = current_revision(eng)
-    eng.dispose()
-    assert head and f"revision {head}" in capsys.readouterr().out  # later migrations chain onto 0001
     store = ResultStore.open(url)
+    head = current_revision(store.engine)  # whatever migration is last (the coordinator chains them)
+    assert head is not None and f"revision {head}" in capsys.readouterr().out
     store.save_results([make_row(1, captured_at=time.time() - 10 * DAY), make_row(2)])
     assert main(["prune", "--older-than-days", "5", "--dry-run"]) == 0
     assert "would delete 1 results" in capsys.readouterr().out

@@ -3,9 +3,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
+from storage.records import SpecimenDecision
 from storage.store import ResultStore
 from tests.storage.conftest import make_row
 
@@ -130,17 +132,21 @@ def test_concurrent_overlapping_batches_store_each_frame_once(db_url):
             s.close()
 
 
-def test_specimen_upsert(store):
-    kw = dict(expected_views=3, received_views=2, score=0.4, threshold=0.5, verdict="ok", fusion="max",
-              complete=False, first_seen_at=1.0, decided_at=2.0, result_ids=[1, 2])
-    sid = store.save_specimen("bolt", "S-1", **kw)
-    kw.update(received_views=3, score=0.8, verdict="defect", complete=True, decided_at=3.0, result_ids=[1, 2, 3])
-    assert store.save_specimen("bolt", "S-1", **kw) == sid
+def test_specimen_first_verdict_stands(store):
+    """One conflict rule for specimens (the fuser's): the first stored verdict is final."""
+    first = SpecimenDecision("bolt", "S-1", expected_views=3, received_views=2, score=0.4, threshold=0.5,
+                             verdict="ok", fusion="max", complete=False, first_seen_at=1.0, decided_at=2.0,
+                             result_ids=[1, 2])
+    assert store.save_specimen(first) is True
+    later = replace(first, received_views=3, score=0.8, verdict="defect", complete=True, decided_at=3.0,
+                    result_ids=[1, 2, 3])
+    assert store.save_specimen(later) is False
     sp = store.get_specimen("bolt", "S-1")
-    assert (sp["received_views"], sp["verdict"], sp["complete"], sp["result_ids"]) == (3, "defect", True, [1, 2, 3])
+    assert (sp["received_views"], sp["verdict"], bool(sp["complete"]), sp["result_ids"]) == (2, "ok", False, [1, 2])
     assert store.get_specimen("bolt", "S-2") is None
     with pytest.raises(ValueError):
-        store.save_specimen("bolt", "S-3", **{**kw, "verdict": "maybe"})
+        store.save_specimen(replace(first, specimen_id="S-3", verdict="maybe"))
+    assert store.get_specimen("bolt", "S-3") is None
 
 
 def test_consumer_stats_newest_first(store):

@@ -15,7 +15,6 @@ from training.retrain import (
     RetrainOptions,
     anomaly_files,
     decode_sample,
-    flagged_frames,
     import_seed,
     labelled_normal_files,
     new_samples_since,
@@ -190,7 +189,7 @@ def test_flagged_frames_exclude_false_alarms(store):
 
     ids = store.save_results([row(1, "defect"), row(2, "defect"), row(3, "ok")])
     store.mark_false_alarm(ids[0])
-    frames = flagged_frames(store, "widget")
+    frames = store.flagged_frames("widget")
     assert len(frames) == 1 and decode_sample(frames[0])[0, 0, 0] == 2
 
 

@@ -3,22 +3,14 @@ import threading
 
 import pytest
 
+from storage.jobs import finish_run, list_runs, start_run
+from storage.locks import DbLock
 from storage.registry import ModelRegistry
 from storage.store import ResultStore
-from training.locks import DbLock
-from training.retrain import NotEnoughSamples
-from training.scheduler import (
-    Schedule,
-    Scheduler,
-    cron_fired_since,
-    due_reason,
-    finish_run,
-    list_runs,
-    run_job,
-    start_run,
-)
 from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - SQLite and PostgreSQL fixtures
 from tests.training.test_retrain import add_frames, options
+from training.retrain import NotEnoughSamples
+from training.scheduler import Schedule, Scheduler, cron_fired_since, due_reason, run_job
 
 
 @pytest.fixture()

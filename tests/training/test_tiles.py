@@ -19,7 +19,7 @@ def test_crops_have_the_input_size_come_from_the_image_and_are_seeded() -> None:
         assert any(np.array_equal(img[y:y + 64, x:x + 64], c) for y, x in hits if y + 64 <= 300 and x + 64 <= 500)
 
 
-def test_small_images_are_upscaled_and_bad_args_refused(tmp_path) -> None:  # noqa: ANN001
+def test_small_images_are_upscaled_and_bad_args_refused(tmp_path) -> None:
     import cv2
 
     small = np.zeros((40, 80, 3), np.uint8)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine
 
-from dashboard.seed import SeedConfig, seed_history
+from storage.seed import SeedConfig, seed_history
 
 
 def test_seed_is_deterministic_and_consistent(tmp_path) -> None:
@@ -32,7 +32,7 @@ def test_seed_refuses_a_non_empty_database(tmp_path) -> None:
 def test_seed_command_line_migrates_and_seeds(tmp_path, capsys) -> None:
     from sqlalchemy import inspect
 
-    from dashboard.seed import main
+    from storage.seed import main
 
     url = f"sqlite:///{(tmp_path / 'cli.sqlite').as_posix()}"
     assert main(["--db", url, "--results", "200", "--hours", "1"]) == 0

@@ -1,4 +1,7 @@
-"""``lineinspect export`` and ``lineinspect serve-triton`` (registered from :mod:`inference.cli`)."""
+"""``lineinspect export`` and ``lineinspect serve-triton``.
+
+They live in deploy/ because they wire the inference packages into deployment artefacts (a Triton
+model repository, the pytriton server): deploy depends on inference, never the other way round."""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from lineinspect.errors import ConfigError
+from lineinspect.settings import Settings
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model dir to ONNX (and optionally a Triton model repository)",
                        description="Export the whole model (normalisation, encoder, INP-Former head, anomaly map, "
                                    "score) to ONNX with a dynamic batch axis. Without --out it lands in the model "
@@ -50,7 +54,7 @@ def register(sub: Any) -> None:
     s.set_defaults(func=run_serve)
 
 
-def run_export(args: argparse.Namespace, settings: Any) -> int:
+def run_export(args: argparse.Namespace, settings: Settings) -> int:
     from inference.onnx_export import export_onnx
 
     path = export_onnx(args.model, args.out, opset=args.opset, force=args.force)
@@ -82,7 +86,7 @@ def _parse_pairs(pairs: list[str]) -> dict[str, Path]:
     return out
 
 
-def run_serve(args: argparse.Namespace, settings: Any) -> int:
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from deploy.triton_server import ServerConfig, TritonModelServer, registry_source, static_source
 
     if args.model:
@@ -90,7 +94,10 @@ def run_serve(args: argparse.Namespace, settings: Any) -> int:
     else:
         settings = settings.with_overrides(models_dir=args.models, db_url=args.db)
         source = registry_source(settings)
-    pick = lambda v, d: d if v is None else v  # noqa: E731
+
+    def pick(v: Any, d: Any) -> Any:
+        return d if v is None else v
+
     cfg = ServerConfig(http_port=pick(args.http_port, settings.triton_http_port),
                        grpc_port=pick(args.grpc_port, settings.triton_grpc_port),
                        metrics_port=pick(args.metrics_port, settings.triton_metrics_port), address=args.address,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -52,7 +53,7 @@ class ConsumerMetrics:
         self._dlq_total = 0
         self._lag = 0
         self.engine_ok = True
-        self._server = None
+        self._server: tuple[Any, threading.Thread] | None = None  # (WSGIServer, serving thread)
 
     # --- observations -------------------------------------------------------------------
     def observe_batch(self, size: int) -> None:

@@ -32,6 +32,7 @@ from storage.models import (
     ModelVersion,
     Product,
     Specimen,
+    table,
 )
 
 VIEWS = ("top", "side")
@@ -121,14 +122,14 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
         if conn.execute(select(func.count()).select_from(InspectionResult.__table__)).scalar_one():
             raise ValueError("seed_history writes into an empty database; inspection_results already has rows")
         for i, name in enumerate(cfg.products):
-            conn.execute(insert(Product.__table__).values(name=name, expected_views=len(VIEWS), created_at=t0 - 86400 + i))
+            conn.execute(insert(table(Product)).values(name=name, expected_views=len(VIEWS), created_at=t0 - 86400 + i))
         for li in range(cfg.lines):
-            conn.execute(insert(Line.__table__).values(name=f"line-{li + 1}", created_at=t0 - 86400))
+            conn.execute(insert(table(Line)).values(name=f"line-{li + 1}", created_at=t0 - 86400))
         product_ids = dict(conn.execute(select(Product.name, Product.id)).all())
         line_ids = dict(conn.execute(select(Line.name, Line.id)).all())
         for li in range(cfg.lines):
             for view in VIEWS:
-                conn.execute(insert(Camera.__table__).values(
+                conn.execute(insert(table(Camera)).values(
                     name=f"cam-{li + 1}-{view}", line_id=line_ids[f"line-{li + 1}"], created_at=t0 - 86400))
         camera_ids = dict(conn.execute(select(Camera.name, Camera.id)).all())
 
@@ -171,7 +172,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
     w, h = cfg.frame_size
     area = np.where(flagged, rng.integers(20, 400, n), 0)
 
-    table = InspectionResult.__table__
+    results_t = table(InspectionResult)
     with engine.begin() as conn:
         for a in range(0, n, cfg.chunk):
             rows = []
@@ -189,7 +190,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
                     "batch_size": int(batch[i]), "width": w, "height": h, "defect_area_px": int(area[i]),
                     "false_alarm": bool(false_alarm[i]),
                 })
-            conn.execute(insert(table), rows)
+            conn.execute(insert(results_t), rows)
 
         # specimens: fused with "max" over the views that arrived
         spec_score = np.full(n_spec, -np.inf)
@@ -207,7 +208,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
                     "complete": bool(spec_views[k] == n_views), "first_seen_at": float(spec_t[k]),
                     "decided_at": float(spec_t[k]) + 2.0, "result_ids": [],
                 })
-            conn.execute(insert(Specimen.__table__), rows)
+            conn.execute(insert(table(Specimen)), rows)
 
         # model registry: v1 retired, v2 active, v3 candidate
         for i, pname in enumerate(cfg.products):
@@ -216,7 +217,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
                 ("v1", "retired", thr_active[i] * 1.1, t0 - 7 * 86400), ("v2", "active", thr_active[i], mid - 60),
                 ("v3", "candidate", thr_active[i] * 0.95, cfg.end - 600),
             ):
-                conn.execute(insert(ModelVersion.__table__).values(
+                conn.execute(insert(table(ModelVersion)).values(
                     product_id=pid, version=ver, status=status, path=f"models/{pname}/{ver}", checksum="0" * 64,
                     backbone="efficientnet-lite0", threshold=float(thr),
                     metrics={"image_auroc": round(0.9 + 0.02 * (ver == "v2") + 0.01 * i, 3), "val_normals": 200},
@@ -239,17 +240,17 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
                     "lag": int(rng.integers(0, 30)), "dlq_total": dlq[c], "engine": "onnx", "engine_ok": True,
                 })
         for a in range(0, len(stats), cfg.chunk):
-            conn.execute(insert(ConsumerStat.__table__), stats[a:a + cfg.chunk])
+            conn.execute(insert(table(ConsumerStat)), stats[a:a + cfg.chunk])
 
         # images for the newest flagged frames (a bounded number, like a retention policy would keep)
         newest = np.flatnonzero(flagged)[::-1][: cfg.images]
         image_ids = []
         for i in newest:
-            rid = conn.execute(select(table.c.id).where(
-                table.c.camera_id == int(fr_cam[i]), table.c.frame_id == int(frame_no[i]))).scalar_one()
+            rid = conn.execute(select(results_t.c.id).where(
+                results_t.c.camera_id == int(fr_cam[i]), results_t.c.frame_id == int(frame_no[i]))).scalar_one()
             mask_png, heat_png, frame_png = _images(rng, int(fr_prod[i]), cfg.frame_size, float(fr_thr[i]), float(score[i]))
-            conn.execute(insert(Mask.__table__).values(result_id=rid, png=mask_png, heat_png=heat_png, width=w, height=h))
-            conn.execute(insert(FrameImage.__table__).values(result_id=rid, encoding="png", data=frame_png))
+            conn.execute(insert(table(Mask)).values(result_id=rid, png=mask_png, heat_png=heat_png, width=w, height=h))
+            conn.execute(insert(table(FrameImage)).values(result_id=rid, encoding="png", data=frame_png))
             image_ids.append(int(rid))
 
     return SeedTruth(
@@ -264,7 +265,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dashboard.seed --db sqlite:///demo.sqlite --results 100000``"""
+    """``python -m storage.seed --db sqlite:///demo.sqlite --results 100000``"""
     ap = argparse.ArgumentParser(description="Write a deterministic fake inspection history (demos, benchmarks).")
     ap.add_argument("--db", required=True, help="SQLAlchemy URL of an empty database")
     ap.add_argument("--results", type=int, default=SeedConfig.results)

@@ -27,7 +27,7 @@ from storage.db import WRITE
 from storage.models import JobLock
 from storage.store import dialect_insert
 
-log = logging.getLogger("lineinspect.training.locks")
+log = logging.getLogger("lineinspect.storage.locks")
 
 
 def default_holder() -> str:
@@ -89,7 +89,7 @@ class DbLock:
             row = conn.execute(select(JobLock.holder, JobLock.expires_at).where(JobLock.name == self.name)).first()
         return None if row is None else (row[0], float(row[1]))
 
-    def __enter__(self) -> "DbLock":
+    def __enter__(self) -> DbLock:
         if not self.acquire():
             raise LockHeld(self.name, self.current_holder())
         return self
@@ -131,7 +131,7 @@ class Heartbeat:
             except Exception as exc:  # noqa: BLE001 - a database blip: try again next beat
                 log.warning("heartbeat failed", extra=kv(lock=self.lock.name, error=str(exc)))
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

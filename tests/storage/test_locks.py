@@ -4,10 +4,10 @@ import time
 import pytest
 from sqlalchemy import select
 
+from storage.locks import DbLock, Heartbeat, LockHeld
 from storage.models import JobLock
 from storage.store import ResultStore
 from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - SQLite and PostgreSQL fixtures
-from training.locks import DbLock, Heartbeat, LockHeld
 
 
 @pytest.fixture()
