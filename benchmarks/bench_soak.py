@@ -385,6 +385,10 @@ class Soak:
         soak_s = time.monotonic() - soak_t0
         self.say(f"[{self.now():7.1f}s] camera stopped; draining")
         drained_in = self.drain()
+        # Stop the sampler before the SIGTERMs: it restarts a consumer it finds exited, and would read our own
+        # shutdown as a consumer dying on its own (and start a new one that nobody stops).
+        self._stop.set()
+        sampler.join(10)
         for p in self.slots:
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -399,8 +403,6 @@ class Soak:
                 p.kill()
                 codes.append(None)
             self._end_proc(p, "SIGTERM")
-        self._stop.set()
-        sampler.join(10)
         return self.account(capacity, fps, soak_s, drained_in, codes)
 
     def _good_keys(self) -> set[tuple[str, int]]:

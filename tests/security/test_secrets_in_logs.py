@@ -59,14 +59,23 @@ def test_consumer_logs_never_contain_secrets(rig: Rig) -> None:  # noqa: F811
         assert secret not in log, f"{secret} leaked into the consumer log"
 
 
-def test_fatal_connection_errors_do_not_print_the_password(tmp_path) -> None:
-    url = f"postgresql+psycopg://li:{DB_PW}@127.0.0.1:1/li"
-    proc = subprocess.run([sys.executable, "-m", "lineinspect.cli", "--log-level", "DEBUG", "consume", "--db", url,
-                           "--bus", "kafka://127.0.0.1:1", "--max-frames", "1"],
+def _cli_unreachable(tmp_path, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-m", "lineinspect.cli", "--log-level", "DEBUG", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LINEINSPECT_HOME": str(tmp_path),
-                               "LINEINSPECT_KAFKA_SASL_PASSWORD": SASL_PW})
+                               "LINEINSPECT_KAFKA_SASL_PASSWORD": SASL_PW, **(env or {})})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
-    assert "postgresql is not reachable" in out and "li:***@127.0.0.1:1" in out
+    return out
+
+
+def test_fatal_connection_errors_do_not_print_the_password(tmp_path) -> None:
+    db = f"postgresql+psycopg://li:{DB_PW}@127.0.0.1:1/li?password={DB_PW}"
+    # The database unreachable: its error line names it, with both password forms masked.
+    out = _cli_unreachable(tmp_path, "db-upgrade", env={"LINEINSPECT_DB_URL": db})
+    assert "postgresql is not reachable" in out and "li:***@127.0.0.1:1" in out and "password=***" in out
+    assert DB_PW not in out and SASL_PW not in out
+    # consume with every service unreachable: the bus is opened first and named; no password appears.
+    out = _cli_unreachable(tmp_path, "consume", "--db", db, "--bus", "kafka://127.0.0.1:1", "--max-frames", "1")
+    assert "kafka" in out and "not reachable" in out and "deploy/services.sh start kafka" in out
     assert DB_PW not in out and SASL_PW not in out
