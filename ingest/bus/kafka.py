@@ -25,6 +25,9 @@ from lineinspect.settings import Settings
 
 log = logging.getLogger(__name__)
 SESSION_TIMEOUT_S = 10.0  # a consumer that stops heartbeating leaves the group after this
+# A member still without its assignment this long after a revocation, while it polls, re-subscribes (a fresh
+# JoinGroup): seen in CI and the clean-clone loop, a surviving member stayed unassigned after the other left.
+REJOIN_AFTER_S = 3 * SESSION_TIMEOUT_S
 
 FRAMING = 64 * 1024  # record-batch overhead allowed on top of max_message_bytes
 
@@ -193,7 +196,8 @@ class KafkaBatchConsumer:
         except KafkaError as exc:
             log.warning("topic metadata not available yet; the group will pick it up on refresh",
                         extra=kv(topic=self.topic, error=str(exc)))
-        self._consumer.subscribe([self.topic], listener=_Listener())
+        self._listener = _Listener()
+        self._consumer.subscribe([self.topic], listener=self._listener)
 
     def assignment(self) -> list[int]:
         return sorted(self._assigned)
@@ -260,6 +264,16 @@ class KafkaBatchConsumer:
             log.warning("group rebalance is taking long: a member is not rejoining; no partitions until it does "
                         "or the group drops it", extra=kv(group=self.group, waited_s=round(time.monotonic() - since, 1),
                                                           max_wait_s=self.settings.kafka_max_poll_interval_ms / 1000))
+        if since is not None and time.monotonic() - since > REJOIN_AFTER_S:
+            # This member polls (we are in poll/keep-alive), yet no assignment arrived: kafka-python 3.0.12 can
+            # leave a member out of the next generation when the member it was rebalancing with leaves mid-join
+            # (clean-clone CI: a survivor with no partitions for the whole test). A fresh subscription sends a
+            # new JoinGroup; nothing is lost (nothing is assigned, and the store makes any replay harmless).
+            log.warning("no assignment since the last revocation; re-subscribing to rejoin the group",
+                        extra=kv(group=self.group, waited_s=round(time.monotonic() - since, 1)))
+            self._rebalancing_since = time.monotonic()
+            self._consumer.unsubscribe()
+            self._consumer.subscribe([self.topic], listener=self._listener)
 
     def commit(self, records: list[Record]) -> None:
         from kafka import TopicPartition
