@@ -47,7 +47,8 @@ def failures_from_junit(path: Path) -> list[dict[str, str]]:
             el = case.find(kind)
             if el is not None:
                 name = f"{case.get('classname', '')}::{case.get('name', '')}"
-                out.append({"test": name, "kind": kind, "message": (el.get("message") or "")[:300]})
+                text = (el.get("message") or "") + "\n" + (el.text or "")
+                out.append({"test": name, "kind": kind, "message": text[:4000]})
     return out
 
 
