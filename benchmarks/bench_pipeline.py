@@ -120,19 +120,11 @@ class RssSampler(threading.Thread):
 # --- frames and model ------------------------------------------------------------------------------
 def real_frames(per_category: int) -> list[tuple[str, bytes, tuple[int, ...]]]:
     """[(category, JPEG bytes, shape)] of real test images, good and defective, every category."""
-    import cv2
-
+    from benchmarks.common import sampled_test_rgb
     from ingest.envelope import encode_image
 
     root = data_root()
-    out = []
-    for ds in sorted(p for p in root.iterdir() if p.is_dir()):
-        for cat in sorted(p for p in ds.iterdir() if (p / "test").is_dir()):
-            paths = sorted(p for p in (cat / "test").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-            step = max(1, len(paths) // per_category)
-            for p in paths[::step][:per_category]:
-                rgb = cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                out.append((cat.name, encode_image(rgb, "jpeg", 92), rgb.shape))
+    out = [(cat, encode_image(rgb, "jpeg", 92), rgb.shape) for cat, rgb in sampled_test_rgb(per_category)]
     if not out:
         sys.exit(f"bench_pipeline: no real data under {root} (set LINEINSPECT_DATA)")
     return out

@@ -34,20 +34,14 @@ def camera_frames(per_category: int, hw: tuple[int, int], mono: bool) -> list[tu
     """[(category, JPEG bytes, shape)]: real test images upscaled (bicubic) to ``hw``, gray if ``mono``."""
     import cv2
 
-    from benchmarks.common import data_root
+    from benchmarks.common import sampled_test_rgb
     from ingest.envelope import encode_image
 
-    root = data_root()
     out = []
-    for ds in sorted(p for p in root.iterdir() if p.is_dir()):
-        for cat in sorted(p for p in ds.iterdir() if (p / "test").is_dir()):
-            paths = sorted(p for p in (cat / "test").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-            step = max(1, len(paths) // per_category)
-            for p in paths[::step][:per_category]:
-                rgb = cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                big = cv2.resize(rgb, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
-                img = cv2.cvtColor(big, cv2.COLOR_RGB2GRAY) if mono else big
-                out.append((cat.name, encode_image(img, "jpeg", QUALITY), img.shape))
+    for cat, rgb in sampled_test_rgb(per_category):
+        big = cv2.resize(rgb, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
+        img = cv2.cvtColor(big, cv2.COLOR_RGB2GRAY) if mono else big
+        out.append((cat, encode_image(img, "jpeg", QUALITY), img.shape))
     return out
 
 

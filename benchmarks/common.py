@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,18 @@ WORK = REPO / "benchmarks" / "_work"
 
 def data_root() -> Path:
     return Path(os.environ.get("LINEINSPECT_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def sampled_test_rgb(per_category: int) -> Iterator[tuple[str, np.ndarray]]:
+    """(category, RGB image) for up to ``per_category`` test images per category (good and defective,
+    evenly spaced in name order), every category under the data root."""
+    root = data_root()
+    for ds in sorted(p for p in root.iterdir() if p.is_dir()):
+        for cat in sorted(p for p in ds.iterdir() if (p / "test").is_dir()):
+            paths = sorted(p for p in (cat / "test").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            step = max(1, len(paths) // per_category)
+            for p in paths[::step][:per_category]:
+                yield cat.name, cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def machine() -> str:
