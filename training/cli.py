@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help="square model input size in pixels (multiple of 32)")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: TrainConfig.iters)")
     p.add_argument("--few-shot", type=int, default=0, help="train on K images with augmentation")
+    p.add_argument("--memory-size", type=int, default=0,
+                   help="INP-Former + extrinsic memory: a greedy coreset of N normal patches whose distance map is "
+                        "fused with the reconstruction map (0 = the pure INP-Former, the default; see RESULTS.md)")
     p.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda (the model dir is device-free)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
@@ -57,7 +60,12 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     held: list[Path] = []
     from training.data import hold_out
 
-    cfg = TrainConfig(model=InpConfig(backbone=args.backbone, input_hw=(args.size, args.size)),
+    try:
+        model_cfg = InpConfig(backbone=args.backbone, input_hw=(args.size, args.size),
+                              memory_size=getattr(args, "memory_size", 0))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg = TrainConfig(model=model_cfg,
                       few_shot=args.few_shot, threads=settings.threads, device=_device(args.device),
                       threshold_quantile=settings.threshold_quantile,
                       cache_dir=str(Path(settings.home) / "cache" / "features"), categories=list(args.category))

@@ -55,29 +55,95 @@ def score(bank: MemoryBank, feats: torch.Tensor, input_hw: tuple[int, int], sigm
     return amap, topk_mean_score(amap, top_fraction)
 
 
+def random_projection(c: int, proj_dim: int, g: torch.Generator) -> torch.Tensor | None:
+    """Gaussian (C, proj_dim) map drawn from ``g``, or None when ``c`` is already that small (JL:
+    pairwise distances are kept within a small factor, which is all the farthest-point order needs)."""
+    if c <= proj_dim:
+        return None
+    return torch.randn(c, proj_dim, generator=g) / proj_dim ** 0.5
+
+
+def _sqdist(z: torch.Tensor, zn: torch.Tensor, cz: torch.Tensor) -> torch.Tensor:
+    """Squared distances of rows ``z`` (norms ``zn``) to ``cz``: one matrix-vector pass."""
+    return (zn - 2.0 * (z @ cz) + cz @ cz).clamp_min(0.0)
+
+
 @torch.no_grad()
-def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128, chunk: int = 65536) -> torch.Tensor:
+def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128, dense_share: float = 0.25) -> torch.Tensor:
     """Indices of ``k`` rows of ``x`` (P, C) chosen by PatchCore's greedy k-center rule: start at a
     random row, then repeatedly add the row farthest from everything chosen so far. Distances are
-    measured after a fixed random projection to ``proj_dim`` dims (Johnson-Lindenstrauss), which
-    keeps the order of distances and makes each step one pass over the rows. Covers rare normal
-    patterns that a random sample of the same size misses."""
+    measured after a fixed random projection to ``proj_dim`` dims, as PatchCore does.
+
+    Why it is cheap: a plain step measures all P rows against the new centre. Here every row also
+    remembers its nearest centre a(j) and squared distance r_j; by the triangle inequality the new
+    centre c can only come closer than r_j if |c - a(j)| < 2 sqrt(r_j), and |c - a(j)| comes from
+    one small centre-to-centre pass. Once the centres cover the data (real patch features are
+    clustered) only a few rows pass that test and only they are measured; while more than
+    ``dense_share`` of the rows pass, the plain pass is cheaper and is used. Either way the
+    result is the plain greedy order: skipped rows are exactly those whose distance cannot drop."""
     p, c = x.shape
     if not 0 < k <= p:
         raise ValueError(f"coreset size must be in 1..{p}, got {k}")
     g = torch.Generator().manual_seed(seed)
-    z = x
-    if c > proj_dim:
-        z = x @ (torch.randn(c, proj_dim, generator=g) / proj_dim ** 0.5)
+    proj = random_projection(c, proj_dim, g)
     first = int(torch.randint(p, (1,), generator=g))
+    z = (x.float() @ proj if proj is not None else x.float()).contiguous()
+    zn = (z * z).sum(1)
+    centres = torch.empty(k, z.shape[1])
+    cn = torch.empty(k)
+    chosen = torch.empty(k, dtype=torch.long)
+    assign = torch.zeros(p, dtype=torch.long)  # index (into chosen) of each row's nearest centre
+    chosen[0] = first
+    centres[0], cn[0] = z[first], zn[first]
+    mind = _sqdist(z, zn, z[first])
+    for i in range(1, k):
+        nxt = int(mind.argmax())
+        cz = z[nxt]
+        chosen[i] = nxt
+        centres[i], cn[i] = cz, zn[nxt]
+        dcc = (cn[:i] - 2.0 * (centres[:i] @ cz) + cz @ cz).clamp_min(0.0)  # new centre to earlier ones
+        near = dcc[assign] < 4.0 * mind
+        n_near = int(near.sum())
+        if n_near > dense_share * p:
+            d = _sqdist(z, zn, cz)
+            better = d < mind
+            mind = torch.where(better, d, mind)
+            assign = torch.where(better, torch.full_like(assign, i), assign)
+        elif n_near:
+            cand = near.nonzero().squeeze(1)
+            d = _sqdist(z[cand], zn[cand], cz)
+            better = d < mind[cand]
+            upd = cand[better]
+            mind[upd] = d[better]
+            assign[upd] = i
+    return chosen
+
+
+@torch.no_grad()
+def greedy_coreset_reference(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
+    """The plain O(k P) greedy k-center with the same start, projection and distance formula
+    (for tests: the fast version must pick the same rows)."""
+    p, c = x.shape
+    g = torch.Generator().manual_seed(seed)
+    proj = random_projection(c, proj_dim, g)
+    first = int(torch.randint(p, (1,), generator=g))
+    z = (x.float() @ proj if proj is not None else x.float()).contiguous()
+    zn = (z * z).sum(1)
     chosen = torch.empty(k, dtype=torch.long)
     chosen[0] = first
-    mind = ((z - z[first]) ** 2).sum(1)
+    mind = _sqdist(z, zn, z[first])
     for i in range(1, k):
         nxt = int(mind.argmax())
         chosen[i] = nxt
-        mind = torch.minimum(mind, ((z - z[nxt]) ** 2).sum(1))
+        mind = torch.minimum(mind, _sqdist(z, zn, z[nxt]))
     return chosen
+
+
+def covering_radius(x: torch.Tensor, idx: torch.Tensor, chunk: int = 8192) -> float:
+    """Largest distance (in the full feature space) from any row of ``x`` to its nearest selected row:
+    the quantity greedy k-center keeps small, so the yardstick of a coreset's quality."""
+    sel = x[idx].float()
+    return float(max(torch.cdist(x[i:i + chunk].float(), sel).min(1).values.max() for i in range(0, x.shape[0], chunk)))
 
 
 def memory_rows(feats: torch.Tensor) -> torch.Tensor:

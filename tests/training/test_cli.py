@@ -52,3 +52,21 @@ def test_few_calibration_images_warn(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="training.cli"):
         check_calibration_count(WARN_CALIBRATION_IMAGES, 140)
     assert caplog.text == ""
+
+
+def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference.model_dir import load_model_dir
+
+    monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path / "home"))
+    root = _dataset(tmp_path / "data", 20)
+    out = tmp_path / "model"
+    rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(out), "--iters", "2",
+               "--backbone", "random_tiny", "--size", "64", "--memory-size", "16"])
+    assert rc == 0
+    module = load_model_dir(out).module
+    assert module.cfg.memory_size == 16
+    bank = module.head.memory.bank
+    assert bank.shape[0] == 16 and float(bank.abs().sum()) > 0  # filled from the training patches
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m2"), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64", "--memory-size", "-1"]) == 2
