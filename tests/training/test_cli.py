@@ -70,3 +70,26 @@ def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
     assert bank.shape[0] == 16 and float(bank.abs().sum()) > 0  # filled from the training patches
     assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m2"), "--iters", "2",
                  "--backbone", "random_tiny", "--size", "64", "--memory-size", "-1"]) == 2
+
+
+def test_one_unified_model_for_two_products_and_a_few_shot_model(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path / "home"))
+    root = tmp_path / "data"
+    _dataset(root, 20)
+    (root / "parts").rename(root / "bolts")
+    _dataset(root, 20)
+    out = tmp_path / "unified"
+    assert main(["train", "--data", str(root), "--category", "parts", "--category", "bolts", "--out", str(out),
+                 "--iters", "2", "--backbone", "random_tiny", "--size", "64"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["categories"] == ["parts", "bolts"]
+    assert cfg["train_images"] + cfg["calibration_images"] == 40  # both products' normals, held-outs from both
+    assert cfg["calibration_images"] == 6
+    few = tmp_path / "few"
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(few), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64", "--few-shot", "2"]) == 0
+    meta = json.loads((few / "config.json").read_text())
+    assert meta["train_images"] == 2 and meta["train_feature_rows"] == 2 * (1 + meta["train"]["aug_copies"])
