@@ -207,7 +207,10 @@ def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
         per_cat = {c: {k: float(np.mean([by[(c, s)]["methods"][m][k] for s in seeds])) for k in KEYS} for c in cats}
         mean = {k: float(np.mean(per_seed[k])) for k in KEYS} | {"spread": {k: float(np.ptp(per_seed[k])) for k in KEYS}}
         if m in CPU_CHECK and m in quality["mean"]:
-            check[m] = {k: round(mean[k] - quality["mean"][m][k], 5) for k in KEYS}
+            # same seeds, same patches drawn: only the device (features, float round-off) differs
+            old_seeds = quality["seeds"]
+            check[m] = {k: round(float(np.mean([per_seed[k][i] - quality["per_seed_mean"][m][k][old_seeds.index(s)]
+                                                for i, s in enumerate(seeds)])), 5) for k in KEYS}
             continue
         quality["mean"][m] = mean
         quality["per_seed_mean"][m] = per_seed

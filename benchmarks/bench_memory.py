@@ -244,6 +244,22 @@ LABELS = {
     "memory1024_only": "memory 1024 alone (reference, not an INP-Former)",
     "knn_r20k": "kNN, random 20k bank, k=1, max score (issue's yardstick)",
     "knn_r20k_top1": "kNN, random 20k bank, k=1, top-1 % score",
+    "knn_r20k_rw": "kNN, random 20k bank, k=1, PatchCore-reweighted max score (9 neighbours)",
+    "knn_r20k_k3": "kNN, random 20k bank, mean of 3 nearest, max score",
+    "knn_b4_7_10_r20k": "kNN, blocks 4+7+10, random 20k bank, k=1, max score",
+    "knn_b4_7_10_r20k_top1": "kNN, blocks 4+7+10, random 20k bank, k=1, top-1 % score",
+    "knn_cs1": "kNN, greedy coreset 1 % (819), k=1, max score",
+    "knn_cs1_top1": "kNN, greedy coreset 1 %, k=1, top-1 % score",
+    "knn_cs1_rw": "kNN, greedy coreset 1 %, k=1, PatchCore-reweighted max score",
+    "knn_cs1_k3": "kNN, greedy coreset 1 %, mean of 3 nearest, max score",
+    "knn_cs10": "kNN, greedy coreset 10 % (8192), k=1, max score (PatchCore's default bank)",
+    "knn_cs10_top1": "kNN, greedy coreset 10 %, k=1, top-1 % score",
+    "knn_cs10_rw": "kNN, greedy coreset 10 %, k=1, PatchCore-reweighted max score",
+    "knn_cs10_k3": "kNN, greedy coreset 10 %, mean of 3 nearest, max score",
+    "inp_former_fewshot1": "INP-Former default, few-shot 1 (+10 augmented copies)",
+    "inp_former_fewshot2": "INP-Former default, few-shot 2 (+10 augmented copies each)",
+    "inp_former_fewshot4": "INP-Former default, few-shot 4 (+10 augmented copies each)",
+    "inp_former_unified": "INP-Former default, ONE unified model for all 4 categories",
 }
 
 
@@ -263,13 +279,19 @@ def write_md(q: dict) -> None:
              "and AUPRO are each >= the best kNN row's mean of that metric; among winners the cheaper."), "",
              "| method | I-AUROC | P-AUROC | AUPRO | " + " | ".join(f"{c} I / P / PRO" for c in short) + " |",
              "|---" * (4 + len(cats)) + "|"]
+    by_m = q.get("seeds_by_method", {})
     for m, v in q["mean"].items():
+        if m in by_m:
+            v = v | {"_seeds": by_m[m]}
         cells = [" / ".join(fmt(q["per_category"][c][m][k], 3) for k in KEYS) for c in cats]
-        lines.append(f"| {LABELS.get(m, m)} (`{m}`) | " + " | ".join(f"{fmt(v[k])} ± {v['spread'][k]:.3f}" for k in KEYS)
+        note = f", seeds {v['_seeds']}" if "_seeds" in v else ""
+        lines.append(f"| {LABELS.get(m, m)} (`{m}`{note}) | " + " | ".join(f"{fmt(v[k])} ± {v['spread'][k]:.3f}" for k in KEYS)
                      + " | " + " | ".join(cells) + " |")
     bar = q["knn_bar"]
+    bm = q.get("knn_bar_method", {})
     lines += ["", (f"Bar (best kNN per metric): I-AUROC {bar['image_auroc']:.4f}, P-AUROC {bar['pixel_auroc']:.4f}, "
-              f"AUPRO {bar['aupro']:.4f}. Margins (candidate - bar):"), ""]
+              f"AUPRO {bar['aupro']:.4f}" + (f" (from {', '.join(f'`{bm[k]}`' for k in KEYS)})" if bm else "")
+              + ". Margins (candidate - bar):"), ""]
     for m, d in q["margin_vs_bar"].items():
         lines.append(f"- `{m}`: " + ", ".join(f"{k} {d[k]:+.4f}" for k in KEYS))
     lines += ["", "Winners under the rule: " + (", ".join(q["winners"]) if q["winners"] else
@@ -279,6 +301,16 @@ def write_md(q: dict) -> None:
         lines += ["", f"Speed (ONNX Runtime fp32, batch {sp['batch']}, {sp['threads']} threads, {sp['machine']}, "
                   "round-robin in one process): " + ", ".join(
                       f"{n} {v:.1f} img/s ({sp['ratio_to_yardstick'][n]:.2f}x)" for n, v in sp["images_per_s"].items()) + "."]
+    if by_m:
+        lines += ["", ("Rows marked with seeds were added later on the shared 2-core CPU (no GPU that session; "
+                       "`benchmarks/bench_knn.py` for the extra `knn_*` rows, `benchmarks/bench_fewshot.py` for few-shot "
+                       "and unified), with only the seeds shown: their spread is over those seeds (0 for one seed). "
+                       "The CPU recomputation of `knn_r20k` / `knn_r20k_top1` against the GPU rows (new - old): "
+                       + json.dumps(q.get("knn_cpu_check", {}).get("new_minus_old", {})) + ".")]
+    tw = q.get("train_wall")
+    if tw:
+        lines += ["", f"`lineinspect train` wall time on 2 cores ({tw['conditions']}): " + ", ".join(
+            f"{n} {v:.0f} s" for n, v in tw["seconds"].items()) + "."]
     ts = [t for v in q["train_s"].values() for t in v]
     lines += ["", (f"Train s per category and seed on the GPU run (memory 1024 included, features cached): "
               f"{min(ts):.0f}-{max(ts):.0f} s; CPU training time is reported in README.")]
