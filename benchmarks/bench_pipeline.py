@@ -447,8 +447,8 @@ def main() -> int:
     ap.add_argument("--camera", action="store_true", help="only the camera-scale section (issue 14): 5/12 MP frames")
     ap.add_argument("--camera-frames", type=int, default=96, help="backlog frames per camera configuration")
     ap.add_argument("--camera-auroc", action="store_true", help="only the camera section's AUROC check")
-    ap.add_argument("--auroc-iters", type=int, default=40)
-    ap.add_argument("--auroc-max-per-category", type=int, default=60)
+    ap.add_argument("--auroc-iters", type=int, default=200, help="training iterations of the AUROC models (200 = the default)")
+    ap.add_argument("--auroc-max-per-category", type=int, default=0, help="0 = the whole test set")
     args = ap.parse_args()
     if args.camera or args.camera_auroc:
         return camera_main(args)

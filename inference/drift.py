@@ -85,8 +85,12 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def decode_grey(payload: bytes) -> np.ndarray | None:
-    """Decode an encoded frame straight to grey (``None`` when it does not decode)."""
-    arr = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
+    """Decode an encoded frame straight to grey at the check size (``None`` when it does not decode);
+    a JPEG luma-only at the DCT scale that keeps :data:`CHECK_SIZE` faithful (a camera-size frame is not
+    decoded at full resolution just to be shrunk to 256 px)."""
+    from ingest.envelope import decode_grey_reduced
+
+    arr = decode_grey_reduced(payload, (CHECK_SIZE, CHECK_SIZE))
     return None if arr is None else to_grey(arr)
 
 
@@ -381,21 +385,27 @@ class DriftMonitor:
         self._cams: dict[str, _Cam] = {}
         self._last_refresh = 0.0
 
-    def __call__(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
-        self.on_stored(rows, envelopes)
+    takes_images = True  # the consumer hands over the pixels it scored (no second decode per frame)
 
-    def on_stored(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
-        """``rows`` (ResultRow) and their ``envelopes`` (FrameEnvelope), just stored durably."""
+    def __call__(self, rows: Sequence[Any], envelopes: Sequence[Any],
+                 images: Sequence[np.ndarray | None] | None = None) -> None:
+        self.on_stored(rows, envelopes, images)
+
+    def on_stored(self, rows: Sequence[Any], envelopes: Sequence[Any],
+                  images: Sequence[np.ndarray | None] | None = None) -> None:
+        """``rows`` (ResultRow) and their ``envelopes`` (FrameEnvelope), just stored durably; ``images``,
+        when given, the pixels the engine scored (any size; ``None`` entries are decoded from the bytes)."""
         from storage.drift import KeptFrame
 
         self._maybe_refresh()
         keep: dict[str, list[KeptFrame]] = {}
-        for row, env in sorted(zip(rows, envelopes), key=lambda p: (p[0].camera, p[0].frame_id)):
+        pixels = list(images) if images is not None else [None] * len(rows)
+        for row, env, image in sorted(zip(rows, envelopes, pixels), key=lambda p: (p[0].camera, p[0].frame_id)):
             cam = self._cam(row.product, row.camera)
             version = str(row.model_version)
             p99 = None if version.startswith("zero-shot") or ":warmup" in str(row.engine) else \
                 self.calibration(row.product, version)
-            grey = decode_grey(env.payload)
+            grey = to_grey(image) if image is not None else decode_grey(env.payload)
             kept = KeptFrame(int(row.frame_id), float(row.captured_at), str(env.encoding), bytes(env.payload))
             cam.recent.append(kept)
             breaches = cam.drift.update(int(row.frame_id), float(row.captured_at), float(row.score), p99, grey, version)

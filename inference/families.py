@@ -17,6 +17,8 @@ clustered with it, in arrival order, and later regions one at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -183,12 +185,15 @@ class FamilyMonitor:
         self._clusters: dict[str, LeaderClustering] = {}
         self._pending: dict[str, list[Any]] = {}
 
-    def __call__(self, rows: list[Any], envelopes: list[Any]) -> None:
-        from ingest.envelope import decode_image
+    takes_images = True  # the consumer hands over the pixels it scored (no second decode per flagged frame)
+
+    def __call__(self, rows: list[Any], envelopes: list[Any], images: list[np.ndarray | None] | None = None) -> None:
+        from ingest.envelope import decode_frame
         from storage.families import RegionRow
 
         touched: dict[str, list[RegionRow]] = {}
-        for row, env in zip(rows, envelopes):
+        pixels = list(images) if images is not None else [None] * len(rows)
+        for row, env, image in zip(rows, envelopes, pixels):
             if row.verdict != "defect" or not row.mask_png:
                 continue
             model = self._model(row.product, str(row.model_version))
@@ -198,7 +203,9 @@ class FamilyMonitor:
             got = self.store.get_result(row.camera, row.frame_id)
             if mask is None or got is None:
                 continue
-            grid = self._grid(model, decode_image(env, self.max_pixels))
+            if image is None:  # the engine decoded the bytes itself: decode at the model's scale, not 5 MP
+                image = decode_frame(env, self.max_pixels, tuple(model.input_hw)).image
+            grid = self._grid(model, image)
             lc = self._clustering(row.product)
             pending = self._pending.setdefault(row.product, [])
             for reg in regions(mask > 0, grid):
@@ -244,6 +251,26 @@ class FamilyMonitor:
 
         from inference.preprocess import batch_to_input
 
-        with torch.inference_mode():
+        with torch.inference_mode(), one_torch_thread():
             enc = loaded.module.encode(torch.from_numpy(batch_to_input([image], loaded.input_hw)))
         return encoder_grid([g[0] for g in enc])
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch ops on one intra-op thread, then restore the previous count.
+
+    WHY: this encoder pass is a batch-1 background step beside the engine, which already keeps the
+    cores busy. Measured on the shared 2-core machine (load ~9) inside a 5 MP consumer: the eager
+    EfficientNet encoder with torch's 2 OpenMP threads cost 665-690 ms of CPU (2.3-2.8 s wall) per
+    flagged frame, spinning at barriers; on one thread 35-39 ms CPU (119-157 ms wall). The count is
+    process-wide, so a ``local://torch`` engine in the same process runs on one thread while a
+    flagged frame is embedded (tens of milliseconds)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)

@@ -73,15 +73,19 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # 0 = no HTTP metrics endpoint
     metrics_host: str = "127.0.0.1"
     max_frame_pixels: int = 40_000_000
-    decode_oversample: float = Field(default=1.0, ge=1.0, description=(
-        "JPEG frames are decoded at the largest DCT scale (1/2, 1/4, 1/8) giving at least this "
-        "multiple of the model input size on both sides; 1 = the coarsest scale that covers it"))
+    decode_oversample: float = Field(default=2.0, ge=1.0, description=(
+        "JPEG frames are decoded at the largest DCT scale (1/2, 1/4, 1/8) whose output is a whole "
+        "multiple of the model input on each side, or at least this multiple of it; 2 keeps scores "
+        "as with a full decode (benchmarks/RESULTS.md camera), 1 = the coarsest scale that covers it"))
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
     keep_flagged_frames: bool = True
 
     # --- engines -----------------------------------------------------------------------
     threads: int = Field(default=0, description="Intra-op threads for local engines; 0 = all cores")
+    engine_device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description=(
+        "torch device of local://torch engines; on cuda the consumer hands them the JPEG bytes and they decode "
+        "on the GPU (nvJPEG), falling back to the CPU decode where it refuses a frame"))
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002

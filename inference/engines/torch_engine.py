@@ -52,15 +52,21 @@ class TorchEngine:
         return EngineOutput(out_scores.astype(np.float32), out_maps.astype(np.float32), self.loaded.version,
                             self.loaded.threshold, (time.perf_counter() - t0) * 1000.0)
 
-    def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000
-                      ) -> tuple[EngineOutput, list[tuple[int, int]], str]:
+    def takes_encoded(self, product: str) -> bool:
+        """Always: on a GPU the JPEG is decoded there; on the CPU ``infer_encoded`` runs the same
+        decode the consumer would (so the consumer's encoded path is exercised on every machine)."""
+        return True
+
+    def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000,
+                      oversample: float = 2.0) -> tuple[EngineOutput, list[tuple[int, int]], str]:
         """Score encoded frames, decoding JPEG on this engine's device (nvJPEG on a GPU, the
         CPU's DCT-scaled decode otherwise; see :mod:`inference.gpu_decode`). Returns the output,
         each frame's geometry and the decode path used ("gpu" / "cpu")."""
         from inference.gpu_decode import infer_encoded
 
         t0 = time.perf_counter()
-        maps, scores, geoms, path = infer_encoded(self.loaded.module, self.input_hw, self.device, envs, max_pixels)
+        maps, scores, geoms, path = infer_encoded(self.loaded.module, self.input_hw, self.device, envs, max_pixels,
+                                                  oversample)
         out = EngineOutput(scores.astype(np.float32), maps.astype(np.float32), self.loaded.version,
                            self.loaded.threshold, (time.perf_counter() - t0) * 1000.0, engine_name=f"{self.name}+{path}decode")
         return out, geoms, path

@@ -91,3 +91,60 @@ def test_calibration_p99_prefers_the_quantile():
     assert calibration_p99({"quantiles": {"p99": 0.7}, "threshold": 0.9}) == 0.7
     assert calibration_p99({"threshold": 1.1, "threshold_margin": 1.1}) == pytest.approx(1.0)
     assert calibration_p99({}) is None
+
+
+def test_grey_decode_is_reduced_and_close_to_the_full_decode() -> None:
+    """A camera-size JPEG is decoded luma-only at a DCT scale, not at full resolution, for the checks."""
+    import cv2
+
+    from inference.drift import decode_grey
+    from ingest.envelope import decode_grey_reduced, encode_image
+
+    rng = np.random.default_rng(3)
+    img = cv2.resize(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), (2448, 2048), interpolation=cv2.INTER_CUBIC)
+    data = encode_image(img, "jpeg", 92)
+    assert decode_grey_reduced(data, (256, 256)).shape == (512, 612)  # 1/4: the faithful scale for 256
+    full = to_grey(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE))
+    got = decode_grey(data)
+    assert got is not None and got.shape == full.shape
+    assert float(np.abs(got - full).mean()) < 1.0
+    assert decode_grey(b"\xff\xd8 not a jpeg") is None
+
+
+def test_the_monitor_uses_the_pixels_it_is_given(monkeypatch) -> None:
+    """With the consumer's pixels the monitor never decodes the frame bytes again."""
+    import inference.drift as drift
+
+    def no_decode(payload: bytes) -> None:
+        raise AssertionError("decoded the bytes again")
+
+    monkeypatch.setattr(drift, "decode_grey", no_decode)
+    assert drift.DriftMonitor.takes_images
+    seen: list[np.ndarray] = []
+
+    class _Drift:
+        reference_built = False
+
+        def update(self, frame_id, ts, score, p99, grey, version):  # noqa: ANN001, ANN201
+            seen.append(grey)
+            return []
+
+    class _Cam:
+        drift = _Drift()
+        recent: list = []
+        alarm_id = None
+
+    mon = drift.DriftMonitor.__new__(drift.DriftMonitor)
+    mon._maybe_refresh = lambda: None  # type: ignore[method-assign]
+    mon._cam = lambda product, camera: _Cam  # type: ignore[method-assign,assignment]
+    mon.calibration = lambda product, version: None
+
+    class _Row:
+        product, camera, frame_id, captured_at, score, model_version, engine = "p", "c", 1, 0.0, 0.1, "v1", "onnx"
+
+    class _Env:
+        encoding, payload = "jpeg", b"unused"
+
+    image = np.full((256, 256, 3), 77, np.uint8)
+    mon([_Row()], [_Env()], [image])
+    assert len(seen) == 1 and seen[0].shape == (256, 256) and float(seen[0].mean()) == 77.0

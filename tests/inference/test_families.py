@@ -71,3 +71,14 @@ def test_restored_families_keep_their_names_and_warmup_flushes():
     assert fam == [lc.families[0].id] and again.families[0].name == "scratch"
     with pytest.raises(ValueError):
         nn_distance_threshold(np.ones((1, 3)))
+
+
+def test_the_encoder_pass_runs_on_one_torch_thread_and_restores_the_count() -> None:
+    import torch
+
+    from inference.families import one_torch_thread
+
+    before = torch.get_num_threads()
+    with one_torch_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
