@@ -411,7 +411,7 @@ class InferenceConsumer:
             return
         try:
             with self._fuse_lock:
-                if self.fuser is None and hasattr(self.store, "engine"):
+                if self.fuser is None and hasattr(self.store, "db_engine"):
                     from inference.fusion import SpecimenFuser
 
                     self.fuser = SpecimenFuser(self.store, self.settings)

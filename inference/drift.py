@@ -485,7 +485,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
     drift = build_monitor(settings, store, registry, metrics_registry)
     if drift is not None:
         steps.append(drift)
-    if settings.families_enabled and hasattr(store, "engine"):
+    if settings.families_enabled and hasattr(store, "db_engine"):
         from inference.families import FamilyMonitor
         from storage.families import FamilyStore
 
@@ -497,7 +497,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
 def build_monitor(settings: Settings, store: ResultStore, registry: ModelRegistry,
                   metrics_registry: CollectorRegistry | None = None) -> DriftMonitor | None:
     """The consumer's drift step (``None`` when ``drift_enabled`` is off or the store has no database)."""
-    if not settings.drift_enabled or not hasattr(store, "engine"):
+    if not settings.drift_enabled or not hasattr(store, "db_engine"):
         return None
     from storage.drift import DriftStore
 

@@ -70,7 +70,7 @@ class SlowStore:
         self.fail_after: int | None = None  # calls that succeed before the store goes down for good
         self.calls = 0
         self.saved: Counter[tuple[str, int]] = Counter()
-        self.engine = real.engine  # lets the consumer build its specimen fuser like on a real store
+        self.db_engine = real.db_engine  # lets the consumer build its specimen fuser like on a real store
 
     def save_results(self, rows):
         self.calls += 1

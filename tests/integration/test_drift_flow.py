@@ -105,7 +105,7 @@ def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, f
         scheduler.schedule = Schedule(min_new=1, backoff_s=0)
         outcome, = scheduler.tick()
         assert outcome.status == "skipped" and "drift alarm" in outcome.detail, outcome.detail
-        assert list_runs(store.engine, PRODUCT)[0]["status"] == "skipped"
+        assert list_runs(store.db_engine, PRODUCT)[0]["status"] == "skipped"
         assert [v.version for v in registry.list(PRODUCT)] == ["v0001"]
 
         # The operator confirms the new normal (dashboard) -> the scheduler re-baselines on the frames

@@ -86,7 +86,7 @@ def test_stream_accumulate_retrain_promote_hot_swap(tmp_path: Path) -> None:
         assert v2.version == "v0002" and v2.parent_version == "v0001"
         assert v2.data_snapshot["by_source"] == {"clear_normal": kept, "seed": 16}
         assert registry.get(PRODUCT, "v0001").status == "retired"
-        assert [r["status"] for r in list_runs(store.engine, PRODUCT)] == ["ok", "ok"]
+        assert [r["status"] for r in list_runs(store.db_engine, PRODUCT)] == ["ok", "ok"]
 
         # No restart: the same consumer thread keeps running; the router swaps engines on its poll.
         wait_for(lambda: router.products().get(PRODUCT) == "v0002", what="router to serve v0002")
