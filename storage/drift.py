@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, RowMapping, and_, delete, func, or_, select, update
 
 from storage.db import WRITE, service_errors
 from storage.models import (
@@ -194,12 +194,12 @@ class DriftStore(SharedDbStore):
             return int(conn.execute(q).scalar_one())
 
 
-def _covers(camera_clause: Any, ts: float) -> Any:
+def _covers(camera_clause: ColumnElement[bool], ts: float) -> ColumnElement[bool]:
     return and_(camera_clause, DriftAlarm.onset_at <= ts,
                 or_(DriftAlarm.resolved_at.is_(None), DriftAlarm.resolved_at >= ts))
 
 
-def _alarm_dict(m: Any) -> dict:
+def _alarm_dict(m: RowMapping) -> dict:
     d = dict(m)
     d["kinds"] = [k for k in str(d.get("kinds") or "").split(",") if k]
     return d

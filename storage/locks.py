@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy import Engine, delete, select, update
 
@@ -39,7 +40,7 @@ class DbLock:
     """A named lease row in ``job_locks``; not re-entrant across objects (each has its own holder id)."""
 
     def __init__(self, db_engine: Engine, name: str, ttl_s: float = 600.0, holder: str | None = None,
-                 clock=time.time) -> None:  # noqa: ANN001 - () -> float, injectable for tests
+                 clock: Callable[[], float] = time.time) -> None:
         if not name or len(name) > 160:
             raise ValueError(f"lock names are 1..160 characters, not {name!r}")
         if ttl_s <= 0:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Row, Select, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -243,12 +243,12 @@ def _pick(rows: dict[str, VersionInfo], product: str, version: str) -> VersionIn
     return target
 
 
-def _select_versions():  # noqa: ANN202 - Select
+def _select_versions() -> Select[Any]:
     return select(*ModelVersion.__table__.columns, Product.name.label("product")).join(
         Product, Product.id == ModelVersion.product_id)
 
 
-def _info(r) -> VersionInfo:  # noqa: ANN001 - Row
+def _info(r: Row[Any]) -> VersionInfo:
     return VersionInfo(product=r.product, version=r.version, status=r.status, path=Path(r.path),
                        checksum=r.checksum, backbone=r.backbone, threshold=float(r.threshold),
                        metrics=dict(r.metrics or {}), data_snapshot=dict(r.data_snapshot or {}),

@@ -15,11 +15,11 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
-from sqlalchemy import Engine, and_, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Engine, Table, and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -28,6 +28,7 @@ from lineinspect.names import check_frame_names, check_name, check_text
 from lineinspect.settings import redact_url
 from storage.db import WRITE, make_engine, service_errors, upgrade
 from storage.models import (
+    Base,
     Camera,
     ConsumerStat,
     FrameImage,
@@ -64,7 +65,7 @@ def _insert_specimen(conn: Connection, product_id: int, d: SpecimenDecision) -> 
     return conn.execute(stmt).first() is not None
 
 
-def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM class -> Insert
+def dialect_insert(conn: Connection, table: Table | type[Base]) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT construct (PostgreSQL or SQLite), which has ``on_conflict_*``."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -73,7 +74,8 @@ def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM
     raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
-def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **extra: Any) -> dict[str, int]:  # noqa: ANN001
+def ensure_named(conn: Connection, model: type[Product | Line | Camera], names: Iterable[str], now: float,
+                 **extra: Any) -> dict[str, int]:
     """Ids of ``model`` rows by unique ``name``, inserting the missing ones (race-safe).
 
     ``extra`` maps column -> {name: value} for columns the new rows need (a camera's line).
@@ -103,7 +105,7 @@ class TrainingSampleRow:
     source: str
     created_at: float
 
-    def __iter__(self):  # noqa: ANN204 - tuple-style unpacking
+    def __iter__(self) -> Iterator[str | bytes | float]:  # tuple-style unpacking
         return iter((self.sha256, self.data, self.source, self.created_at))
 
 
@@ -183,7 +185,9 @@ class ResultStore:
             for kind, m in ids.items():
                 self._ids[kind].update(m)
 
-    def _insert_results(self, conn: Connection, rows: list[ResultRow], ids: dict, now: float):  # noqa: ANN202
+    def _insert_results(self, conn: Connection, rows: list[ResultRow], ids: dict, now: float
+                        ) -> tuple[dict[tuple[int, int], int], set[tuple[int, int]]]:
+        """Insert new result rows; ``(ids of every row by (camera id, frame id), the keys inserted now)``."""
         values: dict[tuple[int, int], dict] = {}
         for r in rows:
             key = (ids["camera"][r.camera], int(r.frame_id))
@@ -392,7 +396,7 @@ class ResultStore:
     def get_result_by_id(self, result_id: int) -> dict | None:
         return self._one_result(InspectionResult.id == int(result_id))
 
-    def _one_result(self, where) -> dict | None:  # noqa: ANN001 - SQL expression
+    def _one_result(self, where: ColumnElement[bool]) -> dict | None:
         t = InspectionResult
         q = (select(*t.__table__.columns, Product.name.label("product"), Line.name.label("line"),
                     Camera.name.label("camera"), Mask.png, Mask.heat_png, FrameImage.data.label("frame_bytes"),
