@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import WORK, Run, data_root, fmt, machine, section_head
+from benchmarks.common import WORK, Recorder, data_root, fmt, machine, section_head
 from inference.drift import CameraDrift, DriftConfig, calibration_p99, to_grey
 from lineinspect.settings import Settings
 from training.data import read_image
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--products", nargs="*", default=list(PRODUCTS))
     args = p.parse_args(argv)
     cfg = DriftConfig.from_settings(Settings())
-    run = Run()
+    run = Recorder()
     res = {"config": cfg.__dict__, "streams": args.streams, "pre": args.pre, "post": args.post,
            "defect_rate": args.defect_rate, "iters": args.iters, "machine": machine(), "products": {}}
     for product in args.products:

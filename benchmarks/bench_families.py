@@ -27,7 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_drift import PRODUCTS, images_in, train_model
-from benchmarks.common import WORK, Run, data_root, machine, section_head
+from benchmarks.common import WORK, Recorder, data_root, machine, section_head
 from inference.families import LeaderClustering, encoder_grid, purity, regions
 from inference.preprocess import batch_to_input
 from training.data import read_image
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    run = Run()
+    run = Recorder()
     res = {"iters": args.iters, "seed": args.seed, "machine": machine(), "default": "q0.5_x2.0", "products": {}}
     for product in ("magnetic_tile", "tire"):
         res["products"][product] = run_product(product, PRODUCTS[product], args)

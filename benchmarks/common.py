@@ -63,7 +63,7 @@ def write_section(name: str, body: str, path: Path = RESULTS_MD) -> None:
     path.write_text(text)
 
 
-class Run:
+class Recorder:
     """A benchmark run's wall clock and load average, taken at construction and stamped on its results
     at the end, so every benchmark reports the conditions it ran under the same way."""
 
@@ -84,7 +84,7 @@ class Run:
 
 
 def section_head(title: str, script: str, about: str, res: dict, columns: list[str]) -> list[str]:
-    """The opening lines of a RESULTS.md section written from a :class:`Run`'s results: title, what
+    """The opening lines of a RESULTS.md section written from a :class:`Recorder`'s results: title, what
     was run, the machine and load average it ran under, and the head of its table."""
     return [f"## {title} (benchmarks/{script})", "",
             f"{about} Machine: {res['machine']}; load average {res['load_average_start_end']} (start, end).", "",
