@@ -43,7 +43,9 @@ from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
 if TYPE_CHECKING:  # types only: storage is imported where a step is built
+    from ingest.envelope import FrameEnvelope
     from storage.drift import DriftStore
+    from storage.records import ResultRow
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
 
@@ -387,11 +389,11 @@ class DriftMonitor:
 
     takes_images = True  # the consumer hands over the pixels it scored (no second decode per frame)
 
-    def __call__(self, rows: Sequence[Any], envelopes: Sequence[Any],
+    def __call__(self, rows: Sequence[ResultRow], envelopes: Sequence[FrameEnvelope],
                  images: Sequence[np.ndarray | None] | None = None) -> None:
         self.on_stored(rows, envelopes, images)
 
-    def on_stored(self, rows: Sequence[Any], envelopes: Sequence[Any],
+    def on_stored(self, rows: Sequence[ResultRow], envelopes: Sequence[FrameEnvelope],
                   images: Sequence[np.ndarray | None] | None = None) -> None:
         """``rows`` (ResultRow) and their ``envelopes`` (FrameEnvelope), just stored durably; ``images``,
         when given, the pixels the engine scored (any size; ``None`` entries are decoded from the bytes)."""
@@ -442,7 +444,7 @@ class DriftMonitor:
         log.info("drift reference built", extra=kv(product=product, camera=camera, frames=ref.n,
                                                    brightness=round(ref.brightness, 1), aligned=ref.aligned))
 
-    def _open(self, row: Any, cam: _Cam, breaches: list[Breach]) -> None:
+    def _open(self, row: ResultRow, cam: _Cam, breaches: list[Breach]) -> None:
         onset = cam.drift.onset
         ref = cam.drift.reference
         evidence = {"checks": {b.kind: b.to_dict() for b in breaches}, "window": len(cam.drift.window),
@@ -495,7 +497,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
     drift = build_monitor(settings, store, registry, metrics_registry)
     if drift is not None:
         steps.append(drift)
-    if settings.families_enabled and hasattr(store, "engine"):
+    if settings.families_enabled and hasattr(store, "db_engine"):
         from inference.families import FamilyMonitor
         from storage.families import FamilyStore
 
@@ -507,7 +509,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
 def build_monitor(settings: Settings, store: ResultStore, registry: ModelRegistry,
                   metrics_registry: CollectorRegistry | None = None) -> DriftMonitor | None:
     """The consumer's drift step (``None`` when ``drift_enabled`` is off or the store has no database)."""
-    if not settings.drift_enabled or not hasattr(store, "engine"):
+    if not settings.drift_enabled or not hasattr(store, "db_engine"):
         return None
     from storage.drift import DriftStore
 
