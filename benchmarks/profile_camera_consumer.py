@@ -24,9 +24,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402 - run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK  # noqa: E402
+from benchmarks.common import RESULTS_DIR, WORK
 
 # (bucket, substrings any of which in a stack puts the sample there); first match wins, most specific first
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -80,7 +80,8 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
     from benchmarks import camera_section as cam
-    from benchmarks.bench_pipeline import Run, build_model, ensure_services, service_pids, services_sh, steady_fps
+    from benchmarks.bench_pipeline import build_model, ensure_services, service_pids, services_sh
+    from benchmarks.kafka_run import KafkaRun, steady_fps
     from inference.engines.onnx_engine import OnnxEngine
     from ingest.envelope import decode_frame
 
@@ -101,7 +102,7 @@ def main() -> int:
     tmp = WORK / "pipeline" / f"profile-{uuid.uuid4().hex[:6]}"
     raw = tmp / "pyspy.txt"
     try:
-        run = Run(urls, model_dir, threshold, tmp, "prof")
+        run = KafkaRun(urls, model_dir, threshold, tmp, "prof")
         try:
             run.publish(frames, 0, args.frames)
             t_ready = run.start_consumers(1, 0, True)

@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct, decode_hw, takes_encoded
+from inference.engines.base import (
+    Engine,
+    EngineOutput,
+    EngineUnavailable,
+    UnknownProduct,
+    decode_hw,
+    takes_encoded,
+)
 from inference.postprocess import build_row
 from inference.telemetry import ConsumerMetrics
 from ingest.bus import message_size

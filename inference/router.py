@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct, decode_hw, takes_encoded
+from inference.engines.base import (
+    Engine,
+    EngineOutput,
+    EngineUnavailable,
+    UnknownProduct,
+    decode_hw,
+    takes_encoded,
+)
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.settings import Settings

@@ -58,7 +58,7 @@ def test_torch_engine_gets_the_jpeg_bytes_and_scores_like_decode_then_infer(sett
     seen: list[list[FrameEnvelope]] = []
     real = engine.infer_encoded
 
-    def spy(product, batch, max_pixels=40_000_000, oversample=2.0):  # noqa: ANN001, ANN202
+    def spy(product, batch, max_pixels=40_000_000, oversample=2.0):
         seen.append(list(batch))
         return real(product, batch, max_pixels, oversample)
 
@@ -87,7 +87,7 @@ def test_bad_frames_are_refused_before_the_engine_or_isolated_after_it(settings:
     got: list[int] = []
     real = engine.infer_encoded
 
-    def spy(product, batch, max_pixels=40_000_000, oversample=2.0):  # noqa: ANN001, ANN202
+    def spy(product, batch, max_pixels=40_000_000, oversample=2.0):
         got.append(len(batch))
         return real(product, batch, max_pixels, oversample)
 

@@ -50,7 +50,7 @@ class _PixelStep:
     def __init__(self) -> None:
         self.got: list[tuple[int, tuple[int, ...]]] = []
 
-    def __call__(self, rows, envs, images) -> None:  # noqa: ANN001
+    def __call__(self, rows, envs, images) -> None:
         self.got.extend((r.frame_id, im.shape) for r, im in zip(rows, images, strict=True))
 
 

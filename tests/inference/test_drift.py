@@ -125,7 +125,7 @@ def test_the_monitor_uses_the_pixels_it_is_given(monkeypatch) -> None:
     class _Drift:
         reference_built = False
 
-        def update(self, frame_id, ts, score, p99, grey, version):  # noqa: ANN001, ANN201
+        def update(self, frame_id, ts, score, p99, grey, version):
             seen.append(grey)
             return []
 
