@@ -426,6 +426,27 @@ def render_camera(c: dict) -> str:
                   "masks, commits) against that: the goal is >= 0.85. Under a load average far above 2 "
                   "the bare and pipeline runs, seconds apart, see different contention, so single ratios move by "
                   "+-0.2 between runs."]
+        prof = RESULTS_DIR / "camera_profile_ab.json"
+        if prof.is_file():
+            ab = json.loads(prof.read_text())
+            pairs = [(ab[f"old-{i}"], ab[f"new-{i}"]) for i in (1, 2) if f"old-{i}" in ab and f"new-{i}" in ab]
+            if pairs:
+                lines += ["", "Everything but decode and model, side by side (`benchmarks/profile_camera_consumer.py`, py-spy, "
+                          "5 MP colour, 96 frames, the commit before vs this branch, interleaved): consumer CPU per frame "
+                          + ", ".join(f"{o['consumer_cpu_s_per_frame'] * 1e3:.1f} -> {n['consumer_cpu_s_per_frame'] * 1e3:.1f} ms"
+                                      for o, n in pairs)
+                          + "; backlog fps " + ", ".join(f"{o['fps']:.1f} -> {n['fps']:.1f}" for o, n in pairs)
+                          + f" (load {min(o['load_avg'] for p in pairs for o in p):.0f}-{max(o['load_avg'] for p in pairs for o in p):.0f}). "
+                          "Removed: drift decoding every frame again at full resolution, the families step decoding flagged "
+                          "frames at full resolution and running its encoder on torch's 2 OpenMP threads (17x the CPU of "
+                          "one thread under this load)."]
+            cr = ab.get("after-cpu-ratio")
+            if cr:
+                top = ", ".join(f"{k} {v:.0%}" for k, v in cr["share"].items() if v >= 0.004)
+                lines += ["", f"In CPU time (same tool, {cr['frames']} frames, load {cr['load_avg']:.1f}): decode + model "
+                          f"{cr['decode_and_model_cpu_s_per_frame'] * 1e3:.1f} ms per frame, the consumer process "
+                          f"{cr['consumer_cpu_s_per_frame'] * 1e3:.1f} ms: ratio {cr['cpu_ratio_consumer_process_only']:.2f} "
+                          f"({cr['cpu_ratio_to_decode_and_model']:.2f} with the shared servers' CPU). Python samples: {top}."]
         st = c["rows"][0]["storage_per_flagged_frame"]
         lines += ["", f"Storage per flagged 5 MP colour frame: original JPEG {st['frame_bytes'] / 1e3:.0f} kB + mask PNG "
                   f"{st['mask_png_bytes'] / 1e3:.1f} kB + heatmap PNG {st['heat_png_bytes'] / 1e3:.1f} kB at map "
