@@ -204,10 +204,10 @@ def choose_jpeg_scale(src_hw: tuple[int, int], target_hw: tuple[int, int] | None
     axis is a whole multiple* (``src % s == 0`` and ``(src / s) % target == 0``). Otherwise every
     output pixel's box cuts s-wide blocks in two and takes their mean for the part it covers: at
     5 MP -> 256 the 1/8 decode is 306 px wide, a 1.2:1 resize whose partial blocks moved single
-    input pixels by up to 14 grey levels (mean 0.25-0.7; benchmarks/RESULTS.md "camera"). So a
-    non-exact axis must keep ``oversample`` x the target (default 2: the partial blocks become at
-    most half of each output box; measured mean change 0.12-0.22, the size of what JPEG q92
-    itself does). ``oversample=1`` is the coarsest scale that merely covers the target (fastest).
+    input pixels by up to 31 grey levels (mean 0.26-0.71 on the real test sets; benchmarks/RESULTS.md
+    "camera"). So a non-exact axis must keep ``oversample`` x the target (default 2: the partial
+    blocks become at most half of each output box; measured mean 0.12-0.22, the size of what JPEG
+    q92 itself does, and image AUROC within 0.005 of the full decode where 1/8 was not). ``oversample=1`` is the coarsest scale that merely covers the target (fastest).
     libjpeg rounds scaled sizes up (``ceil(W / s)``), so that is the size compared.
     """
     if target_hw is None:
