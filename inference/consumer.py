@@ -72,6 +72,8 @@ _T = TypeVar("_T")
 # --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
 # a member left without partitions for longer is surplus and may idle out.
 UNASSIGNED_GRACE_S = 60.0
+# scored frames up to this size (model inputs: 256x256 to 1024x1024) are handed to post-store steps that take pixels
+MAX_STEP_PIXELS = 1024 * 1024
 
 PostStore = Callable[[list[ResultRow], list[FrameEnvelope]], None]
 
@@ -522,8 +524,15 @@ class InferenceConsumer:
             return rows, bad
         engine_name = out.engine_name or getattr(self.engine, "name", "unknown")
         inferred_at = time.time()
-        return [_Scored(f.record, f.env, f.frame_hw, out, i, engine_name, inferred_at, len(frames), f.image)
+        return [_Scored(f.record, f.env, f.frame_hw, out, i, engine_name, inferred_at, len(frames), self._for_steps(f.image))
                 for i, f in enumerate(frames)], []
+
+    def _for_steps(self, image: np.ndarray | None) -> np.ndarray | None:
+        """The scored pixels if a post-store step takes them and they are model-sized: a tiling product's
+        full-resolution frames are not held for the sink (the steps decode those bytes at their own scale)."""
+        if image is None or image.shape[0] * image.shape[1] > MAX_STEP_PIXELS:
+            return None
+        return image if any(getattr(step, "takes_images", False) for step in self.post_store) else None
 
     def _infer(self, product: str, frames: list[_Frame]) -> EngineOutput:
         """engine.infer with retries: unavailable backends forever, other errors ``engine_attempts`` times."""

@@ -65,3 +65,21 @@ def test_steps_that_take_images_get_the_engine_input_without_a_second_decode(set
     assert c.run(max_frames=3, idle_timeout_s=2) == 3
     c.close()
     assert step.got == [(1, (32, 32, 3)), (2, (32, 32, 3)), (3, (32, 32, 3))]
+
+
+def test_full_resolution_frames_are_not_held_for_the_steps(settings: Settings, store: ResultStore) -> None:
+    """A tiling product's frames are decoded at full resolution: not kept for the sink (memory); steps get None."""
+    from tests.inference.test_consumer import SizedEngine, _publish_jpeg
+
+    bus = MemoryBus(partitions=1)
+    _publish_jpeg(bus, settings, np.full((1100, 1000, 3), 120, np.uint8), n=1)
+    got: list[object] = []
+
+    class _Step(_PixelStep):
+        def __call__(self, rows, envs, images) -> None:
+            got.extend(images)
+
+    c = make(settings, bus, store, engine=SizedEngine(None), post_store=[_Step()])
+    assert c.run(max_frames=1, idle_timeout_s=2) == 1
+    c.close()
+    assert got == [None]
