@@ -379,10 +379,23 @@ class DriftMonitor:
         self.metrics = DriftMetrics(metrics_registry)
         self.refresh_s = refresh_s
         self._cams: dict[str, _Cam] = {}
-        self._last_refresh = 0.0
+        self._last_refresh = time.monotonic()  # a camera first seen looks its alarms up itself (_cam)
 
     def __call__(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
         self.on_stored(rows, envelopes)
+
+    def before_store(self, rows: Sequence[Any]) -> None:
+        """Set ``drifted`` on the rows of cameras with an open alarm, before the consumer stores them.
+
+        No query per frame: the open alarms come from this monitor's own state (it opened them) and its
+        refresh (at most one ``open_alarms`` query per ``refresh_s``, and one lookup when a camera is
+        first seen). Another consumer's alarm is learnt within ``refresh_s``; the frames it stored
+        meanwhile are flagged by :meth:`DriftStore.mark_drifted` when it is learnt. A re-baseline or a
+        dismissal stops the flagging from the next refresh on."""
+        self._maybe_refresh()
+        for row in rows:
+            if self._cam(row.product, row.camera).alarm_id is not None:
+                row.drifted = True
 
     def on_stored(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
         """``rows`` (ResultRow) and their ``envelopes`` (FrameEnvelope), just stored durably."""
@@ -443,6 +456,8 @@ class DriftMonitor:
                                                   onset_frame_id=onset.frame_id, model_version=str(row.model_version),
                                                   evidence=evidence)
         cam.alarm_id = alarm_id
+        # the window's frames from the onset were stored before the alarm existed: flag them now
+        self.store.mark_drifted(row.product, row.camera, onset.captured_at)
         self.metrics.open.labels(product=row.product, camera=row.camera).set(1)
         if created:
             for k in kinds:
@@ -461,14 +476,19 @@ class DriftMonitor:
         if now - self._last_refresh < self.refresh_s or not self._cams:
             return
         self._last_refresh = now
-        open_ids = {a["camera"]: int(a["id"]) for a in self.store.open_alarms()}
+        open_alarms = {a["camera"]: a for a in self.store.open_alarms()}
         for camera, cam in self._cams.items():
-            now_id = open_ids.get(camera)
+            a = open_alarms.get(camera)
+            now_id = None if a is None or a["product"] != cam.product else int(a["id"])
             if cam.alarm_id is not None and now_id != cam.alarm_id:
-                log.info("drift alarm resolved; the camera's reference starts again",
+                log.info("drift alarm closed (re-baselined or dismissed); the camera's reference starts again",
                          extra=kv(product=cam.product, camera=camera, alarm=cam.alarm_id))
                 cam.drift.reset()
                 self.metrics.open.labels(product=cam.product, camera=camera).set(0)
+            if a is not None and now_id is not None and now_id != cam.alarm_id:
+                # opened by another consumer: flag what this one stored on the camera since the onset
+                self.store.mark_drifted(cam.product, camera, float(a["onset_at"]))
+                self.metrics.open.labels(product=cam.product, camera=camera).set(1)
             cam.alarm_id = now_id
 
     def snapshot(self) -> dict[str, dict]:

@@ -91,3 +91,41 @@ def test_calibration_p99_prefers_the_quantile():
     assert calibration_p99({"quantiles": {"p99": 0.7}, "threshold": 0.9}) == 0.7
     assert calibration_p99({"threshold": 1.1, "threshold_margin": 1.1}) == pytest.approx(1.0)
     assert calibration_p99({}) is None
+
+
+def test_monitor_flags_rows_of_open_alarms_with_one_lookup_per_refresh(tmp_path, monkeypatch):
+    """``before_store``: rows of a camera with an open alarm are ``drifted``; the open alarms are looked up
+    once per refresh (not per frame or batch); an alarm opened elsewhere is learnt at the next refresh
+    and the frames stored meanwhile are flagged; a dismissal stops the flagging."""
+    from inference.drift import DriftMonitor
+    from lineinspect.settings import Settings
+    from storage.drift import DriftStore
+    from storage.store import ResultStore
+    from tests.storage.conftest import make_row
+
+    with ResultStore.open(f"sqlite:///{tmp_path / 'm.sqlite'}") as store:
+        ds = DriftStore.of(store)
+        calls = []
+        real = ds.open_alarms
+        monkeypatch.setattr(ds, "open_alarms", lambda product=None: calls.append(product) or real(product))
+        monitor = DriftMonitor(Settings(home=tmp_path), ds, lambda p, v: None, refresh_s=3600.0)
+        t0 = 1_000_000.0
+
+        def batch(first: int, n: int = 10) -> list:
+            rows = [make_row(i, captured_at=t0 + i) for i in range(first, first + n)]
+            monitor.before_store(rows)
+            store.save_results(rows)
+            return rows
+
+        assert not any(r.drifted for r in batch(0) + batch(10) + batch(20))
+        assert len(calls) == 1  # the camera's first sight; 30 frames, 3 batches, no other lookup
+        aid, _ = ds.open_alarm("bolt", "cam1", kinds=["score"], onset_at=t0 + 25, onset_frame_id=25,
+                               model_version="v0001", evidence={})  # another consumer's alarm
+        assert not any(r.drifted for r in batch(30))  # not learnt before the refresh is due
+        monitor.refresh_s = 0.0
+        assert all(r.drifted for r in batch(40))
+        assert len(calls) == 2  # one lookup for the whole batch
+        flags = [r["drifted"] for r in store.results_for_camera("cam1")]
+        assert flags == [False] * 25 + [True] * 25  # onset..learnt flagged when learnt
+        ds.dismiss(aid, by="ana")
+        assert not any(r.drifted for r in batch(50))
