@@ -170,7 +170,12 @@ def purity(labels_true: list[Any], labels_pred: list[Any]) -> float:
 class FamilyMonitor:
     """Post-store step: embeds each flagged frame's regions (a second encoder pass on flagged frames
     only, with the product's active model) and groups them per product; families persist in storage,
-    so names and grouping survive restarts and are shared by consumers that load them."""
+    so names and grouping survive restarts and are shared by consumers that load them.
+
+    Per stored batch: one query for the flagged rows' result ids and one encoder forward per
+    (product, model version) over all of the batch's flagged frames (not one per frame). The engines
+    return maps, not features (ONNX / Triton exports have no feature output), so the encoder does run
+    a second time on flagged frames; ``benchmarks/bench_families.py --consumer-cost`` measures it."""
 
     def __init__(self, store: ResultStore, family_store: FamilyStore, registry: ModelRegistry, max_pixels: int = 40_000_000,
                  warmup: int = 30) -> None:
@@ -188,28 +193,35 @@ class FamilyMonitor:
         from storage.families import RegionRow
 
         touched: dict[str, list[RegionRow]] = {}
-        for row, env in zip(rows, envelopes):
-            if row.verdict != "defect" or not row.mask_png:
-                continue
-            model = self._model(row.product, str(row.model_version))
-            if model is None:
-                continue
+        # a drifted camera's flags are the drift, not defects: they would found families of their own
+        flagged = [(row, env) for row, env in zip(rows, envelopes)
+                   if row.verdict == "defect" and row.mask_png and not getattr(row, "drifted", False)]
+        if not flagged:
+            return
+        ids = self.store.result_ids([(row.camera, int(row.frame_id)) for row, _ in flagged])
+        by_model: dict[tuple[str, str], list[tuple[Any, Any, np.ndarray, int]]] = {}
+        for row, env in flagged:
             mask = cv2.imdecode(np.frombuffer(row.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
-            got = self.store.get_result(row.camera, row.frame_id)
-            if mask is None or got is None:
+            rid = ids.get((row.camera, int(row.frame_id)))
+            if mask is None or rid is None or self._model(row.product, str(row.model_version)) is None:
                 continue
-            grid = self._grid(model, decode_image(env, self.max_pixels))
+            by_model.setdefault((row.product, str(row.model_version)), []).append((row, env, mask, rid))
+        work = []
+        for (product, version), items in by_model.items():
+            grids = self._grids(self._model(product, version), [decode_image(env, self.max_pixels) for _, env, _, _ in items])
+            work.extend((row, mask, rid, grid) for (row, _, mask, rid), grid in zip(items, grids))
+        for row, mask, rid, grid in work:
             lc = self._clustering(row.product)
             pending = self._pending.setdefault(row.product, [])
             for reg in regions(mask > 0, grid):
-                pending.append((int(got["id"]), float(row.captured_at), reg))
-                ids = lc.add(reg.embedding)
-                if ids:
-                    decided, self._pending[row.product] = pending[-len(ids):], pending[:-len(ids)]
+                pending.append((rid, float(row.captured_at), reg))
+                fams = lc.add(reg.embedding)
+                if fams:
+                    decided, self._pending[row.product] = pending[-len(fams):], pending[:-len(fams)]
                     pending = self._pending[row.product]
                     touched.setdefault(row.product, []).extend(
-                        RegionRow(rid, row.product, r.index, fam, r.area_px, r.bbox, r.centroid, ts, r.embedding)
-                        for (rid, ts, r), fam in zip(decided, ids))
+                        RegionRow(r_id, row.product, r.index, fam, r.area_px, r.bbox, r.centroid, ts, r.embedding)
+                        for (r_id, ts, r), fam in zip(decided, fams))
         for product, regs in touched.items():
             lc = self._clusters[product]
             self.families.save(product, float(lc.threshold or 0.0), lc.families, regs)
@@ -239,11 +251,15 @@ class FamilyMonitor:
         return self._models[key]
 
     @staticmethod
-    def _grid(loaded: Any, image: np.ndarray) -> np.ndarray:
+    def _grids(loaded: Any, images: list[np.ndarray], chunk: int = 16) -> list[np.ndarray]:
+        """Encoder grids of ``images``: one forward per ``chunk`` frames (bounded memory)."""
         import torch
 
         from inference.preprocess import batch_to_input
 
-        with torch.inference_mode():
-            enc = loaded.module.encode(torch.from_numpy(batch_to_input([image], loaded.input_hw)))
-        return encoder_grid([g[0] for g in enc])
+        out: list[np.ndarray] = []
+        for i in range(0, len(images), chunk):
+            with torch.inference_mode():
+                enc = loaded.module.encode(torch.from_numpy(batch_to_input(images[i:i + chunk], loaded.input_hw)))
+            out.extend(encoder_grid([g[j] for g in enc]) for j in range(len(images[i:i + chunk])))
+        return out

@@ -394,6 +394,17 @@ class ResultStore:
         """One result with names, mask/heatmap PNG bytes and the kept frame (``None`` if absent)."""
         return self._one_result((Camera.name == camera) & (InspectionResult.frame_id == int(frame_id)))
 
+    def result_ids(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """``{(camera, frame_id): result id}`` of the stored ones among ``keys``, in one query."""
+        if not keys:
+            return {}
+        t = InspectionResult
+        wanted = {(str(c), int(f)) for c, f in keys}
+        q = (select(Camera.name, t.frame_id, t.id).join(Camera, Camera.id == t.camera_id)
+             .where(Camera.name.in_(sorted({c for c, _ in wanted})), t.frame_id.in_(sorted({f for _, f in wanted}))))
+        with service_errors(self.url), self.engine.connect() as conn:
+            return {(c, int(f)): int(i) for c, f, i in conn.execute(q).all() if (c, int(f)) in wanted}
+
     def get_result_by_id(self, result_id: int) -> dict | None:
         return self._one_result(InspectionResult.id == int(result_id))
 
