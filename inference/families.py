@@ -52,27 +52,60 @@ def encoder_grid(enc_groups: list[Any]) -> np.ndarray:
     return np.concatenate(parts, axis=-1)
 
 
-def regions(mask: np.ndarray, grid: np.ndarray, min_area_px: int = MIN_REGION_PX, max_regions: int = 16) -> list[Region]:
-    """Connected components of ``mask`` (frame size, bool) with their pooled embeddings, largest first."""
-    h, w = mask.shape
+def block_grids(loaded: Any, images: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """Per image, the backbone's maps of every block the model's groups use, each at its OWN
+    resolution (not pooled to the token grid) and L2-normalised per cell: [(h_b, w_b, C_b)] per image.
+    Finer blocks keep small defects (a crack, a blowhole) from being averaged into one 16x16 cell."""
+    import torch
+
+    from inference.preprocess import batch_to_input
+
+    model = loaded.module
+    wanted = [b for g in model.cfg.groups for b in g]
+    with torch.inference_mode():
+        maps = model.backbone(torch.from_numpy(batch_to_input(images, loaded.input_hw)))
+    by_block = dict(zip(model.backbone.blocks, maps))
+    return [[encoder_grid([by_block[b][j]]) for b in wanted] for j in range(len(images))]
+
+
+def _pooled(component: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
+    """Mask-weighted mean of ``grid`` over a component (frame-size float mask) minus the frame mean."""
     gh, gw = grid.shape[:2]
+    small = cv2.resize(component, (gw, gh), interpolation=cv2.INTER_AREA)
+    if small.max() <= 0:
+        return None
+    weights = small / small.sum()
+    if (small > 0.25).any():  # cells mostly inside the region; a thin region keeps its best cells
+        weights = np.where(small > 0.25, small, 0.0)
+        weights = weights / weights.sum()
+    return np.tensordot(weights, grid, axes=([0, 1], [0, 1])) - grid.reshape(-1, grid.shape[-1]).mean(axis=0)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / (np.linalg.norm(v) + 1e-8)).astype(np.float32)
+
+
+def regions(mask: np.ndarray, grid: np.ndarray | list[np.ndarray], min_area_px: int = MIN_REGION_PX,
+            max_regions: int = 16) -> list[Region]:
+    """Connected components of ``mask`` (frame size, bool) with their pooled embeddings, largest first.
+
+    ``grid``: one (h, w, C) grid (pooled over the region, minus the frame mean, unit length), or a list of
+    per-block grids of any resolutions (:func:`block_grids`): each pooled and made unit length on its own,
+    then concatenated and scaled to unit length, so every block weighs the same."""
+    h, w = mask.shape
     n, labels, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    background = grid.reshape(-1, grid.shape[-1]).mean(axis=0)
     order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
+    grids = grid if isinstance(grid, list) else [grid]
     out: list[Region] = []
     for rank, i in enumerate(order[:max_regions]):
         area = int(stats[i, cv2.CC_STAT_AREA])
         if area < min_area_px:
             continue
-        small = cv2.resize((labels == i).astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA)
-        if small.max() <= 0:
+        comp = (labels == i).astype(np.float32)
+        parts = [_pooled(comp, g) for g in grids]
+        if any(p is None for p in parts):
             continue
-        weights = small / small.sum()
-        if (small > 0.25).any():  # cells mostly inside the region; a thin region keeps its best cells
-            weights = np.where(small > 0.25, small, 0.0)
-            weights = weights / weights.sum()
-        vec = np.tensordot(weights, grid, axes=([0, 1], [0, 1])) - background
-        vec = (vec / (np.linalg.norm(vec) + 1e-8)).astype(np.float32)
+        vec = _unit(np.concatenate([_unit(p) for p in parts])) if isinstance(grid, list) else _unit(parts[0])  # type: ignore[arg-type]
         x, y, bw, bh = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
                                                    cv2.CC_STAT_HEIGHT))
         out.append(Region(rank, area, (x, y, bw, bh), (float(cents[i][0]) / w, float(cents[i][1]) / h), vec))
