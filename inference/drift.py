@@ -13,9 +13,14 @@ it never delays or endangers a commit. Two kinds of evidence, each in units an e
   the camera's first ``reference_frames`` frames. A limit is the larger of an engineering floor
   (``drift_brightness_grey`` ...) and ``drift_min_std_errors`` standard errors of the difference of
   two medians (window vs reference) under the camera's own frame-to-frame variation, so a camera
-  whose normal frames vary a lot gets a wider limit instead of false alarms. The position check
-  runs only when the reference frames align with each other (median phase-correlation peak >= 0.6; tire reference frames reach 0.35-0.6 and its normal placement varies by up to 12 % between sessions, which alarmed):
-  on textures without a registered part a shift is not measurable.
+  whose normal frames vary a lot gets a wider limit instead of false alarms. Position is a
+  measurement only where frames align: the check runs only when the reference frames align with
+  each other AND the window's frames align with the reference (median phase-correlation peak
+  >= 0.6 for both); on a texture without a registered part a "shift" is where the noise peaked.
+  (Before, only the reference was gated: a tire reference at 0.61, inflated by repeated frames, let
+  window frames with median peaks of ~0.35 through, and their heavy-tailed shifts raised a false
+  position alarm.) Identical frames count once in a reference (a frozen camera repeating one image
+  must not make the reference look aligned or its spreads small).
 
 A check must breach ``confirm_frames`` frames in a row. The alarm's onset is the first frame of the
 window that breached. While an alarm is open the camera's frames are kept (``drift_frames``) as the
@@ -51,7 +56,7 @@ log = logging.getLogger("lineinspect.drift")
 
 CHECK_SIZE = 256          # frames are compared at this square size (brightness, sharpness)
 ALIGN_SIZE = 128          # and aligned at this one (phase correlation)
-MIN_ALIGN_PEAK = 0.6      # median phase-correlation peak of the reference frames to trust the position check
+MIN_ALIGN_PEAK = 0.6      # phase-correlation peak below which a frame's shift is not a measurement
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,10 @@ def shift_pct(reference: np.ndarray, grey: np.ndarray) -> tuple[float, float, fl
     win = _HANN.get(ALIGN_SIZE)
     if win is None:
         win = _HANN[ALIGN_SIZE] = cv2.createHanningWindow((ALIGN_SIZE, ALIGN_SIZE), cv2.CV_32F)
-    (dx, dy), peak = cv2.phaseCorrelate(reference, _align_image(grey), win)
+    # a copy: OpenCV (4.11) applies the window to its inputs IN PLACE, so passing the stored reference
+    # multiplied it by the Hann window once per frame; over a stream the reference decayed to its centre,
+    # the peaks fell and the shifts turned to noise (the tire false position alarm at frame 111)
+    (dx, dy), peak = cv2.phaseCorrelate(reference.copy(), _align_image(grey), win)
     return 100.0 * dx / ALIGN_SIZE, 100.0 * dy / ALIGN_SIZE, float(peak)
 
 
@@ -149,18 +157,23 @@ class ImageReference:
     def build(cls, greys: Sequence[np.ndarray], seed: int = 0) -> ImageReference:
         if len(greys) < 3:
             raise ValueError("an image reference needs at least 3 frames")
-        b = [brightness(g) for g in greys]
-        s = [log_sharpness(g) for g in greys]
-        stack = np.stack(greys)
-        total = stack.sum(axis=0)
-        mean = _align_image(total / len(greys))
+        # identical frames (a camera repeating its last image) are one observation: repeated, they make the
+        # others' mean contain the frame itself, so it looks aligned and the spreads come out too small
+        unique = list({g.tobytes(): g for g in greys}.values())
+        if len(unique) < 3:
+            raise ValueError("an image reference needs at least 3 distinct frames")
+        b = [brightness(g) for g in unique]
+        s = [log_sharpness(g) for g in unique]
+        total = np.stack(unique).sum(axis=0)
+        mean = _align_image(total / len(unique))
         # each reference frame against the mean of the *others*: against a mean it is part of, a frame
         # looks better aligned than a new frame will, and the limits would come out too tight
-        shifts = [shift_pct(_align_image((total - g) / (len(greys) - 1)), g) for g in greys]
+        shifts = [shift_pct(_align_image((total - g) / (len(unique) - 1)), g) for g in unique]
+        peak = float(np.median([p for _, _, p in shifts]))
         dxs, dys = [dx for dx, _, _ in shifts], [dy for _, dy, _ in shifts]
         rng = np.random.default_rng(seed)
-        return cls(len(greys), float(np.median(b)), _median_se(b, rng), float(np.median(s)), _median_se(s, rng),
-                   max(_median_se(dxs, rng), _median_se(dys, rng)), float(np.median([p for _, _, p in shifts])), mean,
+        return cls(len(unique), float(np.median(b)), _median_se(b, rng), float(np.median(s)), _median_se(s, rng),
+                   max(_median_se(dxs, rng), _median_se(dys, rng)), peak, mean,
                    float(np.median(dxs)), float(np.median(dys)))
 
     def to_stats(self) -> dict[str, float]:
@@ -210,6 +223,7 @@ class Measure:
     log_sharpness: float | None
     dx: float | None
     dy: float | None
+    peak: float | None = None   # phase-correlation peak of the frame against the reference
 
 
 class CameraDrift:
@@ -237,22 +251,26 @@ class CameraDrift:
         if model_version is not None and model_version != self.model_version:
             if self.model_version is not None:  # a new model: its calibration starts a new score window
                 self.window = deque(((m if m.score is None else Measure(m.frame_id, m.captured_at, None, None,
-                                                                        m.brightness, m.log_sharpness, m.dx, m.dy))
+                                                                        m.brightness, m.log_sharpness, m.dx, m.dy,
+                                                                        m.peak))
                                      for m in self.window), maxlen=self.config.window)
             self.model_version = model_version
-        b = s = dx = dy = None
+        b = s = dx = dy = peak = None
         if grey is not None:
             if self.reference is None:
                 self._ref_greys.append(grey)
                 if len(self._ref_greys) >= self.config.reference_frames:
-                    self.reference = ImageReference.build(self._ref_greys)
+                    try:
+                        self.reference = ImageReference.build(self._ref_greys)
+                        self.reference_built = True
+                    except ValueError:  # fewer than 3 distinct frames (a frozen camera): collect anew
+                        pass
                     self._ref_greys.clear()
-                    self.reference_built = True
             else:
                 b, s = brightness(grey), log_sharpness(grey)
                 if self.reference.aligned:
-                    dx, dy, _ = shift_pct(self.reference.image, grey)
-        self.window.append(Measure(frame_id, captured_at, score, p99, b, s, dx, dy))
+                    dx, dy, peak = shift_pct(self.reference.image, grey)
+        self.window.append(Measure(frame_id, captured_at, score, p99, b, s, dx, dy, peak))
         breaches = self.breaches()
         self.streak = self.streak + 1 if breaches else 0
         return breaches if self.streak >= self.config.confirm_frames else []
@@ -290,7 +308,10 @@ class CameraDrift:
             out.append(Breach("sharpness", math.exp(ds), math.exp(lim_s if ds > 0 else -lim_s),
                               "variance-of-Laplacian ratio to the reference"))
         placed = [m for m in imgs if m.dx is not None]
-        if ref.aligned and len(placed) >= len(imgs) // 2:
+        # the window must align with the reference as the reference aligns with itself (median peak): a
+        # texture without a registered part gives shifts that are where the noise peaked, not positions
+        if ref.aligned and len(placed) >= len(imgs) // 2 and \
+                float(np.median([m.peak for m in placed])) >= MIN_ALIGN_PEAK:  # type: ignore[misc]
             xs, ys = [m.dx for m in placed], [m.dy for m in placed]
             shift = math.hypot(float(np.median(xs)) - ref.dx, float(np.median(ys)) - ref.dy)  # type: ignore[arg-type]
             se_w = max(_median_se(xs, rng), _median_se(ys, rng))  # type: ignore[arg-type]

@@ -129,3 +129,17 @@ def test_monitor_flags_rows_of_open_alarms_with_one_lookup_per_refresh(tmp_path,
         assert flags == [False] * 25 + [True] * 25  # onset..learnt flagged when learnt
         ds.dismiss(aid, by="ana")
         assert not any(r.drifted for r in batch(50))
+
+
+def test_measuring_a_shift_leaves_the_reference_untouched_and_late_frames_stay_accurate():
+    """cv2.phaseCorrelate windows its inputs in place: the stored reference must not decay frame by frame
+    (it did: after ~100 frames the peaks had fallen to noise and a steady tire stream alarmed on position)."""
+    rng = np.random.default_rng(3)
+    ref = ImageReference.build([to_grey(_frame(rng)) for _ in range(20)])
+    before = ref.image.copy()
+    g = to_grey(_frame(rng, dx=5.0))
+    first = shift_pct(ref.image, g)
+    for _ in range(200):
+        assert shift_pct(ref.image, g) == first
+    np.testing.assert_array_equal(ref.image, before)
+    assert _run(CFG, 400, 0, seed=4) is None  # a long steady stream stays quiet
