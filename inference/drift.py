@@ -311,7 +311,7 @@ class CameraDrift:
         # the window must align with the reference as the reference aligns with itself (median peak): a
         # texture without a registered part gives shifts that are where the noise peaked, not positions
         if ref.aligned and len(placed) >= len(imgs) // 2 and \
-                float(np.median([m.peak for m in placed])) >= MIN_ALIGN_PEAK:  # type: ignore[misc]
+                float(np.median([m.peak for m in placed])) >= MIN_ALIGN_PEAK:
             xs, ys = [m.dx for m in placed], [m.dy for m in placed]
             shift = math.hypot(float(np.median(xs)) - ref.dx, float(np.median(ys)) - ref.dy)  # type: ignore[arg-type]
             se_w = max(_median_se(xs, rng), _median_se(ys, rng))  # type: ignore[arg-type]

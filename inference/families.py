@@ -239,7 +239,7 @@ class FamilyMonitor:
             if mask is None or rid is None or self._model(row.product, str(row.model_version)) is None:
                 continue
             by_model.setdefault((row.product, str(row.model_version)), []).append((row, env, mask, rid))
-        work = []
+        work: list[tuple[Any, np.ndarray, int, np.ndarray]] = []
         for (product, version), items in by_model.items():
             grids = self._grids(self._model(product, version), [decode_image(env, self.max_pixels) for _, env, _, _ in items])
             work.extend((row, mask, rid, grid) for (row, _, mask, rid), grid in zip(items, grids))
