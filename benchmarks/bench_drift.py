@@ -239,10 +239,14 @@ def render(res: dict) -> str:
               "'false alarm before change' tests the score check alone there, and the unshifted streams are what "
               "measures the image checks' false alarms. Limits widen to the camera's own variation (bootstrap standard "
               "errors of both medians): magnetic tile frames differ in brightness by ~30 grey levels from tile to tile, "
-              "so its brightness limit comes out near 30-40 grey levels and +35 grey / gamma 0.6 are caught only in "
-              "part of the streams, late, while the model's scores barely move for them either (defect recall "
-              "0.28 -> 0.38 / 0.28): those two are misses, reported as such. Every other change floods the line "
-              "(normal frames flagged 0.55-1.00), which is what the alarm explains and pauses retraining for.")]
+              "so its brightness limit is wide and +35 grey / gamma 0.6 (which barely move the model's scores either) "
+              "are caught late or not at all: misses, reported as such. The previous run's one false alarm (tire, "
+              "position check at frame 111 of a steady stream) had a code cause, not a limit: `cv2.phaseCorrelate` "
+              "applies its window to its inputs in place, so every frame multiplied the stored reference by the Hann "
+              "window; over a stream the reference decayed, the correlation peaks fell and the measured shifts became "
+              "noise. The reference is now passed as a copy (regression test), the position check also requires the "
+              "window's frames to align with the reference (median peak >= 0.6, as the reference must with itself), "
+              "and identical frames count once in a reference.")]
     return "\n".join(lines)
 
 
