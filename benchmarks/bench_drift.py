@@ -94,7 +94,7 @@ def score_variants(product: str, model_dir: Path, pool: list[Path]
     re-evaluated on the same scores without scoring 6 x the pool again."""
     from inference.engines.torch_engine import TorchEngine
 
-    cache = model_dir / "variants.npz"
+    cache = model_dir.parent / f"{model_dir.name}-variants.npz"  # not inside: the model dir is checksummed
     names = np.array([str(p) for p in pool])
     if cache.is_file():
         z = np.load(cache)
