@@ -225,7 +225,10 @@ def render(res: dict) -> str:
              f"clustered incrementally (leader clustering, cosine, threshold = factor x quantile of the first 30 "
              f"regions' nearest-neighbour distances; default quantile 0.5, factor 2). No labels used except to score. "
              f"Model: INP-Former, {res['iters']} iterations. Machine: {res['machine']}; load average "
-             f"{res['load_average_start_end']} (start, end)."), "",
+             f"{res['load_average_start_end']} (start, end). Embedding `token`: the consumer's (encoder groups on the "
+             f"16x16 token grid); `blocks`: every backbone block at its own resolution, mask-weighted, L2-normalised "
+             f"per block, concatenated. 'k-means, TRUE k' is told the number of types the leader clustering must find "
+             f"by itself: the ceiling of the embedding, a reference, not a method to ship."), "",
              "| product | regions from | embedding | rule | ARI | purity | families | types |",
              "|---|---|---|---|---|---|---|---|"]
     for product, r in res["products"].items():
