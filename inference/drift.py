@@ -32,13 +32,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from lineinspect import model_meta
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
@@ -331,9 +331,11 @@ class RegistryCalibration:
             return None
         cal = (info.metrics or {}).get("calibration") or {}
         if not cal:
-            path = Path(info.path) / "calibration.json"
-            if path.is_file():
-                cal = json.loads(path.read_text())
+            try:  # the model directory's calibration, read by its one owner
+                cal = model_meta.read_calibration(info.path)
+            except model_meta.ModelDirError as exc:  # missing or unreadable: threshold / margin instead
+                log.info("no calibration in the model directory", extra=kv(product=product, version=version,
+                                                                           error=str(exc)[:200]))
         return calibration_p99(cal, info.threshold)
 
 
