@@ -169,8 +169,8 @@ def _child(tree: Path, argv: list[str], timeout_s: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _export_old(rev: str, dest: Path) -> str:
-    """``git archive`` of ``rev`` into ``dest`` (once); returns the full commit id."""
+def _export(rev: str, dest: Path) -> str:
+    """``git archive`` of ``rev`` into ``dest`` (again only when it holds another commit); its full id."""
     commit = subprocess.run(["git", "rev-parse", rev], cwd=NEW_TREE, capture_output=True, text=True,
                             check=True).stdout.strip()
     stamp = dest / ".parity-commit"
@@ -182,10 +182,23 @@ def _export_old(rev: str, dest: Path) -> str:
     return commit
 
 
+def _earlier_runs(path: Path) -> list[dict]:
+    """The summaries of the runs before this one (kept, so one noisy run is never the whole story)."""
+    if not path.is_file():
+        return []
+    prev = json.loads(path.read_text())
+    keys = ("new_commit", "rounds", "frames", "ratio_median", "ratio_min", "ratio_max", "cpu_ratio_median",
+            "cpu_ratio_min", "cpu_ratio_max", "all_identical", "load_average_start_end")
+    return [*prev.get("earlier_runs", []), {k: prev[k] for k in keys if k in prev}]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old-rev", default="bcb489f", help="the last commit before the structure refactor")
     p.add_argument("--old-tree", type=Path, default=Path("/tmp/pre-structure"))
+    p.add_argument("--new-rev", default=None,
+                   help="run NEW from a git archive of this revision (in --new-tree) instead of the working tree")
+    p.add_argument("--new-tree", type=Path, default=Path("/tmp/post-structure"))
     p.add_argument("--rounds", type=int, default=4, help="OLD/NEW pairs, alternating which goes first")
     p.add_argument("--frames", type=int, default=96)
     p.add_argument("--size", type=int, default=256, help="simulated frame size (the demo's default)")
@@ -196,15 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(NEW_TREE))
     from tqdm import tqdm
 
-    from benchmarks.common import WORK, Recorder, machine
+    from benchmarks.common import RESULTS_DIR, WORK, Recorder, machine
     from ingest.simulator import LineSimulator
 
     run = Recorder()
-    commit_old = _export_old(args.old_rev, args.old_tree)
-    commit_new = subprocess.run(["git", "rev-parse", "HEAD"], cwd=NEW_TREE, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=NEW_TREE,
-                                capture_output=True, text=True).stdout.strip())
+    commit_old = _export(args.old_rev, args.old_tree)
+    if args.new_rev:  # a frozen copy: the working tree may change while the rounds run
+        new_tree, commit_new, dirty = args.new_tree, _export(args.new_rev, args.new_tree), False
+    else:
+        new_tree = NEW_TREE
+        commit_new = subprocess.run(["git", "rev-parse", "HEAD"], cwd=NEW_TREE, capture_output=True, text=True,
+                                    check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=NEW_TREE,
+                                    capture_output=True, text=True).stdout.strip())
     work = WORK / "refactor_parity" / f"run-{int(time.time())}"
     work.mkdir(parents=True)
     sim = LineSimulator(product=PRODUCT, size=(args.size, args.size), defect_rate=args.defect_rate, seed=0)
@@ -212,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     np.save(frames_path, np.stack([sim.frame(i).image for i in range(args.frames)]))
     model = _child(args.old_tree, ["child-model", str(work), str(frames_path)], 900)
 
-    trees = {"old": args.old_tree, "new": NEW_TREE}
+    trees = {"old": args.old_tree, "new": new_tree}
     runs: dict[str, list[dict]] = {"old": [], "new": []}
     loads = []
     for r in tqdm(range(args.rounds), desc="rounds (old/new pairs)"):
@@ -248,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                          for rs in runs.values() for rr in rs),
         "frames_differing_by_field": differing,
         "flagged": sum(r["verdict"] == "defect" for r in reference),
+        "earlier_runs": _earlier_runs(RESULTS_DIR / "refactor_parity.json"),
     }
     return run.finish("refactor_parity", res, render)
 
@@ -275,6 +293,12 @@ def render(res: dict) -> str:
                    f"trees: {'yes' if res['all_identical'] else 'NO'}"
                    + ("" if res["all_identical"] else f" (frames differing by field: {res['frames_differing_by_field']})")
                    + ".")]
+    for e in res.get("earlier_runs", []):
+        cpu_txt = (f", CPU per frame median {e['cpu_ratio_median']:.3f} ({e['cpu_ratio_min']:.3f}-{e['cpu_ratio_max']:.3f})"
+                   if "cpu_ratio_median" in e else "")
+        lines.append(f"- earlier run (NEW {e['new_commit'][:7]}, {e['rounds']} rounds x {e['frames']} frames): NEW/OLD fps "
+                     f"median {e['ratio_median']:.3f} ({e['ratio_min']:.3f}-{e['ratio_max']:.3f}){cpu_txt}; outputs "
+                     f"identical: {'yes' if e['all_identical'] else 'NO'}.")
     return "\n".join(lines)
 
 
