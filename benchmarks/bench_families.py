@@ -16,10 +16,8 @@ to score.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_drift import PRODUCTS, images_in, train_model
-from benchmarks.common import RESULTS_DIR, WORK, data_root, machine, write_section
+from benchmarks.common import WORK, Recorder, data_root, machine, section_head
 from inference.families import LeaderClustering, encoder_grid, purity, regions
 from inference.preprocess import batch_to_input
 from training.data import read_image
@@ -95,27 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    t0, load0 = time.time(), os.getloadavg()[0]
+    run = Recorder()
     res = {"iters": args.iters, "seed": args.seed, "machine": machine(), "default": "q0.5_x2.0", "products": {}}
     for product in ("magnetic_tile", "tire"):
         res["products"][product] = run_product(product, PRODUCTS[product], args)
-    res["seconds"] = round(time.time() - t0, 1)
-    res["load_average_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "families.json").write_text(json.dumps(res, indent=2) + "\n")
-    write_section("families", render(res))
-    print(render(res))
-    return 0
+    return run.finish("families", res, render)
 
 
 def render(res: dict) -> str:
-    lines = ["## Defect families (benchmarks/bench_families.py)", "",
-             (f"Every defective test image, shuffled (seed {res['seed']}), its largest flagged region embedded and "
-             f"clustered incrementally (leader clustering, cosine, threshold = factor x quantile of the first 30 "
-             f"regions' nearest-neighbour distances; default quantile 0.5, factor 2). No labels used except to score. "
-             f"Model: INP-Former, {res['iters']} iterations. Machine: {res['machine']}; load average "
-             f"{res['load_average_start_end']} (start, end)."), "",
-             "| product | regions from | rule | ARI | purity | families | types |", "|---|---|---|---|---|---|---|"]
+    about = (f"Every defective test image, shuffled (seed {res['seed']}), its largest flagged region embedded "
+             "and clustered incrementally (leader clustering, cosine, threshold = factor x quantile of the first "
+             "30 regions' nearest-neighbour distances; default quantile 0.5, factor 2). No labels used except to "
+             f"score. Model: INP-Former, {res['iters']} iterations.")
+    columns = ["product", "regions from", "rule", "ARI", "purity", "families", "types"]
+    lines = section_head("Defect families", "bench_families.py", about, res, columns)
     for product, r in res["products"].items():
         for source in ("model_mask", "gt_mask"):
             for rule, v in r[source].items():

@@ -43,7 +43,9 @@ from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
 if TYPE_CHECKING:  # types only: storage is imported where a step is built
+    from ingest.envelope import FrameEnvelope
     from storage.drift import DriftStore
+    from storage.records import ResultRow
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
 
@@ -381,10 +383,10 @@ class DriftMonitor:
         self._cams: dict[str, _Cam] = {}
         self._last_refresh = 0.0
 
-    def __call__(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
+    def __call__(self, rows: Sequence[ResultRow], envelopes: Sequence[FrameEnvelope]) -> None:
         self.on_stored(rows, envelopes)
 
-    def on_stored(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
+    def on_stored(self, rows: Sequence[ResultRow], envelopes: Sequence[FrameEnvelope]) -> None:
         """``rows`` (ResultRow) and their ``envelopes`` (FrameEnvelope), just stored durably."""
         from storage.drift import KeptFrame
 
@@ -432,7 +434,7 @@ class DriftMonitor:
         log.info("drift reference built", extra=kv(product=product, camera=camera, frames=ref.n,
                                                    brightness=round(ref.brightness, 1), aligned=ref.aligned))
 
-    def _open(self, row: Any, cam: _Cam, breaches: list[Breach]) -> None:
+    def _open(self, row: ResultRow, cam: _Cam, breaches: list[Breach]) -> None:
         onset = cam.drift.onset
         ref = cam.drift.reference
         evidence = {"checks": {b.kind: b.to_dict() for b in breaches}, "window": len(cam.drift.window),
@@ -485,7 +487,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
     drift = build_monitor(settings, store, registry, metrics_registry)
     if drift is not None:
         steps.append(drift)
-    if settings.families_enabled and hasattr(store, "engine"):
+    if settings.families_enabled and hasattr(store, "db_engine"):
         from inference.families import FamilyMonitor
         from storage.families import FamilyStore
 
@@ -497,7 +499,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
 def build_monitor(settings: Settings, store: ResultStore, registry: ModelRegistry,
                   metrics_registry: CollectorRegistry | None = None) -> DriftMonitor | None:
     """The consumer's drift step (``None`` when ``drift_enabled`` is off or the store has no database)."""
-    if not settings.drift_enabled or not hasattr(store, "engine"):
+    if not settings.drift_enabled or not hasattr(store, "db_engine"):
         return None
     from storage.drift import DriftStore
 

@@ -24,7 +24,10 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:  # types only
+    from inference.model_dir import LoadedModel
+    from ingest.envelope import FrameEnvelope
     from storage.families import FamilyStore
+    from storage.records import ResultRow
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
 
@@ -179,11 +182,11 @@ class FamilyMonitor:
         self.registry = registry
         self.max_pixels = max_pixels
         self.warmup = warmup
-        self._models: dict[tuple[str, str], Any] = {}
+        self._models: dict[tuple[str, str], LoadedModel | None] = {}
         self._clusters: dict[str, LeaderClustering] = {}
-        self._pending: dict[str, list[Any]] = {}
+        self._pending: dict[str, list[tuple[int, float, Region]]] = {}  # (result id, captured at, region)
 
-    def __call__(self, rows: list[Any], envelopes: list[Any]) -> None:
+    def __call__(self, rows: list[ResultRow], envelopes: list[FrameEnvelope]) -> None:
         from ingest.envelope import decode_image
         from storage.families import RegionRow
 
@@ -223,7 +226,7 @@ class FamilyMonitor:
             self._clusters[product] = lc
         return lc
 
-    def _model(self, product: str, version: str) -> Any:
+    def _model(self, product: str, version: str) -> LoadedModel | None:
         key = (product, version)
         if key not in self._models:
             self._models[key] = None
@@ -239,7 +242,7 @@ class FamilyMonitor:
         return self._models[key]
 
     @staticmethod
-    def _grid(loaded: Any, image: np.ndarray) -> np.ndarray:
+    def _grid(loaded: LoadedModel, image: np.ndarray) -> np.ndarray:
         import torch
 
         from inference.preprocess import batch_to_input

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, RowMapping, and_, delete, func, or_, select, update
 
 from storage.db import WRITE, service_errors
 from storage.models import (
@@ -26,7 +26,7 @@ from storage.models import (
     DriftReference,
     InspectionResult,
 )
-from storage.store import SharedEngineStore, TrainingSampleRow, dialect_insert
+from storage.store import SharedDbStore, TrainingSampleRow, dialect_insert
 
 ALARM_STATUSES = ("open", "resolved")
 DRIFT_KINDS = ("score", "brightness", "sharpness", "position")
@@ -42,7 +42,7 @@ class KeptFrame:
     data: bytes
 
 
-class DriftStore(SharedEngineStore):
+class DriftStore(SharedDbStore):
     """Reads and writes the drift tables; shares the result store's SQLAlchemy engine."""
 
     # --- alarms ---------------------------------------------------------------------------
@@ -53,7 +53,7 @@ class DriftStore(SharedEngineStore):
         if not kinds or bad:
             raise ValueError(f"kinds must be a non-empty subset of {DRIFT_KINDS}, not {kinds!r}")
         now = time.time() if at is None else float(at)
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             stmt = (dialect_insert(conn, DriftAlarm)
                     .values(product=product, camera=camera, status="open", kinds=",".join(kinds)[:128],
                             opened_at=now, onset_at=float(onset_at), onset_frame_id=int(onset_frame_id),
@@ -79,7 +79,7 @@ class DriftStore(SharedEngineStore):
         if status is not None:
             q = q.where(DriftAlarm.status == status)
         q = q.order_by(DriftAlarm.opened_at.desc(), DriftAlarm.id.desc()).limit(int(limit))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [_alarm_dict(r._mapping) for r in conn.execute(q).all()]
 
     def open_alarms(self, product: str | None = None) -> list[dict]:
@@ -87,7 +87,7 @@ class DriftStore(SharedEngineStore):
 
     def alarm(self, alarm_id: int) -> dict | None:
         q = select(*DriftAlarm.__table__.columns).where(DriftAlarm.id == int(alarm_id))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             row = conn.execute(q).first()
         return None if row is None else _alarm_dict(row._mapping)
 
@@ -95,7 +95,7 @@ class DriftStore(SharedEngineStore):
         """An operator confirmed the new normal: mark the product's open alarms (``since`` defaults to
         each alarm's onset); the scheduler or ``lineinspect models rebaseline`` then retrains. Returns
         the number of alarms marked."""
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             values: dict[str, Any] = {"rebaseline_by": by[:128]}
             values["rebaseline_since"] = DriftAlarm.onset_at if since is None else float(since)
             res = conn.execute(update(DriftAlarm).where(DriftAlarm.product == product, DriftAlarm.status == "open")
@@ -104,7 +104,7 @@ class DriftStore(SharedEngineStore):
 
     def clear_rebaseline(self, product: str) -> None:
         """Withdraw the operator's request (its candidate was refused; the alarm stays open)."""
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             conn.execute(update(DriftAlarm).where(DriftAlarm.product == product, DriftAlarm.status == "open")
                          .values(rebaseline_since=None, rebaseline_by=None))
 
@@ -112,7 +112,7 @@ class DriftStore(SharedEngineStore):
         """Close the product's (or one camera's) open alarms; the cameras' references are dropped so
         the next frames become the new reference. Returns the number of alarms closed."""
         now = time.time() if at is None else float(at)
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             where = [DriftAlarm.product == product, DriftAlarm.status == "open"]
             if camera is not None:
                 where.append(DriftAlarm.camera == camera)
@@ -126,14 +126,14 @@ class DriftStore(SharedEngineStore):
     # --- references -----------------------------------------------------------------------
     def save_reference(self, product: str, camera: str, stats: dict, image_png: bytes) -> None:
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             values = {"product": product, "created_at": now, "stats": stats, "image_png": bytes(image_png)}
             conn.execute(dialect_insert(conn, DriftReference).values(camera=camera, **values)
                          .on_conflict_do_update(index_elements=["camera"], set_=values))
 
     def reference(self, camera: str) -> dict | None:
         q = select(*DriftReference.__table__.columns).where(DriftReference.camera == camera)
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             row = conn.execute(q).first()
         return None if row is None else dict(row._mapping)
 
@@ -143,7 +143,7 @@ class DriftStore(SharedEngineStore):
         returns how many were added."""
         if not frames:
             return 0
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             have = int(conn.execute(select(func.count()).select_from(DriftFrame)
                                     .where(DriftFrame.alarm_id == int(alarm_id))).scalar_one())
             room = max(0, int(cap) - have)
@@ -164,11 +164,11 @@ class DriftStore(SharedEngineStore):
              .order_by(f.captured_at.desc(), f.id.desc()))
         if limit is not None:
             q = q.limit(int(limit))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [TrainingSampleRow(sha, bytes(data), "drift", ts) for sha, data, ts in conn.execute(q).all()]
 
     def count_frames(self, alarm_id: int) -> int:
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(DriftFrame)
                                     .where(DriftFrame.alarm_id == int(alarm_id))).scalar_one())
 
@@ -176,7 +176,7 @@ class DriftStore(SharedEngineStore):
     def drifted(self, camera: str, captured_at: float) -> bool:
         """Whether a result of ``camera`` captured at ``captured_at`` falls inside an alarm (open or not yet
         re-baselined when captured): its verdict came from a model the camera had drifted away from."""
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(DriftAlarm).where(
                 _covers(DriftAlarm.camera == camera, float(captured_at)))).scalar_one() > 0
 
@@ -190,16 +190,16 @@ class DriftStore(SharedEngineStore):
              .where(Camera.name == a["camera"], t.captured_at >= a["onset_at"]))
         if a["resolved_at"] is not None:
             q = q.where(t.captured_at <= a["resolved_at"])
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
 
-def _covers(camera_clause: Any, ts: float) -> Any:
+def _covers(camera_clause: ColumnElement[bool], ts: float) -> ColumnElement[bool]:
     return and_(camera_clause, DriftAlarm.onset_at <= ts,
                 or_(DriftAlarm.resolved_at.is_(None), DriftAlarm.resolved_at >= ts))
 
 
-def _alarm_dict(m: Any) -> dict:
+def _alarm_dict(m: RowMapping) -> dict:
     d = dict(m)
     d["kinds"] = [k for k in str(d.get("kinds") or "").split(",") if k]
     return d

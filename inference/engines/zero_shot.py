@@ -27,7 +27,7 @@ from inference.engines.base import EngineOutput
 from inference.model.anomaly_map import gaussian_kernel1d
 from inference.model.backbones import FrozenBackbone, build_backbone
 from inference.model.inp_former import InpConfig, InpFormer, encode_groups
-from inference.preprocess import batch_to_input
+from inference.preprocess import score_in_batches
 from inference.zero_shot.grnr import GrnrParams, grnr_maps
 from inference.zero_shot.threshold import RollingThreshold
 from lineinspect.errors import ConfigError
@@ -113,15 +113,11 @@ class ZeroShotEngine:
 
     def raw_scores(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Maps and scores of RGB uint8 frames, without touching any threshold state."""
-        maps, scores = [], []
-        for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(batch_to_input(images[i:i + self.batch_size], self.input_hw)).to(self.device)
-            m, s = self.score_groups(self.encode(x))
-            maps.append(m.float().cpu().numpy())
-            scores.append(s.float().cpu().numpy())
-        if not maps:
-            return np.zeros((0, *self.input_hw), np.float32), np.zeros((0,), np.float32)
-        return np.concatenate(maps).astype(np.float32), np.concatenate(scores).astype(np.float32)
+        return score_in_batches(images, self.input_hw, self.batch_size, self._run)
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m, s = self.score_groups(self.encode(torch.from_numpy(x).to(self.device)))
+        return m.float().cpu().numpy(), s.float().cpu().numpy()
 
     def decode_hw(self, product: str) -> tuple[int, int] | None:
         """Frames are resized to the backbone input: decode no more than that."""
