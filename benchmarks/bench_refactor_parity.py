@@ -14,7 +14,7 @@ threads) is the steadier figure of the work each tree does.
 Reported: fps and CPU-per-frame ratios NEW/OLD per round pair (median, min, max), and whether every stored score,
 verdict, threshold, defect area and mask/heatmap PNG is identical across trees and rounds.
 
-    python benchmarks/bench_refactor_parity.py [--old-rev bcb489f] [--rounds 4] [--frames 96]
+    python benchmarks/bench_refactor_parity.py [--old-rev bcb489f] [--new-rev HEAD] [--rounds 8] [--frames 48]
 
 The OLD tree is exported with ``git archive`` to ``--old-tree`` (default /tmp/pre-structure).
 Writes results/refactor_parity.json and the ``refactor_parity`` section of RESULTS.md.
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-rev", default=None,
                    help="run NEW from a git archive of this revision (in --new-tree) instead of the working tree")
     p.add_argument("--new-tree", type=Path, default=Path("/tmp/post-structure"))
-    p.add_argument("--rounds", type=int, default=4, help="OLD/NEW pairs, alternating which goes first")
-    p.add_argument("--frames", type=int, default=96)
+    p.add_argument("--rounds", type=int, default=8, help="OLD/NEW pairs, alternating which goes first")
+    p.add_argument("--frames", type=int, default=48)
     p.add_argument("--size", type=int, default=256, help="simulated frame size (the demo's default)")
     p.add_argument("--defect-rate", type=float, default=0.15)
     p.add_argument("--threads", type=int, default=0, help="ORT/torch threads (0 = library default)")
