@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -40,7 +39,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, write_section
+from benchmarks.common import WORK, Recorder, data_root, fmt, machine, section_head
 from inference.drift import CameraDrift, DriftConfig, calibration_p99, to_grey
 from lineinspect.settings import Settings
 from training.data import read_image
@@ -196,29 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--products", nargs="*", default=list(PRODUCTS))
     args = p.parse_args(argv)
     cfg = DriftConfig.from_settings(Settings())
-    t0 = time.time()
-    load0 = os.getloadavg()[0]
+    run = Recorder()
     res = {"config": cfg.__dict__, "streams": args.streams, "pre": args.pre, "post": args.post,
            "defect_rate": args.defect_rate, "iters": args.iters, "machine": machine(), "products": {}}
     for product in args.products:
         res["products"][product] = run_product(product, PRODUCTS[product], args, cfg)
-    res["seconds"] = round(time.time() - t0, 1)
-    res["load_average_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "drift.json").write_text(json.dumps(res, indent=2) + "\n")
-    write_section("drift", render(res))
-    print(render(res))
-    return 0
+    return run.finish("drift", res, render)
 
 
 def render(res: dict) -> str:
-    lines = ["## Drift alarms (benchmarks/bench_drift.py)", "",
-             (f"{res['streams']} streams per change of {res['pre']} normal frames then {res['post']} changed ones, "
-             f"defects mixed in at {res['defect_rate']:.0%}; model: INP-Former, {res['iters']} iterations on 60 % of "
-             f"train/good; defaults of `drift_*` settings. Machine: {res['machine']}; load average "
-             f"{res.get('load_average_start_end')} (start, end; six engineers share 2 cores)."), "",
-             ("| product | change | detected | false alarm before change | median / max delay (frames) | "
-             "defect recall before -> during | normal frames flagged during |"), "|---|---|---|---|---|---|---|"]
+    about = (f"{res['streams']} streams per change of {res['pre']} normal frames then {res['post']} changed ones, "
+             f"defects mixed in at {res['defect_rate']:.0%}; model: INP-Former, {res['iters']} iterations on 60 % "
+             "of train/good; defaults of `drift_*` settings; six engineers share 2 cores.")
+    lines = section_head("Drift alarms", "bench_drift.py", about, res, [
+        "product", "change", "detected", "false alarm before change", "median / max delay (frames)",
+        "defect recall before -> during", "normal frames flagged during"])
     for product, r in res["products"].items():
         base = r["no_change"]
         for kind, k in r["kinds"].items():

@@ -39,7 +39,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_drift import PRODUCTS, images_in, train_model
-from benchmarks.common import RESULTS_DIR, WORK, data_root, machine, write_section
+from benchmarks.common import RESULTS_DIR, WORK, Recorder, data_root, machine, section_head, write_section
 from inference.families import LeaderClustering, block_grids, encoder_grid, purity, regions
 from inference.preprocess import batch_to_input
 from training.data import read_image
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cost-defect-rate", type=float, default=0.2)
     p.add_argument("--cost-only", action="store_true", help="only the consumer cost (keeps the clustering results)")
     args = p.parse_args(argv)
-    t0, load0 = time.time(), os.getloadavg()[0]
+    run = Recorder()
     path = RESULTS_DIR / "families.json"
     if args.cost_only:
         res = json.loads(path.read_text())
@@ -210,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         res["consumer_cost"] = consumer_cost("magnetic_tile", PRODUCTS["magnetic_tile"], args)
         res["consumer_cost"]["load_average_start_end"] = [round(cost_load0, 2), round(os.getloadavg()[0], 2)]
     if not args.cost_only:
-        res["seconds"] = round(time.time() - t0, 1)
-        res["load_average_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        return run.finish("families", res, render)
+    # the clustering numbers keep their own run's time and load average
     path.write_text(json.dumps(res, indent=2) + "\n")
     write_section("families", render(res))
     print(render(res))
@@ -220,17 +219,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(res: dict) -> str:
-    lines = ["## Defect families (benchmarks/bench_families.py)", "",
-             (f"Every defective test image, shuffled (seed {res['seed']}), its largest flagged region embedded and "
+    about = (f"Every defective test image, shuffled (seed {res['seed']}), its largest flagged region embedded and "
              f"clustered incrementally (leader clustering, cosine, threshold = factor x quantile of the first 30 "
              f"regions' nearest-neighbour distances; default quantile 0.5, factor 2). No labels used except to score. "
-             f"Model: INP-Former, {res['iters']} iterations. Machine: {res['machine']}; load average "
-             f"{res['load_average_start_end']} (start, end). Embedding `token`: the consumer's (encoder groups on the "
+             f"Model: INP-Former, {res['iters']} iterations. Embedding `token`: the consumer's (encoder groups on the "
              f"16x16 token grid); `blocks`: every backbone block at its own resolution, mask-weighted, L2-normalised "
              f"per block, concatenated. 'k-means, TRUE k' is told the number of types the leader clustering must find "
-             f"by itself: the ceiling of the embedding, a reference, not a method to ship."), "",
-             "| product | regions from | embedding | rule | ARI | purity | families | types |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"by itself: the ceiling of the embedding, a reference, not a method to ship.")
+    columns = ["product", "regions from", "embedding", "rule", "ARI", "purity", "families", "types"]
+    lines = section_head("Defect families", "bench_families.py", about, res, columns)
     for product, r in res["products"].items():
         for source in ("model_mask", "gt_mask", "model_mask_blocks", "gt_mask_blocks"):
             if source not in r:

@@ -127,9 +127,9 @@ def storage_cost(frames: list, model_dir: Path) -> dict[str, float]:
 
 def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, tmp: Path, tag: str) -> dict:
     """One consumer through Kafka: backlog fps, then latency while paced at 70 % of it, peak RSS."""
-    from benchmarks.bench_pipeline import RssSampler, Run, steady_fps
+    from benchmarks.kafka_run import KafkaRun, RssSampler, steady_fps
 
-    run = Run(urls, model_dir, threshold, tmp, tag)
+    run = KafkaRun(urls, model_dir, threshold, tmp, tag)
     try:
         load = os.getloadavg()[0]
         pub_fps = run.publish(frames, 0, n)

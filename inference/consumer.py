@@ -38,7 +38,8 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # types only: these modules are imported where they are used
     from storage.store import ResultStore
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 # --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
 # a member left without partitions for longer is surplus and may idle out.
 UNASSIGNED_GRACE_S = 60.0
@@ -265,7 +267,7 @@ class InferenceConsumer:
             scored.extend(good)
             poison.extend(bad)
         for rec, reason, detail in poison:
-            self._retry("dead-letter topic", lambda r=rec, a=reason, d=detail: self.bus.dead_letter(r, a, d))
+            self._retry("dead-letter topic", partial(self.bus.dead_letter, rec, reason, detail))
             self.metrics.dead_lettered(reason)
             log.warning("dead-lettered", extra=kv(reason=reason, detail=detail[:200], partition=rec.partition, offset=rec.offset))
         return _Batch(records, scored, poison)
@@ -342,7 +344,7 @@ class InferenceConsumer:
         returns its record count."""
         while batch.unstorable:  # popped once acknowledged: a commit retried after a stop does not repeat them
             rec, reason, detail = batch.unstorable[0]
-            self._retry("dead-letter topic", lambda r=rec, a=reason, d=detail: self.bus.dead_letter(r, a, d))
+            self._retry("dead-letter topic", partial(self.bus.dead_letter, rec, reason, detail))
             batch.unstorable.pop(0)
             batch.refused += 1
             self.metrics.dead_lettered(reason)
@@ -427,7 +429,7 @@ class InferenceConsumer:
             return
         try:
             with self._fuse_lock:
-                if self.fuser is None and hasattr(self.store, "engine"):
+                if self.fuser is None and hasattr(self.store, "db_engine"):
                     from inference.fusion import SpecimenFuser
 
                     self.fuser = SpecimenFuser(self.store, self.settings)
@@ -538,7 +540,7 @@ class InferenceConsumer:
             self.metrics.cache_errors.inc()
             log.warning("cache update failed; results are stored, continuing", extra=kv(error=str(exc), rows=len(rows)))
 
-    def _retry(self, what: str, fn: Any) -> Any:
+    def _retry(self, what: str, fn: Callable[[], _T]) -> _T:
         """Call ``fn`` until it succeeds, backing off exponentially; raises :class:`_Stopped` on stop."""
         delay = self.backoff_initial_s
         while True:

@@ -37,18 +37,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from lineinspect import model_meta
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
 if TYPE_CHECKING:  # types only: storage is imported where a step is built
+    from ingest.envelope import FrameEnvelope
     from storage.drift import DriftStore
+    from storage.records import ResultRow
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
 
@@ -350,9 +352,11 @@ class RegistryCalibration:
             return None
         cal = (info.metrics or {}).get("calibration") or {}
         if not cal:
-            path = Path(info.path) / "calibration.json"
-            if path.is_file():
-                cal = json.loads(path.read_text())
+            try:  # the model directory's calibration, read by its one owner
+                cal = model_meta.read_calibration(info.path)
+            except model_meta.ModelDirError as exc:  # missing or unreadable: threshold / margin instead
+                log.info("no calibration in the model directory", extra=kv(product=product, version=version,
+                                                                           error=str(exc)[:200]))
         return calibration_p99(cal, info.threshold)
 
 
@@ -402,10 +406,10 @@ class DriftMonitor:
         self._cams: dict[str, _Cam] = {}
         self._last_refresh = time.monotonic()  # a camera first seen looks its alarms up itself (_cam)
 
-    def __call__(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
+    def __call__(self, rows: Sequence[ResultRow], envelopes: Sequence[FrameEnvelope]) -> None:
         self.on_stored(rows, envelopes)
 
-    def before_store(self, rows: Sequence[Any]) -> None:
+    def before_store(self, rows: Sequence[ResultRow]) -> None:
         """Set ``drifted`` on the rows of cameras with an open alarm, before the consumer stores them.
 
         No query per frame: the open alarms come from this monitor's own state (it opened them) and its
@@ -418,7 +422,7 @@ class DriftMonitor:
             if self._cam(row.product, row.camera).alarm_id is not None:
                 row.drifted = True
 
-    def on_stored(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
+    def on_stored(self, rows: Sequence[ResultRow], envelopes: Sequence[FrameEnvelope]) -> None:
         """``rows`` (ResultRow) and their ``envelopes`` (FrameEnvelope), just stored durably."""
         from storage.drift import KeptFrame
 
@@ -466,7 +470,7 @@ class DriftMonitor:
         log.info("drift reference built", extra=kv(product=product, camera=camera, frames=ref.n,
                                                    brightness=round(ref.brightness, 1), aligned=ref.aligned))
 
-    def _open(self, row: Any, cam: _Cam, breaches: list[Breach]) -> None:
+    def _open(self, row: ResultRow, cam: _Cam, breaches: list[Breach]) -> None:
         onset = cam.drift.onset
         ref = cam.drift.reference
         evidence = {"checks": {b.kind: b.to_dict() for b in breaches}, "window": len(cam.drift.window),
@@ -526,7 +530,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
     drift = build_monitor(settings, store, registry, metrics_registry)
     if drift is not None:
         steps.append(drift)
-    if settings.families_enabled and hasattr(store, "engine"):
+    if settings.families_enabled and hasattr(store, "db_engine"):
         from inference.families import FamilyMonitor
         from storage.families import FamilyStore
 
@@ -538,7 +542,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
 def build_monitor(settings: Settings, store: ResultStore, registry: ModelRegistry,
                   metrics_registry: CollectorRegistry | None = None) -> DriftMonitor | None:
     """The consumer's drift step (``None`` when ``drift_enabled`` is off or the store has no database)."""
-    if not settings.drift_enabled or not hasattr(store, "engine"):
+    if not settings.drift_enabled or not hasattr(store, "db_engine"):
         return None
     from storage.drift import DriftStore
 

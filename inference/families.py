@@ -24,7 +24,10 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:  # types only
+    from inference.model_dir import LoadedModel
+    from ingest.envelope import FrameEnvelope
     from storage.families import FamilyStore
+    from storage.records import ResultRow
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
 
@@ -217,11 +220,11 @@ class FamilyMonitor:
         self.registry = registry
         self.max_pixels = max_pixels
         self.warmup = warmup
-        self._models: dict[tuple[str, str], Any] = {}
+        self._models: dict[tuple[str, str], LoadedModel | None] = {}
         self._clusters: dict[str, LeaderClustering] = {}
-        self._pending: dict[str, list[Any]] = {}
+        self._pending: dict[str, list[tuple[int, float, Region]]] = {}  # (result id, captured at, region)
 
-    def __call__(self, rows: list[Any], envelopes: list[Any]) -> None:
+    def __call__(self, rows: list[ResultRow], envelopes: list[FrameEnvelope]) -> None:
         from ingest.envelope import decode_image
         from storage.families import RegionRow
 
@@ -234,14 +237,16 @@ class FamilyMonitor:
         ids = self.store.result_ids([(row.camera, int(row.frame_id)) for row, _ in flagged])
         by_model: dict[tuple[str, str], list[tuple[Any, Any, np.ndarray, int]]] = {}
         for row, env in flagged:
-            mask = cv2.imdecode(np.frombuffer(row.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+            mask = cv2.imdecode(np.frombuffer(row.mask_png or b"", np.uint8), cv2.IMREAD_GRAYSCALE)
             rid = ids.get((row.camera, int(row.frame_id)))
             if mask is None or rid is None or self._model(row.product, str(row.model_version)) is None:
                 continue
             by_model.setdefault((row.product, str(row.model_version)), []).append((row, env, mask, rid))
         work: list[tuple[Any, np.ndarray, int, np.ndarray]] = []
         for (product, version), items in by_model.items():
-            grids = self._grids(self._model(product, version), [decode_image(env, self.max_pixels) for _, env, _, _ in items])
+            model = self._model(product, version)
+            assert model is not None  # rows without a model were left out above
+            grids = self._grids(model, [decode_image(env, self.max_pixels) for _, env, _, _ in items])
             work.extend((row, mask, rid, grid) for (row, _, mask, rid), grid in zip(items, grids))
         for row, mask, rid, grid in work:
             lc = self._clustering(row.product)
@@ -268,7 +273,7 @@ class FamilyMonitor:
             self._clusters[product] = lc
         return lc
 
-    def _model(self, product: str, version: str) -> Any:
+    def _model(self, product: str, version: str) -> LoadedModel | None:
         key = (product, version)
         if key not in self._models:
             self._models[key] = None
@@ -284,7 +289,7 @@ class FamilyMonitor:
         return self._models[key]
 
     @staticmethod
-    def _grids(loaded: Any, images: list[np.ndarray], chunk: int = 16) -> list[np.ndarray]:
+    def _grids(loaded: LoadedModel, images: list[np.ndarray], chunk: int = 16) -> list[np.ndarray]:
         """Encoder grids of ``images``: one forward per ``chunk`` frames (bounded memory)."""
         import torch
 

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,11 +38,11 @@ from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
 if TYPE_CHECKING:  # types only: these modules are imported where they are used
-    from storage.registry import ModelRegistry
+    from storage.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[Any], Engine]  # storage.registry.VersionInfo -> Engine
+EngineFactory = Callable[["VersionInfo"], Engine]
 LOUD_EVERY_S = 60.0  # a held product's error is repeated at ERROR level this often (and on every change)
 
 
@@ -59,7 +59,7 @@ def local_engine_factory(settings: Settings) -> EngineFactory:
     """``local://auto|onnx|onnx-int8|openvino|torch``: an in-process engine on the version's model directory."""
     kind = settings.engine_url[len("local://"):].strip("/") or "auto"
 
-    def build(info: Any) -> Engine:
+    def build(info: VersionInfo) -> Engine:
         from inference.engines.local import load_local_engine
         from inference.tiling import maybe_tiled
 

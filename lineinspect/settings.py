@@ -13,6 +13,7 @@ Secrets (passwords inside URLs, SASL credentials) are never logged: use :func:`r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,7 +198,8 @@ class Settings(BaseSettings):
             raise ConfigError(f"unknown setting(s): {sorted(unknown)}")
         return type(self)(**{**self.model_dump(), **data})  # re-validated
 
-    def __repr_args__(self):  # noqa: ANN204 - pydantic's repr hook: URL passwords never reach a repr/traceback
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """pydantic's repr hook: URL passwords never reach a repr or a traceback."""
         for k, v in super().__repr_args__():
             yield k, (redact_url(v) if isinstance(v, str) and "://" in v else v)
 

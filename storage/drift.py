@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import RowMapping, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from storage.db import WRITE, service_errors
@@ -32,7 +32,7 @@ from storage.models import (
     Product,
     TrainingSample,
 )
-from storage.store import SharedEngineStore, TrainingSampleRow, dialect_insert
+from storage.store import SharedDbStore, TrainingSampleRow, dialect_insert
 
 ALARM_STATUSES = ("open", "resolved", "dismissed")
 DRIFT_KINDS = ("score", "brightness", "sharpness", "position")
@@ -48,7 +48,7 @@ class KeptFrame:
     data: bytes
 
 
-class DriftStore(SharedEngineStore):
+class DriftStore(SharedDbStore):
     """Reads and writes the drift tables; shares the result store's SQLAlchemy engine."""
 
     # --- alarms ---------------------------------------------------------------------------
@@ -59,7 +59,7 @@ class DriftStore(SharedEngineStore):
         if not kinds or bad:
             raise ValueError(f"kinds must be a non-empty subset of {DRIFT_KINDS}, not {kinds!r}")
         now = time.time() if at is None else float(at)
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             stmt = (dialect_insert(conn, DriftAlarm)
                     .values(product=product, camera=camera, status="open", kinds=",".join(kinds)[:128],
                             opened_at=now, onset_at=float(onset_at), onset_frame_id=int(onset_frame_id),
@@ -85,7 +85,7 @@ class DriftStore(SharedEngineStore):
         if status is not None:
             q = q.where(DriftAlarm.status == status)
         q = q.order_by(DriftAlarm.opened_at.desc(), DriftAlarm.id.desc()).limit(int(limit))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [_alarm_dict(r._mapping) for r in conn.execute(q).all()]
 
     def open_alarms(self, product: str | None = None) -> list[dict]:
@@ -93,7 +93,7 @@ class DriftStore(SharedEngineStore):
 
     def alarm(self, alarm_id: int) -> dict | None:
         q = select(*DriftAlarm.__table__.columns).where(DriftAlarm.id == int(alarm_id))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             row = conn.execute(q).first()
         return None if row is None else _alarm_dict(row._mapping)
 
@@ -101,7 +101,7 @@ class DriftStore(SharedEngineStore):
         """An operator confirmed the new normal: mark the product's open alarms (``since`` defaults to
         each alarm's onset); the scheduler or ``lineinspect models rebaseline`` then retrains. Returns
         the number of alarms marked."""
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             values: dict[str, Any] = {"rebaseline_by": by[:128]}
             values["rebaseline_since"] = DriftAlarm.onset_at if since is None else float(since)
             res = conn.execute(update(DriftAlarm).where(DriftAlarm.product == product, DriftAlarm.status == "open")
@@ -110,7 +110,7 @@ class DriftStore(SharedEngineStore):
 
     def clear_rebaseline(self, product: str) -> None:
         """Withdraw the operator's request (its candidate was refused; the alarm stays open)."""
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             conn.execute(update(DriftAlarm).where(DriftAlarm.product == product, DriftAlarm.status == "open")
                          .values(rebaseline_since=None, rebaseline_by=None))
 
@@ -119,7 +119,7 @@ class DriftStore(SharedEngineStore):
         """Close the product's (or one camera's) open alarms; the cameras' references are dropped so
         the next frames become the new reference. Returns the number of alarms closed."""
         now = time.time() if at is None else float(at)
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             where = [DriftAlarm.product == product, DriftAlarm.status == "open"]
             if camera is not None:
                 where.append(DriftAlarm.camera == camera)
@@ -142,7 +142,7 @@ class DriftStore(SharedEngineStore):
         if not who:
             raise ValueError("a dismissal needs the operator's name (by=...)")
         now = time.time() if at is None else float(at)
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             row = conn.execute(select(DriftAlarm.status, DriftAlarm.product, DriftAlarm.camera, DriftAlarm.onset_at)
                                .where(DriftAlarm.id == int(alarm_id))).first()
             if row is None:
@@ -160,20 +160,20 @@ class DriftStore(SharedEngineStore):
         """Flag the camera's results of ``product`` captured from ``since`` (to ``until``) as drifted: the
         frames between an alarm's onset and the moment a consumer learnt of it, stored unflagged. One
         UPDATE over the (product, captured_at) index; idempotent. Returns the rows it changed."""
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             return _set_drifted(conn, product, camera, float(since), until, True)
 
     # --- references -----------------------------------------------------------------------
     def save_reference(self, product: str, camera: str, stats: dict, image_png: bytes) -> None:
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             values = {"product": product, "created_at": now, "stats": stats, "image_png": bytes(image_png)}
             conn.execute(dialect_insert(conn, DriftReference).values(camera=camera, **values)
                          .on_conflict_do_update(index_elements=["camera"], set_=values))
 
     def reference(self, camera: str) -> dict | None:
         q = select(*DriftReference.__table__.columns).where(DriftReference.camera == camera)
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             row = conn.execute(q).first()
         return None if row is None else dict(row._mapping)
 
@@ -183,7 +183,7 @@ class DriftStore(SharedEngineStore):
         returns how many were added."""
         if not frames:
             return 0
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             have = int(conn.execute(select(func.count()).select_from(DriftFrame)
                                     .where(DriftFrame.alarm_id == int(alarm_id))).scalar_one())
             room = max(0, int(cap) - have)
@@ -204,11 +204,11 @@ class DriftStore(SharedEngineStore):
              .order_by(f.captured_at.desc(), f.id.desc()))
         if limit is not None:
             q = q.limit(int(limit))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [TrainingSampleRow(sha, bytes(data), "drift", ts) for sha, data, ts in conn.execute(q).all()]
 
     def count_frames(self, alarm_id: int) -> int:
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(DriftFrame)
                                     .where(DriftFrame.alarm_id == int(alarm_id))).scalar_one())
 
@@ -223,7 +223,7 @@ class DriftStore(SharedEngineStore):
              .where(Camera.name == a["camera"], t.captured_at >= a["onset_at"], t.drifted.is_(True)))
         if a["resolved_at"] is not None:
             q = q.where(t.captured_at <= a["resolved_at"])
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
 
@@ -240,7 +240,7 @@ def _set_drifted(conn: Connection, product: str, camera: str, since: float, unti
     return int(conn.execute(update(t).where(*where).values(drifted=value)).rowcount or 0)
 
 
-def _alarm_dict(m: Any) -> dict:
+def _alarm_dict(m: RowMapping) -> dict:
     d = dict(m)
     d["kinds"] = [k for k in str(d.get("kinds") or "").split(",") if k]
     return d

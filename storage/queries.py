@@ -32,27 +32,17 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from storage.models import (
-    Camera,
-    ConsumerStat,
-    FrameImage,
-    InspectionResult,
-    Line,
-    Mask,
-    ModelVersion,
-    Product,
-    Specimen,
-)
+from storage import models as m
 
-R = InspectionResult.__table__
-P = Product.__table__
-L = Line.__table__
-C = Camera.__table__
-M = Mask.__table__
-F = FrameImage.__table__
-S = Specimen.__table__
-MV = ModelVersion.__table__
-CS = ConsumerStat.__table__
+R = m.InspectionResult.__table__
+P = m.Product.__table__
+L = m.Line.__table__
+C = m.Camera.__table__
+M = m.Mask.__table__
+F = m.FrameImage.__table__
+S = m.Specimen.__table__
+MV = m.ModelVersion.__table__
+CS = m.ConsumerStat.__table__
 
 GroupBy = Literal["product", "line", "camera"]
 

@@ -15,11 +15,11 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
-from sqlalchemy import Engine, and_, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Engine, Table, and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -28,6 +28,7 @@ from lineinspect.names import check_frame_names, check_name, check_text
 from lineinspect.settings import redact_url
 from storage.db import WRITE, make_engine, service_errors, upgrade
 from storage.models import (
+    Base,
     Camera,
     ConsumerStat,
     FrameImage,
@@ -64,7 +65,7 @@ def _insert_specimen(conn: Connection, product_id: int, d: SpecimenDecision) -> 
     return conn.execute(stmt).first() is not None
 
 
-def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM class -> Insert
+def dialect_insert(conn: Connection, table: Table | type[Base]) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT construct (PostgreSQL or SQLite), which has ``on_conflict_*``."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -73,7 +74,8 @@ def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM
     raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
-def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **extra: Any) -> dict[str, int]:  # noqa: ANN001
+def ensure_named(conn: Connection, model: type[Product | Line | Camera], names: Iterable[str], now: float,
+                 **extra: Any) -> dict[str, int]:
     """Ids of ``model`` rows by unique ``name``, inserting the missing ones (race-safe).
 
     ``extra`` maps column -> {name: value} for columns the new rows need (a camera's line).
@@ -103,17 +105,17 @@ class TrainingSampleRow:
     source: str
     created_at: float
 
-    def __iter__(self):  # noqa: ANN204 - tuple-style unpacking
+    def __iter__(self) -> Iterator[str | bytes | float]:  # tuple-style unpacking
         return iter((self.sha256, self.data, self.source, self.created_at))
 
 
 class ResultStore:
     """Writes and reads inspection results; one instance is shared by a process's threads."""
 
-    def __init__(self, engine: Engine, url: str, normal_cap: int = 500) -> None:
+    def __init__(self, db_engine: Engine, url: str, normal_cap: int = 500) -> None:
         if normal_cap <= 0:
             raise ValueError("normal_cap must be > 0")
-        self.engine = engine
+        self.db_engine = db_engine
         self.url = url
         self.normal_cap = normal_cap
         self._ids: dict[str, dict[str, int]] = {"product": {}, "line": {}, "camera": {}}
@@ -126,11 +128,11 @@ class ResultStore:
         if migrate:
             upgrade(db_url)
         with service_errors(db_url):
-            engine = make_engine(db_url)
-        return cls(engine, db_url, normal_cap=normal_cap)
+            db_engine = make_engine(db_url)
+        return cls(db_engine, db_url, normal_cap=normal_cap)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db_engine.dispose()
 
     def __enter__(self) -> ResultStore:
         return self
@@ -158,7 +160,7 @@ class ResultStore:
         if cap <= 0:
             raise ValueError("normal_cap must be > 0")
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 ids = self._resolve_ids(conn, rows, now)
                 result_ids, new_keys = self._insert_results(conn, rows, ids, now)
@@ -184,7 +186,9 @@ class ResultStore:
             for kind, m in ids.items():
                 self._ids[kind].update(m)
 
-    def _insert_results(self, conn: Connection, rows: list[ResultRow], ids: dict, now: float):  # noqa: ANN202
+    def _insert_results(self, conn: Connection, rows: list[ResultRow], ids: dict, now: float
+                        ) -> tuple[dict[tuple[int, int], int], set[tuple[int, int]]]:
+        """Insert new result rows; ``(ids of every row by (camera id, frame id), the keys inserted now)``."""
         values: dict[tuple[int, int], dict] = {}
         for r in rows:
             key = (ids["camera"][r.camera], int(r.frame_id))
@@ -276,7 +280,7 @@ class ResultStore:
         """
         now = time.time()
         t = InspectionResult
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 got = conn.execute(select(t.product_id, t.drifted).where(t.id == result_id)).first()
                 if got is None:
@@ -302,7 +306,7 @@ class ResultStore:
         if source not in SAMPLE_SOURCES:
             raise ValueError(f"source must be one of {SAMPLE_SOURCES}, not {source!r}")
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 pid = ensure_named(conn, Product, [product], now)[product]
                 stmt = (dialect_insert(conn, TrainingSample)
@@ -316,7 +320,7 @@ class ResultStore:
                              p50_latency_ms: float, p99_latency_ms: float, lag: int, dlq_total: int,
                              engine: str, engine_ok: bool, at: float | None = None) -> None:
         """Append one consumer health snapshot (the dashboard's throughput / lag view)."""
-        with service_errors(self.url), self.engine.begin() as conn:
+        with service_errors(self.url), self.db_engine.begin() as conn:
             conn.execute(table(ConsumerStat).insert().values(
                 consumer=consumer, at=time.time() if at is None else float(at), frames=int(frames),
                 seconds=float(seconds), mean_batch=float(mean_batch), p50_latency_ms=float(p50_latency_ms),
@@ -329,7 +333,7 @@ class ResultStore:
     def save_specimen(self, d: SpecimenDecision) -> bool:
         """Store ``d`` unless the specimen is already decided; True when this call decided it."""
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 pid = ensure_named(conn, Product, [d.product], now)[d.product]
                 return _insert_specimen(conn, pid, d)
@@ -340,7 +344,7 @@ class ResultStore:
         """In one write transaction (BEGIN IMMEDIATE on SQLite): read the specimen's stored views and
         the product's expected view count, let ``decide`` fuse them (``None``: not yet), and store the
         verdict unless another writer decided first. Returns the decision this call stored."""
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             pid = conn.execute(select(Product.id).where(Product.name == product)).scalar_one_or_none()
             if pid is None:
                 return None
@@ -371,13 +375,13 @@ class ResultStore:
              .where(t.specimen_id.is_not(None), t.captured_at >= now - lookback_s, ~decided)
              .group_by(Product.name, t.product_id, t.specimen_id)
              .having(func.min(t.stored_at) <= now - timeout_s))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [(str(p), str(s)) for p, s in conn.execute(q).all()]
 
     def set_expected_views(self, product: str, expected_views: int | None) -> None:
         """How many views make a complete specimen of ``product`` (``None``: not fused)."""
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 pid = ensure_named(conn, Product, [product], now)[product]
                 conn.execute(update(Product).where(Product.id == pid).values(expected_views=expected_views))
@@ -387,7 +391,7 @@ class ResultStore:
         q = select(func.count()).select_from(InspectionResult)
         if product is not None:
             q = q.join(Product, Product.id == InspectionResult.product_id).where(Product.name == product)
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
     def get_result(self, camera: str, frame_id: int) -> dict | None:
@@ -402,13 +406,13 @@ class ResultStore:
         wanted = {(str(c), int(f)) for c, f in keys}
         q = (select(Camera.name, t.frame_id, t.id).join(Camera, Camera.id == t.camera_id)
              .where(Camera.name.in_(sorted({c for c, _ in wanted})), t.frame_id.in_(sorted({f for _, f in wanted}))))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return {(c, int(f)): int(i) for c, f, i in conn.execute(q).all() if (c, int(f)) in wanted}
 
     def get_result_by_id(self, result_id: int) -> dict | None:
         return self._one_result(InspectionResult.id == int(result_id))
 
-    def _one_result(self, where) -> dict | None:  # noqa: ANN001 - SQL expression
+    def _one_result(self, where: ColumnElement[bool]) -> dict | None:
         t = InspectionResult
         q = (select(*t.__table__.columns, Product.name.label("product"), Line.name.label("line"),
                     Camera.name.label("camera"), Mask.png, Mask.heat_png, FrameImage.data.label("frame_bytes"),
@@ -417,7 +421,7 @@ class ResultStore:
              .join(Camera, Camera.id == t.camera_id)
              .outerjoin(Mask, Mask.result_id == t.id).outerjoin(FrameImage, FrameImage.result_id == t.id)
              .where(where))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             row = conn.execute(q).first()
         if row is None:
             return None
@@ -435,7 +439,7 @@ class ResultStore:
                     Product.name.label("product"))
              .join(Camera, Camera.id == t.camera_id).join(Product, Product.id == t.product_id)
              .where(Camera.name == camera, t.frame_id >= int(min_frame_id)).order_by(t.frame_id).limit(int(limit)))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q).all()]
 
     def training_samples(self, product: str, limit: int | None = None) -> list[TrainingSampleRow]:
@@ -445,7 +449,7 @@ class ResultStore:
              .where(Product.name == product).order_by(s.created_at.desc(), s.id.desc()))
         if limit is not None:
             q = q.limit(int(limit))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [TrainingSampleRow(sha, bytes(data), src, ts) for sha, data, src, ts in conn.execute(q).all()]
 
     def flagged_frames(self, product: str, limit: int = 200) -> list[bytes]:
@@ -455,7 +459,7 @@ class ResultStore:
         q = (select(FrameImage.data).join(t, t.id == FrameImage.result_id).join(Product, Product.id == t.product_id)
              .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False), t.drifted.is_(False))
              .order_by(t.captured_at.desc()).limit(int(limit)))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [bytes(d) for d in conn.execute(q).scalars()]
 
     def count_training_samples(self, product: str, since: float | None = None) -> int:
@@ -464,17 +468,17 @@ class ResultStore:
         q = select(func.count()).select_from(s).join(Product, Product.id == s.product_id).where(Product.name == product)
         if since is not None:
             q = q.where(s.created_at >= float(since))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
     def products(self) -> list[str]:
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return list(conn.execute(select(Product.name).order_by(Product.name)).scalars())
 
     def get_specimen(self, product: str, specimen_id: str) -> dict | None:
         q = (select(*Specimen.__table__.columns).join(Product, Product.id == Specimen.product_id)
              .where(Product.name == product, Specimen.specimen_id == specimen_id))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             row = conn.execute(q).first()
         if row is None:
             return None
@@ -488,7 +492,7 @@ class ResultStore:
         if consumer is not None:
             q = q.where(ConsumerStat.consumer == consumer)
         q = q.order_by(ConsumerStat.at.desc(), ConsumerStat.id.desc()).limit(int(limit))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q).all()]
 
 
@@ -540,15 +544,15 @@ def _int_in(name: str, v: object, lo: int, hi: int) -> None:
         raise ValueError(f"ResultRow.{name} must be an integer in [{lo}, {hi}), not {str(v)[:40]!r}")
 
 
-class SharedEngineStore:
+class SharedDbStore:
     """Owner of a few tables of its own that shares a :class:`ResultStore`'s SQLAlchemy engine (one
     connection pool per process); the drift and defect-family stores are two."""
 
-    def __init__(self, engine: Engine, url: str = "") -> None:
-        self.engine = engine
+    def __init__(self, db_engine: Engine, url: str = "") -> None:
+        self.db_engine = db_engine
         self.url = url
 
     @classmethod
     def of(cls, store: ResultStore) -> Self:
-        """Over ``store``'s engine and URL."""
-        return cls(store.engine, store.url)
+        """Over ``store``'s SQLAlchemy engine and URL."""
+        return cls(store.db_engine, store.url)

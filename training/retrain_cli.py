@@ -167,7 +167,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
                                        lock_lost=lock_lost)
             return holder["result"].describe()
 
-        outcome = run_job(store.engine, args.product, job)
+        outcome = run_job(store.db_engine, args.product, job)
         res = holder.get("result")
         payload: dict[str, Any] = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id}
         if res is not None:
@@ -281,7 +281,7 @@ def run_models_rebaseline(args: argparse.Namespace, settings: Settings) -> int:
             holder["result"] = rebaseline(store, registry, args.product, since, opts, lock_lost=lock_lost)
             return "re-baseline: " + holder["result"].describe()
 
-        outcome = run_job(store.engine, args.product, job)
+        outcome = run_job(store.db_engine, args.product, job)
         res = holder.get("result")
         payload = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id,
                    "version": res.version if res else None, "model_status": res.status if res else None}
@@ -312,7 +312,7 @@ def run_models_runs(args: argparse.Namespace, settings: Settings) -> int:
 
     store, _ = _open(settings)
     try:
-        runs = list_runs(store.engine, args.product, limit=args.limit)
+        runs = list_runs(store.db_engine, args.product, limit=args.limit)
     finally:
         store.close()
     for r in runs:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from inference.drift import (
     CameraDrift,
     DriftConfig,
     ImageReference,
+    RegistryCalibration,
     calibration_p99,
     shift_pct,
     to_grey,
@@ -143,3 +147,28 @@ def test_measuring_a_shift_leaves_the_reference_untouched_and_late_frames_stay_a
         assert shift_pct(ref.image, g) == first
     np.testing.assert_array_equal(ref.image, before)
     assert _run(CFG, 400, 0, seed=4) is None  # a long steady stream stays quiet
+
+
+class _Registry:
+    def __init__(self, *infos: SimpleNamespace) -> None:
+        self.infos = list(infos)
+
+    def list(self, product: str) -> list[SimpleNamespace]:
+        return self.infos
+
+
+def test_registry_calibration_reads_the_model_dir_through_its_owner(tmp_path: Path) -> None:
+    from lineinspect import model_meta
+
+    with_file, without = tmp_path / "v1", tmp_path / "v2"
+    with_file.mkdir()
+    without.mkdir()
+    model_meta.write_json(with_file / model_meta.CALIBRATION, {"threshold": 0.9, "quantiles": {"p99": 0.6}})
+    cal = RegistryCalibration(_Registry(
+        SimpleNamespace(version="v1", path=with_file, metrics={}, threshold=0.9),
+        SimpleNamespace(version="v2", path=without, metrics={}, threshold=1.2),
+        SimpleNamespace(version="v3", path=without, metrics={"calibration": {"quantiles": {"p99": 0.4}}}, threshold=1.0)))
+    assert cal("p", "v1") == 0.6             # calibration.json of the model directory
+    assert cal("p", "v2") == pytest.approx(1.2)  # none there: threshold / margin (1)
+    assert cal("p", "v3") == 0.4             # the registry row's metrics come first
+    assert cal("p", "nope") is None
