@@ -6,13 +6,15 @@ consumer -> model router -> ONNX Runtime -> SQLite + in-memory cache, with the p
 default settings ask for. Each tree is wired as its own demo wires it (OLD: by hand as its
 ``lineinspect/demo.py`` did; NEW: ``inference.pipeline.build_pipeline``), in a fresh process whose
 ``PYTHONPATH`` is that tree, so OLD runs its own code, not this tree's. Rounds alternate which tree
-goes first; the frames are published before the clock starts (a backlog) and the engine is warmed
-with one frame, so the timed part is the consumer draining the backlog.
+goes first; the frames are published before the clock starts (a backlog), the engine is warmed
+with one frame and torch imported, so the timed part is the consumer draining the backlog. Wall
+fps swings with the other jobs on this shared machine; the process CPU time per frame (all its
+threads) is the steadier figure of the work each tree does.
 
-Reported: fps ratio NEW/OLD per round pair (median, min, max), and whether every stored score,
+Reported: fps and CPU-per-frame ratios NEW/OLD per round pair (median, min, max), and whether every stored score,
 verdict, threshold, defect area and mask/heatmap PNG is identical across trees and rounds.
 
-    python benchmarks/bench_refactor_parity.py [--old-rev bcb489f] [--rounds 4] [--frames 96]
+    python benchmarks/bench_refactor_parity.py [--old-rev bcb489f] [--new-rev HEAD] [--rounds 8] [--frames 48]
 
 The OLD tree is exported with ``git archive`` to ``--old-tree`` (default /tmp/pre-structure).
 Writes results/refactor_parity.json and the ``refactor_parity`` section of RESULTS.md.
@@ -136,9 +138,11 @@ def child_pipeline(work: Path, frames_path: Path, model_dir: Path, threshold: fl
     pub.flush()
     consumer, engine, close = _wire(settings, bus, store, registry)
     engine.infer(PRODUCT, [frames[0]])  # loads the model and the ORT session outside the clock
-    t0 = time.perf_counter()
+    import torch  # noqa: F401 - the families step imports it on its first defect frame: outside the clock too
+
+    t0, c0 = time.perf_counter(), time.process_time()
     n = consumer.run(max_frames=len(frames), idle_timeout_s=60.0)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     rows = []
     for r in store.results_for_camera(CAMERA):
         full = store.get_result(CAMERA, int(r["frame_id"])) or {}
@@ -147,7 +151,7 @@ def child_pipeline(work: Path, frames_path: Path, model_dir: Path, threshold: fl
                      "mask_sha256": _sha(full.get("png")), "heat_sha256": _sha(full.get("heat_png"))})
     close()
     return {"code": str(Path(inference.__file__).resolve().parents[1]), "frames": n, "seconds": elapsed,
-            "fps": n / elapsed, "rows": rows}
+            "fps": n / elapsed, "cpu_ms_per_frame": cpu * 1000.0 / max(n, 1), "rows": rows}
 
 
 def _sha(b: bytes | None) -> str | None:
@@ -165,8 +169,8 @@ def _child(tree: Path, argv: list[str], timeout_s: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _export_old(rev: str, dest: Path) -> str:
-    """``git archive`` of ``rev`` into ``dest`` (once); returns the full commit id."""
+def _export(rev: str, dest: Path) -> str:
+    """``git archive`` of ``rev`` into ``dest`` (again only when it holds another commit); its full id."""
     commit = subprocess.run(["git", "rev-parse", rev], cwd=NEW_TREE, capture_output=True, text=True,
                             check=True).stdout.strip()
     stamp = dest / ".parity-commit"
@@ -178,12 +182,25 @@ def _export_old(rev: str, dest: Path) -> str:
     return commit
 
 
+def _earlier_runs(path: Path) -> list[dict]:
+    """The summaries of the runs before this one (kept, so one noisy run is never the whole story)."""
+    if not path.is_file():
+        return []
+    prev = json.loads(path.read_text())
+    keys = ("new_commit", "rounds", "frames", "ratio_median", "ratio_min", "ratio_max", "cpu_ratio_median",
+            "cpu_ratio_min", "cpu_ratio_max", "all_identical", "load_average_start_end")
+    return [*prev.get("earlier_runs", []), {k: prev[k] for k in keys if k in prev}]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old-rev", default="bcb489f", help="the last commit before the structure refactor")
     p.add_argument("--old-tree", type=Path, default=Path("/tmp/pre-structure"))
-    p.add_argument("--rounds", type=int, default=4, help="OLD/NEW pairs, alternating which goes first")
-    p.add_argument("--frames", type=int, default=96)
+    p.add_argument("--new-rev", default=None,
+                   help="run NEW from a git archive of this revision (in --new-tree) instead of the working tree")
+    p.add_argument("--new-tree", type=Path, default=Path("/tmp/post-structure"))
+    p.add_argument("--rounds", type=int, default=8, help="OLD/NEW pairs, alternating which goes first")
+    p.add_argument("--frames", type=int, default=48)
     p.add_argument("--size", type=int, default=256, help="simulated frame size (the demo's default)")
     p.add_argument("--defect-rate", type=float, default=0.15)
     p.add_argument("--threads", type=int, default=0, help="ORT/torch threads (0 = library default)")
@@ -192,15 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(NEW_TREE))
     from tqdm import tqdm
 
-    from benchmarks.common import WORK, Recorder, machine
+    from benchmarks.common import RESULTS_DIR, WORK, Recorder, machine
     from ingest.simulator import LineSimulator
 
     run = Recorder()
-    commit_old = _export_old(args.old_rev, args.old_tree)
-    commit_new = subprocess.run(["git", "rev-parse", "HEAD"], cwd=NEW_TREE, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=NEW_TREE,
-                                capture_output=True, text=True).stdout.strip())
+    commit_old = _export(args.old_rev, args.old_tree)
+    if args.new_rev:  # a frozen copy: the working tree may change while the rounds run
+        new_tree, commit_new, dirty = args.new_tree, _export(args.new_rev, args.new_tree), False
+    else:
+        new_tree = NEW_TREE
+        commit_new = subprocess.run(["git", "rev-parse", "HEAD"], cwd=NEW_TREE, capture_output=True, text=True,
+                                    check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=NEW_TREE,
+                                    capture_output=True, text=True).stdout.strip())
     work = WORK / "refactor_parity" / f"run-{int(time.time())}"
     work.mkdir(parents=True)
     sim = LineSimulator(product=PRODUCT, size=(args.size, args.size), defect_rate=args.defect_rate, seed=0)
@@ -208,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     np.save(frames_path, np.stack([sim.frame(i).image for i in range(args.frames)]))
     model = _child(args.old_tree, ["child-model", str(work), str(frames_path)], 900)
 
-    trees = {"old": args.old_tree, "new": NEW_TREE}
+    trees = {"old": args.old_tree, "new": new_tree}
     runs: dict[str, list[dict]] = {"old": [], "new": []}
     loads = []
     for r in tqdm(range(args.rounds), desc="rounds (old/new pairs)"):
@@ -219,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(_child(trees[name], ["child-pipeline", str(home), str(frames_path), model["model_dir"],
                                                    repr(model["threshold"]), str(args.threads)], 900))
     ratios = [n["fps"] / o["fps"] for o, n in zip(runs["old"], runs["new"])]
+    cpu_ratios = [n["cpu_ms_per_frame"] / o["cpu_ms_per_frame"] for o, n in zip(runs["old"], runs["new"])]
     reference = runs["old"][0]["rows"]
     identical = {name: [rr["rows"] == reference for rr in rs] for name, rs in runs.items()}
     fields = ("score", "verdict", "threshold", "defect_area_px", "mask_sha256", "heat_sha256")
@@ -234,11 +256,16 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_new_over_old": [round(x, 3) for x in ratios],
         "ratio_median": round(float(np.median(ratios)), 3), "ratio_min": round(min(ratios), 3),
         "ratio_max": round(max(ratios), 3),
+        "cpu_ms_per_frame": {name: [round(rr["cpu_ms_per_frame"], 1) for rr in rs] for name, rs in runs.items()},
+        "cpu_ratio_new_over_old": [round(x, 3) for x in cpu_ratios],
+        "cpu_ratio_median": round(float(np.median(cpu_ratios)), 3), "cpu_ratio_min": round(min(cpu_ratios), 3),
+        "cpu_ratio_max": round(max(cpu_ratios), 3),
         "rows_identical_to_first_old_run": identical,
         "all_identical": all(all(v) for v in identical.values()) and all(len(rr["rows"]) == args.frames
                                                                          for rs in runs.values() for rr in rs),
         "frames_differing_by_field": differing,
         "flagged": sum(r["verdict"] == "defect" for r in reference),
+        "earlier_runs": _earlier_runs(RESULTS_DIR / "refactor_parity.json"),
     }
     return run.finish("refactor_parity", res, render)
 
@@ -253,14 +280,25 @@ def render(res: dict) -> str:
              f"(backlog, engine warmed) and the same untrained default model written by OLD (threshold at the "
              f"85th percentile: {res['flagged']} flagged); nice 10, other engineers' jobs running.")
     lines = section_head("Refactor parity", "bench_refactor_parity.py", about, res,
-                         ["round", "OLD fps", "NEW fps", "NEW / OLD"])
+                         ["round", "OLD fps", "NEW fps", "NEW / OLD fps", "OLD CPU ms/frame", "NEW CPU ms/frame",
+                          "NEW / OLD CPU"])
+    cpu = res["cpu_ms_per_frame"]
     for i, (o, n, r) in enumerate(zip(res["fps"]["old"], res["fps"]["new"], res["ratio_new_over_old"])):
-        lines.append(f"| {i + 1}{' (old first)' if i % 2 == 0 else ' (new first)'} | {o:.1f} | {n:.1f} | {r:.3f} |")
-    lines += ["", (f"NEW/OLD fps: median {res['ratio_median']:.3f}, range {res['ratio_min']:.3f}-{res['ratio_max']:.3f}. "
+        lines.append(f"| {i + 1}{' (old first)' if i % 2 == 0 else ' (new first)'} | {o:.1f} | {n:.1f} | {r:.3f} | "
+                     f"{cpu['old'][i]:.0f} | {cpu['new'][i]:.0f} | {res['cpu_ratio_new_over_old'][i]:.3f} |")
+    lines += ["", (f"NEW/OLD fps: median {res['ratio_median']:.3f}, range {res['ratio_min']:.3f}-{res['ratio_max']:.3f}; "
+                   f"NEW/OLD process CPU per frame (all threads; less sensitive to the other jobs on the 2 cores): "
+                   f"median {res['cpu_ratio_median']:.3f}, range {res['cpu_ratio_min']:.3f}-{res['cpu_ratio_max']:.3f}. "
                    f"Scores, verdicts, thresholds, defect areas and mask/heatmap PNGs identical in every run of both "
                    f"trees: {'yes' if res['all_identical'] else 'NO'}"
                    + ("" if res["all_identical"] else f" (frames differing by field: {res['frames_differing_by_field']})")
                    + ".")]
+    for e in res.get("earlier_runs", []):
+        cpu_txt = (f", CPU per frame median {e['cpu_ratio_median']:.3f} ({e['cpu_ratio_min']:.3f}-{e['cpu_ratio_max']:.3f})"
+                   if "cpu_ratio_median" in e else "")
+        lines.append(f"- earlier run (NEW {e['new_commit'][:7]}, {e['rounds']} rounds x {e['frames']} frames): NEW/OLD fps "
+                     f"median {e['ratio_median']:.3f} ({e['ratio_min']:.3f}-{e['ratio_max']:.3f}){cpu_txt}; outputs "
+                     f"identical: {'yes' if e['all_identical'] else 'NO'}.")
     return "\n".join(lines)
 
 

@@ -142,7 +142,8 @@ class InferenceConsumer:
         if sink_depth < 1 or decode_threads < 1:
             raise ValueError(f"sink_depth ({sink_depth}) and decode_threads ({decode_threads}) must be >= 1")
         # Steps run after a batch is durably stored (e.g. inference.drift.DriftMonitor): ``step(rows,
-        # envelopes)``; a failing step is logged and never blocks the commit.
+        # envelopes)``; a failing step is logged and never blocks the commit. A step with a
+        # ``before_store(rows)`` method also sees each batch just before it is stored (to annotate rows).
         self.post_store: list[PostStore] = list(post_store or [])
         self.settings = settings
         self.bus = bus
@@ -286,6 +287,7 @@ class InferenceConsumer:
         """Sink half: rows (masks, heatmaps), the durable store, then cache and specimen fusion."""
         t0 = time.time()
         built = [(s, self._row(s)) for s in batch.scored]  # an encoding error here is an engine bug: raised
+        self._before_store([r for _, r in built])
         bad = self._save([r for _, r in built])
         for i, detail in bad:
             batch.unstorable.append((built[i][0].record, "unstorable", detail))
@@ -408,6 +410,20 @@ class InferenceConsumer:
                 log.info("left uncommitted for redelivery", extra=kv(batches=len(inflight),
                                                                      records=sum(len(b.records) for b in inflight)))
         return handled
+
+    def _before_store(self, rows: list[ResultRow]) -> None:
+        """Let post-store steps that annotate rows (``before_store(rows)``: the drift monitor sets
+        ``drifted``) see the batch before it is stored; a failure is logged and the rows are stored as
+        they are (the monitor flags an alarm's frames again when it learns of it)."""
+        for step in self.post_store:
+            hook = getattr(step, "before_store", None)
+            if hook is None:
+                continue
+            try:
+                hook(rows)
+            except Exception as exc:  # noqa: BLE001 - annotation must not stop the line
+                log.warning("before-store step failed; storing the rows unannotated",
+                            extra=kv(step=type(step).__name__, error=str(exc)[:300]))
 
     def _post_store(self, rows: list[ResultRow], envelopes: list[FrameEnvelope], images: list[np.ndarray | None]) -> None:
         """Steps that say ``takes_images = True`` also get the pixels the engine scored (model input size,

@@ -125,7 +125,11 @@ class Settings(BaseSettings):
     drift_position_pct: float = Field(default=3.0, gt=0, description="least part shift (% of the frame) that alarms")
     drift_min_std_errors: float = Field(default=4.0, gt=0, description="limits never tighter than this many standard errors of the camera's own variation")
     drift_confirm_frames: int = Field(default=3, ge=1, description="consecutive frames a check must breach before an alarm")
-    families_enabled: bool = Field(default=True, description="embed flagged regions and group them into defect families")
+    families_enabled: bool = Field(default=False, description=(
+        "embed flagged regions and group them into defect families; off by default: the step (a second, batched "
+        "encoder pass on flagged frames and the family writes) measured 0.69x consumer throughput at a 17 % flag "
+        "rate on 2 loaded CPU cores (benchmarks/RESULTS.md, families section), and the families match the true "
+        "defect types poorly so far"))
     families_warmup: int = Field(default=30, ge=2, description="regions per product that set the family threshold")
     drift_keep_frames: int = Field(default=1000, ge=0, description="frames kept per open alarm for a re-baseline")
 

@@ -149,7 +149,8 @@ class ResultStore:
 
         Durable when it returns. Masks and frames are written for newly inserted defect rows;
         ``keep_as_normal`` rows with frame bytes become training samples (deduplicated by sha256
-        per product, the newest ``normal_cap`` clear-normal samples kept).
+        per product, the newest ``normal_cap`` clear-normal samples kept) unless they are ``drifted``:
+        a shifted camera's "normal" frames are training data only through a re-baseline.
         """
         if not rows:
             return []
@@ -206,7 +207,7 @@ class ResultStore:
                 "model_version": r.model_version, "engine": r.engine, "infer_ms": float(r.infer_ms),
                 "latency_ms": (now - float(r.captured_at)) * 1000.0, "batch_size": int(r.batch_size),
                 "width": int(r.width), "height": int(r.height), "defect_area_px": int(r.defect_area_px),
-                "false_alarm": False,
+                "false_alarm": False, "drifted": bool(r.drifted),
             }
         t = InspectionResult
         stmt = (dialect_insert(conn, t).values(list(values.values()))
@@ -255,7 +256,7 @@ class ResultStore:
                               "width": int(r.width), "height": int(r.height)})
             if r.verdict == "defect" and r.frame_bytes is not None:
                 frames.append({"result_id": rid, "encoding": r.frame_encoding, "data": bytes(r.frame_bytes)})
-            if r.keep_as_normal and r.frame_bytes is not None and r.verdict == "ok":
+            if r.keep_as_normal and r.frame_bytes is not None and r.verdict == "ok" and not r.drifted:
                 samples.append({"product_id": ids["product"][r.product], "result_id": rid,
                                 "sha256": hashlib.sha256(r.frame_bytes).hexdigest(), "source": "clear_normal",
                                 "encoding": r.frame_encoding, "data": bytes(r.frame_bytes), "created_at": now})
@@ -273,17 +274,21 @@ class ResultStore:
     def mark_false_alarm(self, result_id: int) -> bool:
         """Flag a result as a false alarm and keep its stored frame as a normal training sample.
 
-        Returns whether a training sample was added (``False`` when no frame was stored or the
-        same image is already a sample). Unknown ids raise ``KeyError``.
+        Returns whether a training sample was added (``False`` when no frame was stored, the
+        same image is already a sample, or the result is drifted: a drifted camera's frames become
+        training data only through a re-baseline). Unknown ids raise ``KeyError``.
         """
         now = time.time()
         t = InspectionResult
         with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
-                product_id = conn.execute(select(t.product_id).where(t.id == result_id)).scalar_one_or_none()
-                if product_id is None:
+                got = conn.execute(select(t.product_id, t.drifted).where(t.id == result_id)).first()
+                if got is None:
                     raise KeyError(f"no inspection result with id {result_id}")
+                product_id, drifted = got
                 conn.execute(update(t).where(t.id == result_id).values(false_alarm=True))
+                if drifted:
+                    return False
                 frame = conn.execute(select(FrameImage.encoding, FrameImage.data)
                                      .where(FrameImage.result_id == result_id)).first()
                 if frame is None:
@@ -393,6 +398,17 @@ class ResultStore:
         """One result with names, mask/heatmap PNG bytes and the kept frame (``None`` if absent)."""
         return self._one_result((Camera.name == camera) & (InspectionResult.frame_id == int(frame_id)))
 
+    def result_ids(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """``{(camera, frame_id): result id}`` of the stored ones among ``keys``, in one query."""
+        if not keys:
+            return {}
+        t = InspectionResult
+        wanted = {(str(c), int(f)) for c, f in keys}
+        q = (select(Camera.name, t.frame_id, t.id).join(Camera, Camera.id == t.camera_id)
+             .where(Camera.name.in_(sorted({c for c, _ in wanted})), t.frame_id.in_(sorted({f for _, f in wanted}))))
+        with service_errors(self.url), self.db_engine.connect() as conn:
+            return {(c, int(f)): int(i) for c, f, i in conn.execute(q).all() if (c, int(f)) in wanted}
+
     def get_result_by_id(self, result_id: int) -> dict | None:
         return self._one_result(InspectionResult.id == int(result_id))
 
@@ -419,7 +435,7 @@ class ResultStore:
         """A camera's results (no image bytes) with ``frame_id >= min_frame_id``, in frame order."""
         t = InspectionResult
         q = (select(t.id, t.frame_id, t.captured_at, t.stored_at, t.score, t.threshold, t.verdict,
-                    t.model_version, t.engine, t.latency_ms, t.defect_area_px, t.false_alarm,
+                    t.model_version, t.engine, t.latency_ms, t.defect_area_px, t.false_alarm, t.drifted,
                     Product.name.label("product"))
              .join(Camera, Camera.id == t.camera_id).join(Product, Product.id == t.product_id)
              .where(Camera.name == camera, t.frame_id >= int(min_frame_id)).order_by(t.frame_id).limit(int(limit)))
@@ -437,11 +453,11 @@ class ResultStore:
             return [TrainingSampleRow(sha, bytes(data), src, ts) for sha, data, src, ts in conn.execute(q).all()]
 
     def flagged_frames(self, product: str, limit: int = 200) -> list[bytes]:
-        """Encoded frames the live system flagged ``defect`` and no operator called a false alarm
-        (newest first): the retrainer's anomaly examples."""
+        """Encoded frames the live system flagged ``defect``, no operator called a false alarm and no
+        drift alarm covered (newest first): the retrainer's anomaly examples."""
         t = InspectionResult
         q = (select(FrameImage.data).join(t, t.id == FrameImage.result_id).join(Product, Product.id == t.product_id)
-             .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False))
+             .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False), t.drifted.is_(False))
              .order_by(t.captured_at.desc()).limit(int(limit)))
         with service_errors(self.url), self.db_engine.connect() as conn:
             return [bytes(d) for d in conn.execute(q).scalars()]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from inference.preprocess import score_in_batches
 from inference.zero_shot.grnr import GrnrParams, grnr_maps
 from inference.zero_shot.threshold import RollingThreshold
 from lineinspect.errors import ConfigError
+
+if TYPE_CHECKING:  # types only
+    from lineinspect.settings import Settings
 
 METHODS = ("grnr", "inp")
 GRNR_TOKEN_STRIDE = 8  # the grid GRNR was designed and benchmarked on
@@ -135,13 +139,11 @@ class ZeroShotEngine:
         pass
 
 
-def fallback_from_settings(settings: object) -> ZeroShotEngine | None:
+def fallback_from_settings(settings: Settings) -> ZeroShotEngine | None:
     """The router's cold-start engine, or ``None`` when ``settings.zero_shot_fallback`` is off."""
-    if not getattr(settings, "zero_shot_fallback", True):
+    if not settings.zero_shot_fallback:
         return None
-    window = int(getattr(settings, "zero_shot_window", 200))
-    return ZeroShotEngine(method=str(getattr(settings, "zero_shot_method", "grnr")),
-                          model_dir=getattr(settings, "zero_shot_model_dir", None),
-                          threshold_quantile=float(getattr(settings, "threshold_quantile", 0.99)), window=window,
-                          min_scores=min(int(getattr(settings, "zero_shot_min_normals", 50)), window),
-                          threads=int(getattr(settings, "threads", 0)))
+    window = settings.zero_shot_window
+    return ZeroShotEngine(method=settings.zero_shot_method, model_dir=settings.zero_shot_model_dir,
+                          threshold_quantile=settings.threshold_quantile, window=window,
+                          min_scores=min(settings.zero_shot_min_normals, window), threads=settings.threads)

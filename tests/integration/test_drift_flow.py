@@ -19,6 +19,7 @@ from inference.drift import DriftMonitor, RegistryCalibration
 from inference.telemetry import ConsumerMetrics
 from storage.drift import DriftStore
 from storage.jobs import list_runs
+from storage.store import ResultStore
 from tests.dbtools import throwaway_database
 from tests.integration.live_line import CAMERA, PRODUCT, running_consumer, seeded_line, wait_for
 from training.scheduler import Schedule
@@ -36,6 +37,20 @@ def flow_db(request, tmp_path: Path) -> Iterator[str]:
 def brighter(img: np.ndarray) -> np.ndarray:
     """The lamp changed: every grey level +60."""
     return np.clip(img.astype(np.int16) + 60, 0, 255).astype(np.uint8)
+
+
+def samples_of_results(store: ResultStore, frame_ids: range) -> int:
+    """Training samples kept from the camera's results with these frame ids."""
+    from sqlalchemy import func, select
+
+    from storage.models import Camera, InspectionResult, TrainingSample
+
+    t = InspectionResult
+    q = (select(func.count()).select_from(TrainingSample).join(t, t.id == TrainingSample.result_id)
+         .join(Camera, Camera.id == t.camera_id)
+         .where(Camera.name == CAMERA, t.frame_id >= frame_ids.start, t.frame_id < frame_ids.stop))
+    with store.db_engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
 
 
 def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, flow_db: str) -> None:
@@ -61,8 +76,12 @@ def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, f
         b = alarm["evidence"]["checks"]["brightness"]
         assert b["value"] > b["limit"] >= settings.drift_brightness_grey
         assert 20 <= alarm["onset_frame_id"] <= 30 + settings.drift_confirm_frames
-        assert drift.drifted(CAMERA, store.get_result(CAMERA, 60)["captured_at"])  # verdicts marked drifted
-        assert not drift.drifted(CAMERA, store.get_result(CAMERA, 5)["captured_at"])
+        # verdicts marked drifted: every frame from the onset on (those stored before the alarm opened
+        # flagged when it opened), none before; and none of them became a clearly-normal training sample
+        flags = {r["frame_id"]: r["drifted"] for r in store.results_for_camera(CAMERA)}
+        assert [f for f, d in flags.items() if d] == list(range(alarm["onset_frame_id"], 70)), flags
+        assert drift.drifted_count(alarm["id"]) == 70 - alarm["onset_frame_id"]
+        assert samples_of_results(store, range(alarm["onset_frame_id"], 70)) == 0
         assert drift.count_frames(alarm["id"]) >= 30  # the re-baseline's candidate training set
         assert metrics.registry.get_sample_value("lineinspect_drift_alarm_open",
                                                  {"product": PRODUCT, "camera": CAMERA}) == 1.0
@@ -92,6 +111,8 @@ def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, f
         wait_for(lambda: store.count_results(PRODUCT) == 110, what="40 frames of the new normal")
         later = store.results_for_camera(CAMERA, min_frame_id=80)
         assert {r["model_version"] for r in later} == {"v0002"}
+        # the flag is cleared going forward: the consumer learnt of the promotion before the next batch
+        assert not any(r["drifted"] for r in store.results_for_camera(CAMERA, min_frame_id=70))
         assert len(drift.alarms()) == 1 and drift.open_alarms() == []
         snap = monitor.snapshot()[CAMERA]  # the monitor saw the alarm close on its next batch
         assert snap["alarm_id"] is None and snap["reference"] is not None  # reference rebuilt from the new normal
