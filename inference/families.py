@@ -254,7 +254,7 @@ class FamilyMonitor:
             assert model is not None  # rows without a model were left out above
             # the consumer's pixels when it has them; else the bytes at the model's scale, not at 5 MP
             grids = self._grids(model, [image if image is not None else
-                                        decode_frame(env, self.max_pixels, tuple(model.input_hw)).image
+                                        decode_frame(env, self.max_pixels, (int(model.input_hw[0]), int(model.input_hw[1]))).image
                                         for _, env, _, _, image in items])
             work.extend((row, mask, rid, grid) for (row, _, mask, rid, _), grid in zip(items, grids))
         for row, mask, rid, grid in work:
