@@ -27,10 +27,8 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -40,7 +38,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import camera_section as cam
 from benchmarks.common import REPO, RESULTS_DIR, WORK, data_root, machine, write_section
+from benchmarks.kafka_run import KafkaRun, RssSampler, steady_fps, tree_rss_mb
 
 if TYPE_CHECKING:  # types only: the benchmark imports the heavy modules where it runs them
     from inference.pipeline import Pipeline
@@ -80,41 +80,6 @@ def service_pids() -> dict[str, int]:
         if m:
             out[name] = int(m.group(1))
     return out
-
-
-def tree_rss_mb(pid: int) -> float:
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0
-    for q in procs:
-        try:
-            total += q.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / 2**20
-
-
-class RssSampler(threading.Thread):
-    """Peak summed RSS of a set of processes, sampled every 0.2 s."""
-
-    def __init__(self, pids: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.pids, self.peak_mb = pids, 0.0
-        self._stop_evt = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_evt.wait(0.2):
-            self.peak_mb = max(self.peak_mb, sum(tree_rss_mb(p) for p in self.pids))
-
-    def stop(self) -> float:
-        self._stop_evt.set()
-        self.join(2)
-        return self.peak_mb
 
 
 # --- frames and model ------------------------------------------------------------------------------
@@ -194,138 +159,9 @@ def _pipeline(s: Settings, bus: BatchConsumer, **consumer_options: Any) -> Pipel
                           stat_interval_s=3600, post_store=[], **consumer_options)
 
 
-class Run:
-    def __init__(self, urls: dict[str, str], model_dir: Path, threshold: float, tmp: Path, tag: str) -> None:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.engine import make_url
-
-        from lineinspect.settings import Settings
-        from storage.registry import ModelRegistry
-        from storage.store import ResultStore
-
-        rid = uuid.uuid4().hex[:8]
-        self.dbname = f"li_bench_{tag}_{rid}"
-        self.admin_url = urls["postgres"]
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.dbname}"'))
-        admin.dispose()
-        db = make_url(urls["postgres"]).set(database=self.dbname).render_as_string(hide_password=False)
-        self.tmp = tmp / tag
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.product = f"bench-{rid}"
-        self.s = Settings(home=self.tmp, models_dir=self.tmp / "models", bus_url=urls["kafka"], db_url=db,
-                          cache_url=urls["redis"], topic_frames=f"li-bench-{tag}-{rid}.frames",
-                          topic_dlq=f"li-bench-{tag}-{rid}.dlq", consumer_group=f"li-bench-{tag}-{rid}")
-        with ResultStore.open(db) as store:
-            reg = ModelRegistry(store, self.s.resolved_models_dir)
-            reg.promote(self.product, reg.register(self.product, model_dir, threshold=threshold))
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list[Path] = []
-
-    def start_consumers(self, n: int, threads: int, pipelined: bool = True) -> float:
-        """Start ``n`` consumer processes; returns the wall time when all of them own partitions."""
-        s = self.s
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LINEINSPECT_")}
-        env.update(LINEINSPECT_HOME=str(self.tmp), LINEINSPECT_MODELS_DIR=str(s.resolved_models_dir),
-                   LINEINSPECT_TOPIC_DLQ=s.topic_dlq, LINEINSPECT_THREADS=str(threads), PYTHONUNBUFFERED="1")
-        for i in range(n):
-            log = self.tmp / f"consumer-{i}.log"
-            cmd = [sys.executable, "-m", "lineinspect.cli", "consume", "--bus", s.bus_url, "--engine", "local://onnx",
-                   "--db", s.resolved_db_url, "--cache", s.cache_url, "--group", s.consumer_group,
-                   "--topic", s.topic_frames, "--idle-timeout", "300", *([] if pipelined else ["--no-pipeline"])]
-            with open(log, "wb") as out:
-                self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
-            self.logs.append(log)
-        # ready = every consumer owns partitions (so the backlog is not drained by the first one alone)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            texts = [p.read_text(errors="replace") for p in self.logs]
-            owned = [re.findall(r'event="partitions assigned".*partitions="?\[([^\]]*)\]', t) for t in texts]
-            if all(o and o[-1].strip() for o in owned):
-                sets = [set(o[-1].split(",")) for o in owned]
-                if sum(len(x) for x in sets) == self.s.topic_partitions:
-                    return time.time()
-            if any(p.poll() is not None for p in self.procs):
-                break
-            time.sleep(0.5)
-        raise RuntimeError("consumers did not get their partitions:\n" + "\n".join(
-            p.read_text(errors="replace")[-2000:] for p in self.logs))
-
-    def publish(self, frames: list, start_id: int, n: int, fps: float | None = None) -> float:
-        """Publish ``n`` frames (ids from ``start_id``), as fast as possible or at ``fps``; returns frames/s."""
-        from ingest.bus.kafka import KafkaPublisher
-        from ingest.envelope import FrameEnvelope
-
-        pub = KafkaPublisher(self.s)
-        t0 = time.perf_counter()
-        for i in range(n):
-            cat, data, shape = frames[i % len(frames)]
-            fid = start_id + i
-            env = FrameEnvelope(self.product, "L1", f"cam-{fid % 4}", fid, data, "jpeg", tuple(shape),
-                                capture_ts=time.time())
-            pub.publish(*env.to_message())
-            if fps:
-                ahead = t0 + (i + 1) / fps - time.perf_counter()
-                if ahead > 0:
-                    time.sleep(ahead)
-        pub.flush(60)
-        rate = n / (time.perf_counter() - t0)
-        pub.close()
-        return rate
-
-    def rows(self, min_id: int, max_id: int) -> list[tuple[float, float]]:
-        """(stored_at, latency_ms) of the rows with frame ids in [min_id, max_id)."""
-        from sqlalchemy import create_engine, select
-
-        from storage.models import InspectionResult as R
-
-        eng = create_engine(self.s.resolved_db_url)
-        try:
-            with eng.connect() as conn:
-                q = select(R.stored_at, R.latency_ms).where(R.frame_id >= min_id, R.frame_id < max_id)
-                return [(float(a), float(b)) for a, b in conn.execute(q).all()]
-        finally:
-            eng.dispose()
-
-    def wait_rows(self, min_id: int, max_id: int, timeout_s: float) -> list[tuple[float, float]]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = self.rows(min_id, max_id)
-            if len(got) >= max_id - min_id:
-                return got
-            if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError("a consumer exited:\n" + "\n".join(p.read_text()[-2000:] for p in self.logs))
-            time.sleep(0.3)
-        raise RuntimeError(f"only {len(self.rows(min_id, max_id))} of {max_id - min_id} frames stored in {timeout_s:.0f}s")
-
-    def close(self) -> None:
-        from sqlalchemy import create_engine, text
-
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def steady_fps(stored: list[tuple[float, float]], t_ready: float) -> tuple[float, int]:
-    """Frames/s stored from the moment every consumer owned partitions to the last row; and that count."""
-    ts = sorted(t for t, _ in stored)
-    after = [t for t in ts if t >= t_ready]
-    return (len(after) / (after[-1] - t_ready) if len(after) > 1 else float("nan")), len(after)
-
-
 def measure(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, consumers: int, threads: int,
             tmp: Path, pipelined: bool = True) -> dict:
-    run = Run(urls, model_dir, threshold, tmp, f"c{consumers}{'p' if pipelined else 's'}")
+    run = KafkaRun(urls, model_dir, threshold, tmp, f"c{consumers}{'p' if pipelined else 's'}")
     try:
         load = os.getloadavg()[0]
         pub_fps = run.publish(frames, 0, n)  # the backlog is in Kafka before any consumer runs
@@ -360,7 +196,7 @@ def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list,
     from ingest.bus.memory import MemoryBus, MemoryConsumer
     from ingest.envelope import FrameEnvelope
 
-    run = Run(urls, model_dir, threshold, tmp, "profile")
+    run = KafkaRun(urls, model_dir, threshold, tmp, "profile")
     s = run.s.with_overrides(threads=threads)
     bus = MemoryBus(s.topic_partitions)
     for i in range(n):
@@ -415,7 +251,7 @@ def inprocess_variants(urls: dict, model_dir: Path, threshold: float, frames: li
     for r in range(reps):
         for vi, (name, (threads, kw)) in enumerate(VARIANTS.items()):
             bare = bare_fps(model_dir, images, n, batch, threads=threads)
-            run = Run(urls, model_dir, threshold, tmp, f"v{r}{vi}")
+            run = KafkaRun(urls, model_dir, threshold, tmp, f"v{r}{vi}")
             run.s = run.s.with_overrides(threads=threads)
             bus = MemoryBus(run.s.topic_partitions)
             for i in range(n + warm):
@@ -445,10 +281,11 @@ def main() -> int:
     ap.add_argument("--arch", choices=sorted(ARCHS), default="small")
     ap.add_argument("--batch", type=int, default=None, help="engine batch (default: the consumer's batch_max_records)")
     ap.add_argument("--camera", action="store_true", help="only the camera-scale section (issue 14): 5/12 MP frames")
-    ap.add_argument("--camera-frames", type=int, default=96, help="backlog frames per camera configuration")
+    ap.add_argument("--camera-frames", type=int, default=240, help="backlog frames per camera configuration")
     ap.add_argument("--camera-auroc", action="store_true", help="only the camera section's AUROC check")
-    ap.add_argument("--auroc-iters", type=int, default=40)
-    ap.add_argument("--auroc-max-per-category", type=int, default=60)
+    ap.add_argument("--auroc-iters", type=int, default=200, help="training iterations of the AUROC models (200 = the default)")
+    ap.add_argument("--auroc-max-per-category", type=int, default=0, help="0 = the whole test set")
+    ap.add_argument("--auroc-categories", nargs="*", default=None, help="only these categories (added to the others)")
     args = ap.parse_args()
     if args.camera or args.camera_auroc:
         return camera_main(args)
@@ -505,7 +342,6 @@ def main() -> int:
 
 def camera_main(args: argparse.Namespace) -> int:
     """The ``camera`` section of pipeline.json and RESULTS.md (see benchmarks/camera_section.py)."""
-    from benchmarks import camera_section as cam
     from lineinspect.settings import Settings
 
     os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
@@ -515,7 +351,12 @@ def camera_main(args: argparse.Namespace) -> int:
     t0 = time.time()
     load0 = os.getloadavg()[0]
     if args.camera_auroc:
-        section["auroc"] = cam.run_auroc(args.auroc_iters, args.auroc_max_per_category)
+        got = cam.run_auroc(args.auroc_iters, args.auroc_max_per_category, categories=args.auroc_categories)
+        prev = section.get("auroc", {})
+        if args.auroc_categories and prev.get("iters") == got["iters"] and "variants" in prev:
+            prev["categories"].update(got["categories"])  # a run over some categories adds to the others
+            got["categories"] = prev["categories"]
+        section["auroc"] = got
     if args.camera:
         batch = args.batch or Settings().batch_max_records
         urls, started = ensure_services()
@@ -555,8 +396,13 @@ def render_camera(c: dict) -> str:
             f"Model: the default INP-Former architecture (256x256 input, untrained weights: throughput does not "
             f"depend on them), ONNX Runtime on all cores, batch {c['batch']}. Frames: real test images of every "
             "category (2 per category, good and defective), upscaled bicubic to the sensor size, gray for the "
-            "mono camera, JPEG q92. One consumer process, `local://onnx`, Kafka -> PostgreSQL + Redis, "
-            "threshold at the frames' 90th percentile (~10 % flagged: mask, heatmap and the original JPEG stored).",
+            "mono camera, JPEG q92. One consumer process (`lineinspect consume`, `local://onnx`, with its production "
+            "post-store steps: drift checks and defect families), Kafka -> PostgreSQL + Redis, threshold at the "
+            "frames' 90th percentile (~10 % flagged: mask, heatmap and the original JPEG stored, the families step "
+            f"embeds them); backlog of {c['rows'][0]['frames'] if 'frames' in c['rows'][0] else c['rows'][0]['pipeline']['frames']} "
+            f"frames, fps counted after the first {c['rows'][0]['pipeline'].get('warmup_frames', 0)} rows (model warm-up, the families "
+            "step loading its model); latency: frames published at 70 % of that fps for "
+            f"{c['rows'][0]['pipeline']['latency_frames'] / max(c['rows'][0]['pipeline']['paced_fps'], 1e-9):.0f} s.",
             "",
             "| frames | MP | JPEG kB | DCT scale | consumer fps (Kafka->PG+Redis) | bare model fps | decode+model fps | "
             "ratio (fps/bare) | ratio_to_decode_and_model | full_decode: decode+model fps (x bare) | decode ms reduced / full | "
@@ -580,26 +426,54 @@ def render_camera(c: dict) -> str:
                   "masks, commits) against that: the goal is >= 0.85. Under a load average far above 2 "
                   "the bare and pipeline runs, seconds apart, see different contention, so single ratios move by "
                   "+-0.2 between runs."]
+        prof = RESULTS_DIR / "camera_profile_ab.json"
+        if prof.is_file():
+            ab = json.loads(prof.read_text())
+            pairs = [(ab[f"old-{i}"], ab[f"new-{i}"]) for i in (1, 2) if f"old-{i}" in ab and f"new-{i}" in ab]
+            if pairs:
+                lines += ["", "Everything but decode and model, side by side (`benchmarks/profile_camera_consumer.py`, py-spy, "
+                          "5 MP colour, 96 frames, the commit before vs this branch, interleaved): consumer CPU per frame "
+                          + ", ".join(f"{o['consumer_cpu_s_per_frame'] * 1e3:.1f} -> {n['consumer_cpu_s_per_frame'] * 1e3:.1f} ms"
+                                      for o, n in pairs)
+                          + "; backlog fps " + ", ".join(f"{o['fps']:.1f} -> {n['fps']:.1f}" for o, n in pairs)
+                          + f" (load {min(o['load_avg'] for p in pairs for o in p):.0f}-{max(o['load_avg'] for p in pairs for o in p):.0f}). "
+                          "Removed: drift decoding every frame again at full resolution, the families step decoding flagged "
+                          "frames at full resolution and running its encoder on torch's 2 OpenMP threads (17x the CPU of "
+                          "one thread under this load)."]
+            cr = ab.get("after-cpu-ratio")
+            if cr:
+                top = ", ".join(f"{k} {v:.0%}" for k, v in cr["share"].items() if v >= 0.004)
+                lines += ["", f"In CPU time (same tool, {cr['frames']} frames, load {cr['load_avg']:.1f}): decode + model "
+                          f"{cr['decode_and_model_cpu_s_per_frame'] * 1e3:.1f} ms per frame, the consumer process "
+                          f"{cr['consumer_cpu_s_per_frame'] * 1e3:.1f} ms: ratio {cr['cpu_ratio_consumer_process_only']:.2f} "
+                          f"({cr['cpu_ratio_to_decode_and_model']:.2f} with the shared servers' CPU). Python samples: {top}."]
         st = c["rows"][0]["storage_per_flagged_frame"]
         lines += ["", f"Storage per flagged 5 MP colour frame: original JPEG {st['frame_bytes'] / 1e3:.0f} kB + mask PNG "
                   f"{st['mask_png_bytes'] / 1e3:.1f} kB + heatmap PNG {st['heat_png_bytes'] / 1e3:.1f} kB at map "
                   f"resolution (row built in {st['row_build_ms']:.1f} ms)."]
     a = c.get("auroc")
-    if a:
-        lines += ["", f"Scores at 5 MP ({a['hw'][0]}x{a['hw'][1]}, JPEG q{a['jpeg_quality']}, real test images "
-                  f"upscaled bicubic; default model trained {a['iters']} iterations per category; up to the number "
-                  "of test images shown, stratified): image AUROC decoded at the DCT scale vs decoded full then "
-                  "area-resized.", "", "| category | test images | DCT scale | AUROC reduced | AUROC full | difference | "
-                  "mean abs score change (mean score) | decoded at >= 2x the input: AUROC, difference |",
-                  "|---|---|---|---|---|---|---|---|"]
+    if a and "variants" in a:
+        names = [n for n in a["variants"]] + ["uncompressed"]
+        label = {"default": "default rule", "coarsest": "coarsest (1/8, the rule before)",
+                 "oversample4": ">= 4x the input", "uncompressed": "no JPEG at all (reference)"}
+        lines += ["", f"Scores at 5 MP ({a['hw'][0]}x{a['hw'][1]}, JPEG q{a['jpeg_quality']}, real test images upscaled "
+                  f"bicubic; default model, default {a['iters']} iterations, per category; every test image): image "
+                  "AUROC of frames decoded the consumer's way vs decoded at full resolution then area-resized (the path "
+                  "before issue 14). Input |d|: mean absolute difference of the model input to the full path's, grey "
+                  "levels; score |d|: mean absolute score change. The last row per category is the uncompressed "
+                  "upscale: what the camera's JPEG q92 itself moves.", "",
+                  "| category | test images | decode | DCT scale | AUROC | difference to full | input abs diff mean / max | "
+                  "score abs diff mean (p95) | corr(input diff, score change) |", "|---|---|---|---|---|---|---|---|---|"]
         for cat, v in a["categories"].items():
-            lines.append(f"| {cat} | {v['n']} ({v['defective']} defective) | "
-                         f"{'/'.join('1/' + str(s) for s in v['dct_scales'])} | {v['auroc_reduced']:.4f} | "
-                         f"{v['auroc_full']:.4f} | {v['difference']:+.4f}"
-                         f"{'' if abs(v['difference']) <= 0.005 else ' (misses 0.005)'} | "
-                         f"{v['mean_abs_score_change']:.4f} ({v['mean_score']:.3f}) | "
-                         + (f"{v['oversample2']['auroc']:.4f}, {v['oversample2']['difference']:+.4f} |"
-                            if "oversample2" in v else "not measured in this run |"))
+            lines.append(f"| {cat} | {v['n']} ({v['defective']} defective) | full decode + area | 1/1 | "
+                         f"{v['auroc_full']:.4f} | - | - | - (mean score {v['mean_score']:.3f}) | - |")
+            for n in names:
+                x = v[n]
+                flag = "" if n == "uncompressed" or abs(x["difference"]) <= 0.005 else " (misses 0.005)"
+                lines.append(f"| | | {label.get(n, n)} | {'/'.join('1/' + str(s) for s in x['dct_scales'])} | "
+                             f"{x['auroc']:.4f} | {x['difference']:+.4f}{flag} | {x['input_mean_abs_diff']:.3f} / "
+                             f"{x['input_max_abs_diff']:.0f} | {x['mean_abs_score_change']:.4f} "
+                             f"({x['p95_abs_score_change']:.4f}) | {x['corr_input_diff_score_change']:.2f} |")
     return "\n".join(lines)
 
 

@@ -28,6 +28,8 @@ import numpy as np
 CONFIGS = (("5 MP colour", (2048, 2448), False), ("5 MP mono", (2048, 2448), True),
            ("12 MP colour", (3000, 4096), False))
 QUALITY = 92
+LATENCY_WINDOW_S = 40.0
+WARMUP_FRAMES = 24  # rows not counted in the backlog fps (3 batches of 8: see warm_fps)  # seconds of frames published at 70 % of capacity for p50 / p99
 
 
 def camera_frames(per_category: int, hw: tuple[int, int], mono: bool) -> list[tuple[str, bytes, tuple[int, ...]]]:
@@ -125,25 +127,38 @@ def storage_cost(frames: list, model_dir: Path) -> dict[str, float]:
             "row_build_ms": enc_ms}
 
 
+def warm_fps(stored: list[tuple[float, float]], skip: int) -> float:
+    """Frames/s stored after the first ``skip`` rows: the consumer's steady state. The first batches carry
+    one-off costs (ONNX Runtime's first run, the families step loading its model at the first flagged frame:
+    1-2 s), which at 10-16 frames/s would otherwise be a large share of a backlog of a few hundred frames."""
+    ts = sorted(t for t, _ in stored)
+    if len(ts) <= skip + 1 or ts[-1] <= ts[skip]:
+        return float("nan")
+    return (len(ts) - 1 - skip) / (ts[-1] - ts[skip])
+
+
 def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, tmp: Path, tag: str) -> dict:
     """One consumer through Kafka: backlog fps, then latency while paced at 70 % of it, peak RSS."""
-    from benchmarks.bench_pipeline import RssSampler, Run, steady_fps
+    from benchmarks.kafka_run import KafkaRun, RssSampler, steady_fps
 
-    run = Run(urls, model_dir, threshold, tmp, tag)
+    run = KafkaRun(urls, model_dir, threshold, tmp, tag)
     try:
         load = os.getloadavg()[0]
         pub_fps = run.publish(frames, 0, n)
         t_ready = run.start_consumers(1, 0, True)
         sampler = RssSampler([p.pid for p in run.procs])
         sampler.start()
-        fps, counted = steady_fps(run.wait_rows(0, n, timeout_s=max(180, n * 2)), t_ready)
+        stored = run.wait_rows(0, n, timeout_s=max(180, n * 2))
+        fps_from_ready, counted = steady_fps(stored, t_ready)
+        fps = warm_fps(stored, WARMUP_FRAMES)
         paced = max(0.5, 0.7 * fps)
-        n_lat = int(min(max(30, paced * 12), 150))
+        n_lat = int(min(max(60, paced * LATENCY_WINDOW_S), 1200))  # a window long enough for a p99
         t0 = time.perf_counter()
         held = run.publish(frames, n, n_lat, fps=paced)
         lat = np.array([ms for _t, ms in run.wait_rows(n, n + n_lat, timeout_s=max(120, n_lat / paced * 3))])
         rss = sampler.stop()
-        return {"fps": fps, "frames": n, "frames_timed": counted, "publish_fps_backlog": pub_fps,
+        return {"fps": fps, "fps_from_ready": fps_from_ready, "warmup_frames": WARMUP_FRAMES, "frames": n,
+                "frames_timed": counted, "publish_fps_backlog": pub_fps,
                 "paced_fps": paced, "held_fps": held, "latency_frames": n_lat,
                 "latency_wall_s": time.perf_counter() - t0,
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
@@ -194,8 +209,16 @@ def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int,
     return {"rows": rows}
 
 
-def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 2448)) -> dict:
-    """Image AUROC per category, 5 MP frames decoded reduced vs decoded full then resized."""
+# decode variants compared with the full decode (then area resize) the consumer did before issue 14
+AUROC_VARIANTS = (("default", 2.0), ("coarsest", 1.0), ("oversample4", 4.0))
+
+
+def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 2448),
+              categories: list[str] | None = None) -> dict:
+    """Image AUROC per category on 5 MP frames: decoded reduced (the consumer's rule, and the coarsest
+    and a finer scale) vs decoded full then area-resized, plus the uncompressed upscale (what JPEG q92
+    itself moves). Per image: the mean / max absolute input difference to the full path (grey
+    levels) and the score change, to see which images move and why."""
     import hashlib
     import json
 
@@ -204,7 +227,7 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
 
     from benchmarks.common import WORK, data_root
     from inference.engines.onnx_engine import OnnxEngine
-    from inference.preprocess import resize_rgb
+    from inference.preprocess import as_rgb, resize_rgb
     from ingest.envelope import FrameEnvelope, decode_frame, decode_image, encode_image
     from training import metrics
     from training.data import discover, load_split
@@ -212,8 +235,11 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
 
     root = data_root()
     arch = hashlib.sha1(json.dumps(TrainConfig().model.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    out: dict[str, Any] = {"iters": iters, "hw": list(hw), "jpeg_quality": QUALITY, "categories": {}}
+    out: dict[str, Any] = {"iters": iters, "hw": list(hw), "jpeg_quality": QUALITY, "categories": {},
+                           "variants": {name: ov for name, ov in AUROC_VARIANTS}}
     for cat in discover(root):
+        if categories and cat not in categories:
+            continue
         model_dir = WORK / "camera" / cat.replace("/", "__") / f"model-{iters}-{arch}"
         if not (model_dir / "checksums.json").is_file():
             items = list(load_split(root, cat, "train"))
@@ -222,7 +248,7 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
                   iters=iters, seed=0, progress=False)
         test = list(load_split(root, cat, "test"))
         rng = np.random.default_rng(0)
-        if len(test) > max_per_category:  # stratified: keep the good/defect mix
+        if 0 < max_per_category < len(test):  # stratified: keep the good/defect mix
             good = [t for t in test if t.label == 0]
             bad = [t for t in test if t.label == 1]
             kg = max(1, round(max_per_category * len(good) / len(test)))
@@ -230,31 +256,46 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
                     + [bad[i] for i in sorted(rng.choice(len(bad), min(max_per_category - kg, len(bad)), replace=False))])
         eng = OnnxEngine(model_dir, batch_size=8)
         mhw = eng.input_hw
-        red, red2, full, labels, scales = [], [], [], [], set()
+        inputs: dict[str, list[np.ndarray]] = {"full": [], "uncompressed": [], **{n: [] for n, _ in AUROC_VARIANTS}}
+        scales: dict[str, set[int]] = {n: set() for n, _ in AUROC_VARIANTS}
+        labels = []
         try:
             for it in tqdm(test, desc=f"AUROC {cat}"):
                 big = cv2.resize(it.image(), (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
                 env = FrameEnvelope("p", "l", "c", 0, encode_image(big, "jpeg", QUALITY), "jpeg", big.shape)
-                d = decode_frame(env, target_hw=mhw)
-                scales.add(d.scale)
-                red.append(d.image)
-                red2.append(decode_frame(env, target_hw=mhw, oversample=2.0).image)  # the finer option
-                full.append(resize_rgb(decode_image(env), mhw))
+                for name, ov in AUROC_VARIANTS:
+                    d = decode_frame(env, target_hw=mhw, oversample=ov)
+                    scales[name].add(d.scale)
+                    inputs[name].append(as_rgb(d.image))
+                inputs["full"].append(resize_rgb(decode_image(env), mhw))
+                inputs["uncompressed"].append(resize_rgb(big, mhw))
                 labels.append(it.label)
-            s_red = eng.infer("p", red).scores
-            s_red2 = eng.infer("p", red2).scores
-            s_full = eng.infer("p", full).scores
+            scores = {name: eng.infer("p", ims).scores for name, ims in inputs.items()}
         finally:
             eng.close()
         y = np.asarray(labels)
-        a_red, a_full = float(metrics.image_auroc(y, s_red)), float(metrics.image_auroc(y, s_full))
-        a_red2 = float(metrics.image_auroc(y, s_red2))
-        out["categories"][cat] = {"n": len(test), "defective": int(y.sum()), "auroc_reduced": a_red,
-                                  "auroc_full": a_full, "difference": a_red - a_full,
-                                  "mean_abs_score_change": float(np.mean(np.abs(s_red - s_full))),
-                                  "mean_score": float(np.mean(np.abs(s_full))), "dct_scales": sorted(scales),
-                                  "oversample2": {"auroc": a_red2, "difference": a_red2 - a_full,
-                                                  "mean_abs_score_change": float(np.mean(np.abs(s_red2 - s_full)))}}
-        print(f"{cat}: AUROC reduced {a_red:.4f} vs full {a_full:.4f} ({a_red - a_full:+.4f}); "
-              f"at >= 2x the input {a_red2:.4f} ({a_red2 - a_full:+.4f})", flush=True)
+        ref = np.stack(inputs["full"]).astype(np.float32)
+        a_full = float(metrics.image_auroc(y, scores["full"]))
+        cat_out: dict[str, Any] = {"n": len(test), "defective": int(y.sum()), "auroc_full": a_full,
+                                   "mean_score": float(np.mean(np.abs(scores["full"])))}
+        for name in [n for n, _ in AUROC_VARIANTS] + ["uncompressed"]:
+            x = np.stack(inputs[name]).astype(np.float32)
+            d_in = np.abs(x - ref).reshape(len(x), -1)
+            per_mean, per_max = d_in.mean(1), d_in.max(1)
+            ds = np.abs(scores[name] - scores["full"])
+            a = float(metrics.image_auroc(y, scores[name]))
+            worst = int(np.argmax(ds))
+            cat_out[name] = {
+                "auroc": a, "difference": a - a_full, "dct_scales": sorted(scales.get(name, {1})),
+                "input_mean_abs_diff": float(per_mean.mean()), "input_max_abs_diff": float(per_max.max()),
+                "input_bias": float((x - ref).mean()),
+                "mean_abs_score_change": float(ds.mean()), "p95_abs_score_change": float(np.percentile(ds, 95)),
+                "corr_input_diff_score_change": float(np.corrcoef(per_mean, ds)[0, 1]) if ds.std() > 0 else 0.0,
+                "worst_image": {"index": worst, "label": int(y[worst]), "score_change": float(ds[worst]),
+                                "input_mean_abs_diff": float(per_mean[worst])}}
+        out["categories"][cat] = cat_out
+        print(f"{cat}: AUROC full {a_full:.4f}; " + "; ".join(
+            f"{n} {cat_out[n]['auroc']:.4f} ({cat_out[n]['difference']:+.4f}, input |d| {cat_out[n]['input_mean_abs_diff']:.3f}, "
+            f"score |d| {cat_out[n]['mean_abs_score_change']:.4f})" for n in [v for v, _ in AUROC_VARIANTS] + ["uncompressed"]),
+            flush=True)
     return out

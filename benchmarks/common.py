@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -59,6 +61,34 @@ def write_section(name: str, body: str, path: Path = RESULTS_MD) -> None:
     text = pat.sub(lambda _m: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+class Recorder:
+    """A benchmark run's wall clock and load average, taken at construction and stamped on its results
+    at the end, so every benchmark reports the conditions it ran under the same way."""
+
+    def __init__(self) -> None:
+        self.t0, self.load0 = time.time(), os.getloadavg()[0]
+
+    def finish(self, name: str, res: dict, render: Callable[[dict], str]) -> int:
+        """Add ``seconds`` and ``load_average_start_end`` to ``res``, write ``results/<name>.json`` and
+        the ``name`` section of RESULTS.md, print the section; 0 for ``sys.exit``."""
+        res["seconds"] = round(time.time() - self.t0, 1)
+        res["load_average_start_end"] = [round(self.load0, 2), round(os.getloadavg()[0], 2)]
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+        text = render(res)
+        write_section(name, text)
+        print(text)
+        return 0
+
+
+def section_head(title: str, script: str, about: str, res: dict, columns: list[str]) -> list[str]:
+    """The opening lines of a RESULTS.md section written from a :class:`Recorder`'s results: title, what
+    was run, the machine and load average it ran under, and the head of its table."""
+    return [f"## {title} (benchmarks/{script})", "",
+            f"{about} Machine: {res['machine']}; load average {res['load_average_start_end']} (start, end).", "",
+            "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def fmt(v: float | None, nd: int = 3) -> str:

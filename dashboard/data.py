@@ -206,6 +206,14 @@ def request_rebaseline(url: str, product: str, since: float | None, by: str) -> 
     return n
 
 
+def dismiss_drift_alarm(url: str, alarm_id: int, by: str, reason: str) -> int:
+    """The operator's "this was not drift": close the alarm without a re-baseline (who and when kept);
+    returns the verdicts un-flagged."""
+    n = _drift(url).dismiss(alarm_id, by=by, reason=reason)
+    clear()
+    return n
+
+
 # --- defect families (storage/families.py) ------------------------------------------------------------
 
 def _families(url: str) -> Any:

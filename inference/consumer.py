@@ -38,16 +38,24 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct, decode_hw
+from inference.engines.base import (
+    Engine,
+    EngineOutput,
+    EngineUnavailable,
+    UnknownProduct,
+    decode_hw,
+    takes_encoded,
+)
 from inference.postprocess import build_row
 from inference.telemetry import ConsumerMetrics
 from ingest.bus import message_size
 from ingest.bus.base import BatchConsumer, Record
-from ingest.envelope import FrameEnvelope, PoisonFrame, decode_frame
+from ingest.envelope import FrameEnvelope, PoisonFrame, check_encoded_frame, decode_frame
 from lineinspect.errors import ServiceUnavailable
 from lineinspect.logs import kv
 from lineinspect.redact import redact
@@ -60,9 +68,12 @@ if TYPE_CHECKING:  # types only: these modules are imported where they are used
     from storage.store import ResultStore
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 # --idle-timeout does not count time without partitions (a rebalance in progress) for this long at least:
 # a member left without partitions for longer is surplus and may idle out.
 UNASSIGNED_GRACE_S = 60.0
+# scored frames up to this size (model inputs: 256x256 to 1024x1024) are handed to post-store steps that take pixels
+MAX_STEP_PIXELS = 1024 * 1024
 
 PostStore = Callable[[list[ResultRow], list[FrameEnvelope]], None]
 
@@ -75,8 +86,9 @@ class _Stopped(Exception):
 class _Frame:
     record: Record
     env: FrameEnvelope
-    image: np.ndarray               # decoded for the engine (model input size unless it tiles)
-    frame_hw: tuple[int, int]       # the camera frame's own geometry (rows record it)
+    image: np.ndarray | None        # decoded for the engine (model input size unless it tiles); None: the
+    frame_hw: tuple[int, int]       # engine decodes the encoded bytes itself (takes_encoded). frame_hw: the
+                                    # camera frame's own geometry (rows record it)
 
 
 @dataclass
@@ -91,6 +103,7 @@ class _Scored:
     engine_name: str
     inferred_at: float
     batch: int
+    image: np.ndarray | None = None  # what the engine scored, for post-store steps that take pixels
 
 
 @dataclass
@@ -129,7 +142,8 @@ class InferenceConsumer:
         if sink_depth < 1 or decode_threads < 1:
             raise ValueError(f"sink_depth ({sink_depth}) and decode_threads ({decode_threads}) must be >= 1")
         # Steps run after a batch is durably stored (e.g. inference.drift.DriftMonitor): ``step(rows,
-        # envelopes)``; a failing step is logged and never blocks the commit.
+        # envelopes)``; a failing step is logged and never blocks the commit. A step with a
+        # ``before_store(rows)`` method also sees each batch just before it is stored (to annotate rows).
         self.post_store: list[PostStore] = list(post_store or [])
         self.settings = settings
         self.bus = bus
@@ -264,7 +278,7 @@ class InferenceConsumer:
             scored.extend(good)
             poison.extend(bad)
         for rec, reason, detail in poison:
-            self._retry("dead-letter topic", lambda r=rec, a=reason, d=detail: self.bus.dead_letter(r, a, d))
+            self._retry("dead-letter topic", partial(self.bus.dead_letter, rec, reason, detail))
             self.metrics.dead_lettered(reason)
             log.warning("dead-lettered", extra=kv(reason=reason, detail=detail[:200], partition=rec.partition, offset=rec.offset))
         return _Batch(records, scored, poison)
@@ -273,6 +287,7 @@ class InferenceConsumer:
         """Sink half: rows (masks, heatmaps), the durable store, then cache and specimen fusion."""
         t0 = time.time()
         built = [(s, self._row(s)) for s in batch.scored]  # an encoding error here is an engine bug: raised
+        self._before_store([r for _, r in built])
         bad = self._save([r for _, r in built])
         for i, detail in bad:
             batch.unstorable.append((built[i][0].record, "unstorable", detail))
@@ -288,7 +303,8 @@ class InferenceConsumer:
                 self.metrics.observe_stored(product, verdicts, lat)
             self._update_cache(rows)
             self._fuse(rows)
-            self._post_store(rows, [s.env for i, (s, _) in enumerate(built) if i not in refused])
+            kept = [s for i, (s, _) in enumerate(built) if i not in refused]
+            self._post_store(rows, [s.env for s in kept], [s.image for s in kept])
         batch.rows = rows
         log.debug("batch stored", extra=kv(records=len(batch.records), stored=len(rows),
                                            dlq=len(batch.poison) + len(batch.unstorable),
@@ -340,7 +356,7 @@ class InferenceConsumer:
         returns its record count."""
         while batch.unstorable:  # popped once acknowledged: a commit retried after a stop does not repeat them
             rec, reason, detail = batch.unstorable[0]
-            self._retry("dead-letter topic", lambda r=rec, a=reason, d=detail: self.bus.dead_letter(r, a, d))
+            self._retry("dead-letter topic", partial(self.bus.dead_letter, rec, reason, detail))
             batch.unstorable.pop(0)
             batch.refused += 1
             self.metrics.dead_lettered(reason)
@@ -395,10 +411,30 @@ class InferenceConsumer:
                                                                      records=sum(len(b.records) for b in inflight)))
         return handled
 
-    def _post_store(self, rows: list[ResultRow], envelopes: list[FrameEnvelope]) -> None:
+    def _before_store(self, rows: list[ResultRow]) -> None:
+        """Let post-store steps that annotate rows (``before_store(rows)``: the drift monitor sets
+        ``drifted``) see the batch before it is stored; a failure is logged and the rows are stored as
+        they are (the monitor flags an alarm's frames again when it learns of it)."""
+        for step in self.post_store:
+            hook = getattr(step, "before_store", None)
+            if hook is None:
+                continue
+            try:
+                hook(rows)
+            except Exception as exc:  # noqa: BLE001 - annotation must not stop the line
+                log.warning("before-store step failed; storing the rows unannotated",
+                            extra=kv(step=type(step).__name__, error=str(exc)[:300]))
+
+    def _post_store(self, rows: list[ResultRow], envelopes: list[FrameEnvelope], images: list[np.ndarray | None]) -> None:
+        """Steps that say ``takes_images = True`` also get the pixels the engine scored (model input size,
+        ``None`` where the engine decoded the bytes itself): at 5 MP a second decode of every frame in a
+        step (drift's grey check) cost more than all of bus, storage and cache together."""
         for step in self.post_store:
             try:
-                step(rows, envelopes)
+                if getattr(step, "takes_images", False):
+                    step(rows, envelopes, images)  # type: ignore[call-arg]
+                else:
+                    step(rows, envelopes)
             except Exception as exc:  # noqa: BLE001 - the rows are stored; a monitor must not stop the line
                 log.warning("post-store step failed; results are stored, continuing",
                             extra=kv(step=type(step).__name__, error=str(exc)[:300]))
@@ -411,7 +447,7 @@ class InferenceConsumer:
             return
         try:
             with self._fuse_lock:
-                if self.fuser is None and hasattr(self.store, "engine"):
+                if self.fuser is None and hasattr(self.store, "db_engine"):
                     from inference.fusion import SpecimenFuser
 
                     self.fuser = SpecimenFuser(self.store, self.settings)
@@ -453,16 +489,44 @@ class InferenceConsumer:
             return "oversized", f"message is {size} bytes, over max_message_bytes={self.settings.max_message_bytes}"
         try:
             env = FrameEnvelope.from_message(rec.key, rec.value, rec.headers)
-            d = decode_frame(env, self.settings.max_frame_pixels, decode_hw(self.engine, env.product),
-                             self.settings.decode_oversample)
-            return _Frame(rec, env, d.image, d.frame_hw)
+            if takes_encoded(self.engine, env.product):  # the engine decodes (on its GPU): checks only here
+                return _Frame(rec, env, None, check_encoded_frame(env, self.settings.max_frame_pixels))
+            return self._decoded(rec, env)
         except PoisonFrame as exc:
             return exc.reason, exc.detail
 
+    def _decoded(self, rec: Record, env: FrameEnvelope) -> _Frame:
+        d = decode_frame(env, self.settings.max_frame_pixels, decode_hw(self.engine, env.product),
+                         self.settings.decode_oversample)
+        return _Frame(rec, env, d.image, d.frame_hw)
+
+    def _decode_here(self, frames: list[_Frame]) -> tuple[list[_Frame], list[tuple[Record, str, str]]]:
+        """Decode frames that were handed on encoded on this CPU, one by one, so a frame the engine's
+        decoder refused is isolated (dead-lettered) and the rest are scored from pixels."""
+        good, bad = [], []
+        for f in frames:
+            if f.image is not None:
+                good.append(f)
+                continue
+            try:
+                good.append(self._decoded(f.record, f.env))
+            except PoisonFrame as exc:
+                bad.append((f.record, exc.reason, exc.detail))
+        return good, bad
+
     def _score(self, product: str, frames: list[_Frame]) -> tuple[list[_Scored], list[tuple[Record, str, str]]]:
         """Rows for one product's frames; frames that can never be scored come back as poison."""
+        undecoded = sum(f.image is None for f in frames)
+        if undecoded and (undecoded < len(frames) or not takes_encoded(self.engine, product)):
+            frames, poison = self._decode_here(frames)  # the route changed since the frames were parsed
+            good, bad = self._score(product, frames) if frames else ([], [])
+            return good, poison + bad
         try:
             out = self._infer(product, frames)
+        except PoisonFrame:  # the engine's decoder refused a frame the header checks let through
+            frames, poison = self._decode_here(frames)
+            good, bad = self._score(product, frames) if frames else ([], [])
+            return good, poison + bad
         except UnknownProduct as exc:
             return [], [(f.record, "unknown_product", str(exc)) for f in frames]
         except _EngineRejects:
@@ -476,8 +540,15 @@ class InferenceConsumer:
             return rows, bad
         engine_name = out.engine_name or getattr(self.engine, "name", "unknown")
         inferred_at = time.time()
-        return [_Scored(f.record, f.env, f.frame_hw, out, i, engine_name, inferred_at, len(frames))
+        return [_Scored(f.record, f.env, f.frame_hw, out, i, engine_name, inferred_at, len(frames), self._for_steps(f.image))
                 for i, f in enumerate(frames)], []
+
+    def _for_steps(self, image: np.ndarray | None) -> np.ndarray | None:
+        """The scored pixels if a post-store step takes them and they are model-sized: a tiling product's
+        full-resolution frames are not held for the sink (the steps decode those bytes at their own scale)."""
+        if image is None or image.shape[0] * image.shape[1] > MAX_STEP_PIXELS:
+            return None
+        return image if any(getattr(step, "takes_images", False) for step in self.post_store) else None
 
     def _infer(self, product: str, frames: list[_Frame]) -> EngineOutput:
         """engine.infer with retries: unavailable backends forever, other errors ``engine_attempts`` times."""
@@ -486,13 +557,18 @@ class InferenceConsumer:
         while True:
             t0 = time.perf_counter()
             try:
-                out = self.engine.infer(product, [f.image for f in frames])
+                if frames[0].image is None:  # takes_encoded: the engine decodes (see _score for mixed batches)
+                    out, _geoms, _path = self.engine.infer_encoded(  # type: ignore[attr-defined]
+                        product, [f.env for f in frames], self.settings.max_frame_pixels,
+                        self.settings.decode_oversample)
+                else:
+                    out = self.engine.infer(product, [f.image for f in frames])  # type: ignore[misc]
                 _check_output(out, len(frames))
                 self.metrics.observe_infer(time.perf_counter() - t0)
                 if failures or delay > self.backoff_initial_s:  # recovered from a wait: clear held gauges now
                     self._update_held()
                 return out
-            except UnknownProduct:
+            except (UnknownProduct, PoisonFrame):
                 raise
             except EngineUnavailable as exc:
                 self.metrics.engine_error()
@@ -522,7 +598,7 @@ class InferenceConsumer:
             self.metrics.cache_errors.inc()
             log.warning("cache update failed; results are stored, continuing", extra=kv(error=str(exc), rows=len(rows)))
 
-    def _retry(self, what: str, fn: Any) -> Any:
+    def _retry(self, what: str, fn: Callable[[], _T]) -> _T:
         """Call ``fn`` until it succeeds, backing off exponentially; raises :class:`_Stopped` on stop."""
         delay = self.backoff_initial_s
         while True:

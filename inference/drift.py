@@ -13,9 +13,14 @@ it never delays or endangers a commit. Two kinds of evidence, each in units an e
   the camera's first ``reference_frames`` frames. A limit is the larger of an engineering floor
   (``drift_brightness_grey`` ...) and ``drift_min_std_errors`` standard errors of the difference of
   two medians (window vs reference) under the camera's own frame-to-frame variation, so a camera
-  whose normal frames vary a lot gets a wider limit instead of false alarms. The position check
-  runs only when the reference frames align with each other (median phase-correlation peak >= 0.6; tire reference frames reach 0.35-0.6 and its normal placement varies by up to 12 % between sessions, which alarmed):
-  on textures without a registered part a shift is not measurable.
+  whose normal frames vary a lot gets a wider limit instead of false alarms. Position is a
+  measurement only where frames align: the check runs only when the reference frames align with
+  each other AND the window's frames align with the reference (median phase-correlation peak
+  >= 0.6 for both); on a texture without a registered part a "shift" is where the noise peaked.
+  (Before, only the reference was gated: a tire reference at 0.61, inflated by repeated frames, let
+  window frames with median peaks of ~0.35 through, and their heavy-tailed shifts raised a false
+  position alarm.) Identical frames count once in a reference (a frozen camera repeating one image
+  must not make the reference look aligned or its spreads small).
 
 A check must breach ``confirm_frames`` frames in a row. The alarm's onset is the first frame of the
 window that breached. While an alarm is open the camera's frames are kept (``drift_frames``) as the
@@ -32,18 +37,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from lineinspect import model_meta
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
 if TYPE_CHECKING:  # types only: storage is imported where a step is built
+    from ingest.envelope import FrameEnvelope
     from storage.drift import DriftStore
+    from storage.records import ResultRow
     from storage.registry import ModelRegistry
     from storage.store import ResultStore
 
@@ -51,7 +58,7 @@ log = logging.getLogger("lineinspect.drift")
 
 CHECK_SIZE = 256          # frames are compared at this square size (brightness, sharpness)
 ALIGN_SIZE = 128          # and aligned at this one (phase correlation)
-MIN_ALIGN_PEAK = 0.6      # median phase-correlation peak of the reference frames to trust the position check
+MIN_ALIGN_PEAK = 0.6      # phase-correlation peak below which a frame's shift is not a measurement
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,12 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def decode_grey(payload: bytes) -> np.ndarray | None:
-    """Decode an encoded frame straight to grey (``None`` when it does not decode)."""
-    arr = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
+    """Decode an encoded frame straight to grey at the check size (``None`` when it does not decode);
+    a JPEG luma-only at the DCT scale that keeps :data:`CHECK_SIZE` faithful (a camera-size frame is not
+    decoded at full resolution just to be shrunk to 256 px)."""
+    from ingest.envelope import decode_grey_reduced
+
+    arr = decode_grey_reduced(payload, (CHECK_SIZE, CHECK_SIZE))
     return None if arr is None else to_grey(arr)
 
 
@@ -113,7 +124,10 @@ def shift_pct(reference: np.ndarray, grey: np.ndarray) -> tuple[float, float, fl
     win = _HANN.get(ALIGN_SIZE)
     if win is None:
         win = _HANN[ALIGN_SIZE] = cv2.createHanningWindow((ALIGN_SIZE, ALIGN_SIZE), cv2.CV_32F)
-    (dx, dy), peak = cv2.phaseCorrelate(reference, _align_image(grey), win)
+    # a copy: OpenCV (4.11) applies the window to its inputs IN PLACE, so passing the stored reference
+    # multiplied it by the Hann window once per frame; over a stream the reference decayed to its centre,
+    # the peaks fell and the shifts turned to noise (the tire false position alarm at frame 111)
+    (dx, dy), peak = cv2.phaseCorrelate(reference.copy(), _align_image(grey), win)
     return 100.0 * dx / ALIGN_SIZE, 100.0 * dy / ALIGN_SIZE, float(peak)
 
 
@@ -149,18 +163,23 @@ class ImageReference:
     def build(cls, greys: Sequence[np.ndarray], seed: int = 0) -> ImageReference:
         if len(greys) < 3:
             raise ValueError("an image reference needs at least 3 frames")
-        b = [brightness(g) for g in greys]
-        s = [log_sharpness(g) for g in greys]
-        stack = np.stack(greys)
-        total = stack.sum(axis=0)
-        mean = _align_image(total / len(greys))
+        # identical frames (a camera repeating its last image) are one observation: repeated, they make the
+        # others' mean contain the frame itself, so it looks aligned and the spreads come out too small
+        unique = list({g.tobytes(): g for g in greys}.values())
+        if len(unique) < 3:
+            raise ValueError("an image reference needs at least 3 distinct frames")
+        b = [brightness(g) for g in unique]
+        s = [log_sharpness(g) for g in unique]
+        total = np.stack(unique).sum(axis=0)
+        mean = _align_image(total / len(unique))
         # each reference frame against the mean of the *others*: against a mean it is part of, a frame
         # looks better aligned than a new frame will, and the limits would come out too tight
-        shifts = [shift_pct(_align_image((total - g) / (len(greys) - 1)), g) for g in greys]
+        shifts = [shift_pct(_align_image((total - g) / (len(unique) - 1)), g) for g in unique]
+        peak = float(np.median([p for _, _, p in shifts]))
         dxs, dys = [dx for dx, _, _ in shifts], [dy for _, dy, _ in shifts]
         rng = np.random.default_rng(seed)
-        return cls(len(greys), float(np.median(b)), _median_se(b, rng), float(np.median(s)), _median_se(s, rng),
-                   max(_median_se(dxs, rng), _median_se(dys, rng)), float(np.median([p for _, _, p in shifts])), mean,
+        return cls(len(unique), float(np.median(b)), _median_se(b, rng), float(np.median(s)), _median_se(s, rng),
+                   max(_median_se(dxs, rng), _median_se(dys, rng)), peak, mean,
                    float(np.median(dxs)), float(np.median(dys)))
 
     def to_stats(self) -> dict[str, float]:
@@ -210,6 +229,7 @@ class Measure:
     log_sharpness: float | None
     dx: float | None
     dy: float | None
+    peak: float | None = None   # phase-correlation peak of the frame against the reference
 
 
 class CameraDrift:
@@ -237,22 +257,26 @@ class CameraDrift:
         if model_version is not None and model_version != self.model_version:
             if self.model_version is not None:  # a new model: its calibration starts a new score window
                 self.window = deque(((m if m.score is None else Measure(m.frame_id, m.captured_at, None, None,
-                                                                        m.brightness, m.log_sharpness, m.dx, m.dy))
+                                                                        m.brightness, m.log_sharpness, m.dx, m.dy,
+                                                                        m.peak))
                                      for m in self.window), maxlen=self.config.window)
             self.model_version = model_version
-        b = s = dx = dy = None
+        b = s = dx = dy = peak = None
         if grey is not None:
             if self.reference is None:
                 self._ref_greys.append(grey)
                 if len(self._ref_greys) >= self.config.reference_frames:
-                    self.reference = ImageReference.build(self._ref_greys)
+                    try:
+                        self.reference = ImageReference.build(self._ref_greys)
+                        self.reference_built = True
+                    except ValueError:  # fewer than 3 distinct frames (a frozen camera): collect anew
+                        pass
                     self._ref_greys.clear()
-                    self.reference_built = True
             else:
                 b, s = brightness(grey), log_sharpness(grey)
                 if self.reference.aligned:
-                    dx, dy, _ = shift_pct(self.reference.image, grey)
-        self.window.append(Measure(frame_id, captured_at, score, p99, b, s, dx, dy))
+                    dx, dy, peak = shift_pct(self.reference.image, grey)
+        self.window.append(Measure(frame_id, captured_at, score, p99, b, s, dx, dy, peak))
         breaches = self.breaches()
         self.streak = self.streak + 1 if breaches else 0
         return breaches if self.streak >= self.config.confirm_frames else []
@@ -290,7 +314,10 @@ class CameraDrift:
             out.append(Breach("sharpness", math.exp(ds), math.exp(lim_s if ds > 0 else -lim_s),
                               "variance-of-Laplacian ratio to the reference"))
         placed = [m for m in imgs if m.dx is not None]
-        if ref.aligned and len(placed) >= len(imgs) // 2:
+        # the window must align with the reference as the reference aligns with itself (median peak): a
+        # texture without a registered part gives shifts that are where the noise peaked, not positions
+        if ref.aligned and len(placed) >= len(imgs) // 2 and \
+                float(np.median([m.peak for m in placed])) >= MIN_ALIGN_PEAK:
             xs, ys = [m.dx for m in placed], [m.dy for m in placed]
             shift = math.hypot(float(np.median(xs)) - ref.dx, float(np.median(ys)) - ref.dy)  # type: ignore[arg-type]
             se_w = max(_median_se(xs, rng), _median_se(ys, rng))  # type: ignore[arg-type]
@@ -329,9 +356,11 @@ class RegistryCalibration:
             return None
         cal = (info.metrics or {}).get("calibration") or {}
         if not cal:
-            path = Path(info.path) / "calibration.json"
-            if path.is_file():
-                cal = json.loads(path.read_text())
+            try:  # the model directory's calibration, read by its one owner
+                cal = model_meta.read_calibration(info.path)
+            except model_meta.ModelDirError as exc:  # missing or unreadable: threshold / margin instead
+                log.info("no calibration in the model directory", extra=kv(product=product, version=version,
+                                                                           error=str(exc)[:200]))
         return calibration_p99(cal, info.threshold)
 
 
@@ -379,23 +408,42 @@ class DriftMonitor:
         self.metrics = DriftMetrics(metrics_registry)
         self.refresh_s = refresh_s
         self._cams: dict[str, _Cam] = {}
-        self._last_refresh = 0.0
+        self._last_refresh = time.monotonic()  # a camera first seen looks its alarms up itself (_cam)
 
-    def __call__(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
-        self.on_stored(rows, envelopes)
+    takes_images = True  # the consumer hands over the pixels it scored (no second decode per frame)
 
-    def on_stored(self, rows: Sequence[Any], envelopes: Sequence[Any]) -> None:
-        """``rows`` (ResultRow) and their ``envelopes`` (FrameEnvelope), just stored durably."""
+    def __call__(self, rows: Sequence[ResultRow], envelopes: Sequence[FrameEnvelope],
+                 images: Sequence[np.ndarray | None] | None = None) -> None:
+        self.on_stored(rows, envelopes, images)
+
+    def before_store(self, rows: Sequence[ResultRow]) -> None:
+        """Set ``drifted`` on the rows of cameras with an open alarm, before the consumer stores them.
+
+        No query per frame: the open alarms come from this monitor's own state (it opened them) and its
+        refresh (at most one ``open_alarms`` query per ``refresh_s``, and one lookup when a camera is
+        first seen). Another consumer's alarm is learnt within ``refresh_s``; the frames it stored
+        meanwhile are flagged by :meth:`DriftStore.mark_drifted` when it is learnt. A re-baseline or a
+        dismissal stops the flagging from the next refresh on."""
+        self._maybe_refresh()
+        for row in rows:
+            if self._cam(row.product, row.camera).alarm_id is not None:
+                row.drifted = True
+
+    def on_stored(self, rows: Sequence[ResultRow], envelopes: Sequence[FrameEnvelope],
+                  images: Sequence[np.ndarray | None] | None = None) -> None:
+        """``rows`` (ResultRow) and their ``envelopes`` (FrameEnvelope), just stored durably; ``images``,
+        when given, the pixels the engine scored (any size; ``None`` entries are decoded from the bytes)."""
         from storage.drift import KeptFrame
 
         self._maybe_refresh()
         keep: dict[str, list[KeptFrame]] = {}
-        for row, env in sorted(zip(rows, envelopes), key=lambda p: (p[0].camera, p[0].frame_id)):
+        pixels = list(images) if images is not None else [None] * len(rows)
+        for row, env, image in sorted(zip(rows, envelopes, pixels), key=lambda p: (p[0].camera, p[0].frame_id)):
             cam = self._cam(row.product, row.camera)
             version = str(row.model_version)
             p99 = None if version.startswith("zero-shot") or ":warmup" in str(row.engine) else \
                 self.calibration(row.product, version)
-            grey = decode_grey(env.payload)
+            grey = to_grey(image) if image is not None else decode_grey(env.payload)
             kept = KeptFrame(int(row.frame_id), float(row.captured_at), str(env.encoding), bytes(env.payload))
             cam.recent.append(kept)
             breaches = cam.drift.update(int(row.frame_id), float(row.captured_at), float(row.score), p99, grey, version)
@@ -432,7 +480,7 @@ class DriftMonitor:
         log.info("drift reference built", extra=kv(product=product, camera=camera, frames=ref.n,
                                                    brightness=round(ref.brightness, 1), aligned=ref.aligned))
 
-    def _open(self, row: Any, cam: _Cam, breaches: list[Breach]) -> None:
+    def _open(self, row: ResultRow, cam: _Cam, breaches: list[Breach]) -> None:
         onset = cam.drift.onset
         ref = cam.drift.reference
         evidence = {"checks": {b.kind: b.to_dict() for b in breaches}, "window": len(cam.drift.window),
@@ -443,6 +491,8 @@ class DriftMonitor:
                                                   onset_frame_id=onset.frame_id, model_version=str(row.model_version),
                                                   evidence=evidence)
         cam.alarm_id = alarm_id
+        # the window's frames from the onset were stored before the alarm existed: flag them now
+        self.store.mark_drifted(row.product, row.camera, onset.captured_at)
         self.metrics.open.labels(product=row.product, camera=row.camera).set(1)
         if created:
             for k in kinds:
@@ -461,14 +511,19 @@ class DriftMonitor:
         if now - self._last_refresh < self.refresh_s or not self._cams:
             return
         self._last_refresh = now
-        open_ids = {a["camera"]: int(a["id"]) for a in self.store.open_alarms()}
+        open_alarms = {a["camera"]: a for a in self.store.open_alarms()}
         for camera, cam in self._cams.items():
-            now_id = open_ids.get(camera)
+            a = open_alarms.get(camera)
+            now_id = None if a is None or a["product"] != cam.product else int(a["id"])
             if cam.alarm_id is not None and now_id != cam.alarm_id:
-                log.info("drift alarm resolved; the camera's reference starts again",
+                log.info("drift alarm closed (re-baselined or dismissed); the camera's reference starts again",
                          extra=kv(product=cam.product, camera=camera, alarm=cam.alarm_id))
                 cam.drift.reset()
                 self.metrics.open.labels(product=cam.product, camera=camera).set(0)
+            if a is not None and now_id is not None and now_id != cam.alarm_id:
+                # opened by another consumer: flag what this one stored on the camera since the onset
+                self.store.mark_drifted(cam.product, camera, float(a["onset_at"]))
+                self.metrics.open.labels(product=cam.product, camera=camera).set(1)
             cam.alarm_id = now_id
 
     def snapshot(self) -> dict[str, dict]:
@@ -485,7 +540,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
     drift = build_monitor(settings, store, registry, metrics_registry)
     if drift is not None:
         steps.append(drift)
-    if settings.families_enabled and hasattr(store, "engine"):
+    if settings.families_enabled and hasattr(store, "db_engine"):
         from inference.families import FamilyMonitor
         from storage.families import FamilyStore
 
@@ -497,7 +552,7 @@ def build_steps(settings: Settings, store: ResultStore, registry: ModelRegistry,
 def build_monitor(settings: Settings, store: ResultStore, registry: ModelRegistry,
                   metrics_registry: CollectorRegistry | None = None) -> DriftMonitor | None:
     """The consumer's drift step (``None`` when ``drift_enabled`` is off or the store has no database)."""
-    if not settings.drift_enabled or not hasattr(store, "engine"):
+    if not settings.drift_enabled or not hasattr(store, "db_engine"):
         return None
     from storage.drift import DriftStore
 

@@ -42,7 +42,8 @@ def _gpu_batch(payloads: list[bytes], hw: tuple[int, int], device: torch.device)
 
 
 def frames_to_input(envs: list[FrameEnvelope], hw: tuple[int, int], device: str | torch.device = "cpu",
-                    max_pixels: int = 40_000_000) -> tuple[torch.Tensor, list[tuple[int, int]], str]:
+                    max_pixels: int = 40_000_000, oversample: float = 2.0
+                    ) -> tuple[torch.Tensor, list[tuple[int, int]], str]:
     """Envelopes -> float32 (N, 3, H, W) on ``device``, each frame's (H, W), and the path used
     ("gpu" or "cpu"). The ``max_pixels`` header guard runs on the CPU before either decoder; a
     GPU failure falls back to the CPU path for the whole batch (logged, never lost)."""
@@ -53,16 +54,16 @@ def frames_to_input(envs: list[FrameEnvelope], hw: tuple[int, int], device: str 
             return _gpu_batch([e.payload for e in envs], hw, dev), geoms, "gpu"
         except RuntimeError as exc:  # nvJPEG refuses some streams (e.g. CMYK, arithmetic coding)
             log.warning("GPU JPEG decode failed; decoding this batch on the CPU", extra=kv(error=str(exc)[:300]))
-    images = [decode_frame(e, max_pixels, target_hw=hw).image for e in envs]
+    images = [decode_frame(e, max_pixels, target_hw=hw, oversample=oversample).image for e in envs]
     return torch.from_numpy(batch_to_input(images, hw)).to(dev), geoms, "cpu"
 
 
 def infer_encoded(module: torch.nn.Module, input_hw: tuple[int, int], device: str | torch.device,
-                  envs: list[FrameEnvelope], max_pixels: int = 40_000_000
+                  envs: list[FrameEnvelope], max_pixels: int = 40_000_000, oversample: float = 2.0
                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], str]:
     """Score encoded frames with a PyTorch model, decoding on its device: (maps, scores, frame
     geometries, decode path used)."""
-    x, geoms, path = frames_to_input(envs, input_hw, device, max_pixels)
+    x, geoms, path = frames_to_input(envs, input_hw, device, max_pixels, oversample)
     with torch.inference_mode():
         amap, score = module(x)
     return amap.float().cpu().numpy(), score.float().cpu().numpy(), geoms, path

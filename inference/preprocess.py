@@ -12,6 +12,8 @@ product whose frames are far from square. The choice is recorded in the model's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -53,6 +55,21 @@ def batch_to_input(images: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
     if not images:
         return np.zeros((0, 3, int(hw[0]), int(hw[1])), np.float32)
     return np.stack([to_input(im, hw) for im in images])
+
+
+def score_in_batches(images: list[np.ndarray], hw: tuple[int, int], batch_size: int,
+                     run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of any sizes -> float32 ((N, H, W) maps, (N,) scores): preprocessed ``batch_size`` at a
+    time and scored by ``run`` (float32 (n, 3, H, W) -> numpy (maps, scores)). The one batching loop
+    of every engine, so they differ only in how a batch is run."""
+    maps, scores = [], []
+    for i in range(0, len(images), batch_size):
+        m, s = run(batch_to_input(images[i:i + batch_size], hw))
+        maps.append(m)
+        scores.append(s)
+    if not maps:
+        return np.zeros((0, *hw), np.float32), np.zeros((0,), np.float32)
+    return np.concatenate(maps).astype(np.float32, copy=False), np.concatenate(scores).astype(np.float32, copy=False)
 
 
 def map_to_frame(amap: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:

@@ -28,21 +28,29 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct, decode_hw
+from inference.engines.base import (
+    Engine,
+    EngineOutput,
+    EngineUnavailable,
+    UnknownProduct,
+    decode_hw,
+    takes_encoded,
+)
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
 if TYPE_CHECKING:  # types only: these modules are imported where they are used
-    from storage.registry import ModelRegistry
+    from ingest.envelope import FrameEnvelope
+    from storage.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[Any], Engine]  # storage.registry.VersionInfo -> Engine
+EngineFactory = Callable[["VersionInfo"], Engine]
 LOUD_EVERY_S = 60.0  # a held product's error is repeated at ERROR level this often (and on every change)
 
 
@@ -59,11 +67,12 @@ def local_engine_factory(settings: Settings) -> EngineFactory:
     """``local://auto|onnx|onnx-int8|openvino|torch``: an in-process engine on the version's model directory."""
     kind = settings.engine_url[len("local://"):].strip("/") or "auto"
 
-    def build(info: Any) -> Engine:
+    def build(info: VersionInfo) -> Engine:
         from inference.engines.local import load_local_engine
         from inference.tiling import maybe_tiled
 
-        return maybe_tiled(load_local_engine(info.path, kind=kind, threads=settings.threads), settings)
+        return maybe_tiled(load_local_engine(info.path, kind=kind, threads=settings.threads,
+                                             device=settings.engine_device), settings)
 
     return build
 
@@ -189,6 +198,30 @@ class ModelRouter:
             route = self._routes.get(product)
         engine = route.engine if route is not None else self.fallback
         return None if engine is None else decode_hw(engine, product)
+
+    def takes_encoded(self, product: str) -> bool:
+        """Whether the routed engine decodes ``product``'s frames itself (see engines.base.takes_encoded)."""
+        with self._lock:
+            route = self._routes.get(product)
+        return route is not None and takes_encoded(route.engine, product)
+
+    def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000,
+                      oversample: float = 2.0) -> tuple[EngineOutput, list[tuple[int, int]], str]:
+        """Encoded frames to the routed engine; a product whose route is gone (or never took encoded
+        frames) is decoded here on the CPU and scored through :meth:`infer`, which knows the fallbacks."""
+        with self._lock:
+            route = self._routes.get(product)
+        if route is None or not takes_encoded(route.engine, product):
+            from ingest.envelope import decode_frame
+
+            hw = self.decode_hw(product)
+            decoded = [decode_frame(e, max_pixels, hw, oversample) for e in envs]
+            return self.infer(product, [d.image for d in decoded]), [d.frame_hw for d in decoded], "cpu"
+        out, geoms, path = route.engine.infer_encoded(product, envs, max_pixels, oversample)  # type: ignore[attr-defined]
+        out.model_version = route.version
+        out.threshold = route.threshold
+        out.engine_name = out.engine_name or getattr(route.engine, "name", "local")
+        return out, geoms, path
 
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         with self._lock:

@@ -20,12 +20,16 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from inference.engines.base import Engine, EngineOutput
 from inference.preprocess import as_rgb
+
+if TYPE_CHECKING:  # types only
+    from lineinspect.settings import Settings
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -256,8 +260,8 @@ def calibrate_tiled(engine: TilingEngine, product: str, normal_frames: list[np.n
     return float(np.quantile(np.asarray(scores), quantile) * margin)
 
 
-def maybe_tiled(engine: Engine, settings: object, **kw: object) -> Engine:
+def maybe_tiled(engine: Engine, settings: Settings, **kw: object) -> Engine:
     """Wrap ``engine`` in a :class:`TilingEngine` when ``settings.tile`` is on (the pipeline's switch)."""
-    if getattr(settings, "tile", False) and not isinstance(engine, TilingEngine):
+    if settings.tile and not isinstance(engine, TilingEngine):
         return TilingEngine(engine, **kw)  # type: ignore[arg-type]
     return engine

@@ -194,14 +194,21 @@ _SIGNATURES = {"jpeg": b"\xff\xd8", "png": b"\x89PNG\r\n\x1a\n"}
 JPEG_SCALES = (8, 4, 2)  # the DCT scalings libjpeg offers (and OpenCV exposes as IMREAD_REDUCED_*)
 
 
-def choose_jpeg_scale(src_hw: tuple[int, int], target_hw: tuple[int, int] | None, oversample: float = 1.0) -> int:
-    """The largest JPEG DCT scale-down (8, 4, 2, else 1) whose output stays at or above
-    ``oversample`` x ``target_hw`` on both sides; 1 (full resolution) when there is no target.
+def choose_jpeg_scale(src_hw: tuple[int, int], target_hw: tuple[int, int] | None, oversample: float = 2.0) -> int:
+    """The largest JPEG DCT scale-down (8, 4, 2, else 1) whose output the final area resize turns
+    into ``target_hw`` faithfully; 1 (full resolution) when there is no target.
 
     WHY: the model throws the extra pixels away; libjpeg's scaled IDCT skips computing them, which
-    is 5-10x cheaper than decoding 5 MP and area-resizing it. libjpeg rounds scaled sizes up
-    (``ceil(W / s)``), so that is the size compared. ``oversample`` > 1 keeps more detail before
-    the final area resize (an option when the coarsest scale shifts scores measurably).
+    is 5-10x cheaper than decoding 5 MP and area-resizing it. At 1/s every output pixel is the mean
+    of an s x s block, so area-resizing that is exactly the full-resolution area resize *when each
+    axis is a whole multiple* (``src % s == 0`` and ``(src / s) % target == 0``). Otherwise every
+    output pixel's box cuts s-wide blocks in two and takes their mean for the part it covers: at
+    5 MP -> 256 the 1/8 decode is 306 px wide, a 1.2:1 resize whose partial blocks moved single
+    input pixels by up to 31 grey levels (mean 0.26-0.71 on the real test sets; benchmarks/RESULTS.md
+    "camera"). So a non-exact axis must keep ``oversample`` x the target (default 2: the partial
+    blocks become at most half of each output box; measured mean 0.12-0.22, the size of what JPEG
+    q92 itself does, and image AUROC within 0.005 of the full decode where 1/8 was not). ``oversample=1`` is the coarsest scale that merely covers the target (fastest).
+    libjpeg rounds scaled sizes up (``ceil(W / s)``), so that is the size compared.
     """
     if target_hw is None:
         return 1
@@ -211,9 +218,16 @@ def choose_jpeg_scale(src_hw: tuple[int, int], target_hw: tuple[int, int] | None
         raise ValueError(f"sizes must be positive, got source {src_hw} and target {target_hw}")
     if oversample < 1.0:
         raise ValueError(f"oversample must be >= 1, got {oversample}")
-    need_h, need_w = th * oversample, tw * oversample
+
+    def faithful(src: int, s: int, t: int) -> bool:
+        got = -(-src // s)
+        if got < t:
+            return False
+        exact = src % s == 0 and got % t == 0  # whole blocks per output pixel: the same box sums
+        return exact or got >= oversample * t
+
     for s in JPEG_SCALES:
-        if -(-h // s) >= need_h and -(-w // s) >= need_w:
+        if faithful(h, s, th) and faithful(w, s, tw):
             return s
     return 1
 
@@ -235,6 +249,15 @@ def check_frame_header(env: FrameEnvelope, max_pixels: int) -> tuple[int, int, i
     if hdr[0] * hdr[1] > max_pixels:
         raise PoisonFrame("oversized", f"image header says {hdr[1]}x{hdr[0]}, over {max_pixels} pixels")
     return hdr
+
+
+def check_encoded_frame(env: FrameEnvelope, max_pixels: int) -> tuple[int, int]:
+    """Everything :func:`decode_frame` checks before decoding (bomb guard, signature, declared vs
+    header geometry, minimum size), for a frame handed on still encoded (an engine that decodes it on
+    its own device). Returns the frame's (H, W)."""
+    h, w, _channels = check_frame_header(env, max_pixels)
+    _check_geometry(env, (h, w))
+    return h, w
 
 
 def _imdecode(env: FrameEnvelope, flags: int) -> np.ndarray:
@@ -316,7 +339,7 @@ class DecodedFrame:
 
 
 def decode_frame(env: FrameEnvelope, max_pixels: int = 40_000_000, target_hw: tuple[int, int] | None = None,
-                 oversample: float = 1.0) -> DecodedFrame:
+                 oversample: float = 2.0) -> DecodedFrame:
     """Decode for the model: JPEG at the largest DCT scale that stays at or above ``target_hw``
     (see :func:`choose_jpeg_scale`), one-channel JPEGs as one channel, then one area resize to
     ``target_hw``; other formats are decoded once and resized once. ``target_hw=None`` (tiling,
@@ -355,6 +378,27 @@ def decode_frame(env: FrameEnvelope, max_pixels: int = 40_000_000, target_hw: tu
         shrink = img.shape[0] * img.shape[1] >= th * tw
         img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return DecodedFrame(img, (h, w), scale)
+
+
+def decode_grey_reduced(payload: bytes, target_hw: tuple[int, int], oversample: float = 2.0) -> np.ndarray | None:
+    """Grey uint8 pixels of an encoded frame, a JPEG decoded luma-only at the DCT scale
+    :func:`choose_jpeg_scale` picks for ``target_hw`` (not yet resized); ``None`` when it does not
+    decode. For checks that look at a frame again after the consumer (drift) and have only its bytes:
+    at 5 MP a full-resolution decode costs several times the reduced one. No size guard here: it is
+    for frames the consumer has already checked."""
+    import cv2
+
+    hdr = _peek_header(payload)
+    scale = 1
+    if hdr is not None and payload[:2] == b"\xff\xd8":
+        scale = choose_jpeg_scale((hdr[0], hdr[1]), target_hw, oversample)
+    flags = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[scale]
+    try:
+        img = cv2.imdecode(np.frombuffer(payload, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None
+    return None if img is None or img.size == 0 else img
 
 
 def _peek_dims(data: bytes) -> tuple[int, int] | None:

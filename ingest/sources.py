@@ -14,7 +14,7 @@ Every source is an iterator of frames and has ``close()``; :class:`Pacer` holds 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -33,7 +33,8 @@ class Pacer:
     Falls behind gracefully: after a stall it does not burst to catch up.
     """
 
-    def __init__(self, fps: float, clock=time.monotonic, sleep=time.sleep) -> None:  # noqa: ANN001 - injectable for tests
+    def __init__(self, fps: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if fps < 0:
             raise ValueError("fps must be >= 0")
         self.period = 1.0 / fps if fps > 0 else 0.0

@@ -16,9 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from lineinspect.errors import ConfigError
+
+if TYPE_CHECKING:  # types only: pydantic is imported where it is used
+    from pydantic import BaseModel
 
 PREFIX = "LINEINSPECT_"
 # Plain-environment secrets read directly by the clients (not Settings fields).
@@ -79,12 +83,12 @@ def url_password(url: str | None) -> str | None:
     return unquote(pw) if pw else None
 
 
-def known_secrets(settings: object, environ: Mapping[str, str] | None = None) -> list[str]:
+def known_secrets(settings: BaseModel, environ: Mapping[str, str] | None = None) -> list[str]:
     """Every secret value the settings and environment carry (for 'never logged' audits)."""
     from pydantic import SecretStr
 
     found: list[str] = []
-    for name in type(settings).model_fields:  # type: ignore[attr-defined]
+    for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
             found.append(value.get_secret_value())

@@ -13,6 +13,7 @@ Secrets (passwords inside URLs, SASL credentials) are never logged: use :func:`r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,15 +74,19 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # 0 = no HTTP metrics endpoint
     metrics_host: str = "127.0.0.1"
     max_frame_pixels: int = 40_000_000
-    decode_oversample: float = Field(default=1.0, ge=1.0, description=(
-        "JPEG frames are decoded at the largest DCT scale (1/2, 1/4, 1/8) giving at least this "
-        "multiple of the model input size on both sides; 1 = the coarsest scale that covers it"))
+    decode_oversample: float = Field(default=2.0, ge=1.0, description=(
+        "JPEG frames are decoded at the largest DCT scale (1/2, 1/4, 1/8) whose output is a whole "
+        "multiple of the model input on each side, or at least this multiple of it; 2 keeps scores "
+        "as with a full decode (benchmarks/RESULTS.md camera), 1 = the coarsest scale that covers it"))
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
     keep_flagged_frames: bool = True
 
     # --- engines -----------------------------------------------------------------------
     threads: int = Field(default=0, description="Intra-op threads for local engines; 0 = all cores")
+    engine_device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description=(
+        "torch device of local://torch engines; on cuda the consumer hands them the JPEG bytes and they decode "
+        "on the GPU (nvJPEG), falling back to the CPU decode where it refuses a frame"))
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
@@ -120,7 +125,11 @@ class Settings(BaseSettings):
     drift_position_pct: float = Field(default=3.0, gt=0, description="least part shift (% of the frame) that alarms")
     drift_min_std_errors: float = Field(default=4.0, gt=0, description="limits never tighter than this many standard errors of the camera's own variation")
     drift_confirm_frames: int = Field(default=3, ge=1, description="consecutive frames a check must breach before an alarm")
-    families_enabled: bool = Field(default=True, description="embed flagged regions and group them into defect families")
+    families_enabled: bool = Field(default=False, description=(
+        "embed flagged regions and group them into defect families; off by default: the step (a second, batched "
+        "encoder pass on flagged frames and the family writes) measured 0.69x consumer throughput at a 17 % flag "
+        "rate on 2 loaded CPU cores (benchmarks/RESULTS.md, families section), and the families match the true "
+        "defect types poorly so far"))
     families_warmup: int = Field(default=30, ge=2, description="regions per product that set the family threshold")
     drift_keep_frames: int = Field(default=1000, ge=0, description="frames kept per open alarm for a re-baseline")
 
@@ -193,7 +202,8 @@ class Settings(BaseSettings):
             raise ConfigError(f"unknown setting(s): {sorted(unknown)}")
         return type(self)(**{**self.model_dump(), **data})  # re-validated
 
-    def __repr_args__(self):  # noqa: ANN204 - pydantic's repr hook: URL passwords never reach a repr/traceback
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """pydantic's repr hook: URL passwords never reach a repr or a traceback."""
         for k, v in super().__repr_args__():
             yield k, (redact_url(v) if isinstance(v, str) and "://" in v else v)
 

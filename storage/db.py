@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from lineinspect.errors import ConfigError, ServiceUnavailable
 from lineinspect.logs import kv
 from lineinspect.settings import redact_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +117,7 @@ def _sqlite_engine(parsed: URL, url: str) -> Engine:
     engine = create_engine(parsed, **kw)
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API connection
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
         cur = dbapi_conn.cursor()
         try:
@@ -207,7 +212,7 @@ def open_engine(url: str) -> Engine:
         return make_engine(url)
 
 
-def alembic_config(connection: Connection | None = None):  # noqa: ANN201 - alembic.config.Config
+def alembic_config(connection: Connection | None = None) -> Config:
     """The Alembic config, built in code; ``connection`` is handed to ``env.py``."""
     from alembic.config import Config
 

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from storage.db import WRITE, service_errors
 from storage.models import DefectFamily, DefectRegion, FrameImage, InspectionResult
-from storage.store import SharedEngineStore, dialect_insert
+from storage.store import SharedDbStore, dialect_insert
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,14 @@ class RegionRow:
     embedding: np.ndarray
 
 
-class FamilyStore(SharedEngineStore):
+class FamilyStore(SharedDbStore):
     """Reads and writes the defect-family tables; shares the result store's SQLAlchemy engine."""
 
     def load(self, product: str) -> tuple[float | None, list[dict]]:
         """(threshold, families) of ``product``: each {family, name, centroid (np), count}."""
         q = select(DefectFamily.family, DefectFamily.name, DefectFamily.centroid, DefectFamily.count,
                    DefectFamily.threshold).where(DefectFamily.product == product).order_by(DefectFamily.family)
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             rows = conn.execute(q).all()
         if not rows:
             return None, []
@@ -50,7 +50,7 @@ class FamilyStore(SharedEngineStore):
         """Upsert the product's families (centroid and count; the name is never overwritten here) and
         insert the regions (idempotent on (result, region))."""
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             for f in families:
                 vals = {"centroid": [round(float(v), 5) for v in f.centroid], "count": int(f.count),
                         "threshold": float(threshold), "updated_at": now}
@@ -68,7 +68,7 @@ class FamilyStore(SharedEngineStore):
     def name_family(self, product: str, family: int, name: str | None) -> bool:
         """The operator names (or un-names, ``None``) a family; ``False`` when it does not exist."""
         clean = None if name is None or not name.strip() else name.strip()[:128]
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             res = conn.execute(update(DefectFamily).where(DefectFamily.product == product, DefectFamily.family == family)
                                .values(name=clean))
             return bool(res.rowcount)
@@ -86,7 +86,7 @@ class FamilyStore(SharedEngineStore):
             q = q.where(r.captured_at >= float(start))
         if end is not None:
             q = q.where(r.captured_at < float(end))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             rows = [dict(x._mapping) for x in conn.execute(q).all()]
         return sorted(rows, key=lambda d: (-d["regions"], d["product"], d["family"]))
 
@@ -104,7 +104,7 @@ class FamilyStore(SharedEngineStore):
         if end is not None:
             q = q.where(r.captured_at < float(end))
         buckets: dict[float, set[int]] = {}
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             for t, rid in conn.execute(q).all():
                 b = float(np.floor((float(t) - origin) / bucket_s)) * float(bucket_s) + float(origin)
                 buckets.setdefault(b, set()).add(int(rid))
@@ -119,7 +119,7 @@ class FamilyStore(SharedEngineStore):
              .join(InspectionResult, InspectionResult.id == r.result_id)
              .where(r.product == product, r.family == int(family))
              .order_by(r.captured_at.desc(), r.id.desc()).limit(int(limit)))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             out = [dict(x._mapping) for x in conn.execute(q).all()]
             for m in out[:with_frames]:
                 m["frame"] = conn.execute(select(FrameImage.data).where(FrameImage.result_id == m["result_id"])

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy import Engine, delete, select, update
 
@@ -38,13 +39,13 @@ def default_holder() -> str:
 class DbLock:
     """A named lease row in ``job_locks``; not re-entrant across objects (each has its own holder id)."""
 
-    def __init__(self, engine: Engine, name: str, ttl_s: float = 600.0, holder: str | None = None,
-                 clock=time.time) -> None:  # noqa: ANN001 - () -> float, injectable for tests
+    def __init__(self, db_engine: Engine, name: str, ttl_s: float = 600.0, holder: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         if not name or len(name) > 160:
             raise ValueError(f"lock names are 1..160 characters, not {name!r}")
         if ttl_s <= 0:
             raise ValueError("ttl_s must be > 0")
-        self.engine = engine
+        self.db_engine = db_engine
         self.name = name
         self.ttl_s = float(ttl_s)
         self.holder = holder or default_holder()
@@ -55,7 +56,7 @@ class DbLock:
         """Take the lease if it is free, expired or already ours; ``False`` when someone else holds it."""
         now = self._clock()
         values = {"holder": self.holder, "acquired_at": now, "expires_at": now + self.ttl_s}
-        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             ins = (dialect_insert(conn, JobLock).values(name=self.name, **values)
                    .on_conflict_do_nothing(index_elements=["name"]))
             won = conn.execute(ins).rowcount == 1
@@ -71,7 +72,7 @@ class DbLock:
     def heartbeat(self) -> bool:
         """Extend the lease by ``ttl_s``; ``False`` (and ``held`` cleared) when it was lost meanwhile."""
         now = self._clock()
-        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             n = conn.execute(update(JobLock).where(JobLock.name == self.name, JobLock.holder == self.holder)
                              .values(expires_at=now + self.ttl_s)).rowcount
         self.held = n == 1
@@ -79,13 +80,13 @@ class DbLock:
 
     def release(self) -> None:
         """Drop the lease if still ours (a stolen lease is left to its new holder)."""
-        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             conn.execute(delete(JobLock).where(JobLock.name == self.name, JobLock.holder == self.holder))
         self.held = False
 
     def current_holder(self) -> tuple[str, float] | None:
         """``(holder, expires_at)`` of the row as stored, or ``None`` when nobody holds it."""
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             row = conn.execute(select(JobLock.holder, JobLock.expires_at).where(JobLock.name == self.name)).first()
         return None if row is None else (row[0], float(row[1]))
 

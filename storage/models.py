@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -93,6 +94,9 @@ class InspectionResult(Base):
     height: Mapped[int] = mapped_column(Integer)
     defect_area_px: Mapped[int] = mapped_column(Integer, default=0)
     false_alarm: Mapped[bool] = mapped_column(Boolean, default=False)  # operator override
+    # stored while the camera had an open drift alarm (or between its onset and opening): the verdict came
+    # from a model the camera had drifted away from; such frames never become training data
+    drifted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     mask: Mapped[Mask | None] = relationship(back_populates="result", uselist=False, cascade="all, delete-orphan")
 
@@ -235,7 +239,7 @@ class DriftAlarm(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     product: Mapped[str] = mapped_column(String(128))
     camera: Mapped[str] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16))          # open | resolved
+    status: Mapped[str] = mapped_column(String(16))          # open | resolved | dismissed
     kinds: Mapped[str] = mapped_column(String(128))          # comma list: score,brightness,sharpness,position
     opened_at: Mapped[float] = mapped_column(Float)
     onset_at: Mapped[float] = mapped_column(Float)           # capture time of the first frame of the window
@@ -246,6 +250,7 @@ class DriftAlarm(Base):
     rebaseline_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     resolution: Mapped[str | None] = mapped_column(Text, nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # who dismissed / re-baselined
     __table_args__ = (
         Index("uq_drift_open_camera", "product", "camera", unique=True,
               postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'")),

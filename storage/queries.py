@@ -32,27 +32,17 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from storage.models import (
-    Camera,
-    ConsumerStat,
-    FrameImage,
-    InspectionResult,
-    Line,
-    Mask,
-    ModelVersion,
-    Product,
-    Specimen,
-)
+from storage import models as m
 
-R = InspectionResult.__table__
-P = Product.__table__
-L = Line.__table__
-C = Camera.__table__
-M = Mask.__table__
-F = FrameImage.__table__
-S = Specimen.__table__
-MV = ModelVersion.__table__
-CS = ConsumerStat.__table__
+R = m.InspectionResult.__table__
+P = m.Product.__table__
+L = m.Line.__table__
+C = m.Camera.__table__
+M = m.Mask.__table__
+F = m.FrameImage.__table__
+S = m.Specimen.__table__
+MV = m.ModelVersion.__table__
+CS = m.ConsumerStat.__table__
 
 GroupBy = Literal["product", "line", "camera"]
 
@@ -170,6 +160,7 @@ class Summary:
     first_at: float | None
     last_at: float | None
     mean_latency_ms: float | None
+    drifted: int = 0        # verdicts given while the camera had an open drift alarm
 
     @property
     def defect_rate(self) -> float:
@@ -185,12 +176,13 @@ def summary(conn: Connection, f: Filters) -> Summary:
         func.min(R.c.captured_at),
         func.max(R.c.captured_at),
         func.avg(R.c.latency_ms),
+        func.coalesce(func.sum(case((R.c.drifted == true(), 1), else_=0)), 0),
     ).where(*_result_where(f))
-    n, d, fa, lo, hi, lat = conn.execute(q).one()
+    n, d, fa, lo, hi, lat, dr = conn.execute(q).one()
     return Summary(
         inspected=int(n), defects=int(d), false_alarms=int(fa),
         first_at=None if lo is None else float(lo), last_at=None if hi is None else float(hi),
-        mean_latency_ms=None if lat is None else float(lat),
+        mean_latency_ms=None if lat is None else float(lat), drifted=int(dr),
     )
 
 
@@ -316,7 +308,7 @@ def latest_anomalies(
     conn: Connection, f: Filters, limit: int = 24, include_false_alarms: bool = False
 ) -> list[dict[str, Any]]:
     """Newest defect-verdict frames: [{id, product, line, camera, frame_id, captured_at, score,
-    threshold, model_version, engine, defect_area_px, false_alarm, has_frame, has_heat}]."""
+    threshold, model_version, engine, defect_area_px, false_alarm, drifted, has_frame, has_heat}]."""
     if limit <= 0:
         raise ValueError(f"limit must be > 0, got {limit!r}")
     cond = [R.c.verdict == "defect", *_result_where(f)]
@@ -329,7 +321,7 @@ def latest_anomalies(
         select(
             R.c.id, P.c.name.label("product"), L.c.name.label("line"), C.c.name.label("camera"), R.c.frame_id,
             R.c.captured_at, R.c.score, R.c.threshold, R.c.model_version, R.c.engine, R.c.defect_area_px,
-            R.c.false_alarm, R.c.width, R.c.height,
+            R.c.false_alarm, R.c.drifted, R.c.width, R.c.height,
             (F.c.result_id.is_not(None)).label("has_frame"),
             (M.c.heat_png.is_not(None)).label("has_heat"),
         )
@@ -345,6 +337,7 @@ def latest_anomalies(
     for r in conn.execute(q).mappings():
         d = dict(r)
         d["false_alarm"] = bool(d["false_alarm"])
+        d["drifted"] = bool(d["drifted"])
         d["has_frame"] = bool(d["has_frame"])
         d["has_heat"] = bool(d["has_heat"])
         out.append(d)
@@ -428,13 +421,14 @@ def specimen_frames(conn: Connection, product_id: int, specimen_id: str) -> list
     q = (
         select(
             R.c.id, R.c.view, C.c.name.label("camera"), R.c.frame_id, R.c.captured_at, R.c.score,
-            R.c.threshold, R.c.verdict, R.c.false_alarm,
+            R.c.threshold, R.c.verdict, R.c.false_alarm, R.c.drifted,
         )
         .join_from(R, C, C.c.id == R.c.camera_id)
         .where(R.c.product_id == product_id, R.c.specimen_id == specimen_id)
         .order_by(R.c.view, R.c.captured_at)
     )
-    return [{**dict(r), "false_alarm": bool(r["false_alarm"])} for r in conn.execute(q).mappings()]
+    return [{**dict(r), "false_alarm": bool(r["false_alarm"]), "drifted": bool(r["drifted"])}
+            for r in conn.execute(q).mappings()]
 
 
 # --- system health ---------------------------------------------------------------------------

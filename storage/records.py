@@ -32,6 +32,7 @@ class ResultRow:
     frame_bytes: bytes | None = None    # encoded frame, kept for flagged frames / training samples
     frame_encoding: str = "jpeg"
     keep_as_normal: bool = False        # clearly normal: keep frame_bytes as a training sample
+    drifted: bool = False               # the camera had an open drift alarm: never training data
     extra: dict = field(default_factory=dict)
 
     def cache_dict(self) -> dict:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Row, Select, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -71,7 +71,7 @@ class ModelRegistry:
     """Registers, promotes, rolls back and verifies model versions (rows + folders)."""
 
     def __init__(self, store_or_engine: ResultStore | Engine, models_dir: str | Path) -> None:
-        self.engine: Engine = store_or_engine.engine if isinstance(store_or_engine, ResultStore) else store_or_engine
+        self.db_engine: Engine = store_or_engine.db_engine if isinstance(store_or_engine, ResultStore) else store_or_engine
         self.models_dir = Path(models_dir)
 
     # --- writes ---------------------------------------------------------------------------
@@ -107,7 +107,7 @@ class ModelRegistry:
         for _attempt in range(5):  # two trainers registering at once: the unique constraint decides
             name = version
             try:
-                with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                with self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
                     pid = ensure_named(conn, Product, [product], time.time())[product]
                     name = name or _next_version(conn, pid)
                     dest = child_path(child_path(self.models_dir, product), name, kind="version")
@@ -135,7 +135,7 @@ class ModelRegistry:
 
         The weights are verified first: a corrupted version is never activated.
         """
-        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             rows = self._lock_rows(conn, product)
             target = _pick(rows, product, version)
             if target.status == "active":
@@ -155,7 +155,7 @@ class ModelRegistry:
 
         Repeated rollbacks walk further back through the promotion history.
         """
-        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             rows = self._lock_rows(conn, product)
             current = next((v for v in rows.values() if v.status == "active"), None)
             if current is None:
@@ -172,7 +172,7 @@ class ModelRegistry:
 
     def reject(self, product: str, version: str, reason: str) -> VersionInfo:
         """Mark a candidate (or retired) version as rejected, with the reason, so it is never promoted."""
-        with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             rows = self._lock_rows(conn, product)
             target = _pick(rows, product, version)
             if target.status == "active":
@@ -195,13 +195,13 @@ class ModelRegistry:
         q = _select_versions()
         if product is not None:
             q = q.where(Product.name == product)
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             return [_info(r) for r in conn.execute(q.order_by(Product.name, ModelVersion.version)).all()]
 
     def active_versions(self) -> dict[str, VersionInfo]:
         """{product: its active version}; one indexed query, cheap enough to poll every few seconds."""
         q = _select_versions().where(ModelVersion.status == "active")
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             return {r.product: _info(r) for r in conn.execute(q).all()}
 
     def verify(self, info: VersionInfo) -> None:
@@ -243,12 +243,12 @@ def _pick(rows: dict[str, VersionInfo], product: str, version: str) -> VersionIn
     return target
 
 
-def _select_versions():  # noqa: ANN202 - Select
+def _select_versions() -> Select[Any]:
     return select(*ModelVersion.__table__.columns, Product.name.label("product")).join(
         Product, Product.id == ModelVersion.product_id)
 
 
-def _info(r) -> VersionInfo:  # noqa: ANN001 - Row
+def _info(r: Row[Any]) -> VersionInfo:
     return VersionInfo(product=r.product, version=r.version, status=r.status, path=Path(r.path),
                        checksum=r.checksum, backbone=r.backbone, threshold=float(r.threshold),
                        metrics=dict(r.metrics or {}), data_snapshot=dict(r.data_snapshot or {}),

@@ -21,19 +21,7 @@ import cv2
 import numpy as np
 from sqlalchemy import Engine, create_engine, func, insert, select
 
-from storage.models import (
-    Base,
-    Camera,
-    ConsumerStat,
-    FrameImage,
-    InspectionResult,
-    Line,
-    Mask,
-    ModelVersion,
-    Product,
-    Specimen,
-    table,
-)
+from storage import models as m
 
 VIEWS = ("top", "side")
 
@@ -115,23 +103,23 @@ def _images(rng: np.random.Generator, product_index: int, size: tuple[int, int],
 
 def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
     """Create the tables if needed and write a deterministic history into an empty database."""
-    Base.metadata.create_all(engine)
+    m.Base.metadata.create_all(engine)
     rng = np.random.default_rng(cfg.seed)
     t0 = cfg.end - cfg.hours * 3600.0
     with engine.begin() as conn:
-        if conn.execute(select(func.count()).select_from(InspectionResult.__table__)).scalar_one():
+        if conn.execute(select(func.count()).select_from(m.InspectionResult.__table__)).scalar_one():
             raise ValueError("seed_history writes into an empty database; inspection_results already has rows")
         for i, name in enumerate(cfg.products):
-            conn.execute(insert(table(Product)).values(name=name, expected_views=len(VIEWS), created_at=t0 - 86400 + i))
+            conn.execute(insert(m.table(m.Product)).values(name=name, expected_views=len(VIEWS), created_at=t0 - 86400 + i))
         for li in range(cfg.lines):
-            conn.execute(insert(table(Line)).values(name=f"line-{li + 1}", created_at=t0 - 86400))
-        product_ids = dict(conn.execute(select(Product.name, Product.id)).all())
-        line_ids = dict(conn.execute(select(Line.name, Line.id)).all())
+            conn.execute(insert(m.table(m.Line)).values(name=f"line-{li + 1}", created_at=t0 - 86400))
+        product_ids = dict(conn.execute(select(m.Product.name, m.Product.id)).all())
+        line_ids = dict(conn.execute(select(m.Line.name, m.Line.id)).all())
         for li in range(cfg.lines):
             for view in VIEWS:
-                conn.execute(insert(table(Camera)).values(
+                conn.execute(insert(m.table(m.Camera)).values(
                     name=f"cam-{li + 1}-{view}", line_id=line_ids[f"line-{li + 1}"], created_at=t0 - 86400))
-        camera_ids = dict(conn.execute(select(Camera.name, Camera.id)).all())
+        camera_ids = dict(conn.execute(select(m.Camera.name, m.Camera.id)).all())
 
     n_prod, n_views = len(cfg.products), len(VIEWS)
     n_spec = max(1, cfg.results // n_views)
@@ -172,7 +160,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
     w, h = cfg.frame_size
     area = np.where(flagged, rng.integers(20, 400, n), 0)
 
-    results_t = table(InspectionResult)
+    results_t = m.table(m.InspectionResult)
     with engine.begin() as conn:
         for a in range(0, n, cfg.chunk):
             rows = []
@@ -208,7 +196,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
                     "complete": bool(spec_views[k] == n_views), "first_seen_at": float(spec_t[k]),
                     "decided_at": float(spec_t[k]) + 2.0, "result_ids": [],
                 })
-            conn.execute(insert(table(Specimen)), rows)
+            conn.execute(insert(m.table(m.Specimen)), rows)
 
         # model registry: v1 retired, v2 active, v3 candidate
         for i, pname in enumerate(cfg.products):
@@ -217,7 +205,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
                 ("v1", "retired", thr_active[i] * 1.1, t0 - 7 * 86400), ("v2", "active", thr_active[i], mid - 60),
                 ("v3", "candidate", thr_active[i] * 0.95, cfg.end - 600),
             ):
-                conn.execute(insert(table(ModelVersion)).values(
+                conn.execute(insert(m.table(m.ModelVersion)).values(
                     product_id=pid, version=ver, status=status, path=f"models/{pname}/{ver}", checksum="0" * 64,
                     backbone="efficientnet-lite0", threshold=float(thr),
                     metrics={"image_auroc": round(0.9 + 0.02 * (ver == "v2") + 0.01 * i, 3), "val_normals": 200},
@@ -240,7 +228,7 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
                     "lag": int(rng.integers(0, 30)), "dlq_total": dlq[c], "engine": "onnx", "engine_ok": True,
                 })
         for a in range(0, len(stats), cfg.chunk):
-            conn.execute(insert(table(ConsumerStat)), stats[a:a + cfg.chunk])
+            conn.execute(insert(m.table(m.ConsumerStat)), stats[a:a + cfg.chunk])
 
         # images for the newest flagged frames (a bounded number, like a retention policy would keep)
         newest = np.flatnonzero(flagged)[::-1][: cfg.images]
@@ -249,8 +237,8 @@ def seed_history(engine: Engine, cfg: SeedConfig = SeedConfig()) -> SeedTruth:
             rid = conn.execute(select(results_t.c.id).where(
                 results_t.c.camera_id == int(fr_cam[i]), results_t.c.frame_id == int(frame_no[i]))).scalar_one()
             mask_png, heat_png, frame_png = _images(rng, int(fr_prod[i]), cfg.frame_size, float(fr_thr[i]), float(score[i]))
-            conn.execute(insert(table(Mask)).values(result_id=rid, png=mask_png, heat_png=heat_png, width=w, height=h))
-            conn.execute(insert(table(FrameImage)).values(result_id=rid, encoding="png", data=frame_png))
+            conn.execute(insert(m.table(m.Mask)).values(result_id=rid, png=mask_png, heat_png=heat_png, width=w, height=h))
+            conn.execute(insert(m.table(m.FrameImage)).values(result_id=rid, encoding="png", data=frame_png))
             image_ids.append(int(rid))
 
     return SeedTruth(

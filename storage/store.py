@@ -15,11 +15,11 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
-from sqlalchemy import Engine, and_, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Engine, Table, and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -28,6 +28,7 @@ from lineinspect.names import check_frame_names, check_name, check_text
 from lineinspect.settings import redact_url
 from storage.db import WRITE, make_engine, service_errors, upgrade
 from storage.models import (
+    Base,
     Camera,
     ConsumerStat,
     FrameImage,
@@ -64,7 +65,7 @@ def _insert_specimen(conn: Connection, product_id: int, d: SpecimenDecision) -> 
     return conn.execute(stmt).first() is not None
 
 
-def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM class -> Insert
+def dialect_insert(conn: Connection, table: Table | type[Base]) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT construct (PostgreSQL or SQLite), which has ``on_conflict_*``."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -73,7 +74,8 @@ def dialect_insert(conn: Connection, table):  # noqa: ANN001, ANN201 - Table/ORM
     raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
-def ensure_named(conn: Connection, model, names: Iterable[str], now: float, **extra: Any) -> dict[str, int]:  # noqa: ANN001
+def ensure_named(conn: Connection, model: type[Product | Line | Camera], names: Iterable[str], now: float,
+                 **extra: Any) -> dict[str, int]:
     """Ids of ``model`` rows by unique ``name``, inserting the missing ones (race-safe).
 
     ``extra`` maps column -> {name: value} for columns the new rows need (a camera's line).
@@ -103,17 +105,17 @@ class TrainingSampleRow:
     source: str
     created_at: float
 
-    def __iter__(self):  # noqa: ANN204 - tuple-style unpacking
+    def __iter__(self) -> Iterator[str | bytes | float]:  # tuple-style unpacking
         return iter((self.sha256, self.data, self.source, self.created_at))
 
 
 class ResultStore:
     """Writes and reads inspection results; one instance is shared by a process's threads."""
 
-    def __init__(self, engine: Engine, url: str, normal_cap: int = 500) -> None:
+    def __init__(self, db_engine: Engine, url: str, normal_cap: int = 500) -> None:
         if normal_cap <= 0:
             raise ValueError("normal_cap must be > 0")
-        self.engine = engine
+        self.db_engine = db_engine
         self.url = url
         self.normal_cap = normal_cap
         self._ids: dict[str, dict[str, int]] = {"product": {}, "line": {}, "camera": {}}
@@ -126,11 +128,11 @@ class ResultStore:
         if migrate:
             upgrade(db_url)
         with service_errors(db_url):
-            engine = make_engine(db_url)
-        return cls(engine, db_url, normal_cap=normal_cap)
+            db_engine = make_engine(db_url)
+        return cls(db_engine, db_url, normal_cap=normal_cap)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db_engine.dispose()
 
     def __enter__(self) -> ResultStore:
         return self
@@ -147,7 +149,8 @@ class ResultStore:
 
         Durable when it returns. Masks and frames are written for newly inserted defect rows;
         ``keep_as_normal`` rows with frame bytes become training samples (deduplicated by sha256
-        per product, the newest ``normal_cap`` clear-normal samples kept).
+        per product, the newest ``normal_cap`` clear-normal samples kept) unless they are ``drifted``:
+        a shifted camera's "normal" frames are training data only through a re-baseline.
         """
         if not rows:
             return []
@@ -157,7 +160,7 @@ class ResultStore:
         if cap <= 0:
             raise ValueError("normal_cap must be > 0")
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 ids = self._resolve_ids(conn, rows, now)
                 result_ids, new_keys = self._insert_results(conn, rows, ids, now)
@@ -183,7 +186,9 @@ class ResultStore:
             for kind, m in ids.items():
                 self._ids[kind].update(m)
 
-    def _insert_results(self, conn: Connection, rows: list[ResultRow], ids: dict, now: float):  # noqa: ANN202
+    def _insert_results(self, conn: Connection, rows: list[ResultRow], ids: dict, now: float
+                        ) -> tuple[dict[tuple[int, int], int], set[tuple[int, int]]]:
+        """Insert new result rows; ``(ids of every row by (camera id, frame id), the keys inserted now)``."""
         values: dict[tuple[int, int], dict] = {}
         for r in rows:
             key = (ids["camera"][r.camera], int(r.frame_id))
@@ -202,7 +207,7 @@ class ResultStore:
                 "model_version": r.model_version, "engine": r.engine, "infer_ms": float(r.infer_ms),
                 "latency_ms": (now - float(r.captured_at)) * 1000.0, "batch_size": int(r.batch_size),
                 "width": int(r.width), "height": int(r.height), "defect_area_px": int(r.defect_area_px),
-                "false_alarm": False,
+                "false_alarm": False, "drifted": bool(r.drifted),
             }
         t = InspectionResult
         stmt = (dialect_insert(conn, t).values(list(values.values()))
@@ -251,7 +256,7 @@ class ResultStore:
                               "width": int(r.width), "height": int(r.height)})
             if r.verdict == "defect" and r.frame_bytes is not None:
                 frames.append({"result_id": rid, "encoding": r.frame_encoding, "data": bytes(r.frame_bytes)})
-            if r.keep_as_normal and r.frame_bytes is not None and r.verdict == "ok":
+            if r.keep_as_normal and r.frame_bytes is not None and r.verdict == "ok" and not r.drifted:
                 samples.append({"product_id": ids["product"][r.product], "result_id": rid,
                                 "sha256": hashlib.sha256(r.frame_bytes).hexdigest(), "source": "clear_normal",
                                 "encoding": r.frame_encoding, "data": bytes(r.frame_bytes), "created_at": now})
@@ -269,17 +274,21 @@ class ResultStore:
     def mark_false_alarm(self, result_id: int) -> bool:
         """Flag a result as a false alarm and keep its stored frame as a normal training sample.
 
-        Returns whether a training sample was added (``False`` when no frame was stored or the
-        same image is already a sample). Unknown ids raise ``KeyError``.
+        Returns whether a training sample was added (``False`` when no frame was stored, the
+        same image is already a sample, or the result is drifted: a drifted camera's frames become
+        training data only through a re-baseline). Unknown ids raise ``KeyError``.
         """
         now = time.time()
         t = InspectionResult
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
-                product_id = conn.execute(select(t.product_id).where(t.id == result_id)).scalar_one_or_none()
-                if product_id is None:
+                got = conn.execute(select(t.product_id, t.drifted).where(t.id == result_id)).first()
+                if got is None:
                     raise KeyError(f"no inspection result with id {result_id}")
+                product_id, drifted = got
                 conn.execute(update(t).where(t.id == result_id).values(false_alarm=True))
+                if drifted:
+                    return False
                 frame = conn.execute(select(FrameImage.encoding, FrameImage.data)
                                      .where(FrameImage.result_id == result_id)).first()
                 if frame is None:
@@ -297,7 +306,7 @@ class ResultStore:
         if source not in SAMPLE_SOURCES:
             raise ValueError(f"source must be one of {SAMPLE_SOURCES}, not {source!r}")
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 pid = ensure_named(conn, Product, [product], now)[product]
                 stmt = (dialect_insert(conn, TrainingSample)
@@ -311,7 +320,7 @@ class ResultStore:
                              p50_latency_ms: float, p99_latency_ms: float, lag: int, dlq_total: int,
                              engine: str, engine_ok: bool, at: float | None = None) -> None:
         """Append one consumer health snapshot (the dashboard's throughput / lag view)."""
-        with service_errors(self.url), self.engine.begin() as conn:
+        with service_errors(self.url), self.db_engine.begin() as conn:
             conn.execute(table(ConsumerStat).insert().values(
                 consumer=consumer, at=time.time() if at is None else float(at), frames=int(frames),
                 seconds=float(seconds), mean_batch=float(mean_batch), p50_latency_ms=float(p50_latency_ms),
@@ -324,7 +333,7 @@ class ResultStore:
     def save_specimen(self, d: SpecimenDecision) -> bool:
         """Store ``d`` unless the specimen is already decided; True when this call decided it."""
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 pid = ensure_named(conn, Product, [d.product], now)[d.product]
                 return _insert_specimen(conn, pid, d)
@@ -335,7 +344,7 @@ class ResultStore:
         """In one write transaction (BEGIN IMMEDIATE on SQLite): read the specimen's stored views and
         the product's expected view count, let ``decide`` fuse them (``None``: not yet), and store the
         verdict unless another writer decided first. Returns the decision this call stored."""
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             pid = conn.execute(select(Product.id).where(Product.name == product)).scalar_one_or_none()
             if pid is None:
                 return None
@@ -366,13 +375,13 @@ class ResultStore:
              .where(t.specimen_id.is_not(None), t.captured_at >= now - lookback_s, ~decided)
              .group_by(Product.name, t.product_id, t.specimen_id)
              .having(func.min(t.stored_at) <= now - timeout_s))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [(str(p), str(s)) for p, s in conn.execute(q).all()]
 
     def set_expected_views(self, product: str, expected_views: int | None) -> None:
         """How many views make a complete specimen of ``product`` (``None``: not fused)."""
         now = time.time()
-        with service_errors(self.url), self.engine.connect().execution_options(**WRITE) as conn:
+        with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn:
             with conn.begin():
                 pid = ensure_named(conn, Product, [product], now)[product]
                 conn.execute(update(Product).where(Product.id == pid).values(expected_views=expected_views))
@@ -382,17 +391,28 @@ class ResultStore:
         q = select(func.count()).select_from(InspectionResult)
         if product is not None:
             q = q.join(Product, Product.id == InspectionResult.product_id).where(Product.name == product)
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
     def get_result(self, camera: str, frame_id: int) -> dict | None:
         """One result with names, mask/heatmap PNG bytes and the kept frame (``None`` if absent)."""
         return self._one_result((Camera.name == camera) & (InspectionResult.frame_id == int(frame_id)))
 
+    def result_ids(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """``{(camera, frame_id): result id}`` of the stored ones among ``keys``, in one query."""
+        if not keys:
+            return {}
+        t = InspectionResult
+        wanted = {(str(c), int(f)) for c, f in keys}
+        q = (select(Camera.name, t.frame_id, t.id).join(Camera, Camera.id == t.camera_id)
+             .where(Camera.name.in_(sorted({c for c, _ in wanted})), t.frame_id.in_(sorted({f for _, f in wanted}))))
+        with service_errors(self.url), self.db_engine.connect() as conn:
+            return {(c, int(f)): int(i) for c, f, i in conn.execute(q).all() if (c, int(f)) in wanted}
+
     def get_result_by_id(self, result_id: int) -> dict | None:
         return self._one_result(InspectionResult.id == int(result_id))
 
-    def _one_result(self, where) -> dict | None:  # noqa: ANN001 - SQL expression
+    def _one_result(self, where: ColumnElement[bool]) -> dict | None:
         t = InspectionResult
         q = (select(*t.__table__.columns, Product.name.label("product"), Line.name.label("line"),
                     Camera.name.label("camera"), Mask.png, Mask.heat_png, FrameImage.data.label("frame_bytes"),
@@ -401,7 +421,7 @@ class ResultStore:
              .join(Camera, Camera.id == t.camera_id)
              .outerjoin(Mask, Mask.result_id == t.id).outerjoin(FrameImage, FrameImage.result_id == t.id)
              .where(where))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             row = conn.execute(q).first()
         if row is None:
             return None
@@ -415,11 +435,11 @@ class ResultStore:
         """A camera's results (no image bytes) with ``frame_id >= min_frame_id``, in frame order."""
         t = InspectionResult
         q = (select(t.id, t.frame_id, t.captured_at, t.stored_at, t.score, t.threshold, t.verdict,
-                    t.model_version, t.engine, t.latency_ms, t.defect_area_px, t.false_alarm,
+                    t.model_version, t.engine, t.latency_ms, t.defect_area_px, t.false_alarm, t.drifted,
                     Product.name.label("product"))
              .join(Camera, Camera.id == t.camera_id).join(Product, Product.id == t.product_id)
              .where(Camera.name == camera, t.frame_id >= int(min_frame_id)).order_by(t.frame_id).limit(int(limit)))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q).all()]
 
     def training_samples(self, product: str, limit: int | None = None) -> list[TrainingSampleRow]:
@@ -429,17 +449,17 @@ class ResultStore:
              .where(Product.name == product).order_by(s.created_at.desc(), s.id.desc()))
         if limit is not None:
             q = q.limit(int(limit))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [TrainingSampleRow(sha, bytes(data), src, ts) for sha, data, src, ts in conn.execute(q).all()]
 
     def flagged_frames(self, product: str, limit: int = 200) -> list[bytes]:
-        """Encoded frames the live system flagged ``defect`` and no operator called a false alarm
-        (newest first): the retrainer's anomaly examples."""
+        """Encoded frames the live system flagged ``defect``, no operator called a false alarm and no
+        drift alarm covered (newest first): the retrainer's anomaly examples."""
         t = InspectionResult
         q = (select(FrameImage.data).join(t, t.id == FrameImage.result_id).join(Product, Product.id == t.product_id)
-             .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False))
+             .where(Product.name == product, t.verdict == "defect", t.false_alarm.is_(False), t.drifted.is_(False))
              .order_by(t.captured_at.desc()).limit(int(limit)))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [bytes(d) for d in conn.execute(q).scalars()]
 
     def count_training_samples(self, product: str, since: float | None = None) -> int:
@@ -448,17 +468,17 @@ class ResultStore:
         q = select(func.count()).select_from(s).join(Product, Product.id == s.product_id).where(Product.name == product)
         if since is not None:
             q = q.where(s.created_at >= float(since))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
     def products(self) -> list[str]:
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return list(conn.execute(select(Product.name).order_by(Product.name)).scalars())
 
     def get_specimen(self, product: str, specimen_id: str) -> dict | None:
         q = (select(*Specimen.__table__.columns).join(Product, Product.id == Specimen.product_id)
              .where(Product.name == product, Specimen.specimen_id == specimen_id))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             row = conn.execute(q).first()
         if row is None:
             return None
@@ -472,7 +492,7 @@ class ResultStore:
         if consumer is not None:
             q = q.where(ConsumerStat.consumer == consumer)
         q = q.order_by(ConsumerStat.at.desc(), ConsumerStat.id.desc()).limit(int(limit))
-        with service_errors(self.url), self.engine.connect() as conn:
+        with service_errors(self.url), self.db_engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q).all()]
 
 
@@ -524,15 +544,15 @@ def _int_in(name: str, v: object, lo: int, hi: int) -> None:
         raise ValueError(f"ResultRow.{name} must be an integer in [{lo}, {hi}), not {str(v)[:40]!r}")
 
 
-class SharedEngineStore:
+class SharedDbStore:
     """Owner of a few tables of its own that shares a :class:`ResultStore`'s SQLAlchemy engine (one
     connection pool per process); the drift and defect-family stores are two."""
 
-    def __init__(self, engine: Engine, url: str = "") -> None:
-        self.engine = engine
+    def __init__(self, db_engine: Engine, url: str = "") -> None:
+        self.db_engine = db_engine
         self.url = url
 
     @classmethod
     def of(cls, store: ResultStore) -> Self:
-        """Over ``store``'s engine and URL."""
-        return cls(store.engine, store.url)
+        """Over ``store``'s SQLAlchemy engine and URL."""
+        return cls(store.db_engine, store.url)

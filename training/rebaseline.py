@@ -70,7 +70,7 @@ def rebaseline(store: ResultStore, registry: ModelRegistry, product: str, since:
     result = retrain(store, registry, product, opts, lock_lost=lock_lost, samples=samples)
     if result.promoted:
         n = drift.resolve(product, f"re-baselined: {result.version} promoted, trained on {len(samples)} frames "
-                                   f"since {_iso(t)}")
+                                   f"since {_iso(t)}", by="re-baseline")
         log.info("drift alarms resolved by re-baseline", extra=kv(product=product, version=result.version, alarms=n))
     else:
         drift.clear_rebaseline(product)  # the operator decides again (no retrain loop on a refused gate)

@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _retrain_options(rbl)
     rbl.add_argument("--json", action="store_true")
     rbl.set_defaults(func=run_models_rebaseline)
+    dd = msub.add_parser("dismiss-drift", help="close a false drift alarm without re-baselining (retraining "
+                                               "resumes; its verdicts are no longer marked drifted)")
+    dd.add_argument("--alarm", type=int, required=True, help="the alarm id (dashboard Drift page)")
+    dd.add_argument("--by", required=True, help="who dismisses it (kept with the alarm)")
+    dd.add_argument("--reason", default="")
+    dd.set_defaults(func=run_models_dismiss_drift)
     rn = msub.add_parser("runs", help="recent retrain jobs (job_runs)")
     rn.add_argument("--product", default=None)
     rn.add_argument("--limit", type=int, default=20)
@@ -161,7 +167,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
                                        lock_lost=lock_lost)
             return holder["result"].describe()
 
-        outcome = run_job(store.engine, args.product, job)
+        outcome = run_job(store.db_engine, args.product, job)
         res = holder.get("result")
         payload: dict[str, Any] = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id}
         if res is not None:
@@ -275,13 +281,28 @@ def run_models_rebaseline(args: argparse.Namespace, settings: Settings) -> int:
             holder["result"] = rebaseline(store, registry, args.product, since, opts, lock_lost=lock_lost)
             return "re-baseline: " + holder["result"].describe()
 
-        outcome = run_job(store.engine, args.product, job)
+        outcome = run_job(store.db_engine, args.product, job)
         res = holder.get("result")
         payload = {"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id,
                    "version": res.version if res else None, "model_status": res.status if res else None}
         return _report(outcome, res, payload if args.json else None)
     finally:
         store.close()
+
+
+def run_models_dismiss_drift(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.drift import DriftStore
+
+    store, _ = _open(settings)
+    try:
+        n = DriftStore.of(store).dismiss(args.alarm, by=args.by, reason=args.reason)
+    except (KeyError, ValueError) as exc:
+        print(f"lineinspect: error: {str(exc).strip(chr(39))}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(f"drift alarm #{args.alarm} dismissed by {args.by.strip()}; {n} verdicts no longer marked drifted")
+    return 0
 
 
 def run_models_runs(args: argparse.Namespace, settings: Settings) -> int:
@@ -291,7 +312,7 @@ def run_models_runs(args: argparse.Namespace, settings: Settings) -> int:
 
     store, _ = _open(settings)
     try:
-        runs = list_runs(store.engine, args.product, limit=args.limit)
+        runs = list_runs(store.db_engine, args.product, limit=args.limit)
     finally:
         store.close()
     for r in runs:

@@ -132,7 +132,7 @@ class Scheduler:
         now = self.clock()
         versions = self.registry.list()
         for product in self.products or self.store.products():
-            runs = list_runs(self.store.engine, product, KIND, limit=1)
+            runs = list_runs(self.store.db_engine, product, KIND, limit=1)
             newest = max((v for v in versions if v.product == product), key=lambda v: v.created_at, default=None)
             new = new_samples_since(self.store, product, newest) if self.schedule.min_new else 0
             reason = due_reason(self.schedule, now, runs[0] if runs else None, new)
@@ -151,7 +151,7 @@ class Scheduler:
                  if not self.products or p in self.products}
         for product, since in asked.items():
             log.info("re-baseline requested", extra=kv(product=product, since=since))
-            outcomes.append(run_job(self.store.engine, product,
+            outcomes.append(run_job(self.store.db_engine, product,
                                     rebaseline_job(self.store, self.registry, product, since, self.options),
                                     KIND, self.lock_ttl_s))
         for product, reason in self.due().items():
@@ -163,7 +163,7 @@ class Scheduler:
                 res = retrain(self.store, self.registry, product, self.options, lock_lost=lock_lost)
                 return f"{reason}: {res.describe()}"
 
-            outcomes.append(run_job(self.store.engine, product, job, KIND, self.lock_ttl_s))
+            outcomes.append(run_job(self.store.db_engine, product, job, KIND, self.lock_ttl_s))
         return outcomes
 
     def run(self, interval_s: float = 60.0, once: bool = False, stop: threading.Event | None = None) -> None:

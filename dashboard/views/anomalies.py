@@ -28,7 +28,8 @@ def mark_false_alarm(result_id: int) -> None:
     data.clear()
     st.session_state["anomaly_notice"] = (
         f"Result {result_id} marked as a false alarm"
-        + (" and kept as a normal training sample." if added else " (no new training sample: no stored frame or already kept).")
+        + (" and kept as a normal training sample." if added else
+           " (no new training sample: no stored frame, already kept, or a drifted camera's frame).")
     )
 
 
@@ -43,7 +44,7 @@ def card(row: dict) -> None:
         st.image(frame, width="stretch")
     else:
         st.caption("no stored frame")
-    tag = " · false alarm" if row["false_alarm"] else ""
+    tag = (" · false alarm" if row["false_alarm"] else "") + (" · drifted" if row.get("drifted") else "")
     st.markdown(f"**{row['product']}** · {row['camera']} · frame {row['frame_id']}{tag}")
     st.caption(f"score **{row['score']:.3f}** / threshold {row['threshold']:.3f} · model {row['model_version']} "
                f"({row['engine']}) · {charts.fmt_ts(row['captured_at'])}")

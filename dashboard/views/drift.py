@@ -13,8 +13,8 @@ from dashboard import charts, context, data
 ctx = context.current()
 st.title("Drift")
 st.caption("A drift alarm pauses retraining of its product and marks the camera's verdicts since the onset as "
-           "drifted. Confirming the new normal retrains on the frames since the chosen time (usual gate); the "
-           "promotion closes the alarm. Times in UTC.")
+           "drifted (never training data). Confirming the new normal retrains on the frames since the chosen time "
+           "(usual gate); the promotion closes the alarm. A false alarm can be dismissed instead. Times in UTC.")
 
 alarms = data.drift_alarms(ctx.db_url)
 open_ = [a for a in alarms if a["status"] == "open"]
@@ -50,13 +50,23 @@ for a in open_:
             n = data.request_rebaseline(ctx.db_url, a["product"], since, by="dashboard")
             st.success(f"Re-baseline of {a['product']} requested ({n} alarm(s)); frames since "
                        f"{charts.fmt_ts(since)} become the candidate training set.")
+        with st.expander("Not drift? Dismiss this alarm"):
+            st.caption("Closes the alarm without retraining: its verdicts are no longer marked drifted, the "
+                       "camera's reference is rebuilt from the next frames and retraining resumes (if no other "
+                       "alarm of the product is open). If the camera really changed, it will alarm again.")
+            who = st.text_input("Your name", key=f"dis_by_{a['id']}", max_chars=128)
+            why = st.text_input("Reason", key=f"dis_why_{a['id']}", max_chars=500)
+            if st.button("Dismiss alarm", key=f"dis_{a['id']}", disabled=not who.strip()):
+                n = data.dismiss_drift_alarm(ctx.db_url, int(a["id"]), who, why)
+                st.success(f"Alarm #{a['id']} dismissed by {who.strip()}; {n:,} verdicts no longer marked drifted.")
 
 st.subheader("History")
 if alarms:
     hist = pd.DataFrame([{"id": a["id"], "product": a["product"], "camera": a["camera"], "status": a["status"],
                           "checks": ", ".join(a["kinds"]), "opened": charts.fmt_ts(a["opened_at"]),
                           "resolved": charts.fmt_ts(a["resolved_at"]) if a["resolved_at"] else "",
-                          "resolution": a["resolution"] or "", "drifted verdicts": a["drifted_verdicts"]}
+                          "by": a.get("closed_by") or "", "resolution": a["resolution"] or "",
+                          "drifted verdicts": a["drifted_verdicts"]}
                          for a in alarms])
     st.dataframe(hist, hide_index=True)
 else:

@@ -26,7 +26,7 @@ def live() -> None:
     f = ctx.filters
     s = data.summary(ctx.db_url, f)
     tput = charts.throughput_per_min(s.inspected, f.start, f.end, s.first_at, s.last_at)
-    cols = st.columns(6)
+    cols = st.columns(7)
     cols[0].metric("Inspected", f"{s.inspected:,}")
     cols[1].metric("Defects", f"{s.defects:,}")
     cols[2].metric("Defect rate", f"{s.defect_rate * 100:.2f} %")
@@ -34,6 +34,9 @@ def live() -> None:
     cols[4].metric("Active rate", f"{tput:,.1f} /min",
                    help="frames per minute between the first and the last frame in the range (not a 24 h average)")
     cols[5].metric("Mean latency", charts.fmt_ms(s.mean_latency_ms), help="camera capture -> result stored")
+    cols[6].metric("Drifted verdicts", f"{s.drifted:,}",
+                   help="results stored while their camera had an open drift alarm (see the Drift page); "
+                        "they count above as usual but never become training data")
     if s.inspected == 0 or s.first_at is None or s.last_at is None:
         st.info(f"No inspection results in this range. Newest result: {charts.fmt_ts(data.time_bounds(ctx.db_url)[1])}.")
         return

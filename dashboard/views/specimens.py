@@ -49,6 +49,7 @@ if not recent.empty:
         st.caption("No frame results for this specimen (retention may have removed them).")
     else:
         frames["captured"] = [charts.fmt_ts(t) for t in frames["captured_at"]]
-        st.dataframe(frames[["view", "camera", "frame_id", "verdict", "score", "threshold", "false_alarm", "captured"]],
+        st.dataframe(frames[["view", "camera", "frame_id", "verdict", "score", "threshold", "false_alarm", "drifted",
+                             "captured"]],
                      hide_index=True, column_config={"score": st.column_config.NumberColumn(format="%.3f"),
                                                      "threshold": st.column_config.NumberColumn(format="%.3f")})

@@ -60,3 +60,14 @@ def decode_hw(engine: object, product: str) -> tuple[int, int] | None:
         return None
     hw = fn(product)
     return None if hw is None else (int(hw[0]), int(hw[1]))
+
+
+def takes_encoded(engine: object, product: str) -> bool:
+    """Whether ``engine`` wants ``product``'s frames as the camera's encoded bytes
+    (``infer_encoded(product, envelopes, max_pixels, oversample) -> (EngineOutput, geometries, path)``)
+    instead of decoded pixels: an engine that decodes on its own device (nvJPEG on a GPU) saves the
+    consumer's CPU the decode, the biggest cost besides the model at camera resolutions.
+
+    Opt-in like :func:`decode_hw` (``takes_encoded(product)``); engines without it get pixels."""
+    fn = getattr(engine, "takes_encoded", None)
+    return bool(fn(product)) if fn is not None else False

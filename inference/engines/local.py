@@ -42,9 +42,12 @@ def _onnx_available() -> bool:
     return _available("onnx")
 
 
-def load_local_engine(model_dir: str | Path, kind: str = "auto", threads: int = 0) -> Engine:
+def load_local_engine(model_dir: str | Path, kind: str = "auto", threads: int = 0, device: str = "cpu") -> Engine:
+    """The in-process engine ``kind`` names; ``device`` places a PyTorch engine (the others run on the CPU)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown local engine {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "auto" and device != "cpu":
+        kind = "torch"  # the only local engine here that runs on a GPU (and decodes JPEG there)
     if kind == "auto":
         kind = next((k for k in AUTO_ORDER if _available(k)), "torch")
     if kind == "openvino":
@@ -62,4 +65,4 @@ def load_local_engine(model_dir: str | Path, kind: str = "auto", threads: int = 
         return mod.OnnxEngine(model_dir, threads=threads, int8=kind == "onnx-int8")
     from inference.engines.torch_engine import TorchEngine
 
-    return TorchEngine(model_dir, threads=threads)
+    return TorchEngine(model_dir, threads=threads, device=device)

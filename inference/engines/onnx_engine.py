@@ -1,8 +1,8 @@
 """ONNX Runtime engine for one model directory: the default local engine on CPU.
 
 Runs the exported whole-model graph (see :mod:`inference.onnx_export`), exporting it on first use
-when ``model.onnx`` is missing or stale. Pre-processing is the shared :func:`batch_to_input`, so
-results match the PyTorch engine and the Triton server (which runs this same session code).
+when ``model.onnx`` is missing or stale. Pre-processing and batching are the shared
+:func:`score_in_batches`, so results match the PyTorch engine and the Triton server (which runs this same session code).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from inference.onnx_export import (
     onnx_is_fresh,
     read_model_meta,
 )
-from inference.preprocess import batch_to_input
+from inference.preprocess import score_in_batches
 from lineinspect.logs import kv
 
 log = logging.getLogger("lineinspect.inference.onnx")
@@ -161,16 +161,8 @@ class OnnxEngine:
 
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         t0 = time.perf_counter()
-        hw = self.input_hw
-        maps, scores = [], []
-        for i in range(0, len(images), self.batch_size):
-            m, s = self.model.run(batch_to_input(images[i:i + self.batch_size], hw))
-            maps.append(m)
-            scores.append(s)
-        out_maps = np.concatenate(maps) if maps else np.zeros((0, *hw), np.float32)
-        out_scores = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
-        return EngineOutput(out_scores.astype(np.float32, copy=False), out_maps.astype(np.float32, copy=False),
-                            self.model.version, self.model.threshold, (time.perf_counter() - t0) * 1000.0)
+        maps, scores = score_in_batches(images, self.input_hw, self.batch_size, self.model.run)
+        return EngineOutput(scores, maps, self.model.version, self.model.threshold, (time.perf_counter() - t0) * 1000.0)
 
     def close(self) -> None:
         self.model.session = None

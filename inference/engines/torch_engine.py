@@ -11,7 +11,7 @@ import torch
 
 from inference.engines.base import EngineOutput
 from inference.model_dir import LoadedModel, load_model_dir
-from inference.preprocess import batch_to_input
+from inference.preprocess import score_in_batches
 
 if TYPE_CHECKING:
     from ingest.envelope import FrameEnvelope
@@ -39,28 +39,29 @@ class TorchEngine:
 
     def infer(self, product: str, images: list[np.ndarray]) -> EngineOutput:
         t0 = time.perf_counter()
-        hw = self.input_hw
-        scores, maps = [], []
         with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = torch.from_numpy(batch_to_input(images[i:i + self.batch_size], hw)).to(self.device)
-                amap, score = self.loaded.module(x)
-                maps.append(amap.float().cpu().numpy())
-                scores.append(score.float().cpu().numpy())
-        out_scores = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
-        out_maps = np.concatenate(maps) if maps else np.zeros((0, *hw), np.float32)
-        return EngineOutput(out_scores.astype(np.float32), out_maps.astype(np.float32), self.loaded.version,
-                            self.loaded.threshold, (time.perf_counter() - t0) * 1000.0)
+            maps, scores = score_in_batches(images, self.input_hw, self.batch_size, self._run)
+        return EngineOutput(scores, maps, self.loaded.version, self.loaded.threshold, (time.perf_counter() - t0) * 1000.0)
 
-    def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000
-                      ) -> tuple[EngineOutput, list[tuple[int, int]], str]:
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        amap, score = self.loaded.module(torch.from_numpy(x).to(self.device))
+        return amap.float().cpu().numpy(), score.float().cpu().numpy()
+
+    def takes_encoded(self, product: str) -> bool:
+        """Always: on a GPU the JPEG is decoded there; on the CPU ``infer_encoded`` runs the same
+        decode the consumer would (so the consumer's encoded path is exercised on every machine)."""
+        return True
+
+    def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000,
+                      oversample: float = 2.0) -> tuple[EngineOutput, list[tuple[int, int]], str]:
         """Score encoded frames, decoding JPEG on this engine's device (nvJPEG on a GPU, the
         CPU's DCT-scaled decode otherwise; see :mod:`inference.gpu_decode`). Returns the output,
         each frame's geometry and the decode path used ("gpu" / "cpu")."""
         from inference.gpu_decode import infer_encoded
 
         t0 = time.perf_counter()
-        maps, scores, geoms, path = infer_encoded(self.loaded.module, self.input_hw, self.device, envs, max_pixels)
+        maps, scores, geoms, path = infer_encoded(self.loaded.module, self.input_hw, self.device, envs, max_pixels,
+                                                  oversample)
         out = EngineOutput(scores.astype(np.float32), maps.astype(np.float32), self.loaded.version,
                            self.loaded.threshold, (time.perf_counter() - t0) * 1000.0, engine_name=f"{self.name}+{path}decode")
         return out, geoms, path

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,10 +28,13 @@ from inference.engines.base import EngineOutput
 from inference.model.anomaly_map import gaussian_kernel1d
 from inference.model.backbones import FrozenBackbone, build_backbone
 from inference.model.inp_former import InpConfig, InpFormer, encode_groups
-from inference.preprocess import batch_to_input
+from inference.preprocess import score_in_batches
 from inference.zero_shot.grnr import GrnrParams, grnr_maps
 from inference.zero_shot.threshold import RollingThreshold
 from lineinspect.errors import ConfigError
+
+if TYPE_CHECKING:  # types only
+    from lineinspect.settings import Settings
 
 METHODS = ("grnr", "inp")
 GRNR_TOKEN_STRIDE = 8  # the grid GRNR was designed and benchmarked on
@@ -113,15 +117,11 @@ class ZeroShotEngine:
 
     def raw_scores(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Maps and scores of RGB uint8 frames, without touching any threshold state."""
-        maps, scores = [], []
-        for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(batch_to_input(images[i:i + self.batch_size], self.input_hw)).to(self.device)
-            m, s = self.score_groups(self.encode(x))
-            maps.append(m.float().cpu().numpy())
-            scores.append(s.float().cpu().numpy())
-        if not maps:
-            return np.zeros((0, *self.input_hw), np.float32), np.zeros((0,), np.float32)
-        return np.concatenate(maps).astype(np.float32), np.concatenate(scores).astype(np.float32)
+        return score_in_batches(images, self.input_hw, self.batch_size, self._run)
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m, s = self.score_groups(self.encode(torch.from_numpy(x).to(self.device)))
+        return m.float().cpu().numpy(), s.float().cpu().numpy()
 
     def decode_hw(self, product: str) -> tuple[int, int] | None:
         """Frames are resized to the backbone input: decode no more than that."""
@@ -139,13 +139,11 @@ class ZeroShotEngine:
         pass
 
 
-def fallback_from_settings(settings: object) -> ZeroShotEngine | None:
+def fallback_from_settings(settings: Settings) -> ZeroShotEngine | None:
     """The router's cold-start engine, or ``None`` when ``settings.zero_shot_fallback`` is off."""
-    if not getattr(settings, "zero_shot_fallback", True):
+    if not settings.zero_shot_fallback:
         return None
-    window = int(getattr(settings, "zero_shot_window", 200))
-    return ZeroShotEngine(method=str(getattr(settings, "zero_shot_method", "grnr")),
-                          model_dir=getattr(settings, "zero_shot_model_dir", None),
-                          threshold_quantile=float(getattr(settings, "threshold_quantile", 0.99)), window=window,
-                          min_scores=min(int(getattr(settings, "zero_shot_min_normals", 50)), window),
-                          threads=int(getattr(settings, "threads", 0)))
+    window = settings.zero_shot_window
+    return ZeroShotEngine(method=settings.zero_shot_method, model_dir=settings.zero_shot_model_dir,
+                          threshold_quantile=settings.threshold_quantile, window=window,
+                          min_scores=min(settings.zero_shot_min_normals, window), threads=settings.threads)

@@ -117,6 +117,16 @@ class FrozenBackbone(nn.Module):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def tapped(self, x: torch.Tensor, trunk: nn.ModuleList) -> list[torch.Tensor]:
+        """Run ``x`` through ``trunk`` in order and keep the outputs of the selected blocks (the
+        feature taps of the sequential conv backbones)."""
+        feats = []
+        for i, block in enumerate(trunk):
+            x = block(x)
+            if i in self.blocks:
+                feats.append(x)
+        return feats
+
     def channels(self) -> dict[int, int]:
         """Channels of each selected block's map (every subclass knows its own)."""
         raise NotImplementedError
@@ -159,13 +169,7 @@ class LiteBackbone(FrozenBackbone):
         return out
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(self.normalise(x))
-        feats = []
-        for i, block in enumerate(self.trunk):
-            x = block(x)
-            if i in self.blocks:
-                feats.append(x)
-        return feats
+        return self.tapped(self.stem(self.normalise(x)), self.trunk)
 
 
 class DinoBackbone(FrozenBackbone):
@@ -229,13 +233,7 @@ class RandomTinyBackbone(FrozenBackbone):
         return {i: 2 ** (i + 1) for i in self.blocks}
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.normalise(x)
-        out = []
-        for i, layer in enumerate(self.trunk):
-            x = layer(x)
-            if i in self.blocks:
-                out.append(x)
-        return out
+        return self.tapped(self.normalise(x), self.trunk)
 
 
 def build_backbone(name: str, blocks: list[int], checkpoint: str | Path | None = None,

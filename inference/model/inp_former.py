@@ -212,27 +212,39 @@ class InpAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(n, lq, d))
 
 
-class ExtractorBlock(nn.Module):
-    def __init__(self, dim: int, head_dim: int, mlp_ratio: float) -> None:
+class _TokenBlock(nn.Module):
+    """What both transformer blocks share: a norm for the attended tokens, an attention, a normed MLP.
+    Each subclass adds its own query norm under its historical name (``nq`` / ``n1``): those names are
+    keys of saved ``weights.pt`` files, so they stay."""
+
+    def __init__(self, dim: int, mlp_ratio: float, attn: nn.Module) -> None:
         super().__init__()
-        self.nq, self.nk, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = CrossAttention(dim, head_dim)
+        self.nk, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = attn
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+
+class ExtractorBlock(_TokenBlock):
+    """Prototype queries attend to the image's tokens (residual: the queries accumulate context)."""
+
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: float) -> None:
+        super().__init__(dim, mlp_ratio, CrossAttention(dim, head_dim))
+        self.nq = nn.LayerNorm(dim)
 
     def forward(self, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         q = q + self.attn(self.nq(q), self.nk(tokens))
         return q + self.mlp(self.n2(q))
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(_TokenBlock):
+    """Tokens are rebuilt from the INPs only (no residual: an anomalous token cannot pass through)."""
+
     def __init__(self, dim: int, head_dim: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.n1, self.nk, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = InpAttention(dim, head_dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        super().__init__(dim, mlp_ratio, InpAttention(dim, head_dim))
+        self.n1 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.n1(x), self.nk(inps))  # no residual: the token must come from the INPs
+        x = self.attn(self.n1(x), self.nk(inps))
         return x + self.mlp(self.n2(x))
 
 

@@ -25,9 +25,6 @@ from lineinspect.settings import Settings
 
 log = logging.getLogger(__name__)
 SESSION_TIMEOUT_S = 10.0  # a consumer that stops heartbeating leaves the group after this
-# A member still without its assignment this long after a revocation, while it polls, re-subscribes (a fresh
-# JoinGroup): seen in CI and the clean-clone loop, a surviving member stayed unassigned after the other left.
-REJOIN_AFTER_S = 3 * SESSION_TIMEOUT_S
 
 FRAMING = 64 * 1024  # record-batch overhead allowed on top of max_message_bytes
 
@@ -48,6 +45,63 @@ def security_config(settings: Settings) -> dict[str, Any]:
                    sasl_plain_username=settings.kafka_sasl_username,
                    sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
     return cfg
+
+
+def apply_finished_joins(consumer: Any) -> bool:
+    """Make a kafka-python 3.0.x consumer apply every JoinGroup -> SyncGroup round it started (returns False,
+    changing nothing, on a client without these internals).
+
+    The client runs that round as a background task and applies its result (assignment, STABLE state,
+    heartbeats, ``on_partitions_assigned``) only if a ``poll()`` is waiting on the task when it finishes.
+    Two defects follow (kafka-python 3.0.12 and upstream master a3b3836f, coordinator/base.py):
+
+    * a poll that finds the task already finished sends a new JoinGroup instead of applying it
+      (``join_group_async``: ``if self._join_task is None or self._join_task.is_done``), so a member whose
+      round always ends between two polls (short poll windows, work in between) never gets partitions;
+    * a rejoin wanted only because the leader's metadata snapshot changed (``ConsumerCoordinator.need_rejoin``)
+      stops being wanted as soon as the task has run ``_perform_assignment``, which re-takes the snapshot:
+      ``poll()`` then never calls into the join again, the member stays REBALANCING without heartbeats, the
+      broker drops it after the session timeout, and it polls on with no partitions for good (the CI stall).
+
+    The fix: a started round is wanted until it is applied, and a finished, successful one is applied.
+    See benchmarks/RESULTS.md (rebalance stall) and tests/ingest/test_bus_kafka.py."""
+    try:
+        from kafka.coordinator.base import MemberState
+    except ImportError:
+        return False
+    coord = getattr(consumer, "_coordinator", None)
+    needed = ("_join_task", "rejoining", "rejoin_needed", "state", "_generation", "_lock", "_subscription",
+              "join_group_async", "need_rejoin", "_on_join_complete_async", "_enable_heartbeat")
+    if coord is None or not all(hasattr(coord, n) for n in needed):
+        log.warning("kafka client internals differ from kafka-python 3.0.x; finished group joins are not patched",
+                    extra=kv(client=type(consumer).__module__))
+        return False
+    join_group, need_rejoin = coord.join_group_async, coord.need_rejoin
+
+    def need_rejoin_until_applied() -> bool:
+        if coord.rejoining and coord._subscription.partitions_auto_assigned():
+            return True  # a round was started (listeners told, partitions revoked) and not applied yet
+        return bool(need_rejoin())
+
+    async def join_group_applying_finished(timeout_ms: int | None = None) -> bool:
+        task = coord._join_task
+        if task is not None and task.is_done and task.succeeded() and coord.state is MemberState.REBALANCING:
+            # what join_group_async does after awaiting a successful round, done for the round nobody awaited
+            coord._join_task = None
+            with coord._lock:
+                coord.rejoining = False
+                coord.rejoin_needed = False
+                coord.state = MemberState.STABLE
+                coord._enable_heartbeat()
+            gen = coord._generation
+            log.info("applying a group join that finished between polls",
+                     extra=kv(group=coord.group_id, generation=gen.generation_id))
+            await coord._on_join_complete_async(gen.generation_id, gen.member_id, gen.protocol, task.value)
+        return bool(await join_group(timeout_ms=timeout_ms))  # rejoins again if still needed
+
+    coord.need_rejoin = need_rejoin_until_applied
+    coord.join_group_async = join_group_applying_finished
+    return True
 
 
 def _unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailable:
@@ -172,6 +226,7 @@ class KafkaBatchConsumer:
                 max_request_size=fetch + FRAMING, bootstrap_timeout_ms=boot, **sec)
         except KafkaError as exc:
             raise _unavailable(settings, exc) from exc
+        apply_finished_joins(self._consumer)
         self._assigned: set[int] = set()
         self._rebalancing_since: float | None = None  # revoked, not yet assigned again
         self._warned_rebalance = False
@@ -264,16 +319,6 @@ class KafkaBatchConsumer:
             log.warning("group rebalance is taking long: a member is not rejoining; no partitions until it does "
                         "or the group drops it", extra=kv(group=self.group, waited_s=round(time.monotonic() - since, 1),
                                                           max_wait_s=self.settings.kafka_max_poll_interval_ms / 1000))
-        if since is not None and time.monotonic() - since > REJOIN_AFTER_S:
-            # This member polls (we are in poll/keep-alive), yet no assignment arrived: kafka-python 3.0.12 can
-            # leave a member out of the next generation when the member it was rebalancing with leaves mid-join
-            # (clean-clone CI: a survivor with no partitions for the whole test). A fresh subscription sends a
-            # new JoinGroup; nothing is lost (nothing is assigned, and the store makes any replay harmless).
-            log.warning("no assignment since the last revocation; re-subscribing to rejoin the group",
-                        extra=kv(group=self.group, waited_s=round(time.monotonic() - since, 1)))
-            self._rebalancing_since = time.monotonic()
-            self._consumer.unsubscribe()
-            self._consumer.subscribe([self.topic], listener=self._listener)
 
     def commit(self, records: list[Record]) -> None:
         from kafka import TopicPartition

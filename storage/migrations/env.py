@@ -7,11 +7,12 @@ The caller hands over an open connection in ``config.attributes["connection"]``;
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from storage.models import Base
 
 
-def _run(connection) -> None:  # noqa: ANN001 - sqlalchemy Connection
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,

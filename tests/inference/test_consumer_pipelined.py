@@ -70,7 +70,7 @@ class SlowStore:
         self.fail_after: int | None = None  # calls that succeed before the store goes down for good
         self.calls = 0
         self.saved: Counter[tuple[str, int]] = Counter()
-        self.engine = real.engine  # lets the consumer build its specimen fuser like on a real store
+        self.db_engine = real.db_engine  # lets the consumer build its specimen fuser like on a real store
 
     def save_results(self, rows):
         self.calls += 1
@@ -137,11 +137,24 @@ def assert_commits_follow_stores(journal: Journal, bus: MemoryBus) -> None:
             assert covered <= stored, f"committed before stored: {sorted(covered - stored)[:5]}"
 
 
+def cameras_bus(settings: Settings, partitions: int, cameras: int, frames: int) -> MemoryBus:
+    """A bus holding ``frames`` frames from each of ``cameras`` cameras (cam-0, cam-1, ...)."""
+    bus = MemoryBus(partitions=partitions)
+    for cam in range(cameras):
+        publish(bus, settings, frames, camera=f"cam-{cam}")
+    return bus
+
+
+def wait_until(cond, timeout_s: float = 5.0, poll_s: float = 0.01) -> None:
+    """Poll ``cond`` until it holds or ``timeout_s`` passes (the caller asserts what it needs)."""
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+
+
 def test_commits_follow_the_store_in_order_while_scoring_overlaps(settings: Settings, store: ResultStore) -> None:
     journal = Journal()
-    bus = MemoryBus(partitions=2)
-    for cam in range(3):
-        publish(bus, settings, 8, camera=f"cam-{cam}")
+    bus = cameras_bus(settings, 2, 3, 8)
     c = make(settings, bus, SlowStore(store, journal, delay_s=0.05), journal)
     assert c.run(max_frames=24, idle_timeout_s=2) == 24
     c.close()
@@ -179,9 +192,7 @@ def test_store_outage_commits_nothing_then_everything_once_it_recovers(settings:
     done: dict[str, int] = {}
     t = threading.Thread(target=lambda: done.update(n=c.run(max_frames=12)))
     t.start()
-    deadline = time.monotonic() + 5
-    while slow.calls < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: slow.calls >= 5)
     assert slow.calls >= 5  # retried with backoff...
     assert bus.committed("g", FRAMES_TOPIC) == {} and store.count_results() == 0  # ...committing nothing
     assert len(c.bus.bus.records(FRAMES_TOPIC)) == 12
@@ -203,9 +214,7 @@ def test_stop_during_an_outage_commits_only_the_stored_prefix(settings: Settings
     c = make(settings, bus, slow, journal)
     t = threading.Thread(target=c.run)
     t.start()
-    deadline = time.monotonic() + 5
-    while slow.calls < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: slow.calls >= 4)
     c.request_stop()
     t.join(5)
     assert not t.is_alive()
@@ -223,16 +232,12 @@ def test_stop_during_an_outage_commits_only_the_stored_prefix(settings: Settings
 
 def test_graceful_stop_drains_the_sink_and_commits_what_it_stored(settings: Settings, store: ResultStore) -> None:
     journal = Journal()
-    bus = MemoryBus(partitions=3)
-    for cam in range(4):
-        publish(bus, settings, 10, camera=f"cam-{cam}")
+    bus = cameras_bus(settings, 3, 4, 10)
     slow = SlowStore(store, journal, delay_s=0.04)
     c = make(settings, bus, slow, journal)
     t = threading.Thread(target=c.run)
     t.start()
-    deadline = time.monotonic() + 5
-    while "commit" not in journal.kinds() and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: "commit" in journal.kinds(), poll_s=0.005)
     c.request_stop()  # batches are in the sink now: they must be stored and committed before run returns
     t.join(5)
     assert not t.is_alive()
@@ -274,9 +279,7 @@ def test_a_sink_error_is_raised_and_nothing_after_it_is_committed(settings: Sett
 
 def test_consumers_crashing_and_stopping_lose_and_duplicate_nothing(settings: Settings, store: ResultStore) -> None:
     journal = Journal()
-    bus = MemoryBus(partitions=4)
-    for cam in range(6):
-        publish(bus, settings, 10, camera=f"cam-{cam}")
+    bus = cameras_bus(settings, 4, 6, 10)
     slow = SlowStore(store, journal, delay_s=0.005)
     a, b = make(settings, bus, slow, journal), make(settings, bus, slow, journal)
     a.run(max_frames=12)

@@ -3,6 +3,7 @@ envelopes (refused rows left out), and a failing step never blocks the commit.""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ingest.bus.memory import MemoryBus
@@ -39,3 +40,46 @@ def test_no_steps_is_the_default(settings: Settings, store: ResultStore) -> None
     c = make(settings, bus, store)
     assert c.post_store == [] and c.run(max_frames=4, idle_timeout_s=2) == 4
     c.close()
+
+
+class _PixelStep:
+    """A step that asks for the pixels the engine scored (DriftMonitor, FamilyMonitor do)."""
+
+    takes_images = True
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, tuple[int, ...]]] = []
+
+    def __call__(self, rows, envs, images) -> None:
+        self.got.extend((r.frame_id, im.shape) for r, im in zip(rows, images, strict=True))
+
+
+def test_steps_that_take_images_get_the_engine_input_without_a_second_decode(settings: Settings,
+                                                                             store: ResultStore) -> None:
+    from tests.inference.test_consumer import SizedEngine, _publish_jpeg
+
+    bus = MemoryBus(partitions=1)
+    _publish_jpeg(bus, settings, np.full((480, 640, 3), 120, np.uint8), n=3)
+    step = _PixelStep()
+    c = make(settings, bus, store, engine=SizedEngine((32, 32)), post_store=[step])
+    assert c.run(max_frames=3, idle_timeout_s=2) == 3
+    c.close()
+    assert step.got == [(1, (32, 32, 3)), (2, (32, 32, 3)), (3, (32, 32, 3))]
+
+
+def test_full_resolution_frames_are_not_held_for_the_steps(settings: Settings, store: ResultStore) -> None:
+    """A tiling product's frames are decoded at full resolution: not kept for the sink (memory); steps get None."""
+    from tests.inference.test_consumer import SizedEngine, _publish_jpeg
+
+    bus = MemoryBus(partitions=1)
+    _publish_jpeg(bus, settings, np.full((1100, 1000, 3), 120, np.uint8), n=1)
+    got: list[object] = []
+
+    class _Step(_PixelStep):
+        def __call__(self, rows, envs, images) -> None:
+            got.extend(images)
+
+    c = make(settings, bus, store, engine=SizedEngine(None), post_store=[_Step()])
+    assert c.run(max_frames=1, idle_timeout_s=2) == 1
+    c.close()
+    assert got == [None]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from inference.drift import (
     CameraDrift,
     DriftConfig,
     ImageReference,
+    RegistryCalibration,
     calibration_p99,
     shift_pct,
     to_grey,
@@ -91,3 +95,137 @@ def test_calibration_p99_prefers_the_quantile():
     assert calibration_p99({"quantiles": {"p99": 0.7}, "threshold": 0.9}) == 0.7
     assert calibration_p99({"threshold": 1.1, "threshold_margin": 1.1}) == pytest.approx(1.0)
     assert calibration_p99({}) is None
+
+
+def test_grey_decode_is_reduced_and_close_to_the_full_decode() -> None:
+    """A camera-size JPEG is decoded luma-only at a DCT scale, not at full resolution, for the checks."""
+    import cv2
+
+    from inference.drift import decode_grey
+    from ingest.envelope import decode_grey_reduced, encode_image
+
+    rng = np.random.default_rng(3)
+    img = cv2.resize(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), (2448, 2048), interpolation=cv2.INTER_CUBIC)
+    data = encode_image(img, "jpeg", 92)
+    assert decode_grey_reduced(data, (256, 256)).shape == (512, 612)  # 1/4: the faithful scale for 256
+    full = to_grey(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE))
+    got = decode_grey(data)
+    assert got is not None and got.shape == full.shape
+    assert float(np.abs(got - full).mean()) < 1.0
+    assert decode_grey(b"\xff\xd8 not a jpeg") is None
+
+
+def test_the_monitor_uses_the_pixels_it_is_given(monkeypatch) -> None:
+    """With the consumer's pixels the monitor never decodes the frame bytes again."""
+    import inference.drift as drift
+
+    def no_decode(payload: bytes) -> None:
+        raise AssertionError("decoded the bytes again")
+
+    monkeypatch.setattr(drift, "decode_grey", no_decode)
+    assert drift.DriftMonitor.takes_images
+    seen: list[np.ndarray] = []
+
+    class _Drift:
+        reference_built = False
+
+        def update(self, frame_id, ts, score, p99, grey, version):
+            seen.append(grey)
+            return []
+
+    class _Cam:
+        drift = _Drift()
+        recent: list = []
+        alarm_id = None
+
+    mon = drift.DriftMonitor.__new__(drift.DriftMonitor)
+    mon._maybe_refresh = lambda: None  # type: ignore[method-assign]
+    mon._cam = lambda product, camera: _Cam  # type: ignore[method-assign,assignment]
+    mon.calibration = lambda product, version: None
+
+    class _Row:
+        product, camera, frame_id, captured_at, score, model_version, engine = "p", "c", 1, 0.0, 0.1, "v1", "onnx"
+
+    class _Env:
+        encoding, payload = "jpeg", b"unused"
+
+    image = np.full((256, 256, 3), 77, np.uint8)
+    mon([_Row()], [_Env()], [image])
+    assert len(seen) == 1 and seen[0].shape == (256, 256) and float(seen[0].mean()) == 77.0
+
+
+def test_monitor_flags_rows_of_open_alarms_with_one_lookup_per_refresh(tmp_path, monkeypatch):
+    """``before_store``: rows of a camera with an open alarm are ``drifted``; the open alarms are looked up
+    once per refresh (not per frame or batch); an alarm opened elsewhere is learnt at the next refresh
+    and the frames stored meanwhile are flagged; a dismissal stops the flagging."""
+    from inference.drift import DriftMonitor
+    from lineinspect.settings import Settings
+    from storage.drift import DriftStore
+    from storage.store import ResultStore
+    from tests.storage.conftest import make_row
+
+    with ResultStore.open(f"sqlite:///{tmp_path / 'm.sqlite'}") as store:
+        ds = DriftStore.of(store)
+        calls = []
+        real = ds.open_alarms
+        monkeypatch.setattr(ds, "open_alarms", lambda product=None: calls.append(product) or real(product))
+        monitor = DriftMonitor(Settings(home=tmp_path), ds, lambda p, v: None, refresh_s=3600.0)
+        t0 = 1_000_000.0
+
+        def batch(first: int, n: int = 10) -> list:
+            rows = [make_row(i, captured_at=t0 + i) for i in range(first, first + n)]
+            monitor.before_store(rows)
+            store.save_results(rows)
+            return rows
+
+        assert not any(r.drifted for r in batch(0) + batch(10) + batch(20))
+        assert len(calls) == 1  # the camera's first sight; 30 frames, 3 batches, no other lookup
+        aid, _ = ds.open_alarm("bolt", "cam1", kinds=["score"], onset_at=t0 + 25, onset_frame_id=25,
+                               model_version="v0001", evidence={})  # another consumer's alarm
+        assert not any(r.drifted for r in batch(30))  # not learnt before the refresh is due
+        monitor.refresh_s = 0.0
+        assert all(r.drifted for r in batch(40))
+        assert len(calls) == 2  # one lookup for the whole batch
+        flags = [r["drifted"] for r in store.results_for_camera("cam1")]
+        assert flags == [False] * 25 + [True] * 25  # onset..learnt flagged when learnt
+        ds.dismiss(aid, by="ana")
+        assert not any(r.drifted for r in batch(50))
+
+
+def test_measuring_a_shift_leaves_the_reference_untouched_and_late_frames_stay_accurate():
+    """cv2.phaseCorrelate windows its inputs in place: the stored reference must not decay frame by frame
+    (it did: after ~100 frames the peaks had fallen to noise and a steady tire stream alarmed on position)."""
+    rng = np.random.default_rng(3)
+    ref = ImageReference.build([to_grey(_frame(rng)) for _ in range(20)])
+    before = ref.image.copy()
+    g = to_grey(_frame(rng, dx=5.0))
+    first = shift_pct(ref.image, g)
+    for _ in range(200):
+        assert shift_pct(ref.image, g) == first
+    np.testing.assert_array_equal(ref.image, before)
+    assert _run(CFG, 400, 0, seed=4) is None  # a long steady stream stays quiet
+
+
+class _Registry:
+    def __init__(self, *infos: SimpleNamespace) -> None:
+        self.infos = list(infos)
+
+    def list(self, product: str) -> list[SimpleNamespace]:
+        return self.infos
+
+
+def test_registry_calibration_reads_the_model_dir_through_its_owner(tmp_path: Path) -> None:
+    from lineinspect import model_meta
+
+    with_file, without = tmp_path / "v1", tmp_path / "v2"
+    with_file.mkdir()
+    without.mkdir()
+    model_meta.write_json(with_file / model_meta.CALIBRATION, {"threshold": 0.9, "quantiles": {"p99": 0.6}})
+    cal = RegistryCalibration(_Registry(
+        SimpleNamespace(version="v1", path=with_file, metrics={}, threshold=0.9),
+        SimpleNamespace(version="v2", path=without, metrics={}, threshold=1.2),
+        SimpleNamespace(version="v3", path=without, metrics={"calibration": {"quantiles": {"p99": 0.4}}}, threshold=1.0)))
+    assert cal("p", "v1") == 0.6             # calibration.json of the model directory
+    assert cal("p", "v2") == pytest.approx(1.2)  # none there: threshold / margin (1)
+    assert cal("p", "v3") == 0.4             # the registry row's metrics come first
+    assert cal("p", "nope") is None

@@ -29,6 +29,22 @@ def test_regions_pool_the_cells_under_each_component_largest_first():
     assert all(abs(np.linalg.norm(r.embedding) - 1) < 1e-5 for r in regs)
 
 
+def test_per_block_grids_of_different_resolutions_weigh_the_same():
+    coarse = np.zeros((8, 8, 4), np.float32)
+    coarse[..., 0] = 1.0
+    coarse[5:8, 5:8] = [0, 0, 1, 0]          # the region differs strongly here ...
+    fine = np.zeros((32, 32, 2), np.float32)
+    fine[..., 0] = 1.0
+    fine[20:32, 20:32] = [0, 0.1]            # ... and only a little here: per-block unit length evens it out
+    mask = np.zeros((64, 64), bool)
+    mask[40:64, 40:64] = True
+    reg, = regions(mask, [coarse, fine], min_area_px=4)
+    e = reg.embedding
+    assert e.shape == (6,) and abs(np.linalg.norm(e) - 1) < 1e-5
+    assert np.linalg.norm(e[:4]) == pytest.approx(np.linalg.norm(e[4:]), rel=1e-4)  # each block 1/sqrt(2)
+    assert np.argmax(e[:4]) == 2 and np.argmax(e[4:]) == 1
+
+
 def test_encoder_grid_normalises_every_group():
     g = encoder_grid([np.ones((3, 2, 2)) * 5, np.ones((2, 2, 2))])
     assert g.shape == (2, 2, 5)
@@ -71,3 +87,14 @@ def test_restored_families_keep_their_names_and_warmup_flushes():
     assert fam == [lc.families[0].id] and again.families[0].name == "scratch"
     with pytest.raises(ValueError):
         nn_distance_threshold(np.ones((1, 3)))
+
+
+def test_the_encoder_pass_runs_on_one_torch_thread_and_restores_the_count() -> None:
+    import torch
+
+    from inference.families import one_torch_thread
+
+    before = torch.get_num_threads()
+    with one_torch_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -56,3 +56,22 @@ def test_regions_are_embedded_grouped_stored_and_names_survive_a_restart(store, 
     assert after[top]["name"] == "scratch-like"
     assert sum(p["frames"] for p in after.values()) >= frames + 10
     assert fs.load("widget")[0] == thr  # the threshold was kept, not re-learnt
+
+
+def test_one_encoder_pass_and_one_id_lookup_per_batch_and_drifted_rows_skipped(store, registry, monkeypatch):  # noqa: F811
+    from inference.model.inp_former import InpFormer
+
+    add_frames(store, "widget", 24)
+    version = retrain(store, registry, "widget", options()).version
+    rows, envs = _flagged(LineSimulator("widget", size=SIZE, seed=6), range(12), version)
+    for r in rows[8:]:
+        r.drifted = True  # stored while the camera had an open drift alarm
+    store.save_results(rows)
+    encodes, lookups = [], []
+    real_encode, real_ids = InpFormer.encode, store.result_ids
+    monkeypatch.setattr(InpFormer, "encode", lambda self, x: encodes.append(len(x)) or real_encode(self, x))
+    monkeypatch.setattr(store, "result_ids", lambda keys: lookups.append(len(keys)) or real_ids(keys))
+    fs = FamilyStore.of(store)
+    FamilyMonitor(store, fs, registry, warmup=4)(rows, envs)
+    assert encodes == [8] and lookups == [8]  # the 8 undrifted flagged frames, together
+    assert 6 <= sum(p["frames"] for p in fs.pareto("widget")) <= 8

@@ -134,3 +134,61 @@ def test_a_member_waiting_out_an_outage_does_not_stall_a_joining_member(settings
     got += _drain(a, 8 - len(got) - len(b_got), timeout_s=10)
     a.close()
     assert sorted(int(r.value) for r in got + b_got) == list(range(8))
+
+
+def _poll_busy(c: KafkaBatchConsumer, until, seconds: float, gap_s: float = 0.3) -> None:
+    """Poll as a busy consumer does: a window of 1 ms (the smallest ``batch_max_wait_ms``; ``poll_batch`` always
+    ends on a 0 ms poll), then work elsewhere (scoring, storing, committing) before the next poll."""
+    deadline = time.monotonic() + seconds
+    while not until() and time.monotonic() < deadline:
+        c.poll_batch(8, 1)
+        time.sleep(gap_s)
+
+
+def test_a_join_that_finishes_between_polls_is_applied(settings: Settings) -> None:
+    """kafka-python 3.0.12 runs JoinGroup -> SyncGroup as a background task; a poll that finds that task already
+    finished starts a new JoinGroup instead of applying it (kafka/coordinator/base.py:497). A member whose join
+    always finishes between two of its polls never gets an assignment. Fails on the unpatched client."""
+    c = KafkaBatchConsumer(settings)
+    try:
+        _poll_busy(c, lambda: bool(c.assignment()), 20)
+        assert c.assignment() == [0, 1], "the member never applied a finished join"
+    finally:
+        c.close()
+
+
+def test_a_leader_rejoining_for_changed_metadata_finishes_its_join(settings: Settings) -> None:
+    """The CI stall (a member revoked and never assigned again, alive and polling): the group leader rejoins
+    because the topic metadata it assigned from changed (partitions added here; in CI the leader's first
+    metadata refresh after its first assignment). kafka-python 3.0.12 wants that rejoin only through the
+    snapshot comparison in ConsumerCoordinator.need_rejoin (coordinator/consumer.py:605), and the join task
+    re-takes the snapshot itself in _perform_assignment (consumer.py:473): once the task has run in the
+    background, no poll enters join_group_async again, the finished join is never applied (state stays
+    REBALANCING, heartbeats stay off), the broker drops the member after the session timeout, and the member
+    polls on, normally, without partitions for good. Fails on the unpatched client."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewPartitions
+
+    c = KafkaBatchConsumer(settings)
+    try:
+        deadline = time.monotonic() + 30
+        while c.assignment() != [0, 1] and time.monotonic() < deadline:
+            c.poll_batch(8, 500)
+        settle = time.monotonic() + 3  # polling normally, any rejoin right after the first assignment completes
+        while time.monotonic() < settle:
+            c.poll_batch(8, 500)
+        assert c.assignment() == [0, 1]
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            admin.create_partitions({settings.topic_frames: NewPartitions(4)})
+        finally:
+            admin.close()
+        _poll_busy(c, lambda: c.assignment() != [0, 1], 30)  # the metadata refresh (<= 10 s) starts the rejoin ...
+        assert c.assignment() != [0, 1], "no rejoin for the new partitions"
+        _poll_busy(c, lambda: False, 3)  # ... whose JoinGroup -> SyncGroup finishes while the member is busy
+        deadline = time.monotonic() + 25  # then it polls normally, past the 10 s session timeout
+        while c.assignment() != [0, 1, 2, 3] and time.monotonic() < deadline:
+            c.poll_batch(8, 500)
+        assert c.assignment() == [0, 1, 2, 3], f"the leader's rejoin never finished: assignment {c.assignment()}"
+    finally:
+        c.close()

@@ -17,6 +17,7 @@ from ingest.envelope import (
 
 
 @pytest.mark.parametrize("src, target, want", [
+    # the coarsest scale that covers the input (oversample=1): the fastest, not the most faithful
     ((2048, 2448), (256, 256), 8),      # 5 MP -> 256: 256x306 at 1/8 still covers the input
     ((2049, 2448), (256, 256), 8),      # libjpeg rounds up: ceil(2049/8) = 257
     ((2047, 2448), (256, 256), 8),      # ceil(2047/8) = 256 still covers 256
@@ -29,7 +30,27 @@ from ingest.envelope import (
     ((600, 800), (256, 256), 2),
     ((2048, 2448), None, 1),            # no target (tiling): full resolution
 ])
-def test_scale_choice(src, target, want) -> None:
+def test_scale_choice_coarsest(src, target, want) -> None:
+    assert choose_jpeg_scale(src, target, oversample=1.0) == want
+
+
+@pytest.mark.parametrize("src, target, want", [
+    # the default: each axis a whole multiple of the input (exact block sums) or >= 2x it
+    ((2048, 2448), (256, 256), 4),      # 2448/8 = 306 is neither 256 nor >= 512 -> 1/4 (512 x 612)
+    ((2048, 2048), (256, 256), 8),      # 2048/8 = 256 on both axes: whole 8x8 blocks, exact
+    ((4096, 4096), (256, 256), 8),      # 512 = 2 x 256 on both axes
+    ((2048, 4096), (256, 256), 8),      # 256 (exact) x 512 (exact, and 2x)
+    ((2049, 2048), (256, 256), 4),      # ceil(2049/8) = 257: not whole blocks, under 2x -> 1/4 (513 >= 512)
+    ((3000, 4096), (256, 256), 4),      # 12 MP: 375 is not 2x -> 750 x 1024
+    ((3648, 5472), (256, 256), 4),      # 20 MP: 456 x 684 at 1/8, 456 < 512 -> 1/4
+    ((4096, 5120), (256, 256), 8),      # 21 MP: 512 (exact) x 640 (>= 2x)
+    ((2048, 2448), (512, 512), 2),
+    ((2048, 2448), (1024, 1024), 1),    # 1/2 gives 1024 (exact) x 1224 (not 2x): full resolution
+    ((600, 800), (256, 256), 1),        # 300 x 400 at 1/2 is under 2x and not a multiple
+    ((512, 512), (256, 256), 2),        # exact at 1/2
+    ((2048, 2448), None, 1),
+])
+def test_scale_choice_default_faithful(src, target, want) -> None:
     assert choose_jpeg_scale(src, target) == want
 
 
@@ -57,18 +78,40 @@ def _env(data: bytes, enc: str = "jpeg", shape: tuple[int, ...] = ()) -> FrameEn
 def test_reduced_jpeg_matches_full_decode_then_resize() -> None:
     img = _frame(1024, 1224)
     env = _env(encode_image(img, "jpeg", 92), shape=img.shape)
-    got = decode_frame(env, target_hw=(128, 128))
-    assert got.scale == 8 and got.frame_hw == (1024, 1224)
-    assert got.image.shape == (128, 128, 3)
     ref = resize_rgb(decode_image(env), (128, 128))
-    assert np.abs(got.image.astype(int) - ref.astype(int)).mean() < 2.0
+    for oversample, scale in ((2.0, 4), (1.0, 8)):  # 153 px wide at 1/8 is neither 128 nor 2x: 1/4 by default
+        got = decode_frame(env, target_hw=(128, 128), oversample=oversample)
+        assert got.scale == scale and got.frame_hw == (1024, 1224)
+        assert got.image.shape == (128, 128, 3)
+        assert np.abs(got.image.astype(int) - ref.astype(int)).mean() < 2.0
+
+
+def _edges(h: int, w: int) -> np.ndarray:
+    """Sharp-edged gray structure (random-width stripes and blocks): what moves under a partial-block resize."""
+    rng = np.random.default_rng(0)
+    cols = np.repeat(rng.integers(0, 2, w // 3 + 1) * 200 + 20, 3)[:w]
+    rows = np.repeat(rng.integers(0, 2, h // 5 + 1) * 60, 5)[:h]
+    return np.clip(cols[None, :] + rows[:, None], 0, 255).astype(np.uint8)
+
+
+def test_default_scale_is_faithful_where_the_coarsest_is_not() -> None:
+    """1/8 of 1224 px is 153 for a 128 input: a 1.2:1 area resize of 8-px block means, which moves edges;
+    the default's rule (whole multiples or >= 2x) keeps the input close to the full decode's."""
+    img = _edges(1024, 1224)
+    env = _env(encode_image(img, "jpeg", 92), shape=img.shape)
+    ref = resize_rgb(decode_image(env), (128, 128)).astype(int)
+    coarse = decode_frame(env, target_hw=(128, 128), oversample=1.0).image.astype(int)
+    faithful = decode_frame(env, target_hw=(128, 128)).image.astype(int)
+    d_coarse, d_faithful = np.abs(coarse - ref[:, :, 0]), np.abs(faithful - ref[:, :, 0])
+    assert d_faithful.mean() < 0.6 * d_coarse.mean()
+    assert d_faithful.max() < d_coarse.max()
 
 
 def test_mono_jpeg_decodes_as_one_channel() -> None:
     img = _frame(800, 960, mono=True)
     env = _env(encode_image(img, "jpeg", 92), shape=img.shape)
     got = decode_frame(env, target_hw=(100, 100))
-    assert got.image.ndim == 2 and got.image.shape == (100, 100) and got.scale == 8
+    assert got.image.ndim == 2 and got.image.shape == (100, 100) and got.scale == 4  # 1/8: 100 x 120, not 2x
     ref = resize_rgb(decode_image(env), (100, 100))[:, :, 0]
     assert np.abs(got.image.astype(int) - ref.astype(int)).mean() < 2.0
 

@@ -9,33 +9,20 @@ benchmarks/bench_drift.py.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from inference.consumer import InferenceConsumer
 from inference.drift import DriftMonitor, RegistryCalibration
-from inference.router import ModelRouter
 from inference.telemetry import ConsumerMetrics
-from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
-from ingest.publisher import FramePublisher
-from ingest.simulator import LineSimulator
-from lineinspect.settings import Settings
 from storage.drift import DriftStore
 from storage.jobs import list_runs
-from storage.registry import ModelRegistry
 from storage.store import ResultStore
 from tests.dbtools import throwaway_database
-from tests.integration.test_retrain_flow import wait_for
-from tests.training.test_retrain import tiny_model
-from training.gate import GatePolicy
-from training.retrain import RetrainOptions, import_seed
-from training.scheduler import Schedule, Scheduler
-
-PRODUCT, CAMERA = "widget", "cam-1"
+from tests.integration.live_line import CAMERA, PRODUCT, running_consumer, seeded_line, wait_for
+from training.scheduler import Schedule
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -52,34 +39,28 @@ def brighter(img: np.ndarray) -> np.ndarray:
     return np.clip(img.astype(np.int16) + 60, 0, 255).astype(np.uint8)
 
 
-def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, flow_db: str) -> None:
-    settings = Settings(home=tmp_path, engine_url="local://torch", batch_max_records=8, batch_max_wait_ms=20,
-                        topic_frames="frames", topic_dlq="frames.dlq", keep_normal_margin=0.95, threads=1,
-                        drift_window=10, drift_reference_frames=10, drift_confirm_frames=2)
-    store = ResultStore.open(flow_db, normal_cap=200)
-    registry = ModelRegistry(store, tmp_path / "models")
-    drift = DriftStore.of(store)
-    opts = RetrainOptions(iters=8, holdout=0.4, min_samples=12, model=tiny_model(), progress=False, threads=1,
-                          train_overrides={"batch_size": 4}, policy=GatePolicy(max_fpr=0.6, fpr_tolerance=1.0))
-    sim = LineSimulator(PRODUCT, size=(128, 128), defect_rate=0.1, seed=7)
-    seeds = tmp_path / "seeds"
-    LineSimulator(PRODUCT, size=(128, 128), seed=99).write_mvtec(seeds, 16, 0, 0)
-    assert import_seed(store, PRODUCT, seeds) == (16, 0)
-    scheduler = Scheduler(store, registry, Schedule(min_new=16, backoff_s=0), opts)
-    assert [o.status for o in scheduler.tick()] == ["ok"]
-    assert registry.active(PRODUCT).version == "v0001"
+def samples_of_results(store: ResultStore, frame_ids: range) -> int:
+    """Training samples kept from the camera's results with these frame ids."""
+    from sqlalchemy import func, select
 
-    bus = MemoryBus(partitions=2)
-    router = ModelRouter(settings, registry, poll_s=0.2)
+    from storage.models import Camera, InspectionResult, TrainingSample
+
+    t = InspectionResult
+    q = (select(func.count()).select_from(TrainingSample).join(t, t.id == TrainingSample.result_id)
+         .join(Camera, Camera.id == t.camera_id)
+         .where(Camera.name == CAMERA, t.frame_id >= frame_ids.start, t.frame_id < frame_ids.stop))
+    with store.db_engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, flow_db: str) -> None:
+    line = seeded_line(tmp_path, flow_db, drift_window=10, drift_reference_frames=10, drift_confirm_frames=2)
+    settings, store, registry, scheduler, sim = line.settings, line.store, line.registry, line.scheduler, line.sim
+    drift = DriftStore.of(store)
     metrics = ConsumerMetrics(settings)
     monitor = DriftMonitor(settings, drift, RegistryCalibration(registry), metrics.registry, refresh_s=0.2)
-    consumer = InferenceConsumer(settings, MemoryConsumer(bus, settings.topic_frames, "g", settings.topic_dlq),
-                                 router, store, None, metrics, backoff_initial_s=0.01, post_store=[monitor])
-    thread = threading.Thread(target=consumer.run, name="consumer", daemon=True)
-    thread.start()
-    pub = FramePublisher(settings, PRODUCT, "L1", CAMERA, MemoryPublisher(bus, settings.topic_frames),
-                         first_frame_id=0, encoding="png")
-    try:
+    with running_consumer(line, metrics, post_store=[monitor]) as live:
+        router, thread, pub = live.router, live.thread, live.pub
         for i in range(30):  # the normal line: reference built, no alarm
             pub.publish(sim.frame(i).image)
         wait_for(lambda: store.count_results(PRODUCT) == 30, what="30 normal frames")
@@ -95,8 +76,12 @@ def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, f
         b = alarm["evidence"]["checks"]["brightness"]
         assert b["value"] > b["limit"] >= settings.drift_brightness_grey
         assert 20 <= alarm["onset_frame_id"] <= 30 + settings.drift_confirm_frames
-        assert drift.drifted(CAMERA, store.get_result(CAMERA, 60)["captured_at"])  # verdicts marked drifted
-        assert not drift.drifted(CAMERA, store.get_result(CAMERA, 5)["captured_at"])
+        # verdicts marked drifted: every frame from the onset on (those stored before the alarm opened
+        # flagged when it opened), none before; and none of them became a clearly-normal training sample
+        flags = {r["frame_id"]: r["drifted"] for r in store.results_for_camera(CAMERA)}
+        assert [f for f, d in flags.items() if d] == list(range(alarm["onset_frame_id"], 70)), flags
+        assert drift.drifted_count(alarm["id"]) == 70 - alarm["onset_frame_id"]
+        assert samples_of_results(store, range(alarm["onset_frame_id"], 70)) == 0
         assert drift.count_frames(alarm["id"]) >= 30  # the re-baseline's candidate training set
         assert metrics.registry.get_sample_value("lineinspect_drift_alarm_open",
                                                  {"product": PRODUCT, "camera": CAMERA}) == 1.0
@@ -105,7 +90,7 @@ def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, f
         scheduler.schedule = Schedule(min_new=1, backoff_s=0)
         outcome, = scheduler.tick()
         assert outcome.status == "skipped" and "drift alarm" in outcome.detail, outcome.detail
-        assert list_runs(store.engine, PRODUCT)[0]["status"] == "skipped"
+        assert list_runs(store.db_engine, PRODUCT)[0]["status"] == "skipped"
         assert [v.version for v in registry.list(PRODUCT)] == ["v0001"]
 
         # The operator confirms the new normal (dashboard) -> the scheduler re-baselines on the frames
@@ -126,14 +111,10 @@ def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, f
         wait_for(lambda: store.count_results(PRODUCT) == 110, what="40 frames of the new normal")
         later = store.results_for_camera(CAMERA, min_frame_id=80)
         assert {r["model_version"] for r in later} == {"v0002"}
+        # the flag is cleared going forward: the consumer learnt of the promotion before the next batch
+        assert not any(r["drifted"] for r in store.results_for_camera(CAMERA, min_frame_id=70))
         assert len(drift.alarms()) == 1 and drift.open_alarms() == []
         snap = monitor.snapshot()[CAMERA]  # the monitor saw the alarm close on its next batch
         assert snap["alarm_id"] is None and snap["reference"] is not None  # reference rebuilt from the new normal
         assert drift.reference(CAMERA) is not None
         assert thread.is_alive()
-    finally:
-        consumer.request_stop()
-        thread.join(timeout=10)
-        consumer.close()
-        router.close()
-        store.close()

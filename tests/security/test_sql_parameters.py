@@ -30,7 +30,7 @@ def test_hostile_names_are_refused_and_hostile_text_round_trips_harmlessly(db_ur
     """Names obey the one name rule (lineinspect.names), so a hostile name is refused before any SQL
     runs; free text (model_version) may hold quotes and SQL and is stored as plain data."""
     with ResultStore.open(db_url) as store:
-        tables_before = set(inspect(store.engine).get_table_names())
+        tables_before = set(inspect(store.db_engine).get_table_names())
         with pytest.raises(InvalidName):
             store.save_results([make_row(1, product=name, line=name, camera=name)])
         assert store.count_results() == 0
@@ -44,9 +44,9 @@ def test_hostile_names_are_refused_and_hostile_text_round_trips_harmlessly(db_ur
         assert store.count_results(product=name) == 0  # reads bind hostile names as data
         assert store.get_result(name, 2) is None and store.results_for_camera(name) == []
         assert store.count_results(product="x' OR '1'='1") == 0
-        with store.engine.connect() as conn:  # the dashboard's read path
+        with store.db_engine.connect() as conn:  # the dashboard's read path
             assert [p["name"] for p in queries.products(conn)] == ["bolt"]
-        assert set(inspect(store.engine).get_table_names()) == tables_before
+        assert set(inspect(store.db_engine).get_table_names()) == tables_before
 
 
 def _formatted_sql_calls(tree: ast.AST) -> list[tuple[int, str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from storage.drift import DriftStore, KeptFrame
 from storage.store import ResultStore
 from tests.storage.conftest import make_row
@@ -54,7 +56,11 @@ def test_rebaseline_request_frames_and_drifted_marking(db_url):
         assert ds.keep_frames(aid, "bolt", "cam1", frames + frames[:2], cap=4) == 4  # capped, deduplicated
         assert ds.keep_frames(aid, "bolt", "cam1", frames, cap=100) == 1
         assert [r.source for r in ds.frames_since("bolt", now - 93)] == ["drift"] * 3
-        assert ds.drifted("cam1", now - 94) and not ds.drifted("cam1", now - 96) and not ds.drifted("cam2", now - 94)
+        store.save_results([make_row(i, camera="cam2", captured_at=now - 100 + i) for i in range(10)])
+        assert ds.mark_drifted("bolt", "cam1", now - 95) == 5  # the onset's frames, stored before the alarm
+        assert ds.mark_drifted("bolt", "cam1", now - 95) == 0  # idempotent
+        assert store.get_result("cam1", 5)["drifted"] and not store.get_result("cam1", 4)["drifted"]
+        assert not any(r["drifted"] for r in store.results_for_camera("cam2"))  # other camera untouched
         assert ds.drifted_count(aid) == 5
         assert ds.request_rebaseline("bolt", None, "operator") == 1
         assert ds.open_alarms("bolt")[0]["rebaseline_since"] == now - 95  # defaults to the onset
@@ -64,4 +70,47 @@ def test_rebaseline_request_frames_and_drifted_marking(db_url):
         assert ds.reference("cam1")["stats"] == {"n": 3}
         assert ds.resolve("bolt", "done") == 1
         assert ds.reference("cam1") is None  # the next frames become the reference
-        assert not ds.drifted("cam1", time.time() + 10)
+        assert ds.alarm(aid)["status"] == "resolved"
+        assert ds.drifted_count(aid) == 5  # a re-baseline keeps the flags of the frames it covered
+
+
+def test_drifted_rows_are_stored_flagged_and_never_training_data(db_url):
+    with ResultStore.open(db_url) as store:
+        ds = DriftStore.of(store)
+        now = time.time()
+        rows = [make_row(i, captured_at=now - 50 + i, keep_as_normal=True, frame_bytes=bytes([i]) * 30,
+                         drifted=i >= 5) for i in range(8)]
+        rows.append(make_row(8, "defect", captured_at=now - 40, frame_bytes=b"d" * 30, drifted=True))
+        rows.append(make_row(9, "defect", captured_at=now - 39, frame_bytes=b"e" * 30))
+        store.save_results(rows)
+        assert [r["drifted"] for r in store.results_for_camera("cam1")] == [False] * 5 + [True] * 4 + [False]
+        assert store.count_training_samples("bolt") == 5  # the drifted clearly-normal frames are not kept
+        assert store.flagged_frames("bolt") == [b"e" * 30]  # nor a drifted frame as an anomaly example
+        drifted_defect = store.get_result("cam1", 8)
+        assert store.mark_false_alarm(drifted_defect["id"]) is False  # relabelled, but not kept as normal
+        assert store.get_result("cam1", 8)["false_alarm"]
+        # an alarm learnt late: flagging the onset's frames also withdraws their clearly-normal samples
+        assert ds.mark_drifted("bolt", "cam1", now - 47, until=now - 45) == 2
+        assert store.count_training_samples("bolt") == 3
+
+
+def test_dismiss_closes_without_rebaseline_and_clears_flags(db_url):
+    with ResultStore.open(db_url) as store:
+        ds = DriftStore.of(store)
+        now = time.time()
+        store.save_results([make_row(i, captured_at=now - 20 + i, drifted=i >= 10) for i in range(20)])
+        aid, _ = _open(ds, onset=now - 10)
+        ds.save_reference("bolt", "cam1", {"n": 3}, b"png")
+        with pytest.raises(ValueError, match="operator"):
+            ds.dismiss(aid, by=" ")
+        with pytest.raises(KeyError):
+            ds.dismiss(aid + 1000, by="ana")
+        assert ds.dismiss(aid, by="ana", reason="lamp test, not a change", at=now) == 10
+        a = ds.alarm(aid)
+        assert a["status"] == "dismissed" and a["closed_by"] == "ana" and a["resolved_at"] == now
+        assert a["resolution"] == "dismissed by ana: lamp test, not a change"
+        assert ds.open_alarms("bolt") == [] and ds.reference("cam1") is None
+        assert not any(r["drifted"] for r in store.results_for_camera("cam1"))  # the verdicts stand
+        with pytest.raises(ValueError, match="not open"):
+            ds.dismiss(aid, by="ana")
+        assert ds.alarms(status="dismissed")[0]["id"] == aid

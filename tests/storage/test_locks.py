@@ -13,7 +13,7 @@ from tests.storage.conftest import db_url, pg_url, sqlite_url  # noqa: F401 - SQ
 @pytest.fixture()
 def engine(db_url):  # noqa: F811 - every lock test runs on SQLite and (integration) PostgreSQL
     store = ResultStore.open(db_url)
-    yield store.engine
+    yield store.db_engine
     store.close()
 
 

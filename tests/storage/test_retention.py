@@ -38,27 +38,27 @@ def filled(db_url):
 
 
 def test_dry_run_counts_and_deletes_nothing(filled):
-    r = prune(filled.engine, 30, dry_run=True)
+    r = prune(filled.db_engine, 30, dry_run=True)
     assert (r.results, r.masks, r.frame_images, r.specimens, r.consumer_stats) == (8, 7, 7, 1, 1)
     assert filled.count_results() == 11
 
 
 def test_prune_deletes_old_rows_in_batches_with_their_masks(filled):
-    r = prune(filled.engine, 30, batch_size=3)
+    r = prune(filled.db_engine, 30, batch_size=3)
     assert (r.results, r.masks, r.frame_images, r.specimens, r.consumer_stats) == (8, 7, 7, 1, 1)
     assert filled.count_results() == 3
-    assert _count(filled.engine, Mask) == 3 and _count(filled.engine, FrameImage) == 3  # cascaded
+    assert _count(filled.db_engine, Mask) == 3 and _count(filled.db_engine, FrameImage) == 3  # cascaded
     assert [s.data for s in filled.training_samples("bolt")] == [b"normal"]  # training data stays
     assert filled.get_result("cam1", 200)["mask_png"] == b"m"
-    again = prune(filled.engine, 30)
+    again = prune(filled.db_engine, 30)
     assert again.results == 0
 
 
 def test_prune_rejects_bad_arguments(filled):
     with pytest.raises(ValueError):
-        prune(filled.engine, -1)
+        prune(filled.db_engine, -1)
     with pytest.raises(ValueError):
-        prune(filled.engine, 1, batch_size=0)
+        prune(filled.db_engine, 1, batch_size=0)
 
 
 def test_cli_db_upgrade_and_prune(tmp_path, monkeypatch, capsys):
@@ -67,7 +67,7 @@ def test_cli_db_upgrade_and_prune(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path))
     assert main(["db-upgrade"]) == 0
     store = ResultStore.open(url)
-    head = current_revision(store.engine)  # whatever migration is last (the coordinator chains them)
+    head = current_revision(store.db_engine)  # whatever migration is last (the coordinator chains them)
     assert head is not None and f"revision {head}" in capsys.readouterr().out
     store.save_results([make_row(1, captured_at=time.time() - 10 * DAY), make_row(2)])
     assert main(["prune", "--older-than-days", "5", "--dry-run"]) == 0

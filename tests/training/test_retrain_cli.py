@@ -71,3 +71,20 @@ def test_scheduler_once_and_bad_arguments(home, capsys):
     assert main(["scheduler", "--once", "--cron", "nightly"]) == 2
     assert main(["retrain", "--product", "widget", "--import-only"]) == 2
     assert main(["retrain", "--product", "nothing", *FAST]) == 3  # skipped: no samples
+
+
+def test_models_dismiss_drift(home, capsys):
+    from storage.drift import DriftStore
+
+    s = load_settings()
+    with ResultStore.open(s.resolved_db_url) as store:
+        aid, _ = DriftStore.of(store).open_alarm("widget", "cam-1", kinds=["brightness"], onset_at=1.0,
+                                                 onset_frame_id=0, model_version="v0001", evidence={})
+    assert main(["models", "dismiss-drift", "--alarm", str(aid), "--by", "ana", "--reason", "lamp test"]) == 0
+    assert f"drift alarm #{aid} dismissed by ana" in capsys.readouterr().out
+    assert main(["models", "dismiss-drift", "--alarm", str(aid), "--by", "ana"]) == 2  # no longer open
+    assert "not open" in capsys.readouterr().err
+    assert main(["models", "dismiss-drift", "--alarm", "999", "--by", "ana"]) == 2
+    with ResultStore.open(s.resolved_db_url) as store:
+        a = DriftStore.of(store).alarm(aid)
+    assert a["status"] == "dismissed" and a["closed_by"] == "ana" and a["resolution"] == "dismissed by ana: lamp test"

@@ -62,7 +62,7 @@ def test_schedule_validation():
 
 
 def test_run_job_records_ok_failed_and_skipped(db_store):
-    eng = db_store.engine
+    eng = db_store.db_engine
     ok = run_job(eng, "widget", lambda lost: "trained v0001")
     assert ok.status == "ok" and ok.detail == "trained v0001"
 
@@ -96,22 +96,22 @@ def test_only_one_of_two_concurrent_jobs_runs(db_store):
         release.wait(5)
         return "done"
 
-    t = threading.Thread(target=lambda: run_job(store.engine, "cap", slow))
+    t = threading.Thread(target=lambda: run_job(store.db_engine, "cap", slow))
     t.start()
     assert started.wait(5)
-    second = run_job(store.engine, "cap", lambda lost: "should not run")
+    second = run_job(store.db_engine, "cap", lambda lost: "should not run")
     release.set()
     t.join()
     assert second.status == "skipped"
-    assert sorted(r["status"] for r in list_runs(store.engine, "cap")) == ["ok", "skipped"]
+    assert sorted(r["status"] for r in list_runs(store.db_engine, "cap")) == ["ok", "skipped"]
 
 
 def test_start_finish_run_validation(store):
-    rid = start_run(store.engine, "p")
+    rid = start_run(store.db_engine, "p")
     with pytest.raises(ValueError):
-        finish_run(store.engine, rid, "running")
+        finish_run(store.db_engine, rid, "running")
     with pytest.raises(ValueError):
-        start_run(store.engine, "p", status="weird")
+        start_run(store.db_engine, "p", status="weird")
 
 
 def test_scheduler_retrains_due_products_and_survives_a_failing_one(store, tmp_path):
