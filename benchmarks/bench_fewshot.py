@@ -70,7 +70,7 @@ def run_few_shot(root: Path, cat: str, shots: list[int], seed: int, out_dir: Pat
         train(fit, _cfg(few_shot=k, categories=[cat]), mdir, seed=seed, resume=False, calibration_images=held,
               progress=False)
         train_s = time.perf_counter() - t0
-        res = {"method": f"inp_former_fewshot{k}", "category": cat, "seed": seed, "train_s": round(train_s, 1),
+        res: dict[str, Any] = {"method": f"inp_former_fewshot{k}", "category": cat, "seed": seed, "train_s": round(train_s, 1),
                "metrics": _score(mdir, root, cat), "machine": machine()}
         out_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(res, indent=1))
@@ -91,7 +91,7 @@ def run_unified(root: Path, seed: int, out_dir: Path) -> None:
     train_s = time.perf_counter() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     for cat in CATEGORIES:
-        res = {"method": "inp_former_unified", "category": cat, "seed": seed, "train_s": round(train_s, 1),
+        res: dict[str, Any] = {"method": "inp_former_unified", "category": cat, "seed": seed, "train_s": round(train_s, 1),
                "metrics": _score(mdir, root, cat), "machine": machine()}
         (out_dir / f"unified__{cat.replace('/', '__')}__s{seed}.json").write_text(json.dumps(res, indent=1))
         print(f"unified {cat} " + " ".join(f"{m}={res['metrics'][m]:.3f}" for m in ("image_auroc", "pixel_auroc", "aupro")),

@@ -226,8 +226,8 @@ def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
     mean_all = quality["mean"]
     bar = {k: max(v[k] for m, v in mean_all.items() if m.startswith("knn_")) for k in KEYS}
     quality["knn_bar"] = bar
-    quality["knn_bar_method"] = {k: max((m for m in mean_all if m.startswith("knn_")), key=lambda m, k=k: mean_all[m][k])
-                                 for k in KEYS}
+    knn = [m for m in mean_all if m.startswith("knn_")]
+    quality["knn_bar_method"] = {k: knn[int(np.argmax([mean_all[m][k] for m in knn]))] for k in KEYS}
     quality["margin_vs_bar"] = {m: {k: round(mean_all[m][k] - bar[k], 4) for k in KEYS} for m in CANDIDATES if m in mean_all}
     quality["winners"] = [m for m, d in quality["margin_vs_bar"].items() if all(v >= 0 for v in d.values())]
     return quality
