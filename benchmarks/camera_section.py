@@ -29,7 +29,7 @@ CONFIGS = (("5 MP colour", (2048, 2448), False), ("5 MP mono", (2048, 2448), Tru
            ("12 MP colour", (3000, 4096), False))
 QUALITY = 92
 LATENCY_WINDOW_S = 40.0
-WARMUP_FRAMES = 24  # rows not counted in the backlog fps (3 batches of 8: see warm_fps)  # seconds of frames published at 70 % of capacity for p50 / p99
+WARMUP_FRAMES = 24  # rows not counted in the backlog fps (3 batches of 8: see warm_fps)
 
 
 def camera_frames(per_category: int, hw: tuple[int, int], mono: bool) -> list[tuple[str, bytes, tuple[int, ...]]]:
