@@ -40,12 +40,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_memory import KEYS
-from benchmarks.common import RESULTS_DIR, WORK, data_root, machine, masks_at
+from benchmarks.bench_memory import KEYS, category_split
+from benchmarks.common import RESULTS_DIR, WORK, data_root, machine
 from inference.model.anomaly_map import gaussian_blur, gaussian_kernel1d, topk_mean_score
 from inference.model.inp_former import InpConfig, InpFormer
 from training import metrics, patchcore
-from training.data import hold_out, load_split
 from training.features import cached_features
 from training.train import TrainConfig
 
@@ -148,12 +147,8 @@ def bank_rows(bank: torch.Tensor, test: torch.Tensor, labels: np.ndarray, masks:
 
 def run_category(root: Path, cat: str, seeds: list[int], out_dir: Path) -> None:
     cfg = TrainConfig()
-    train_split = load_split(root, cat, "train")
-    fit, held = hold_out(train_split.items, cfg.holdout, 0)
-    test = load_split(root, cat, "test")
     hw = cfg.model.input_hw
-    labels = np.array([it.label for it in test.items])
-    masks = masks_at(test.items, hw)
+    fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, hw)
     probe = probe_model()
     cache = str(WORK / "cache_knn")
     t0 = time.perf_counter()

@@ -110,15 +110,19 @@ def knn_rows(train_mem: torch.Tensor, test_mem: torch.Tensor, hw: tuple[int, int
     return np.concatenate(maps), np.concatenate(smax), np.concatenate(stop)
 
 
+def category_split(root: Path, cat: str, holdout: int, hw: tuple[int, int]) -> tuple[list, list, Any, np.ndarray, np.ndarray]:
+    """The one split every quality row is scored on: fit / held-out normals (fixed draw 0), the test set,
+    its labels and its ground-truth masks at model resolution."""
+    fit, held = hold_out(load_split(root, cat, "train").items, holdout, 0)
+    test = load_split(root, cat, "test")
+    return fit, held, test, np.array([it.label for it in test.items]), masks_at(test.items, hw)
+
+
 def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: Path, iters: int | None = None) -> dict:
     cfg = replace(default_config(), cache_dir=str(WORK / "cache_memory"), categories=[cat], device=device)
     cfg = replace(cfg, iters=iters or cfg.iters)
-    train_split = load_split(root, cat, "train")
-    fit, held = hold_out(train_split.items, cfg.holdout, 0)
-    test = load_split(root, cat, "test")
     hw = cfg.model.input_hw
-    labels = np.array([it.label for it in test.items])
-    masks = masks_at(test.items, hw)
+    fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, hw)
     probe = InpFormer(cfg.model).to(device)
     t0 = time.perf_counter()
     test_paths = [it.path for it in test.items]

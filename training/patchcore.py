@@ -94,13 +94,19 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128, 
         torch.set_num_threads(threads)
 
 
-def _greedy(x: torch.Tensor, k: int, seed: int, proj_dim: int, dense_share: float) -> torch.Tensor:
+def _projected_start(x: torch.Tensor, seed: int, proj_dim: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The seeded part both greedy versions share: projected rows, their squared norms, the first pick."""
     p, c = x.shape
     g = torch.Generator().manual_seed(seed)
     proj = random_projection(c, proj_dim, g)
     first = int(torch.randint(p, (1,), generator=g))
     z = (x.float() @ proj if proj is not None else x.float()).contiguous()
-    zn = (z * z).sum(1)
+    return z, (z * z).sum(1), first
+
+
+def _greedy(x: torch.Tensor, k: int, seed: int, proj_dim: int, dense_share: float) -> torch.Tensor:
+    p = x.shape[0]
+    z, zn, first = _projected_start(x, seed, proj_dim)
     centres = torch.empty(k, z.shape[1])
     cn = torch.empty(k)
     chosen = torch.empty(k, dtype=torch.long)
@@ -135,12 +141,7 @@ def _greedy(x: torch.Tensor, k: int, seed: int, proj_dim: int, dense_share: floa
 def greedy_coreset_reference(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
     """The plain O(k P) greedy k-center with the same start, projection and distance formula
     (for tests: the fast version must pick the same rows)."""
-    p, c = x.shape
-    g = torch.Generator().manual_seed(seed)
-    proj = random_projection(c, proj_dim, g)
-    first = int(torch.randint(p, (1,), generator=g))
-    z = (x.float() @ proj if proj is not None else x.float()).contiguous()
-    zn = (z * z).sum(1)
+    z, zn, first = _projected_start(x, seed, proj_dim)
     chosen = torch.empty(k, dtype=torch.long)
     chosen[0] = first
     mind = _sqdist(z, zn, z[first])
