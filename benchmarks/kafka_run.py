@@ -11,12 +11,16 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import REPO
 
 
-def tree_rss_mb(pid: int) -> float:
+def tree_sum(pid: int, measure: Callable[[Any], float]) -> float:
+    """``measure`` summed over ``pid`` and its live children (a consumer's helpers, PostgreSQL's backends);
+    processes that end while being read count 0."""
     import psutil
 
     try:
@@ -24,13 +28,17 @@ def tree_rss_mb(pid: int) -> float:
         procs = [p, *p.children(recursive=True)]
     except psutil.Error:
         return 0.0
-    total = 0
+    total = 0.0
     for q in procs:
         try:
-            total += q.memory_info().rss
+            total += measure(q)
         except psutil.Error:
             pass
-    return total / 2**20
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    return tree_sum(pid, lambda q: q.memory_info().rss) / 2**20
 
 
 class RssSampler(threading.Thread):

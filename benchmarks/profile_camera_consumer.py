@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, WORK
+from benchmarks.kafka_run import tree_sum
 
 # (bucket, substrings any of which in a stack puts the sample there); first match wins, most specific first
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -53,21 +54,7 @@ def bucket(stack: str) -> str:
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its live children (PostgreSQL's backends are children)."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for q in procs:
-        try:
-            t = q.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
+    return tree_sum(pid, lambda q: sum(q.cpu_times()[:2]))  # user + system
 
 
 def decode_and_model_cpu_s(model_dir: Path, frames: list, n: int, batch: int = 8) -> float:
