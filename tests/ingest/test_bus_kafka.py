@@ -22,6 +22,17 @@ def settings(kafka_url: str) -> Settings:
                     topic_partitions=2, consumer_group=f"li-bus-{rid}")
 
 
+def _publish(settings: Settings, keyed: list[tuple[str, int]]) -> None:
+    """Publish (key, i) messages with value str(i), flushed, and close the producer."""
+    pub = KafkaPublisher(settings)
+    try:
+        for key, i in keyed:
+            pub.publish(key.encode(), str(i).encode(), [])
+        pub.flush(30)
+    finally:
+        pub.close()
+
+
 def _drain(c: KafkaBatchConsumer, n: int, timeout_s: float = 30.0) -> list:
     out: list = []
     deadline = time.monotonic() + timeout_s
@@ -69,11 +80,7 @@ def test_publish_consume_commit_lag_and_dlq(settings: Settings) -> None:
 
 
 def test_uncommitted_records_are_redelivered(settings: Settings) -> None:
-    pub = KafkaPublisher(settings)
-    for i in range(4):
-        pub.publish(b"cam", str(i).encode(), [])
-    pub.flush(30)
-    pub.close()
+    _publish(settings, [("cam", i) for i in range(4)])
     c = KafkaBatchConsumer(settings)
     first = _drain(c, 4)
     c.commit(first[:1])
@@ -93,11 +100,7 @@ def test_a_partition_paused_with_records_in_line_is_fetched_after_resume(setting
     the resume)."""
     from kafka import TopicPartition
 
-    pub = KafkaPublisher(settings)
-    for i in range(40):
-        pub.publish(f"cam{i}".encode(), str(i).encode(), [])
-    pub.flush(30)
-    pub.close()
+    _publish(settings, [(f"cam{i}", i) for i in range(40)])
     c = KafkaBatchConsumer(settings)
     try:
         first: list = []
@@ -129,11 +132,7 @@ def test_a_member_waiting_out_an_outage_does_not_stall_a_joining_member(settings
     not consumed by the keep-alive: everything published is handed out exactly once between them."""
     import threading
 
-    pub = KafkaPublisher(settings)
-    for i in range(8):
-        pub.publish(f"cam{i}".encode(), str(i).encode(), [])
-    pub.flush(30)
-    pub.close()
+    _publish(settings, [(f"cam{i}", i) for i in range(8)])
     a = KafkaBatchConsumer(settings)
     got = _drain(a, 1)  # A joined and owns both partitions; it took at least one record
     assert got and a.assignment() == [0, 1]
