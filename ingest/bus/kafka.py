@@ -200,8 +200,28 @@ class KafkaPublisher:
         if self._failed:
             raise RuntimeError(f"{len(self._failed)} message(s) were not delivered; first: {self._failed[0]}")
 
-    def close(self) -> None:
-        self._producer.close(timeout=10)
+    def close(self, timeout_s: float = 10.0) -> None:
+        close_producer(self._producer, timeout_s)
+
+
+def close_producer(producer: Any, timeout_s: float) -> None:
+    """Close a KafkaProducer even when its pending records cannot be delivered.
+
+    kafka-python 3.0.12's ``close()`` flushes first and, when that flush times out (broker down),
+    raises before stopping anything: the sender thread and its sockets live on and ``__del__``
+    fails again later. Undelivered records were never acknowledged, so their senders re-send or
+    report them; they are aborted here (the client's own force-close) and the close completes."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaTimeoutError:
+        log.warning("kafka producer closed with undelivered records", extra=kv(timeout_s=timeout_s))
+        sender = getattr(producer, "_sender", None)  # no public force-close in 3.0.12
+        if sender is not None:
+            sender.force_close()
+            sender.join(timeout_s)
+        producer.close(timeout=timeout_s)  # the aborted batches are done: the flush returns at once
 
 
 class KafkaBatchConsumer:
@@ -238,10 +258,14 @@ class KafkaBatchConsumer:
                 # seconds, not at the default 5-minute metadata refresh.
                 metadata_max_age_ms=10_000,
                 bootstrap_timeout_ms=boot, **sec)
+        except KafkaError as exc:
+            raise _unavailable(settings, exc) from exc
+        try:
             self._dlq = KafkaProducer(
                 bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-dlq", acks="all", retries=10,
                 max_request_size=fetch + FRAMING, bootstrap_timeout_ms=boot, **sec)
         except KafkaError as exc:
+            self._consumer.close(autocommit=False)  # not left with its threads and sockets
             raise _unavailable(settings, exc) from exc
         apply_finished_joins(self._consumer)
         self._assigned: set[int] = set()
@@ -391,6 +415,6 @@ class KafkaBatchConsumer:
 
     def close(self) -> None:
         try:
-            self._dlq.close(timeout=5)
+            close_producer(self._dlq, 5.0)
         finally:
             self._consumer.close(autocommit=False)
