@@ -91,8 +91,11 @@ class KafkaRun:
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def start_consumers(self, n: int, threads: int, pipelined: bool = True) -> float:
-        """Start ``n`` consumer processes; returns the wall time when all of them own partitions."""
+    def start_consumers(self, n: int, threads: int, pipelined: bool = True, src: Path | None = None) -> float:
+        """Start ``n`` consumer processes; returns the wall time when all of them own partitions.
+
+        ``src``: run the consumer from another source tree (e.g. ``git archive`` of an earlier commit), so a
+        profile can compare two versions of the code on the same services, frames and model."""
         s = self.s
         env = {k: v for k, v in os.environ.items() if not k.startswith("LINEINSPECT_")}
         env.update(LINEINSPECT_HOME=str(self.tmp), LINEINSPECT_MODELS_DIR=str(s.resolved_models_dir),
@@ -103,7 +106,7 @@ class KafkaRun:
                    "--db", s.resolved_db_url, "--cache", s.cache_url, "--group", s.consumer_group,
                    "--topic", s.topic_frames, "--idle-timeout", "300", *([] if pipelined else ["--no-pipeline"])]
             with open(log, "wb") as out:
-                self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+                self.procs.append(subprocess.Popen(cmd, cwd=src or REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
             self.logs.append(log)
         # ready = every consumer owns partitions (so the backlog is not drained by the first one alone)
         deadline = time.monotonic() + 180

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,19 @@ def cpu_s(pid: int) -> float:
     return tree_sum(pid, lambda q: sum(q.cpu_times()[:2]))  # user + system
 
 
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """{native thread id: user + system CPU seconds} of every thread of ``pid`` (/proc; Linux only)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
+    return out
+
+
 def decode_and_model_cpu_s(model_dir: Path, frames: list, n: int, batch: int = 8) -> float:
     """Process CPU seconds per frame (every thread, ONNX Runtime's included) of decode at model scale + the
     engine alone, over ``n`` frames after one warm-up batch: the yardstick of ``ratio_to_decode_and_model``."""
@@ -86,11 +100,17 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=97, help="py-spy samples per second")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "camera_profile.json")
     ap.add_argument("--tag", default="", help="a label stored with the result (e.g. before / after)")
+    ap.add_argument("--src", type=Path, default=None,
+                    help="run the consumer from this source tree (git archive of another commit: an A/B on one setup)")
+    ap.add_argument("--raw", type=Path, default=None, help="also keep py-spy's raw stacks here (for a finer look)")
     args = ap.parse_args()
     os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
     from benchmarks import camera_section as cam
     from benchmarks.bench_pipeline import build_model, ensure_services, service_pids, services_sh
     from benchmarks.kafka_run import KafkaRun, steady_fps
+
+    if args.src:  # the project's packages from the other tree too, so the decode + model yardstick is that code's
+        sys.path.insert(0, str(args.src.resolve()))
     from inference.engines.onnx_engine import OnnxEngine
     from ingest.envelope import decode_frame
 
@@ -114,20 +134,22 @@ def main() -> int:
         run = KafkaRun(urls, model_dir, threshold, tmp, "prof")
         try:
             run.publish(frames, 0, args.frames)
-            t_ready = run.start_consumers(1, 0, True)
+            t_ready = run.start_consumers(1, 0, True, src=args.src)
             pid = run.procs[0].pid
             svc = {k: p for k, p in service_pids().items()}
             svc0 = {k: cpu_s(p) for k, p in svc.items()}
-            c0, w0 = cpu_s(pid), time.time()
+            c0, w0, t0 = cpu_s(pid), time.time(), thread_cpu_s(pid)
             spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "--threads", "--format", "raw",
                                     "--rate", str(args.rate), "-o", str(raw), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             stored = run.wait_rows(0, args.frames, timeout_s=max(180, args.frames * 3))
-            c1, w1 = cpu_s(pid), time.time()
+            c1, w1, t1 = cpu_s(pid), time.time(), thread_cpu_s(pid)
             svc1 = {k: cpu_s(p) for k, p in svc.items()}
             spy.send_signal(2)  # SIGINT: py-spy writes the file and exits
             spy.wait(60)
             fps, counted = steady_fps(stored, t_ready)
+            if args.raw:
+                shutil.copyfile(raw, args.raw)
         finally:
             run.close()
         dm_cpu = decode_and_model_cpu_s(model_dir, frames, args.frames)
@@ -143,7 +165,13 @@ def main() -> int:
             if bucket(stack) == "other":
                 top[";".join(stack.split(";")[-3:])] += int(n)
         total = sum(samples.values())
-        result = {"config": name, "frames": args.frames, "tag": args.tag, "fps": fps, "frames_timed": counted,
+        # CPU per frame of each thread (from /proc, not sampled); py-spy names the Python threads by native id,
+        # the rest are native (ONNX Runtime's intra-op pool, the allocator's, ...)
+        names = {int(m.group(1)): m.group(2) for m in re.finditer(r"thread \((\d+)\): ([\w-]+)", raw.read_text())}
+        per_thread: Counter[str] = Counter()
+        for tid, sec in t1.items():
+            per_thread[names.get(tid, "native (ONNX Runtime pool, ...)")] += (sec - t0.get(tid, 0.0)) / args.frames
+        result = {"config": name, "frames": args.frames, "tag": args.tag, "src": str(args.src or "this checkout"), "fps": fps, "frames_timed": counted,
                   "load_avg": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M"),
                   "consumer_cpu_s": c1 - c0, "wall_s": w1 - w0,
                   "consumer_cpu_s_per_frame": (c1 - c0) / args.frames,
@@ -157,6 +185,7 @@ def main() -> int:
                                                              + sum(svc1[k] - svc0[k] for k in svc) / args.frames),
                   "samples": total, "share": {k: v / total for k, v in samples.most_common()},
                   "threads": {k: v / total for k, v in threads.most_common()},
+                  "thread_cpu_s_per_frame": dict(per_thread.most_common()),
                   "other_top": {k: v / total for k, v in top.most_common(12)}}
     finally:
         for s in started:

@@ -454,11 +454,15 @@ class DriftMonitor:
                 keep.setdefault(row.camera, []).append(kept)
             elif breaches:
                 self._open(row, cam, breaches)
+        items: list[tuple[int, str, str, list[KeptFrame]]] = []
         for camera, frames in keep.items():
-            cam = self._cams[camera]
-            if cam.alarm_id is not None:
-                n = self.store.keep_frames(cam.alarm_id, cam.product, camera, frames, self.config.keep_frames)
-                self.metrics.kept.labels(product=cam.product).inc(n)
+            alarm_id = self._cams[camera].alarm_id
+            if alarm_id is not None:
+                items.append((alarm_id, self._cams[camera].product, camera, frames))
+        if items:  # one transaction for every drifting camera of the batch
+            added = self.store.keep_frames_many(items, self.config.keep_frames)
+            for alarm_id, product, _camera, _frames in items:
+                self.metrics.kept.labels(product=product).inc(added.get(int(alarm_id), 0))
 
     def _cam(self, product: str, camera: str) -> _Cam:
         cam = self._cams.get(camera)

@@ -44,17 +44,41 @@ def resize_rgb(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+_SCALE = np.float32(1.0 / 255.0)
+
+
+def _fill_input(out: np.ndarray, image: np.ndarray, hw: tuple[int, int]) -> None:
+    """Write one frame's float32 (3, H, W) model input into ``out`` (a view into the batch array).
+
+    WHY not ``as_rgb`` then convert: a one-channel frame already at the input size (a mono camera's
+    frames come out of :func:`ingest.envelope.decode_frame` that way) is scaled once and the result
+    copied to the three planes; replicating the uint8 pixels first, then converting, transposing and
+    stacking the copies cost several times that per frame. Same float32 values either way (one multiply
+    by the same float32 factor per pixel)."""
+    h, w = int(hw[0]), int(hw[1])
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[:2] == (h, w) and (
+            image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)):
+        np.multiply(image.reshape(h, w), _SCALE, out=out[0], dtype=np.float32)
+        out[1] = out[0]
+        out[2] = out[0]
+        return
+    rgb = resize_rgb(as_rgb(image), hw)
+    np.multiply(rgb.transpose(2, 0, 1), _SCALE, out=out, dtype=np.float32)
+
+
 def to_input(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """One RGB uint8 frame -> float32 (3, H, W) in [0, 1] at the model input size."""
-    x = resize_rgb(as_rgb(image), hw).astype(np.float32) * (1.0 / 255.0)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    out = np.empty((3, int(hw[0]), int(hw[1])), np.float32)
+    _fill_input(out, image, hw)
+    return out
 
 
 def batch_to_input(images: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
-    """Frames of any sizes -> float32 (N, 3, H, W)."""
-    if not images:
-        return np.zeros((0, 3, int(hw[0]), int(hw[1])), np.float32)
-    return np.stack([to_input(im, hw) for im in images])
+    """Frames of any sizes -> float32 (N, 3, H, W), written in place (no per-frame arrays to stack)."""
+    out = np.empty((len(images), 3, int(hw[0]), int(hw[1])), np.float32)
+    for i, im in enumerate(images):
+        _fill_input(out[i], im, hw)
+    return out
 
 
 def score_in_batches(images: list[np.ndarray], hw: tuple[int, int], batch_size: int,

@@ -181,20 +181,41 @@ class DriftStore(SharedDbStore):
     def keep_frames(self, alarm_id: int, product: str, camera: str, frames: list[KeptFrame], cap: int) -> int:
         """Keep frames for a later re-baseline (deduplicated by sha256, at most ``cap`` per alarm);
         returns how many were added."""
-        if not frames:
-            return 0
+        return self.keep_frames_many([(alarm_id, product, camera, frames)], cap).get(int(alarm_id), 0)
+
+    def keep_frames_many(self, items: list[tuple[int, str, str, list[KeptFrame]]], cap: int) -> dict[int, int]:
+        """:meth:`keep_frames` for several open alarms (one per camera) at once: ``items`` are
+        ``(alarm_id, product, camera, frames)`` with distinct alarm ids; returns ``{alarm_id: frames added}``.
+
+        WHY one transaction and one multi-row INSERT: the consumer keeps every frame of a drifting camera,
+        and a frame per statement (plus a transaction, a pool checkout and its ping per camera) cost more
+        CPU than all of the batch's other writes at 5 MP (benchmarks/RESULTS.md, camera section). Same
+        result as one call per alarm: each alarm's first ``cap - already kept`` frames are tried in order,
+        and ``ON CONFLICT DO NOTHING`` on (product, sha256) keeps the first of equal frames, within the
+        statement as across statements."""
+        items = [it for it in items if it[3]]
+        if not items:
+            return {}
+        alarm_ids = [int(a) for a, _p, _c, _f in items]
+        if len(set(alarm_ids)) != len(alarm_ids):
+            raise ValueError("keep_frames_many: one entry per alarm")
+        f = DriftFrame
         with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
-            have = int(conn.execute(select(func.count()).select_from(DriftFrame)
-                                    .where(DriftFrame.alarm_id == int(alarm_id))).scalar_one())
-            room = max(0, int(cap) - have)
-            added = 0
-            for f in frames[:room]:
-                stmt = (dialect_insert(conn, DriftFrame)
-                        .values(alarm_id=int(alarm_id), product=product, camera=camera, frame_id=int(f.frame_id),
-                                captured_at=float(f.captured_at), sha256=hashlib.sha256(f.data).hexdigest(),
-                                encoding=f.encoding[:8], data=bytes(f.data))
-                        .on_conflict_do_nothing(index_elements=["product", "sha256"]).returning(DriftFrame.id))
-                added += conn.execute(stmt).first() is not None
+            have = dict(conn.execute(select(f.alarm_id, func.count()).where(f.alarm_id.in_(alarm_ids))
+                                     .group_by(f.alarm_id)).all())
+            values = []
+            for alarm_id, product, camera, frames in items:
+                room = max(0, int(cap) - int(have.get(int(alarm_id), 0)))
+                values.extend({"alarm_id": int(alarm_id), "product": product, "camera": camera,
+                               "frame_id": int(k.frame_id), "captured_at": float(k.captured_at),
+                               "sha256": hashlib.sha256(k.data).hexdigest(), "encoding": k.encoding[:8],
+                               "data": bytes(k.data)} for k in frames[:room])
+            added = {a: 0 for a in alarm_ids}
+            if values:  # executemany: one multi-row INSERT from a cached compiled statement (see ResultStore)
+                stmt = (dialect_insert(conn, f).on_conflict_do_nothing(index_elements=["product", "sha256"])
+                        .returning(f.alarm_id))
+                for (a,) in conn.execute(stmt, values).all():
+                    added[int(a)] += 1
             return added
 
     def frames_since(self, product: str, since: float, limit: int | None = None) -> list[TrainingSampleRow]:

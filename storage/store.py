@@ -210,10 +210,12 @@ class ResultStore:
                 "false_alarm": False, "drifted": bool(r.drifted),
             }
         t = InspectionResult
-        stmt = (dialect_insert(conn, t).values(list(values.values()))
-                .on_conflict_do_nothing(index_elements=["camera_id", "frame_id"])
+        # executemany form: SQLAlchemy sends one multi-row INSERT (per page of rows, "insertmanyvalues") from a
+        # compiled statement it caches; ``.values(list)`` was compiled anew for every batch, most of the store's
+        # CPU per batch at 5 MP (benchmarks/RESULTS.md, camera section). Same statement, same conflict rule.
+        stmt = (dialect_insert(conn, t).on_conflict_do_nothing(index_elements=["camera_id", "frame_id"])
                 .returning(t.id, t.camera_id, t.frame_id))
-        result_ids = {(c, f): i for i, c, f in conn.execute(stmt).all()}
+        result_ids = {(c, f): i for i, c, f in conn.execute(stmt, list(values.values())).all()}
         new_keys = set(result_ids)
         missing = [k for k in values if k not in result_ids]
         if missing:
@@ -260,14 +262,16 @@ class ResultStore:
                 samples.append({"product_id": ids["product"][r.product], "result_id": rid,
                                 "sha256": hashlib.sha256(r.frame_bytes).hexdigest(), "source": "clear_normal",
                                 "encoding": r.frame_encoding, "data": bytes(r.frame_bytes), "created_at": now})
+        # executemany + RETURNING, as in _insert_results (without RETURNING psycopg would send one INSERT per row)
         if masks:
-            conn.execute(dialect_insert(conn, Mask).values(masks).on_conflict_do_nothing(index_elements=["result_id"]))
+            conn.execute(dialect_insert(conn, Mask).on_conflict_do_nothing(index_elements=["result_id"])
+                         .returning(Mask.result_id), masks)
         if frames:
-            conn.execute(dialect_insert(conn, FrameImage).values(frames)
-                         .on_conflict_do_nothing(index_elements=["result_id"]))
+            conn.execute(dialect_insert(conn, FrameImage).on_conflict_do_nothing(index_elements=["result_id"])
+                         .returning(FrameImage.result_id), frames)
         if samples:
-            conn.execute(dialect_insert(conn, TrainingSample).values(samples)
-                         .on_conflict_do_nothing(index_elements=["product_id", "sha256"]))
+            conn.execute(dialect_insert(conn, TrainingSample).on_conflict_do_nothing(index_elements=["product_id", "sha256"])
+                         .returning(TrainingSample.id), samples)
             for pid in sorted({s["product_id"] for s in samples}):
                 _cap_samples(conn, pid, "clear_normal", cap)
 

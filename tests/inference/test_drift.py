@@ -229,3 +229,37 @@ def test_registry_calibration_reads_the_model_dir_through_its_owner(tmp_path: Pa
     assert cal("p", "v2") == pytest.approx(1.2)  # none there: threshold / margin (1)
     assert cal("p", "v3") == 0.4             # the registry row's metrics come first
     assert cal("p", "nope") is None
+
+
+def test_monitor_keeps_every_drifting_camera_of_a_batch_in_one_call(tmp_path, monkeypatch):
+    """While alarms are open on several cameras, a stored batch's frames are kept with one
+    ``keep_frames_many`` (one transaction), each camera's frames under its own alarm."""
+    from inference.drift import DriftMonitor
+    from lineinspect.settings import Settings
+    from storage.drift import DriftStore
+    from storage.store import ResultStore
+    from tests.storage.conftest import make_row
+
+    class _Env:
+        encoding = "png"
+
+        def __init__(self, i: int) -> None:
+            self.payload = bytes([i % 256, i // 256]) * 32
+
+    with ResultStore.open(f"sqlite:///{tmp_path / 'k.sqlite'}") as store:
+        ds = DriftStore.of(store)
+        calls = []
+        real = ds.keep_frames_many
+        monkeypatch.setattr(ds, "keep_frames_many", lambda items, cap: calls.append(items) or real(items, cap))
+        monitor = DriftMonitor(Settings(home=tmp_path), ds, lambda p, v: None, refresh_s=0.0)
+        t0 = 1_000_000.0
+        alarms = {c: ds.open_alarm("bolt", c, kinds=["score"], onset_at=t0, onset_frame_id=0, model_version="v0001",
+                                   evidence={})[0] for c in ("cam1", "cam2")}
+        rows = [make_row(i, camera=f"cam{1 + i % 3}", captured_at=t0 + i) for i in range(9)]  # cam3 has no alarm
+        monitor.before_store(rows)
+        store.save_results(rows)
+        monitor(rows, [_Env(i) for i in range(9)], [np.full((32, 32), 100, np.uint8)] * 9)
+        assert len(calls) == 1
+        assert sorted((a, c, [k.frame_id for k in fr]) for a, _p, c, fr in calls[0]) == sorted(
+            [(alarms["cam1"], "cam1", [0, 3, 6]), (alarms["cam2"], "cam2", [1, 4, 7])])
+        assert ds.count_frames(alarms["cam1"]) == 3 and ds.count_frames(alarms["cam2"]) == 3

@@ -83,3 +83,14 @@ def test_build_row_marks_an_uncalibrated_threshold() -> None:
 
     env = FrameEnvelope("p", "l", "c", 7, b"\xff\xd8x", "jpeg")
     assert build_row(env, (64, 64), _out([0.9], calibrated=False), 0, 1.0, 1, "zero-shot").engine == "zero-shot:warmup"
+
+
+def test_heatmap_png_is_lossless_at_its_fast_level() -> None:
+    """The heatmap PNG is written at a low zlib level for CPU; the pixels are exactly :func:`heat_u8`'s."""
+    from inference.postprocess import HEAT_PNG_LEVEL
+
+    rng = np.random.default_rng(3)
+    amap = cv2.GaussianBlur(rng.random((256, 256), dtype=np.float32), (0, 0), 6) * 2.0
+    png = heat_png(amap, 0.5)
+    back = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert HEAT_PNG_LEVEL == 1 and np.array_equal(back, heat_u8(amap, 0.5))

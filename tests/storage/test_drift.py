@@ -114,3 +114,27 @@ def test_dismiss_closes_without_rebaseline_and_clears_flags(db_url):
         with pytest.raises(ValueError, match="not open"):
             ds.dismiss(aid, by="ana")
         assert ds.alarms(status="dismissed")[0]["id"] == aid
+
+
+def test_keep_frames_many_caps_each_alarm_and_deduplicates_across_them(db_url):
+    """Several drifting cameras' frames in one statement: each alarm's cap counts its own kept frames, the
+    first of equal frames (same product and sha256) wins within the statement as across statements, and
+    the counts per alarm are what was added."""
+    with ResultStore.open(db_url) as store:
+        ds = DriftStore.of(store)
+        now = time.time()
+        a1, _ = _open(ds, "cam1", now - 50)
+        a2, _ = _open(ds, "cam2", now - 50)
+        f = [KeptFrame(i, now - 40 + i, "jpeg", bytes([i]) * 64) for i in range(8)]
+        assert ds.keep_frames(a1, "bolt", "cam1", f[:2], cap=3) == 2
+        # cam1 has room for 1 more (f2); cam2's f1 repeats an image cam1 kept, its f3 is new, its f2 repeats
+        # the frame cam1 keeps earlier in the same statement
+        got = ds.keep_frames_many([(a1, "bolt", "cam1", [f[2], f[4], f[5]]),
+                                   (a2, "bolt", "cam2", [f[1], f[3], f[2]])], cap=3)
+        assert got == {a1: 1, a2: 1}
+        assert ds.count_frames(a1) == 3 and ds.count_frames(a2) == 1
+        assert sorted(r.data[0] for r in ds.frames_since("bolt", now - 100)) == [0, 1, 2, 3]
+        assert ds.keep_frames_many([(a1, "bolt", "cam1", [f[6]]), (a2, "bolt", "cam2", [])], cap=3) == {a1: 0}
+        assert ds.keep_frames_many([], cap=3) == {}
+        with pytest.raises(ValueError):
+            ds.keep_frames_many([(a1, "bolt", "cam1", [f[6]]), (a1, "bolt", "cam1", [f[7]])], cap=10)
