@@ -203,7 +203,7 @@ class DriftStore(SharedDbStore):
         with service_errors(self.url), self.db_engine.connect().execution_options(**WRITE) as conn, conn.begin():
             have = dict(conn.execute(select(f.alarm_id, func.count()).where(f.alarm_id.in_(alarm_ids))
                                      .group_by(f.alarm_id)).all())
-            values = []
+            values: list[dict[str, Any]] = []
             for alarm_id, product, camera, frames in items:
                 room = max(0, int(cap) - int(have.get(int(alarm_id), 0)))
                 values.extend({"alarm_id": int(alarm_id), "product": product, "camera": camera,

@@ -263,3 +263,65 @@ def test_monitor_keeps_every_drifting_camera_of_a_batch_in_one_call(tmp_path, mo
         assert sorted((a, c, [k.frame_id for k in fr]) for a, _p, c, fr in calls[0]) == sorted(
             [(alarms["cam1"], "cam1", [0, 3, 6]), (alarms["cam2"], "cam2", [1, 4, 7])])
         assert ds.count_frames(alarms["cam1"]) == 3 and ds.count_frames(alarms["cam2"]) == 3
+
+
+def test_memoised_bootstrap_draws_are_the_generators_numbers() -> None:
+    """``_Draws`` hands out exactly what ``default_rng(seed).integers`` would, call after call, whether a
+    call is served from the memo or the generator has to catch up on the calls it skipped."""
+    from inference.drift import _Draws
+
+    memo: dict = {}
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        seed = int(rng.integers(1, 4))
+        sizes = [int(rng.integers(3, 31)) for _ in range(int(rng.integers(1, 5)))]
+        ref = np.random.default_rng(seed)
+        d = _Draws(seed, memo)
+        for n in sizes:
+            want = ref.integers(0, n, (200, n))
+            got = d.integers(0, n, (200, n))
+            assert np.array_equal(got, want), (trial, seed, sizes)
+            assert not got.flags.writeable  # shared by later frames: nobody may change it
+    assert 0 < len(memo) <= _Draws.MAX_MEMO
+
+
+def test_fast_row_median_is_numpys_and_nan_falls_back() -> None:
+    from inference.drift import _median, _median_se, _row_medians
+
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 3, 15, 29, 30):
+        a = np.round(rng.normal(size=n), 1)  # ties
+        m = a[rng.integers(0, n, (200, n))]
+        assert np.array_equal(_row_medians(m), np.median(m, axis=1))
+        assert _median(list(a)) == float(np.median(a)) and _median(a.astype(np.float32)) == float(
+            np.median(a.astype(np.float32)))
+        assert _median_se(list(a), np.random.default_rng(9)) == float(
+            np.median(a[np.random.default_rng(9).integers(0, n, (200, n))], axis=1).std())
+    with_nan = [1.0, float("nan"), 2.0, 3.0]
+    assert np.isnan(_median_se(with_nan, np.random.default_rng(0)))  # np.median's NaN rule, as before
+    assert np.isnan(_median(with_nan))
+
+
+def test_breaches_with_memoised_draws_equal_fresh_generators(monkeypatch) -> None:
+    """A stream that drifts: every limit and value breaches() reports is the same as with a fresh
+    ``default_rng(len(window))`` per frame and np.median (the code before the memo and the fast medians)."""
+    import inference.drift as drift
+
+    def stream(fresh: bool) -> list[list[tuple]]:
+        if fresh:  # the formulas before: a fresh generator per frame, np.median everywhere
+            monkeypatch.setattr(drift, "_Draws", lambda seed, memo: np.random.default_rng(seed))
+            monkeypatch.setattr(drift, "_median", lambda x: float(np.median(x)))
+            monkeypatch.setattr(drift, "_row_medians", lambda m: np.median(m, axis=1))
+        else:
+            monkeypatch.undo()
+        rng = np.random.default_rng(11)
+        d = CameraDrift(CFG)
+        out = []
+        for t in range(70):
+            img = _frame(rng, dx=4.0 if t >= 45 else 0.0, gain=20.0 if t >= 55 else 0.0)
+            d.update(t, float(t), float(rng.normal(1.0, 0.1)), 1.3, to_grey(img), "v1")
+            out.append([(b.kind, b.value, b.limit) for b in d.breaches()])
+        return out
+
+    memoised, fresh = stream(False), stream(True)
+    assert memoised == fresh and any(memoised)  # and the stream did breach
