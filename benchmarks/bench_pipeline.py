@@ -420,6 +420,27 @@ def render_mono_ab(pairs: list[tuple[dict, dict]]) -> str:
     return text
 
 
+def render_mono_steps(pairs: list[tuple[dict, dict]]) -> str:
+    """Per-step thread CPU of the 5 MP mono consumer in one process, before vs after (profile_camera_steps.py)."""
+    def med(side: int, *keys: str) -> float:
+        return float(np.median([sum(p[side]["steps_cpu_ms_per_frame"].get(k, 0.0) for k in keys) for p in pairs]))
+
+    def total(side: int, key: str) -> float:
+        return float(np.median([p[side][key] for p in pairs]))
+
+    parts = (("rows (mask, heatmap PNG)", ("_row",)), ("PostgreSQL results", ("_save",)),
+             ("drift step with its kept frames", ("_post_store",)), ("Redis", ("_update_cache",)),
+             ("engine call (input + ONNX Runtime's calling thread)", ("_infer",)), ("decode", ("_decode",)))
+    loads = [r["load_avg"] for p in pairs for r in p]
+    return (f"Per step, in one process (`benchmarks/profile_camera_steps.py --src`: the production consumer on the "
+            f"memory bus with the real PostgreSQL + Redis, thread CPU per step, same commits, {len(pairs)} interleaved "
+            f"rounds of {pairs[0][0]['frames']} 5 MP mono frames, load {min(loads):.1f}-{max(loads):.1f}, medians, ms per "
+            f"frame): storage thread's steps {total(0, 'storage_steps_cpu_ms_per_frame'):.2f} -> "
+            f"{total(1, 'storage_steps_cpu_ms_per_frame'):.2f}; "
+            + "; ".join(f"{label} {med(0, *keys):.2f} -> {med(1, *keys):.2f}" for label, keys in parts)
+            + f"; process {total(0, 'process_cpu_ms_per_frame'):.1f} -> {total(1, 'process_cpu_ms_per_frame'):.1f}.")
+
+
 def render_camera(c: dict) -> str:
     lines = ["## Camera-scale frames (issue 14; `python benchmarks/bench_pipeline.py --camera --camera-auroc`)", ""]
     if c.get("rows"):
@@ -478,6 +499,13 @@ def render_camera(c: dict) -> str:
                           & {int(k.rsplit("-", 1)[1]) for k in ab if k.startswith("mono-new-")})
             if mono:
                 lines += ["", render_mono_ab([(ab[f"mono-old-{i}"], ab[f"mono-new-{i}"]) for i in mono])]
+            steps = RESULTS_DIR / "camera_steps_ab.json"
+            if steps.is_file():
+                st = json.loads(steps.read_text())
+                idx = sorted({int(k.rsplit("-", 1)[1]) for k in st if k.startswith("mono-old-")}
+                             & {int(k.rsplit("-", 1)[1]) for k in st if k.startswith("mono-new-")})
+                if idx:
+                    lines += ["", render_mono_steps([(st[f"mono-old-{i}"], st[f"mono-new-{i}"]) for i in idx])]
             cr = ab.get("after-cpu-ratio")
             if cr:
                 top = ", ".join(f"{k} {v:.0%}" for k, v in cr["share"].items() if v >= 0.004)
