@@ -472,6 +472,10 @@ def render_camera(c: dict) -> str:
                 f"{r['decode_reduced_ms']:.1f} / {fd['decode_ms']:.1f} | {r['latency_p50_ms']:.0f} / "
                 f"{r['latency_p99_ms']:.0f} (paced {r['paced_fps']:.1f}, held {r['held_fps']:.1f} fr/s) | "
                 f"{r['consumer_rss_mb']:.0f} |")
+        for e in c.get("earlier_runs", []):
+            lines += ["", f"Earlier quiet run, {e['when']} (load {e['load_avg'][0]:.1f} -> {e['load_avg'][1]:.1f}): " + "; ".join(
+                f"{name} fps {r['fps']:.1f}, decode+model {r['decode_and_model_fps']:.1f}, bare {r['bare_fps']:.1f}, "
+                f"ratio_to_decode_and_model {r['ratio_to_decode_and_model']:.2f}" for name, r in e["rows"].items()) + "."]
         bounds = ", ".join(f"{r['config']} {1.0 / (1.0 + r['decode_reduced_ms'] * r['bare_fps'] / 1000.0):.2f}"
                            for r in c["rows"])
         lines += ["", "Physical bound on `ratio`: the decode cannot be avoided and runs on the same 2 cores as the "
@@ -504,7 +508,7 @@ def render_camera(c: dict) -> str:
             if quiet:
                 qp = [(ab[f"quiet-old-{i}"], ab[f"quiet-new-{i}"]) for i in quiet]
                 loads = [r["load_avg"] for p in qp for r in p]
-                lines += ["", f"The same A/B on the quiet machine right after the camera run above ({len(qp)} interleaved rounds of "
+                lines += ["", f"The same A/B on the quiet machine between this camera run and the one just before it ({len(qp)} interleaved rounds of "
                           f"{qp[0][0]['frames']} 5 MP mono frames, load {min(loads):.1f}-{max(loads):.1f}, py-spy at "
                           "50 Hz on both): backlog fps " + ", ".join(f"{o['fps']:.1f} -> {n['fps']:.1f}" for o, n in qp)
                           + "; consumer CPU per frame " + ", ".join(
