@@ -12,6 +12,7 @@ the 12 held-out normals, then the bank refilled from all 80 normals). Its recons
 exactly what the pure INP-Former with the same seed produces (the memory is filled after training), so
 it is the ``inp_former`` row. Other rows swap in another memory on the same trained head and re-fuse:
 ``_w2`` = memory weight 2; ``mem512k3`` = 512 entries; ``mem1024k3cos`` = distance of unit vectors;
+``mem1024k3pca64`` = distances on the 64 top principal axes of the training patches (a cheaper graph);
 ``memory*_only`` = the memory map alone (a reference, never a candidate); ``inp_former_mem1024`` /
 ``_w2`` / ``mem512`` / ``memory1024_only`` = the earlier memory (k = 1, bank from the 68 fit normals
 only). Why the changes: ``bench_memory_diag.py`` (one difference at a time against the kNN). The fit /
@@ -26,9 +27,11 @@ a random 20,000 of their patches, k = 1, map upsampled to the input and blurred 
 Decision rule (written before the run, implemented in ``decide``): the bar is the best ``knn_*`` mean of
 each metric (mean over the 4 categories, then over the seeds 0 1 2); a candidate wins if its mean
 I-AUROC, P-AUROC and AUPRO are each >= the bar. Among winners the cheapest (``COST``: bank rows; the
-weight, k and the metric cost nothing measurable; ties: the larger smallest margin), unless a dearer
-winner is better on some metric by more than the larger seed spread of the two and worse on none by
-more than that. No winner: the default stays the pure INP-Former. Nothing is chosen per category.
+weight and the metric cost nothing measurable, k = 3 costs no more than k = 1; ties: the larger smallest
+margin), unless a dearer winner is better on some metric by more than the larger seed spread of the two
+and worse on none by more than that. A winner below 0.5x the encoder-only yardstick's ORT speed
+(batch 8, ``--speed``) cannot be chosen. No winner: the default stays the pure INP-Former. Nothing is
+chosen per category.
 """
 
 from __future__ import annotations
@@ -69,12 +72,17 @@ from training.features import cached_features
 from training.train import TrainConfig, train
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro")
-# Candidates and their cost (memory bank rows: the one thing that changes the graph's price; the weight
-# and k cost nothing measurable). ``memory*_only`` rows are references, never candidates.
-COST = {"inp_former": 0, "inp_former_mem512": 512, "inp_former_mem512k3": 512, "inp_former_mem512k3_w2": 512,
-        "inp_former_mem1024": 1024, "inp_former_mem1024_w2": 1024, "inp_former_mem1024k3": 1024,
-        "inp_former_mem1024k3_w2": 1024, "inp_former_mem1024k3cos": 1024, "inp_former_mem1024k3cos_w2": 1024}
+# Candidates and their cost (bank rows x distance width: the query-by-bank product is most of the memory's
+# price; the weight, k and the metric cost nothing measurable). ``memory*_only`` rows are references, never candidates.
+C_MEM = 152  # EfficientNet-Lite0 memory channels (blocks 4 + 10)
+COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3": 512 * C_MEM,
+        "inp_former_mem512k3_w2": 512 * C_MEM, "inp_former_mem1024k3pca64": 1024 * 64,
+        "inp_former_mem1024k3pca64_w2": 1024 * 64, "inp_former_mem1024": 1024 * C_MEM,
+        "inp_former_mem1024_w2": 1024 * C_MEM, "inp_former_mem1024k3": 1024 * C_MEM,
+        "inp_former_mem1024k3_w2": 1024 * C_MEM, "inp_former_mem1024k3cos": 1024 * C_MEM,
+        "inp_former_mem1024k3cos_w2": 1024 * C_MEM}
 CANDIDATES = tuple(COST)
+SPEED_FLOOR = 0.5  # ONNX Runtime batch-8 images/s of the whole model / of the encoder alone (issue 13)
 PER_CAT = "memory_runs"
 
 
@@ -134,7 +142,8 @@ def category_split(root: Path, cat: str, holdout: float, hw: tuple[int, int]) ->
 
 
 def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, held_enc: list[torch.Tensor],
-                held_mem: torch.Tensor, seed: int, bank_from_all: bool, metric: str = "l2") -> ExtrinsicMemory:
+                held_mem: torch.Tensor, seed: int, bank_from_all: bool, metric: str = "l2",
+                dims: int = 0) -> ExtrinsicMemory:
     """Put a fresh memory into ``module`` the way ``training.train`` fills one (``fit_memory`` then
     ``refill_memory``): greedy coreset of the fit patches, standardisation statistics on the held-out
     normals, then (``bank_from_all``) the bank refilled from the fit AND held-out patches."""
@@ -143,7 +152,8 @@ def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, hel
         rows = torch.nn.functional.normalize(rows, dim=1) if metric == "cos" else rows
         return rows[patchcore.greedy_coreset(rows, size, seed)]  # on the features' device
 
-    mem = ExtrinsicMemory(size, fit_mem.shape[1], k, metric).to(fit_mem.device)
+    mem = ExtrinsicMemory(size, fit_mem.shape[1], k, metric, dims).to(fit_mem.device)
+    mem.fit_projection(patchcore.memory_rows(fit_mem))
     mem.fit(pick(fit_mem))
     module.head.memory = mem
     hr, hm = raw(module, held_enc, held_mem)
@@ -192,9 +202,9 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
         for w in (1.0, 2.0):
             add(f"inp_former_mem1024k3{'_w2' if w == 2 else ''}", prod.fuse(rec, mdist, w))
         add("memory1024k3_only", mdist)
-        # filled the same way: the cheaper bank (512), and the cosine distance (1024)
-        for size, metric, tag in ((512, "l2", ""), (1024, "cos", "cos")):
-            m = fill_memory(module, size, 3, fit_mem, held_enc, held_mem, seed, True, metric)
+        # filled the same way: the cheaper bank (512), the cosine distance, the cheaper product (64 principal axes)
+        for size, metric, dims, tag in ((512, "l2", 0, ""), (1024, "cos", 0, "cos"), (1024, "l2", 64, "pca64")):
+            m = fill_memory(module, size, 3, fit_mem, held_enc, held_mem, seed, True, metric, dims)
             _, md = raw(module, test_enc, test_mem)
             for w in (1.0, 2.0):
                 add(f"inp_former_mem{size}k3{tag}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
@@ -247,7 +257,9 @@ def decide(q: dict) -> dict:
     kNN row); a candidate wins if its mean I-AUROC, P-AUROC and AUPRO are each >= the bar. Among winners
     the cheapest (``COST``; ties: the larger smallest margin) is chosen, unless a dearer winner is better
     on some metric by more than the larger seed spread of the two on that metric and worse on none by
-    more than that. No winner: the default stays the pure INP-Former."""
+    more than that. A winner whose measured ORT speed (``quality_speed.json``, batch 8) is below
+    ``SPEED_FLOOR`` x the encoder-only yardstick cannot be chosen. No winner: the default stays the pure
+    INP-Former."""
     mean = q["mean"]
     knn = [m for m in mean if m.startswith("knn_")]
     bar = {k: max(mean[m][k] for m in knn) for k in KEYS}
@@ -256,8 +268,14 @@ def decide(q: dict) -> dict:
     q["margin_vs_bar"] = {m: {k: round(mean[m][k] - bar[k], 4) for k in KEYS} for m in CANDIDATES if m in mean}
     winners = [m for m, d in q["margin_vs_bar"].items() if all(v >= 0 for v in d.values())]
     q["winners"] = winners
+    ratio = (q.get("speed") or {}).get("ratio_to_yardstick", {})
+    slow = [m for m in winners if ratio.get(m.removesuffix("_w2"), SPEED_FLOOR) < SPEED_FLOOR]
+    q["winners_below_speed_floor"] = slow
+    winners = [m for m in winners if m not in slow]
     if not winners:
-        q["chosen"] = {"method": "inp_former", "why": "no candidate reaches the bar on all three metrics"}
+        q["chosen"] = {"method": "inp_former", "why": ("no candidate reaches the bar on all three metrics" if not slow else
+                                                       f"the winners {slow} run below {SPEED_FLOOR}x the encoder-only "
+                                                       "yardstick (ORT, batch 8)")}
         return q
     order = sorted(winners, key=lambda m: (COST[m], -min(q["margin_vs_bar"][m].values())))
     best = order[0]
@@ -336,11 +354,12 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
     out_dir = WORK / "memory_speed"
     hw = default_config().model.input_hw
     models: dict[str, InpFormer] = {}
-    variants = (("inp_former", 0, 3, "l2"), ("inp_former_mem512k3", 512, 3, "l2"), ("inp_former_mem1024", 1024, 1, "l2"),
-                ("inp_former_mem1024k3", 1024, 3, "l2"), ("inp_former_mem1024k3cos", 1024, 3, "cos"))
-    for name, size, k, metric in variants:
+    variants = (("inp_former", 0, 3, "l2", 0), ("inp_former_mem512k3", 512, 3, "l2", 0),
+                ("inp_former_mem1024", 1024, 1, "l2", 0), ("inp_former_mem1024k3", 1024, 3, "l2", 0),
+                ("inp_former_mem1024k3cos", 1024, 3, "cos", 0), ("inp_former_mem1024k3pca64", 1024, 3, "l2", 64))
+    for name, size, k, metric, dims in variants:
         cfg = default_config(size).model
-        m = InpFormer(replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric)).eval()
+        m = InpFormer(replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims)).eval()
         if size:
             m.head.memory.fit(torch.randn(size, int(m.head.memory.bank.shape[1])))
         models[name] = m
@@ -381,6 +400,9 @@ LABELS = {
     "inp_former_mem1024k3cos": "INP-Former + extrinsic memory 1024, 3-NN, all 80, cosine distance (weight 1)",
     "inp_former_mem1024k3cos_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, cosine, memory weight 2",
     "memory1024k3cos_only": "memory 1024, 3-NN, all 80, cosine, alone (reference)",
+    "inp_former_mem1024k3pca64": "INP-Former + extrinsic memory 1024, 3-NN, all 80, on 64 principal axes (weight 1)",
+    "inp_former_mem1024k3pca64_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, 64 principal axes, memory weight 2",
+    "memory1024k3pca64_only": "memory 1024, 3-NN, all 80, 64 principal axes, alone (reference)",
     "inp_former_mem512": "INP-Former + earlier extrinsic memory 512 (1-NN, bank of the 68 fit normals)",
     "inp_former_mem1024": "INP-Former + earlier extrinsic memory 1024 (1-NN, 68 fit normals, weight 1)",
     "inp_former_mem1024_w2": "INP-Former + earlier extrinsic memory 1024 (1-NN, 68 fit normals), memory weight 2",
@@ -444,6 +466,9 @@ def write_md(q: dict) -> None:
         lines.append(f"- `{m}`: " + ", ".join(f"{k} {d[k]:+.4f}" for k in KEYS))
     lines += ["", "Winners under the rule: " + (", ".join(f"`{w}`" for w in q["winners"]) if q["winners"] else
                                                 "**none** - the default stays the pure INP-Former (`memory_size` 0).")]
+    if q.get("winners_below_speed_floor"):
+        lines += ["", "Winners on accuracy but below the speed floor (not eligible): "
+                  + ", ".join(f"`{m}`" for m in q["winners_below_speed_floor"]) + "."]
     if q.get("chosen"):
         lines += ["", f"Chosen: `{q['chosen']['method']}` ({q['chosen']['why']})."]
     if q.get("knn_previous_seed0_cpu"):
@@ -474,8 +499,8 @@ def write_md(q: dict) -> None:
 
 
 README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", "inp_former_mem512k3",
-               "inp_former_mem512k3_w2", "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem1024_w2",
-               "memory1024k3_only")
+               "inp_former_mem512k3_w2", "inp_former_mem1024k3pca64", "inp_former_mem1024k3pca64_w2",
+               "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem1024_w2", "memory1024k3_only")
 
 
 def write_readme_table(q: dict, path: Path | None = None) -> None:
@@ -513,9 +538,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --aggregate: a folder (or .tar.gz) holding memory_runs/, knn_runs/ [, fewshot_runs/] of "
                          "one run (benchmarks/gpu_quality.sh's $OUT): rebuild quality.json and RESULTS.md from it")
     ap.add_argument("--speed", action="store_true", help="ORT batch-8 speed vs the encoder-only yardstick")
+    ap.add_argument("--rounds", type=int, default=3, help="--speed: round-robin rounds (median)")
     a = ap.parse_args(argv)
     if a.speed:
-        res = speed()
+        res = speed(rounds=a.rounds)
         (RESULTS_DIR / "quality_speed.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return 0

@@ -69,6 +69,9 @@ VARIANTS: dict[str, Variant] = {
     "all_512_k3": Variant(size="512", k=3, note="80, 512, k = 3"),
     "all_2048_k3": Variant(size="2048", k=3, note="80, 2048, k = 3"),
     "cos_k3": Variant(metric="cos", k=3, note="1 - cosine, k = 3"),
+    "pca64_1024_k3": Variant(size="1024", k=3, metric="pca64", note="80, 1024, k = 3, L2 on the top 64 principal axes"),
+    "pca96_1024_k3": Variant(size="1024", k=3, metric="pca96", note="80, 1024, k = 3, L2 on the top 96 principal axes"),
+    "pca64_512_k3": Variant(size="512", k=3, metric="pca64", note="80, 512, k = 3, top 64 principal axes"),
 }
 
 
@@ -102,6 +105,13 @@ def to_map(grid: torch.Tensor, path: str, hw: tuple[int, int] = (256, 256)) -> t
 def transform(tr: torch.Tensor, te: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     if metric == "cos":   # unit vectors: L2^2 = 2 (1 - cos), same order as 1 - cos
         return F.normalize(tr, dim=1), F.normalize(te, dim=1)
+    if metric.startswith("pca"):  # L2 after a fixed projection on the top principal axes of the training patches
+        rows = patchcore.memory_rows(tr)
+        mu = rows.mean(0)
+        _, _, v = torch.linalg.svd(rows - mu, full_matrices=False)
+        p = v[: int(metric[3:])].t()
+        proj = lambda f: torch.einsum("nchw,cd->ndhw", f - mu.view(1, -1, 1, 1), p)  # noqa: E731
+        return proj(tr), proj(te)
     if metric == "l2z":
         rows = patchcore.memory_rows(tr)
         mu, sd = rows.mean(0).view(1, -1, 1, 1), rows.std(0).clamp_min(1e-6).view(1, -1, 1, 1)

@@ -31,7 +31,7 @@ say "start: seeds [$SEEDS], device $DEVICE, limit ${LIMIT}s per process, data ${
 python - "$DEVICE" $CATS <<'EOF' 2>&1 | tee -a "$LOG"
 import sys, os, pathlib
 dev, cats = sys.argv[1], sys.argv[2:]
-import numpy, torch, cv2, onnxruntime, tqdm  # noqa: F401
+import numpy, torch, cv2, tqdm  # noqa: F401  (onnxruntime is not needed here)
 from benchmarks import bench_memory, bench_knn, bench_fewshot  # noqa: F401
 from benchmarks.common import data_root
 from inference.model.inp_former import InpConfig, InpFormer

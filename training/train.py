@@ -114,6 +114,7 @@ def fit_memory(model: InpFormer, fit_mem: torch.Tensor, cal_feats: list[torch.Te
                seed: int) -> None:
     """Fill the extrinsic memory: greedy coreset of the training patches, then the (mean, std) of the
     reconstruction and memory maps over the calibration normals, which put the two maps on one scale."""
+    model.head.memory.fit_projection(memory_rows(fit_mem))  # no-op unless memory_dims > 0
     refill_memory(model, fit_mem, seed)
     fit_memory_stats(model, cal_feats, cal_mem)
 

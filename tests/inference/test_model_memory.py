@@ -90,9 +90,9 @@ def test_pure_model_and_old_configs_are_unchanged() -> None:
             tiny_cfg(**bad)
 
 
-@pytest.mark.parametrize(("k", "metric"), [(1, "l2"), (3, "l2"), (3, "cos")])
+@pytest.mark.parametrize(("k", "metric", "dims"), [(1, "l2", 0), (3, "l2", 0), (3, "cos", 0), (3, "l2", 64)])
 def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealModel, tmp_path: Path,  # noqa: F811
-                                                               k: int, metric: str) -> None:
+                                                               k: int, metric: str, dims: int) -> None:
     import onnxruntime as ort
 
     from inference.model_dir import load_model_dir
@@ -100,7 +100,8 @@ def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealM
     from inference.preprocess import batch_to_input
 
     pure = load_model_dir(real_model.model_dir).module
-    cfg = InpConfig.from_dict({**pure.cfg.to_dict(), "memory_size": 256, "memory_k": k, "memory_metric": metric})
+    cfg = InpConfig.from_dict({**pure.cfg.to_dict(), "memory_size": 256, "memory_k": k, "memory_metric": metric,
+                               "memory_dims": dims})
     m = InpFormer(cfg).eval()
     missing = m.head.load_state_dict(pure.head.state_dict(), strict=False).missing_keys
     assert all(k.startswith("memory.") for k in missing)
@@ -113,6 +114,7 @@ def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealM
         n = len(real_model.normal) - 2
         enc, mem = m.encode(bank_x), m.encode_memory(bank_x)
         rows = mem.permute(0, 2, 3, 1).reshape(-1, mem.shape[1])
+        m.head.memory.fit_projection(rows)
         m.head.memory.fit(rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))[:256]])
         m.head.memory.fit_stats(*m.raw_maps(enc, mem))
         want_map, want_score = m(x)
@@ -158,13 +160,13 @@ def test_memory_config_written_before_memory_k_loads_as_k1_and_scores_as_before(
     from lineinspect import model_meta
 
     d = tiny_cfg().to_dict()
-    for k in ("memory_k", "memory_metric"):
+    for k in ("memory_k", "memory_metric", "memory_dims"):
         d.pop(k)
     for fmt in (1, 2):
         up = model_meta.migrate({"format_version": fmt, "model": dict(d)})["model"]
         assert up["memory_k"] == 1
     cfg = InpConfig.from_dict(model_meta.migrate({"format_version": 2, "model": d})["model"])
-    assert cfg.memory_k == 1 and cfg.memory_metric == "l2"
+    assert cfg.memory_k == 1 and cfg.memory_metric == "l2" and cfg.memory_dims == 0
     m = filled(InpFormer(cfg).eval(), torch.rand(2, 3, 64, 64))
     x = torch.rand(2, 3, 64, 64)
     mem = m.encode_memory(x)
@@ -175,3 +177,30 @@ def test_memory_config_written_before_memory_k_loads_as_k1_and_scores_as_before(
     # configs without a memory, or with memory_k written, are left alone
     assert "memory_k" not in model_meta.migrate({"format_version": 2, "model": {"memory_size": 0}})["model"]
     assert model_meta.migrate({"format_version": 2, "model": {"memory_size": 8, "memory_k": 3}})["model"]["memory_k"] == 3
+
+
+def test_memory_on_principal_axes() -> None:
+    """dims > 0: the bank and the queries are projected on the training rows' top principal axes and
+    distances are measured there (orthonormal axes; the full width when dims = channels)."""
+    torch.manual_seed(2)
+    basis = torch.randn(3, 8)
+    rows = torch.randn(300, 3) @ basis + 0.01 * torch.randn(300, 8)  # rank ~3 in 8 dims
+    m = ExtrinsicMemory(40, 8, k=2, dims=3)
+    m.fit_projection(rows)
+    assert torch.allclose(m.proj.t() @ m.proj, torch.eye(3), atol=1e-5)
+    m.fit(rows[:40])
+    assert m.bank.shape == (40, 3) and m.dims == 3
+    q = (torch.randn(2, 3) @ basis).view(2, 8, 1, 1).expand(2, 8, 2, 2).contiguous()
+    flat = q.permute(0, 2, 3, 1).reshape(-1, 8)
+    want = torch.topk(torch.cdist(flat @ m.proj, rows[:40] @ m.proj), 2, largest=False).values.mean(1).view(2, 2, 2)
+    assert torch.allclose(m.distance(q), want, atol=1e-3)
+    full = ExtrinsicMemory(40, 8, k=2)  # rows of rank ~3: 3 axes keep the distances almost exactly
+    full.fit(rows[:40])
+    assert torch.allclose(m.distance(q), full.distance(q), atol=0.05)
+    assert ExtrinsicMemory(40, 8).dims == 0 and not hasattr(ExtrinsicMemory(40, 8), "proj")
+    with pytest.raises(ValueError):
+        ExtrinsicMemory(40, 8, dims=9)
+    with pytest.raises(ValueError, match="memory_dims"):
+        tiny_cfg(memory_dims=-1)
+    cfg = tiny_cfg(memory_dims=8)
+    assert InpFormer(cfg).head.memory.proj.shape == (40, 8)

@@ -161,3 +161,15 @@ def test_memory_bank_from_all_normals_keeps_the_fit_only_statistics(tmp_path):
     assert torch.allclose(am.bank + am.center, want, atol=1e-4)
     with pytest.raises(ValueError, match="memory_bank"):
         train(ims, replace(base, memory_bank="both"), tmp_path / "bad", seed=0, progress=False)
+
+
+def test_memory_on_principal_axes_is_fitted_by_training(tmp_path):
+    from dataclasses import replace
+
+    c = cfg(iters=3)
+    c = replace(c, model=replace(c.model, token_stride=8, memory_size=32, memory_dims=8))
+    lm = load_model_dir(train(images(10), c, tmp_path / "p", seed=0, progress=False))
+    mem = lm.module.head.memory
+    assert mem.bank.shape == (32, 8) and torch.allclose(mem.proj.t() @ mem.proj, torch.eye(8), atol=1e-4)
+    amap, score = lm.module(torch.rand(2, 3, 64, 64))
+    assert amap.shape == (2, 64, 64) and torch.isfinite(score).all()
