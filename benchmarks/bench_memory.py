@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -164,8 +165,10 @@ def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, hel
 
 
 def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: Path, iters: int | None = None,
-                 knn: bool = True) -> dict:
-    cfg = replace(default_config(), cache_dir=str(WORK / "cache_memory"), categories=[cat], device=device)
+                 knn: bool = True, cache_dir: Path | None = None) -> dict:
+    """Train and score one category for ``seeds``; writes ``out_dir/<category>__s<seeds>.json`` after every
+    seed (several processes may each take some seeds of one category: ``aggregate`` joins them)."""
+    cfg = replace(default_config(), cache_dir=str(cache_dir or WORK / "cache_memory"), categories=[cat], device=device)
     cfg = replace(cfg, iters=iters or cfg.iters)
     hw = cfg.model.input_hw
     fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, hw)
@@ -228,12 +231,24 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
         # written after every seed: a run stopped by a wall-clock limit keeps the seeds it finished
         res["machine"] = machine() + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{cat.replace('/', '__')}.json").write_text(json.dumps(res, indent=1))
+        (out_dir / f"{cat.replace('/', '__')}__s{'-'.join(map(str, seeds))}.json").write_text(json.dumps(res, indent=1))
     return res
 
 
+def join_runs(parts: list[dict]) -> list[dict]:
+    """One run per category: the seeds of every file of that category (files of one seed each, or older
+    files holding several) joined; the first file's other fields are kept."""
+    by: dict[str, dict] = {}
+    for r in parts:
+        if r["category"] in by:
+            by[r["category"]]["seeds"].update(r["seeds"])
+        else:
+            by[r["category"]] = {**r, "seeds": dict(r["seeds"])}
+    return list(by.values())
+
+
 def aggregate(in_dir: Path, extra: dict) -> dict:
-    runs = [json.loads(p.read_text()) for p in sorted(in_dir.glob("*.json"))]
+    runs = join_runs([json.loads(p.read_text()) for p in sorted(in_dir.glob("*.json"))])
     if not runs:
         raise SystemExit(f"no per-category results under {in_dir}")
     seeds = sorted(set.intersection(*(set(r["seeds"]) for r in runs)), key=int)
@@ -361,7 +376,7 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
         cfg = default_config(size).model
         m = InpFormer(replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims)).eval()
         if size:
-            m.head.memory.fit(torch.randn(size, int(m.head.memory.bank.shape[1])))
+            m.head.memory.fit(torch.randn(size, m.head.memory.channels))
         models[name] = m
     pure = models["inp_former"]
 
@@ -379,14 +394,27 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
         paths[name] = export_module(m, out_dir / f"{name}.onnx", hw, ("map", "score"))
     sessions = {n: make_session(p, THREADS) for n, p in paths.items()}
     x = np.random.default_rng(0).random((batch, 3, *hw), dtype=np.float32)
+    # the load of a shared box moves within seconds: every model is timed right after the yardstick and
+    # its ratio taken against that pair's yardstick; the median ratio over rounds is reported
+    yard_name = "encoder only (yardstick)"
+    run = {n: (lambda a, s=sess: s.run(None, {"images": a})) for n, sess in sessions.items()}
     rates: dict[str, list[float]] = {n: [] for n in sessions}
+    ratios: dict[str, list[float]] = {n: [] for n in sessions}
     for _ in range(rounds):
-        for n, sess in sessions.items():
-            rates[n].append(_rate(lambda a, s=sess: s.run(None, {"images": a}), x))
+        for n in sessions:
+            if n == yard_name:
+                continue
+            y = _rate(run[yard_name], x)
+            r = _rate(run[n], x)
+            rates[yard_name].append(y)
+            rates[n].append(r)
+            ratios[n].append(r / y)
     med = {n: float(np.median(v)) for n, v in rates.items()}
-    yard = med["encoder only (yardstick)"]
-    return {"batch": batch, "threads": THREADS, "images_per_s": med, "ratio_to_yardstick": {n: v / yard for n, v in med.items()},
-            "machine": machine()}
+    ratio = {n: float(np.median(v)) for n, v in ratios.items() if v} | {yard_name: 1.0}
+    return {"batch": batch, "threads": THREADS, "images_per_s": med, "ratio_to_yardstick": ratio,
+            "ratio_spread": {n: [float(min(v)), float(max(v))] for n, v in ratios.items() if v},
+            "method": "each model timed right after the yardstick; median over rounds of the paired ratios",
+            "rounds": rounds, "load_avg": list(os.getloadavg()), "machine": machine()}
 
 
 LABELS = {
@@ -533,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--iters", type=int, help="override the training iterations (smoke tests only)")
     ap.add_argument("--out", type=Path, default=WORK / PER_CAT)
+    ap.add_argument("--cache", type=Path, help="feature cache folder (default benchmarks/_work/cache_memory); one per "
+                                               "process when several run the same category at once")
     ap.add_argument("--aggregate", action="store_true")
     ap.add_argument("--from", dest="src", type=Path,
                     help="with --aggregate: a folder (or .tar.gz) holding memory_runs/, knn_runs/ [, fewshot_runs/] of "
@@ -559,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     root = data_root()
     for cat in a.category or []:
-        run_category(root, cat, a.seeds, a.device, a.out, a.iters)
+        run_category(root, cat, a.seeds, a.device, a.out, a.iters, cache_dir=a.cache)
     return 0
 
 

@@ -4,9 +4,10 @@
 #   bash benchmarks/gpu_quality.sh            # from the repo root; $OUT and $LINEINSPECT_DATA set by the host
 #   python benchmarks/bench_memory.py --aggregate --from <fetched $OUT>   # afterwards, anywhere
 #
-# One process per category for each of: bench_memory.py (INP-Former, the extrinsic-memory hybrids, the
-# earlier memory rows, knn_r20k), bench_knn.py (every knn_* row: coresets and search on the GPU) and
-# bench_fewshot.py (few-shot 1/2/4 rows), seeds 0 1 2; 12 processes on 16 CPUs, one torch thread each.
+# bench_memory.py (INP-Former, the extrinsic-memory hybrids, the earlier memory rows, knn_r20k): one
+# process per category and seed; bench_knn.py (every knn_* row: coresets and search on the GPU) and
+# bench_fewshot.py (few-shot 1/2/4 rows, niced: lowest priority): one per category, seeds 0 1 2 in turn.
+# 20 processes on 16 CPUs, one torch thread each.
 # Every process has its own wall-clock limit and writes its JSON after each seed, so a slow category
 # loses its last seeds, never the run. Knobs (for a CPU smoke test): QUALITY_SEEDS, QUALITY_CATEGORIES,
 # QUALITY_ITERS, QUALITY_DEVICE, QUALITY_LIMIT_S, QUALITY_FEWSHOT (0 = skip).
@@ -50,15 +51,18 @@ EOF
 pids=()
 for c in $CATS; do
   n=${c//\//__}
-  timeout -k 5 "$LIMIT" python benchmarks/bench_memory.py --category "$c" --seeds $SEEDS --device "$DEVICE" \
-      --out "$RUNS/memory_runs" ${ITERS:+--iters $ITERS} > "$OUT/logs/memory_$n.log" 2>&1 &
-  pids+=($!)
+  for s in $SEEDS; do  # one process per category AND seed (each trains one model and scores ~20 maps)
+    timeout -k 5 "$LIMIT" python benchmarks/bench_memory.py --category "$c" --seeds "$s" --device "$DEVICE" \
+        --out "$RUNS/memory_runs" --cache "benchmarks/_work/cache_memory_s$s" ${ITERS:+--iters $ITERS} \
+        > "$OUT/logs/memory_${n}_s$s.log" 2>&1 &
+    pids+=($!)
+  done
   timeout -k 5 "$LIMIT" python benchmarks/bench_knn.py --category "$c" --seeds $SEEDS --device "$DEVICE" \
       --out "$RUNS/knn_runs" > "$OUT/logs/knn_$n.log" 2>&1 &
   pids+=($!)
   if [ "$FEWSHOT" != 0 ]; then
     # seed by seed, so that what finishes covers every category for the first seeds
-    timeout -k 5 "$LIMIT" bash -c 'for s in $1; do
+    timeout -k 5 "$LIMIT" nice -n 5 bash -c 'for s in $1; do
         python benchmarks/bench_fewshot.py --category "$2" --few-shot 1 2 4 --seeds "$s" --device "$3" --out "$4" $5 || exit $?
       done' _ "$SEEDS" "$c" "$DEVICE" "$RUNS/fewshot_runs" "${ITERS:+--iters $ITERS}" > "$OUT/logs/fewshot_$n.log" 2>&1 &
     pids+=($!)
