@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -67,6 +68,74 @@ def measure(root: Path, reps: int) -> dict:
             "cpu_threads": torch.get_num_threads(), "reps": reps, "rows": rows}
 
 
+class _PixelsOnly:
+    """The same engine with its encoded path hidden: the consumer decodes on the CPU (the baseline)."""
+
+    def __init__(self, engine: Any) -> None:
+        self._e = engine
+        self.name = "torch"
+
+    def decode_hw(self, product: str) -> tuple[int, int] | None:
+        return self._e.decode_hw(product)  # type: ignore[no-any-return]
+
+    def infer(self, product: str, images: list[np.ndarray]) -> Any:
+        return self._e.infer(product, images)
+
+    def close(self) -> None:
+        pass
+
+
+def measure_consumer(root: Path, n_frames: int = 48, device: str = "cuda") -> dict:
+    """Frames/s of the whole consumer (memory bus -> decode -> INP-Former on the GPU -> SQLite) with
+    the JPEG decoded by nvJPEG on the device vs by the consumer on the CPU, same engine and frames.
+    The model is an untrained default INP-Former (ImageNet EfficientNet-Lite0): speed does not
+    depend on the weights."""
+    import tempfile
+
+    from inference.consumer import InferenceConsumer
+    from inference.engines.torch_engine import TorchEngine
+    from inference.model.inp_former import InpConfig, InpFormer
+    from inference.model_dir import save_model_dir
+    from inference.telemetry import ConsumerMetrics
+    from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
+    from lineinspect.settings import Settings
+    from storage.store import ResultStore
+
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        mdir = save_model_dir(t / "m", InpFormer(InpConfig()), {"categories": ["p/p"], "seed": 0}, {"threshold": 1.0})
+        engine = TorchEngine(mdir, device=device, batch_size=BATCH)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        for name, hw in SIZES.items():
+            envs = _frames(root, hw, BATCH)
+            for mode, eng in (("gpu_decode", engine), ("cpu_decode", _PixelsOnly(engine))):
+                settings = Settings(home=t / f"h_{name}_{mode}", batch_max_records=BATCH, batch_max_wait_ms=50,
+                                    topic_frames="frames", topic_dlq="frames.dlq", keep_normal_margin=0.0)
+                store = ResultStore.open(f"sqlite:///{t / f'{name}_{mode}.sqlite'}")
+                bus = MemoryBus(partitions=1)
+                pub = MemoryPublisher(bus, settings.topic_frames)
+                for i in range(n_frames + BATCH):  # the first batch warms up (cuDNN, nvJPEG handles)
+                    e = envs[i % len(envs)]
+                    pub.publish(*FrameEnvelope("p", "l", "c", i, e.payload, "jpeg").to_message())
+                c = InferenceConsumer(settings, MemoryConsumer(bus, settings.topic_frames, "g", settings.topic_dlq),
+                                      eng, store, None, ConsumerMetrics(settings),  # type: ignore[arg-type]
+                                      backoff_initial_s=0.01, backoff_max_s=0.05)
+                c.run(max_frames=BATCH, idle_timeout_s=5)
+                sync()
+                t0 = time.perf_counter()
+                done = c.run(max_frames=n_frames, idle_timeout_s=5)
+                sync()
+                wall = time.perf_counter() - t0
+                c.close()
+                engines = {r["engine"] for r in (store.get_result("c", i) for i in range(BATCH, n_frames + BATCH))
+                           if r is not None}
+                rows[f"{name}_{mode}"] = {"frames": done, "fps": done / wall, "stored": store.count_results(),
+                                          "engine_names": sorted(engines)}
+                store.close()
+    return {"frames_per_run": n_frames, "batch": BATCH, "rows": rows}
+
+
 def report(res: dict) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "gpu_decode.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -82,6 +151,16 @@ def report(res: dict) -> None:
     for name, r in res["rows"].items():
         lines.append(f"| {name} ({r['megapixels']} MP) | {r['mean_jpeg_kb']:.0f} | {fmt(r['cpu_ms_per_frame'], 1)} | "
                      f"{fmt(r['gpu_ms_per_frame'], 1)} | {fmt(r['speedup'], 2)}x | {fmt(r['input_mean_abs_diff'], 4)} |")
+    if "consumer" in res:
+        cons = res["consumer"]
+        lines += ["", f"Whole consumer on the same host (memory bus -> decode -> INP-Former on the GPU, untrained default "
+                  f"model, batch {cons['batch']} -> SQLite; {cons['frames_per_run']} frames after one warm-up batch, "
+                  "same engine and frames, the JPEG decoded by nvJPEG on the device or by the consumer on the CPU):", "",
+                  "| frames | CPU decode frames/s | GPU decode frames/s | ratio | engine names stored |", "|---|---|---|---|---|"]
+        for name in SIZES:
+            g, c = cons["rows"][f"{name}_gpu_decode"], cons["rows"][f"{name}_cpu_decode"]
+            lines.append(f"| {name} | {fmt(c['fps'], 1)} | {fmt(g['fps'], 1)} | {fmt(g['fps'] / c['fps'], 2)}x | "
+                         f"{', '.join(g['engine_names'])} / {', '.join(c['engine_names'])} |")
     write_section("gpu_decode", "\n".join(lines))
 
 
@@ -94,7 +173,10 @@ def main() -> None:
     if a.measure:
         if not torch.cuda.is_available():
             raise SystemExit("bench_gpu_decode: no CUDA device here; run --measure on a GPU host")
-        a.measure.write_text(json.dumps(measure(data_root(), a.reps), indent=2) + "\n")
+        res = measure(data_root(), a.reps)
+        a.measure.write_text(json.dumps(res, indent=2) + "\n")  # the decode figures survive a consumer failure
+        res["consumer"] = measure_consumer(data_root())
+        a.measure.write_text(json.dumps(res, indent=2) + "\n")
     if a.report:
         report(json.loads(a.report.read_text()))
 

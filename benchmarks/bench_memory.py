@@ -51,20 +51,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_quality import all_metrics
-from benchmarks.common import (
-    RESULTS_DIR,
-    WORK,
-    data_root,
-    fmt,
-    machine,
-    masks_at,
-    write_section,
-)
-from inference.model.anomaly_map import (
-    gaussian_blur,
-    gaussian_kernel1d,
-    topk_mean_score,
-)
+from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section
+from inference.model.anomaly_map import gaussian_blur, gaussian_kernel1d, topk_mean_score
 from inference.model.inp_former import ExtrinsicMemory, InpFormer
 from inference.model_dir import load_model_dir
 from training import patchcore

@@ -273,12 +273,13 @@ def main(argv: list[str] | None = None) -> int:
 def render(res: dict) -> str:
     from benchmarks.common import section_head
 
-    about = (f"The embedded demo pipeline (simulated {res['size']} px frames, JPEG 92, in-memory bus -> consumer -> "
-             f"router -> ONNX Runtime -> SQLite) of the tree before the structure refactor (OLD "
-             f"{res['old_commit'][:7]}) and of this tree (NEW {res['new_commit'][:7]}), each in its own process "
-             f"on its own code, alternately, {res['rounds']} rounds of the same {res['frames']} frames "
-             f"(backlog, engine warmed) and the same untrained default model written by OLD (threshold at the "
-             f"85th percentile: {res['flagged']} flagged); nice 10, other engineers' jobs running.")
+    about = " ".join([
+        f"The embedded demo pipeline (simulated {res['size']} px frames, JPEG 92, in-memory bus -> consumer ->",
+        f"router -> ONNX Runtime -> SQLite) of the tree before the structure refactor (OLD {res['old_commit'][:7]})",
+        f"and of this tree (NEW {res['new_commit'][:7]}), each in its own process on its own code, alternately,",
+        f"{res['rounds']} rounds of the same {res['frames']} frames (backlog, engine warmed) and the same untrained",
+        f"default model written by OLD (threshold at the 85th percentile: {res['flagged']} flagged);",
+        "nice 10, other engineers' jobs running."])
     lines = section_head("Refactor parity", "bench_refactor_parity.py", about, res,
                          ["round", "OLD fps", "NEW fps", "NEW / OLD fps", "OLD CPU ms/frame", "NEW CPU ms/frame",
                           "NEW / OLD CPU"])

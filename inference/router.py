@@ -32,14 +32,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inference.engines.base import (
-    Engine,
-    EngineOutput,
-    EngineUnavailable,
-    UnknownProduct,
-    decode_hw,
-    takes_encoded,
-)
+# engine_base.decode_hw/takes_encoded: the module functions share this router's method names
+from inference.engines import base as engine_base
+from inference.engines.base import Engine, EngineOutput, EngineUnavailable, UnknownProduct
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
@@ -197,13 +192,13 @@ class ModelRouter:
         with self._lock:
             route = self._routes.get(product)
         engine = route.engine if route is not None else self.fallback
-        return None if engine is None else decode_hw(engine, product)
+        return None if engine is None else engine_base.decode_hw(engine, product)
 
     def takes_encoded(self, product: str) -> bool:
         """Whether the routed engine decodes ``product``'s frames itself (see engines.base.takes_encoded)."""
         with self._lock:
             route = self._routes.get(product)
-        return route is not None and takes_encoded(route.engine, product)
+        return route is not None and engine_base.takes_encoded(route.engine, product)
 
     def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000,
                       oversample: float = 2.0) -> tuple[EngineOutput, list[tuple[int, int]], str]:
@@ -211,7 +206,7 @@ class ModelRouter:
         frames) is decoded here on the CPU and scored through :meth:`infer`, which knows the fallbacks."""
         with self._lock:
             route = self._routes.get(product)
-        if route is None or not takes_encoded(route.engine, product):
+        if route is None or not engine_base.takes_encoded(route.engine, product):
             from ingest.envelope import decode_frame
 
             hw = self.decode_hw(product)

@@ -237,19 +237,28 @@ def run_models_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _registry_action(settings: Settings, fn: Callable[[ModelRegistry], Any]) -> int:
-    from storage.registry import RegistryError
-
+def _store_action(settings: Settings, fn: Callable[[Any, ModelRegistry], Any], refused: tuple[type[Exception], ...],
+                  done: Callable[[Any], str]) -> int:
+    """Run one store/registry change: a refusal (``refused``) is a one-line error and exit 2, the
+    store is closed either way, and ``done(result)`` is printed on success."""
     store, registry = _open(settings)
     try:
-        info = fn(registry)
-    except RegistryError as exc:
-        print(f"lineinspect: error: {exc}", file=sys.stderr)
+        result = fn(store, registry)
+    except refused as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+        print(f"lineinspect: error: {msg}", file=sys.stderr)
         return 2
     finally:
         store.close()
-    print(f"{info.product} {info.version}: {info.status}")
+    print(done(result))
     return 0
+
+
+def _registry_action(settings: Settings, fn: Callable[[ModelRegistry], Any]) -> int:
+    from storage.registry import RegistryError
+
+    return _store_action(settings, lambda _s, r: fn(r), (RegistryError,),
+                         lambda info: f"{info.product} {info.version}: {info.status}")
 
 
 def run_models_promote(args: argparse.Namespace, settings: Settings) -> int:
@@ -293,16 +302,10 @@ def run_models_rebaseline(args: argparse.Namespace, settings: Settings) -> int:
 def run_models_dismiss_drift(args: argparse.Namespace, settings: Settings) -> int:
     from storage.drift import DriftStore
 
-    store, _ = _open(settings)
-    try:
-        n = DriftStore.of(store).dismiss(args.alarm, by=args.by, reason=args.reason)
-    except (KeyError, ValueError) as exc:
-        print(f"lineinspect: error: {str(exc).strip(chr(39))}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    print(f"drift alarm #{args.alarm} dismissed by {args.by.strip()}; {n} verdicts no longer marked drifted")
-    return 0
+    return _store_action(settings, lambda s, _r: DriftStore.of(s).dismiss(args.alarm, by=args.by, reason=args.reason),
+                         (KeyError, ValueError),
+                         lambda n: f"drift alarm #{args.alarm} dismissed by {args.by.strip()}; "
+                                   f"{n} verdicts no longer marked drifted")
 
 
 def run_models_runs(args: argparse.Namespace, settings: Settings) -> int:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 SESSION_TIMEOUT_S = 10.0  # a consumer that stops heartbeating leaves the group after this
 
 FRAMING = 64 * 1024  # record-batch overhead allowed on top of max_message_bytes
+# Held partitions behind their end offset, nothing handed out and no position moved for this long:
+# the client is stuck (see KafkaBatchConsumer._check_stuck) and is replaced.
+STUCK_AFTER_S = 60.0
 
 
 def security_config(settings: Settings) -> dict[str, Any]:
@@ -200,8 +203,28 @@ class KafkaPublisher:
         if self._failed:
             raise RuntimeError(f"{len(self._failed)} message(s) were not delivered; first: {self._failed[0]}")
 
-    def close(self) -> None:
-        self._producer.close(timeout=10)
+    def close(self, timeout_s: float = 10.0) -> None:
+        close_producer(self._producer, timeout_s)
+
+
+def close_producer(producer: Any, timeout_s: float) -> None:
+    """Close a KafkaProducer even when its pending records cannot be delivered.
+
+    kafka-python 3.0.12's ``close()`` flushes first and, when that flush times out (broker down),
+    raises before stopping anything: the sender thread and its sockets live on and ``__del__``
+    fails again later. Undelivered records were never acknowledged, so their senders re-send or
+    report them; they are aborted here (the client's own force-close) and the close completes."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaTimeoutError:
+        log.warning("kafka producer closed with undelivered records", extra=kv(timeout_s=timeout_s))
+        sender = getattr(producer, "_sender", None)  # no public force-close in 3.0.12
+        if sender is not None:
+            sender.force_close()
+            sender.join(timeout_s)
+        producer.close(timeout=timeout_s)  # the aborted batches are done: the flush returns at once
 
 
 class KafkaBatchConsumer:
@@ -212,47 +235,39 @@ class KafkaBatchConsumer:
     """
 
     def __init__(self, settings: Settings, group: str | None = None, create_topics: bool = True,
-                 connect_timeout_s: float = 10.0) -> None:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+                 connect_timeout_s: float = 10.0, stuck_after_s: float = STUCK_AFTER_S) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaProducer
         from kafka.errors import KafkaError
 
         self.settings = settings
         self.topic = settings.topic_frames
         self.dlq_topic = settings.topic_dlq
         self.group = group or settings.consumer_group
-        boot = int(connect_timeout_s * 1000)
+        self._boot_ms = int(connect_timeout_s * 1000)
         if create_topics:
             ensure_topics(settings, [self.topic, self.dlq_topic], connect_timeout_s=connect_timeout_s)
-        fetch = settings.max_message_bytes + FRAMING
-        sec = security_config(settings)
+        self._consumer = self._new_client()
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=settings.kafka_bootstrap, group_id=self.group, client_id="lineinspect-consumer",
-                enable_auto_commit=False, auto_offset_reset="earliest",
-                max_poll_records=max(settings.batch_max_records, 1),
-                fetch_max_bytes=max(fetch, 52_428_800), max_partition_fetch_bytes=fetch,
-                session_timeout_ms=int(SESSION_TIMEOUT_S * 1000), heartbeat_interval_ms=3_000,
-                # also the rebalance timeout: a member that never rejoins holds the group this long
-                max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-                # A topic created moments ago (by us or a camera) must reach the group's assignment in
-                # seconds, not at the default 5-minute metadata refresh.
-                metadata_max_age_ms=10_000,
-                bootstrap_timeout_ms=boot, **sec)
             self._dlq = KafkaProducer(
                 bootstrap_servers=settings.kafka_bootstrap, client_id="lineinspect-dlq", acks="all", retries=10,
-                max_request_size=fetch + FRAMING, bootstrap_timeout_ms=boot, **sec)
+                max_request_size=settings.max_message_bytes + 2 * FRAMING, bootstrap_timeout_ms=self._boot_ms,
+                **security_config(settings))
         except KafkaError as exc:
+            self._consumer.close(autocommit=False)  # not left with its threads and sockets
             raise _unavailable(settings, exc) from exc
-        apply_finished_joins(self._consumer)
         self._assigned: set[int] = set()
         self._rebalancing_since: float | None = None  # revoked, not yet assigned again
         self._warned_rebalance = False
+        self.stuck_after_s = stuck_after_s
+        self.rebuilds = 0  # Kafka clients replaced because they held partitions and stopped fetching them
+        self._last_progress = time.monotonic()  # records handed out, or the assignment changed
+        self._positions: dict[int, int] = {}  # at the last stuck check
         owner = self
 
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 owner._assigned -= {tp.partition for tp in revoked if tp.topic == owner.topic}
-                owner._rebalancing_since = time.monotonic()
+                owner._rebalancing_since = owner._last_progress = time.monotonic()
                 log.info("partitions revoked", extra=kv(group=owner.group, partitions=sorted(tp.partition for tp in revoked)))
 
             def on_partitions_assigned(self, assigned: Any) -> None:
@@ -261,14 +276,45 @@ class KafkaBatchConsumer:
                     log.warning("group rebalance finished", extra=kv(
                         group=owner.group, waited_s=round(time.monotonic() - (owner._rebalancing_since or 0), 1)))
                 owner._rebalancing_since, owner._warned_rebalance = None, False
+                owner._last_progress = time.monotonic()
                 log.info("partitions assigned", extra=kv(group=owner.group, partitions=sorted(tp.partition for tp in assigned)))
+
+        self._listener = _Listener()
+        self._subscribe()
+
+    def _new_client(self) -> Any:
+        """A KafkaConsumer for this group with the group-join workaround applied (not yet subscribed)."""
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        s = self.settings
+        fetch = s.max_message_bytes + FRAMING
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=s.kafka_bootstrap, group_id=self.group, client_id="lineinspect-consumer",
+                enable_auto_commit=False, auto_offset_reset="earliest",
+                max_poll_records=max(s.batch_max_records, 1),
+                fetch_max_bytes=max(fetch, 52_428_800), max_partition_fetch_bytes=fetch,
+                session_timeout_ms=int(SESSION_TIMEOUT_S * 1000), heartbeat_interval_ms=3_000,
+                # also the rebalance timeout: a member that never rejoins holds the group this long
+                max_poll_interval_ms=s.kafka_max_poll_interval_ms,
+                # A topic created moments ago (by us or a camera) must reach the group's assignment in
+                # seconds, not at the default 5-minute metadata refresh.
+                metadata_max_age_ms=10_000,
+                bootstrap_timeout_ms=self._boot_ms, **security_config(s))
+        except KafkaError as exc:
+            raise _unavailable(s, exc) from exc
+        apply_finished_joins(consumer)
+        return consumer
+
+    def _subscribe(self) -> None:
+        from kafka.errors import KafkaError
 
         try:  # learn the topic's partitions before joining, so the first assignment is not empty
             self._consumer.partitions_for_topic(self.topic)
         except KafkaError as exc:
             log.warning("topic metadata not available yet; the group will pick it up on refresh",
                         extra=kv(topic=self.topic, error=str(exc)))
-        self._listener = _Listener()
         self._consumer.subscribe([self.topic], listener=self._listener)
 
     def assignment(self) -> list[int]:
@@ -295,7 +341,57 @@ class KafkaBatchConsumer:
                 log.warning("kafka poll failed; returning the records in hand", extra=kv(error=str(exc), n=len(out)))
                 return out
             raise _unavailable(self.settings, exc) from exc
+        if out:
+            self._last_progress = time.monotonic()
+        else:
+            self._check_stuck()
         return out
+
+    def _check_stuck(self) -> None:
+        """Replace the Kafka client when it holds partitions with unread records and has handed out
+        nothing for ``stuck_after_s``, none of them paused and no rebalance under way.
+
+        Defence in depth against client defects that stop fetching without an error (two are worked
+        around above; soak run 9 of the c1e6598 CI loop was one: partitions [0, 1] held for 5.5
+        minutes, nothing fetched). A new client rejoins the group and reads from the last commit,
+        so nothing is lost; records handed out but not yet committed come again, which the store
+        absorbs (results are keyed by camera and frame id)."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        now = time.monotonic()
+        if not self._assigned or self._rebalancing_since is not None or now - self._last_progress < self.stuck_after_s:
+            return
+        self._last_progress = now  # checked: the next check is a full period later
+        c = self._consumer
+        tps = [TopicPartition(self.topic, p) for p in sorted(self._assigned)]
+        if set(tps) & set(c.paused()):
+            return
+        try:
+            ends = c.end_offsets(tps, timeout_ms=5_000)
+            positions = {tp: c.position(tp, timeout_ms=5_000) for tp in tps}
+        except KafkaError:
+            return  # the broker is away: the poll path reports and waits out outages
+        behind = {tp.partition: ends[tp] - pos for tp, pos in positions.items()
+                  if pos is not None and ends.get(tp) is not None and ends[tp] > pos}
+        if not behind:
+            return
+        log.warning("kafka client holds partitions with unread records but fetched nothing; replacing it",
+                    extra=kv(group=self.group, idle_s=self.stuck_after_s, unread=behind))
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """A new client in place of this one (created first: if the broker is away, the old one stays)."""
+        new = self._new_client()
+        old, self._consumer = self._consumer, new
+        self._assigned = set()
+        self._rebalancing_since = self._last_progress = time.monotonic()
+        try:
+            old.close(autocommit=False)  # leaves the group: its partitions are assigned again
+        except Exception as exc:  # noqa: BLE001 - the old client is being discarded either way
+            log.warning("closing the replaced kafka client failed", extra=kv(error=str(exc)))
+        self._subscribe()
+        self.rebuilds += 1
 
     def keep_alive(self, timeout_s: float) -> None:
         """Poll with every assigned partition paused, for up to ``timeout_s``: heartbeats alone do not rejoin a
@@ -328,6 +424,8 @@ class KafkaBatchConsumer:
         except KafkaError as exc:  # the broker is the outage being waited out, or restarting: the caller waits
             log.debug("keep-alive poll failed", extra=kv(error=str(exc)))
             time.sleep(max(0.0, timeout_s))
+        finally:
+            self._last_progress = time.monotonic()  # waiting out an outage is not a stuck client
 
     def _check_rebalance(self) -> None:
         """Say so once when a rebalance outlasts two session timeouts: some member is not rejoining, and
@@ -391,6 +489,6 @@ class KafkaBatchConsumer:
 
     def close(self) -> None:
         try:
-            self._dlq.close(timeout=5)
+            close_producer(self._dlq, 5.0)
         finally:
             self._consumer.close(autocommit=False)

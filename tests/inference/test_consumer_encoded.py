@@ -152,3 +152,30 @@ def test_a_route_change_between_parse_and_score_decodes_on_the_cpu(settings: Set
     assert c.run(max_frames=1, idle_timeout_s=2) == 1
     c.close()
     assert eng.pixels == [(32, 32, 3)] and store.count_results() == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU host)")
+def test_on_a_gpu_the_consumer_decodes_on_the_device_and_still_isolates_a_corrupt_frame(
+        settings: Settings, store: ResultStore, engine: TorchEngine, tmp_path) -> None:
+    """The same batch as the CPU-fallback tests, through nvJPEG: good frames are stored with the
+    device decode's engine name and scores close to the CPU path's; the cut-off JPEG is still
+    dead-lettered alone (nvJPEG refusing it, or the CPU fallback refusing it), never scored."""
+    gpu = TorchEngine(tmp_path / "m", device="cuda")  # the fixture's model directory
+    bus = MemoryBus(partitions=1)
+    envs = {i: FrameEnvelope("widget", "L1", "cam-1", i, encode_image(_image(i), "jpeg", 92), "jpeg", (480, 560, 3))
+            for i in (1, 3, 4)}
+    for i in (1, 2, 3, 4):
+        _send(bus, settings, envs[i] if i in envs else
+              FrameEnvelope("widget", "L1", "cam-1", 2, _corrupt_jpeg(), "jpeg", (480, 560, 3)))
+    c = _consumer(settings, bus, store, gpu)
+    assert c.run(max_frames=4, idle_timeout_s=5) == 4
+    c.close()
+    reasons = [dict(r.headers)["li-dlq-reason"].decode() for r in bus.records(settings.topic_dlq)]
+    assert reasons == ["undecodable"]
+    assert store.get_result("cam-1", 2) is None and store.count_results() == 3
+    ref = TorchEngine.infer(engine, "widget", [decode_frame(envs[i], target_hw=(64, 64)).image for i in (1, 3, 4)])
+    for k, i in enumerate((1, 3, 4)):
+        row = store.get_result("cam-1", i)
+        assert row is not None and row["engine"] in ("torch+gpudecode", "torch+cpudecode")
+        assert row["score"] == pytest.approx(float(ref.scores[k]), rel=0.05, abs=0.05)
+    assert any(store.get_result("cam-1", i)["engine"] == "torch+gpudecode" for i in (1, 3, 4))  # type: ignore[index]

@@ -22,6 +22,17 @@ def settings(kafka_url: str) -> Settings:
                     topic_partitions=2, consumer_group=f"li-bus-{rid}")
 
 
+def _publish(settings: Settings, keyed: list[tuple[str, int]]) -> None:
+    """Publish (key, i) messages with value str(i), flushed, and close the producer."""
+    pub = KafkaPublisher(settings)
+    try:
+        for key, i in keyed:
+            pub.publish(key.encode(), str(i).encode(), [])
+        pub.flush(30)
+    finally:
+        pub.close()
+
+
 def _drain(c: KafkaBatchConsumer, n: int, timeout_s: float = 30.0) -> list:
     out: list = []
     deadline = time.monotonic() + timeout_s
@@ -69,11 +80,7 @@ def test_publish_consume_commit_lag_and_dlq(settings: Settings) -> None:
 
 
 def test_uncommitted_records_are_redelivered(settings: Settings) -> None:
-    pub = KafkaPublisher(settings)
-    for i in range(4):
-        pub.publish(b"cam", str(i).encode(), [])
-    pub.flush(30)
-    pub.close()
+    _publish(settings, [("cam", i) for i in range(4)])
     c = KafkaBatchConsumer(settings)
     first = _drain(c, 4)
     c.commit(first[:1])
@@ -93,11 +100,7 @@ def test_a_partition_paused_with_records_in_line_is_fetched_after_resume(setting
     the resume)."""
     from kafka import TopicPartition
 
-    pub = KafkaPublisher(settings)
-    for i in range(40):
-        pub.publish(f"cam{i}".encode(), str(i).encode(), [])
-    pub.flush(30)
-    pub.close()
+    _publish(settings, [(f"cam{i}", i) for i in range(40)])
     c = KafkaBatchConsumer(settings)
     try:
         first: list = []
@@ -117,6 +120,60 @@ def test_a_partition_paused_with_records_in_line_is_fetched_after_resume(setting
         c.close()
 
 
+def _pause_with_records_in_line(c: KafkaBatchConsumer, settings: Settings) -> tuple:
+    """The sequence that stalls a partition on the unpatched client (see the test above): returns the
+    paused-then-resumed partition and the records handed out so far."""
+    from kafka import TopicPartition
+
+    first: list = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (c.assignment() == [0, 1] and first):
+        first = c.poll_batch(1, 200)
+    assert c.assignment() == [0, 1] and first
+    p = TopicPartition(settings.topic_frames, first[0].partition)
+    c._consumer.pause(p)
+    got = first + _drain(c, 40, timeout_s=5)
+    c._consumer.resume(p)
+    return p, got
+
+
+def test_a_client_that_stops_fetching_a_held_partition_is_replaced(settings: Settings,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: with the fetcher workaround switched off, the paused partition stalls for good
+    (the CI-loop failure); the stuck-client check replaces the client, which rejoins and reads from the
+    last commit, so every record of the stalled partition still arrives (earlier ones may come twice)."""
+    import ingest.bus.kafka as kb
+
+    monkeypatch.setattr(kb, "clear_drained_in_line", lambda consumer: None)
+    _publish(settings, [(f"cam{i}", i) for i in range(40)])
+    c = KafkaBatchConsumer(settings, stuck_after_s=3.0)
+    try:
+        p, got = _pause_with_records_in_line(c, settings)
+        end = c._consumer.end_offsets([p])[p]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and {r.offset for r in got if r.partition == p.partition} != set(range(end)):
+            got += c.poll_batch(40, 500)
+        assert {r.offset for r in got if r.partition == p.partition} == set(range(end)), "the stalled partition never resumed"
+        assert c.rebuilds >= 1
+    finally:
+        c.close()
+
+
+def test_an_idle_client_with_nothing_to_read_is_not_replaced(settings: Settings) -> None:
+    _publish(settings, [(f"cam{i}", i) for i in range(6)])
+    c = KafkaBatchConsumer(settings, stuck_after_s=1.0)
+    try:
+        got = _drain(c, 6)
+        assert len(got) == 6
+        c.commit(got)
+        deadline = time.monotonic() + 4  # four check periods with nothing unread
+        while time.monotonic() < deadline:
+            assert c.poll_batch(10, 300) == []
+        assert c.rebuilds == 0 and c.assignment() == [0, 1]
+    finally:
+        c.close()
+
+
 def test_unreachable_broker_names_kafka() -> None:
     s = Settings(bus_url="kafka://127.0.0.1:9", topic_frames="x")
     with pytest.raises(ServiceUnavailable, match="kafka is not reachable"):
@@ -129,11 +186,7 @@ def test_a_member_waiting_out_an_outage_does_not_stall_a_joining_member(settings
     not consumed by the keep-alive: everything published is handed out exactly once between them."""
     import threading
 
-    pub = KafkaPublisher(settings)
-    for i in range(8):
-        pub.publish(f"cam{i}".encode(), str(i).encode(), [])
-    pub.flush(30)
-    pub.close()
+    _publish(settings, [(f"cam{i}", i) for i in range(8)])
     a = KafkaBatchConsumer(settings)
     got = _drain(a, 1)  # A joined and owns both partitions; it took at least one record
     assert got and a.assignment() == [0, 1]

@@ -106,6 +106,29 @@ def test_postgres_outage_is_waited_out(rig: Rig) -> None:
     assert re.search(r"wait_s=\d", log) and "postgresql is not reachable" in log
 
 
+def test_a_publisher_closed_while_the_broker_is_down_stops_its_threads(rig: Rig) -> None:
+    """kafka-python 3.0.12's close() gives up at its flush timeout and leaves the producer's network
+    thread running (and fails again in __del__); KafkaPublisher.close must finish the close."""
+    import threading
+
+    from ingest.bus.kafka import KafkaPublisher
+    from lineinspect.errors import ServiceUnavailable
+
+    pub = KafkaPublisher(rig.settings)
+    pub.publish(b"cam", b"first", [])
+    pub.flush(30)  # connected, topic metadata known
+    try:
+        rig.services.stop("kafka")
+        pub.publish(b"cam", b"undeliverable", [])
+        with pytest.raises(ServiceUnavailable):
+            pub.flush(2)
+        pub.close(timeout_s=3)
+    finally:
+        rig.services.start("kafka")
+    alive = [t.name for t in threading.enumerate() if t.name == "lineinspect-publisher-network-thread"]
+    assert not alive, f"producer threads still running after close: {alive}"
+
+
 def test_redis_out_of_memory_stores_and_commits_and_reports_the_gap(rig: Rig) -> None:
     r = redis.Redis.from_url(rig.settings.cache_url)
     r.flushdb()
