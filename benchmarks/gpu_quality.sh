@@ -42,7 +42,19 @@ root = data_root()
 missing = [c for c in cats if not (root / c / "train" / "good").is_dir() or not (root / c / "test").is_dir()]
 if missing:
     sys.exit(f"IMPORT CHECK FAILED: data missing under {root}: {missing}")
-InpFormer(InpConfig(memory_size=8)).to(dev)  # the backbone weights package is installed
+# the device paths this job relies on: the greedy coreset and a memory model's forward pass there
+from training.patchcore import greedy_coreset
+x = torch.randn(3000, 152, device=dev)
+sel = greedy_coreset(x, 64, 0)
+assert sel.device.type == torch.device(dev).type and len(set(sel.tolist())) == 64, "coreset on the device"
+m = InpFormer(InpConfig(memory_size=8, memory_dims=4)).to(dev).eval()  # the backbone weights package is installed
+with torch.no_grad():
+    img = torch.rand(2, 3, 256, 256, device=dev)
+    rows = m.encode_memory(img).permute(0, 2, 3, 1).reshape(-1, m.head.memory.channels)
+    m.head.memory.fit_projection(rows)
+    m.head.memory.fit(rows[greedy_coreset(rows, 8, 0)])
+    amap, score = m(img)
+assert torch.isfinite(score).all() and amap.shape == (2, 256, 256), "memory model forward on the device"
 print(f"import check ok: torch {torch.__version__}, numpy {numpy.__version__}, device {dev}"
       + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else "") + f", data {root}", flush=True)
 EOF
