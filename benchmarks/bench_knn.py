@@ -146,7 +146,11 @@ def bank_rows(bank: torch.Tensor, test: torch.Tensor, labels: np.ndarray, masks:
     return out
 
 
-def run_category(root: Path, cat: str, seeds: list[int], out_dir: Path, device: str = "cpu") -> None:
+CORESETS = {0.01: "knn_cs1", 0.10: "knn_cs10"}
+
+
+def run_category(root: Path, cat: str, seeds: list[int], out_dir: Path, device: str = "cpu",
+                 coresets: tuple[float, ...] = tuple(CORESETS)) -> None:
     cfg = TrainConfig()
     hw = cfg.model.input_hw
     fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, hw)
@@ -173,7 +177,8 @@ def run_category(root: Path, cat: str, seeds: list[int], out_dir: Path, device: 
         perm = torch.randperm(rows_m.shape[0], generator=g)[:20000].to(device)
         res["methods"] |= bank_rows(rows_m[perm], te_m, labels, masks, hw, "knn_r20k", ("", "_top1", "_rw", "_k3"))
         res["methods"] |= bank_rows(rows_a[perm], te_a, labels, masks, hw, "knn_b4_7_10_r20k", ("", "_top1"))
-        for frac, name in ((0.01, "knn_cs1"), (0.10, "knn_cs10")):
+        for frac in coresets:
+            name = CORESETS[frac]
             k = int(round(frac * rows_m.shape[0]))
             t1 = time.perf_counter()
             sel = patchcore.greedy_coreset(rows_m, k, seed)
@@ -195,12 +200,20 @@ def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
     runs = [json.loads(p.read_text()) for p in sorted(in_dir.glob("*__s*.json"))]
     cats = quality["categories"]
     by = {(r["category"], r["seed"]): r for r in runs}
-    seeds = sorted(s for s in {r["seed"] for r in runs} if all((c, s) in by for c in cats))
-    if not seeds:
+    all_seeds = sorted({r["seed"] for r in runs})
+    methods = list(dict.fromkeys(m for r in sorted(runs, key=lambda r: -len(r["methods"])) for m in r["methods"]))
+
+    def seeds_of(m: str) -> list[int]:  # a row's seeds: those whose runs cover every category with it
+        return [s for s in all_seeds if all((c, s) in by and m in by[(c, s)]["methods"] for c in cats)]
+
+    if not any(seeds_of(m) for m in methods):
         raise SystemExit(f"no seed covers all of {cats} under {in_dir}")
-    methods = [m for m in by[(cats[0], seeds[0])]["methods"]]
     check: dict[str, Any] = {}
+    quality.setdefault("seeds_by_method", {})
     for m in methods:
+        seeds = seeds_of(m)
+        if not seeds:
+            continue
         per_seed = {k: [float(np.mean([by[(c, s)]["methods"][m][k] for c in cats])) for s in seeds] for k in KEYS}
         per_cat = {c: {k: float(np.mean([by[(c, s)]["methods"][m][k] for s in seeds])) for k in KEYS} for c in cats}
         mean = {k: float(np.mean(per_seed[k])) for k in KEYS} | {"spread": {k: float(np.ptp(per_seed[k])) for k in KEYS}}
@@ -208,20 +221,20 @@ def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
             # same seeds, same patches drawn: only the device (features, float round-off) differs
             old_seeds = quality["seeds"]
             check[m] = {k: round(float(np.mean([per_seed[k][i] - quality["per_seed_mean"][m][k][old_seeds.index(s)]
-                                                for i, s in enumerate(seeds)])), 5) for k in KEYS}
+                                                for i, s in enumerate(seeds) if s in old_seeds])), 5) for k in KEYS}
             continue
         quality["mean"][m] = mean
         quality["per_seed_mean"][m] = per_seed
         for c in cats:
             quality["per_category"][c][m] = per_cat[c]
-    quality.setdefault("seeds_by_method", {})
-    for m in methods:
-        if m not in CPU_CHECK and seeds != quality["seeds"]:
+        if seeds != quality["seeds"]:
             quality["seeds_by_method"][m] = seeds
-    quality["knn_cpu_check"] = {"seeds": seeds, "new_minus_old": check, "machine": runs[0]["machine"],
+        else:
+            quality["seeds_by_method"].pop(m, None)
+    quality["knn_cpu_check"] = {"seeds": all_seeds, "new_minus_old": check, "machine": runs[0]["machine"],
                                 "note": (f"knn_r20k rows recomputed by bench_knn.py (device {runs[0].get('device', 'cpu')}, "
                                          "its own fp16 feature cache) vs bench_memory.py's rows")}
-    quality["knn_select_s"] = {c: {s: by[(c, s)]["select_s"] for s in seeds} for c in cats}
+    quality["knn_select_s"] = {c: {s: by[(c, s)]["select_s"] for s in all_seeds if (c, s) in by} for c in cats}
     return decide(quality)
 
 
@@ -232,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=WORK / PER_CAT)
     ap.add_argument("--merge", action="store_true")
     ap.add_argument("--device", default="cpu", help="torch device for the encoder, the coresets and the search")
+    ap.add_argument("--coresets", type=float, nargs="+", default=list(CORESETS), choices=list(CORESETS),
+                    help="greedy-coreset fractions to run (0.10 costs ~10x 0.01 on a CPU)")
     a = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     if a.merge:
@@ -246,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     root = data_root()
     for cat in a.category or []:
-        run_category(root, cat, a.seeds, a.out, a.device)
+        run_category(root, cat, a.seeds, a.out, a.device, tuple(a.coresets))
     return 0
 
 
