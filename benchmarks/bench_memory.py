@@ -448,15 +448,17 @@ def write_md(q: dict) -> None:
     cats = q["categories"]
     short = [c.split("/")[-1] for c in cats]
     lines = [f"## Quality: INP-Former (+ extrinsic memory) vs the strongest kNN bank ({time.strftime('%Y-%m-%d')})", "",
-             (f"`bash benchmarks/gpu_quality.sh` (bench_memory.py and bench_knn.py per category, seeds 0 1 2, in "
-             f"parallel), then `bench_memory.py --aggregate --from DIR`; speed from `--speed`. Accuracy run on {q['machine']} (a lent GPU: the 3-seed run did not fit the "
-             "2 shared cores; the numbers do not depend on the device beyond float round-off). Seeds "
+             (f"bench_memory.py per category and seed (`bash benchmarks/gpu_quality.sh` on a GPU host; on the CPU one "
+             f"process per category and seed, two at a time), bench_knn.py and bench_fewshot.py per category, then "
+             f"`bench_memory.py --aggregate --from DIR`; speed from `--speed`. Accuracy run on {q['machine']}"
+             f"{'' if 'cuda' in q['machine'].lower() or 'nvidia' in q['machine'].lower() else ' (no GPU: the shared 2-core machine, beside a CI loop and another engineer; accuracy does not depend on the load)'}. Seeds "
              f"{q['seeds']}; every row is the mean over the 4 categories, then the mean over seeds; spread = max - min "
              "of the per-seed means. Same EfficientNet-Lite0 features at 256x256 for all; the fit / held-out split "
              "(68 / 12 normals) is fixed, the seed varies initialisation, batches, coreset start and kNN sample. "
              "The kNN bank uses all 80 training normals; the INP-Former rows train on the 68 and standardise on the 12; "
              "the `k3` memories are standardised with a bank of the 68 and then refilled from all 80 (the earlier "
-             "memory rows keep the 68-image bank). `bench_knn.py` ran with the same seeds in the same job. "
+             "memory rows keep the 68-image bank). A `knn_*` row with its seeds named ran only those (a 10 % coreset costs "
+             "~10x a 1 % one on a CPU). "
              "Pixel metrics and AUPRO (30 % FPR) at 256x256."), "",
              ("Decision rule (written in bench_memory.py before the run, `decide`): a candidate wins if its mean I-AUROC, "
               "P-AUROC and AUPRO are each >= the best kNN row's mean of that metric; among winners the cheapest (bank "
@@ -509,7 +511,8 @@ def write_md(q: dict) -> None:
         lines += ["", f"`lineinspect train` wall time on 2 cores ({tw['conditions']}): " + ", ".join(
             f"{n} {v:.0f} s" for n, v in tw["seconds"].items()) + "."]
     ts = [t for v in q["train_s"].values() for t in v]
-    lines += ["", (f"Train s per category and seed on the GPU run (memory 1024 included, features cached): "
+    lines += ["", (f"Training seconds per category and seed in these runs (the `train()` call: INP-Former with its "
+              f"1024-row memory, features cached, two processes at once; {q['machine']}): "
               f"{min(ts):.0f}-{max(ts):.0f} s; CPU training time is reported in README.")]
     write_section("quality", "\n".join(lines))
 
