@@ -51,15 +51,16 @@ def _split(root: Path, cat: str) -> tuple[list[Path], list[Path]]:
     return [it.path for it in fit], [it.path for it in held]
 
 
-def _score(model_dir: Path, root: Path, cat: str) -> dict[str, float]:
+def _score(model_dir: Path, root: Path, cat: str, device: str = "cpu") -> dict[str, float]:
     test = load_split(root, cat, "test")
-    module: InpFormer = load_model_dir(model_dir).module
-    feats = cached_features(module, [it.path for it in test.items], str(WORK / "cache_fewshot"))
+    module: InpFormer = load_model_dir(model_dir, device=device).module
+    feats = [f.to(device) for f in cached_features(module, [it.path for it in test.items], str(WORK / "cache_fewshot"))]
     maps, scores = score_cached(module, feats)
     return all_metrics(np.array([it.label for it in test.items]), scores, masks_at(test.items, module.cfg.input_hw), maps)
 
 
-def run_few_shot(root: Path, cat: str, shots: list[int], seed: int, out_dir: Path) -> None:
+def run_few_shot(root: Path, cat: str, shots: list[int], seed: int, out_dir: Path, device: str = "cpu",
+                 iters: int | None = None) -> None:
     fit, held = _split(root, cat)
     for k in shots:
         path = out_dir / f"fewshot{k}__{cat.replace('/', '__')}__s{seed}.json"
@@ -67,11 +68,11 @@ def run_few_shot(root: Path, cat: str, shots: list[int], seed: int, out_dir: Pat
             continue
         mdir = WORK / "fewshot_models" / f"fs{k}_{cat.replace('/', '__')}_s{seed}"
         t0 = time.perf_counter()
-        train(fit, _cfg(few_shot=k, categories=[cat]), mdir, seed=seed, resume=False, calibration_images=held,
-              progress=False)
+        train(fit, _cfg(few_shot=k, categories=[cat], device=device, iters=iters or TrainConfig().iters), mdir, seed=seed, resume=False,
+              calibration_images=held, progress=False)
         train_s = time.perf_counter() - t0
         res: dict[str, Any] = {"method": f"inp_former_fewshot{k}", "category": cat, "seed": seed, "train_s": round(train_s, 1),
-               "metrics": _score(mdir, root, cat), "machine": machine()}
+               "metrics": _score(mdir, root, cat, device), "machine": machine(), "device": device}
         out_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(res, indent=1))
         print(json.dumps({k2: res[k2] for k2 in ("method", "category", "seed", "train_s")})
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=WORK / PER_CAT)
     ap.add_argument("--merge", action="store_true")
+    ap.add_argument("--device", default="cpu", help="torch device for the encoder and the head (e.g. cuda)")
+    ap.add_argument("--iters", type=int, help="override the training iterations (smoke tests only)")
     a = ap.parse_args(argv)
     if a.merge:
         from benchmarks.bench_memory import write_md
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     root = data_root()
     for seed in a.seeds:
         for cat in a.category or []:
-            run_few_shot(root, cat, a.few_shot, seed, a.out)
+            run_few_shot(root, cat, a.few_shot, seed, a.out, a.device, a.iters)
         if a.unified:
             run_unified(root, seed, a.out)
     return 0

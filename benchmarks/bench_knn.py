@@ -56,7 +56,7 @@ CPU_CHECK = ("knn_r20k", "knn_r20k_top1")
 
 def probe_model() -> InpFormer:
     """A model whose memory features are blocks 4, 7 and 10 (only its encoder is used)."""
-    return InpFormer(InpConfig(groups=[[3, 4], [7], [10]], decoder_blocks=3, memory_size=1)).eval()
+    return InpFormer(InpConfig(groups=[[3, 4], [7], [10]], decoder_blocks=3, memory_size=1, memory_k=1)).eval()
 
 
 def block_slices(model: InpFormer) -> dict[int, slice]:
@@ -105,23 +105,24 @@ def reweight(bank: torch.Tensor, test: torch.Tensor, d1: torch.Tensor, nn_idx: t
     anomalous patch p* to m* (its nearest bank entry) and m*'s b-1 nearest bank neighbours, at m*.
     Near 1 when m* is itself a rare, isolated normal pattern; lower inside a dense normal cluster."""
     n, c, h, w = test.shape
+    rows = torch.arange(n, device=test.device)
     flat = d1.flatten(1).argmax(1)                                  # p* per image
-    p_star = test.flatten(2)[torch.arange(n), :, flat]              # (N, C)
-    m_star = bank[nn_idx.flatten(1)[torch.arange(n), flat]]         # (N, C)
+    p_star = test.flatten(2)[rows, :, flat]                         # (N, C)
+    m_star = bank[nn_idx.flatten(1)[rows, flat]]                    # (N, C)
     support = torch.topk(torch.cdist(m_star, bank), min(b, bank.shape[0]), largest=False).indices  # (N, b), m* first
     dist = torch.linalg.vector_norm(p_star.unsqueeze(1) - bank[support], dim=-1)                  # (N, b)
     return 1.0 - torch.softmax(dist, dim=1)[:, 0]
 
 
 def pixel_part(masks: list[np.ndarray], maps: torch.Tensor) -> dict[str, float]:
-    m = list(maps.numpy())
+    m = list(maps.cpu().numpy())
     out = metrics.pixel_metrics(masks, m)
     out["aupro"] = metrics.aupro(masks, m)
     return {k: float(v) for k, v in out.items()}
 
 
 def image_part(labels: np.ndarray, scores: torch.Tensor) -> dict[str, float]:
-    s = scores.numpy()
+    s = scores.cpu().numpy()
     return {"image_auroc": float(metrics.image_auroc(labels, s)), "image_ap": float(metrics.image_ap(labels, s)),
             "image_f1_max": float(metrics.f1_max(labels, s))}
 
@@ -145,16 +146,21 @@ def bank_rows(bank: torch.Tensor, test: torch.Tensor, labels: np.ndarray, masks:
     return out
 
 
-def run_category(root: Path, cat: str, seeds: list[int], out_dir: Path) -> None:
+CORESETS = {0.01: "knn_cs1", 0.10: "knn_cs10"}
+
+
+def run_category(root: Path, cat: str, seeds: list[int], out_dir: Path, device: str = "cpu",
+                 coresets: tuple[float, ...] = tuple(CORESETS)) -> None:
     cfg = TrainConfig()
     hw = cfg.model.input_hw
     fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, hw)
-    probe = probe_model()
+    probe = probe_model().to(device)
     cache = str(WORK / "cache_knn")
     t0 = time.perf_counter()
     tr = cached_features(probe, [it.path for it in fit + held], cache, memory=True)[0]
     te = cached_features(probe, [it.path for it in test.items], cache, memory=True)[0]
     encode_s = time.perf_counter() - t0
+    tr, te = tr.to(device), te.to(device)
     sl = block_slices(probe)
     main = (4, 10)
     tr_m, te_m = pick(tr, sl, main), pick(te, sl, main)
@@ -168,16 +174,18 @@ def run_category(root: Path, cat: str, seeds: list[int], out_dir: Path) -> None:
         res: dict[str, Any] = {"category": cat, "seed": seed, "n_train": len(fit) + len(held), "n_test": len(test.items),
                                "encode_s": round(encode_s, 1), "patches": int(rows_m.shape[0]), "methods": {}, "select_s": {}}
         g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(rows_m.shape[0], generator=g)[:20000]
+        perm = torch.randperm(rows_m.shape[0], generator=g)[:20000].to(device)
         res["methods"] |= bank_rows(rows_m[perm], te_m, labels, masks, hw, "knn_r20k", ("", "_top1", "_rw", "_k3"))
         res["methods"] |= bank_rows(rows_a[perm], te_a, labels, masks, hw, "knn_b4_7_10_r20k", ("", "_top1"))
-        for frac, name in ((0.01, "knn_cs1"), (0.10, "knn_cs10")):
+        for frac in coresets:
+            name = CORESETS[frac]
             k = int(round(frac * rows_m.shape[0]))
             t1 = time.perf_counter()
             sel = patchcore.greedy_coreset(rows_m, k, seed)
             res["select_s"][name] = round(time.perf_counter() - t1, 1)
             res["methods"] |= bank_rows(rows_m[sel], te_m, labels, masks, hw, name, ("", "_top1", "_rw", "_k3"))
-        res["machine"] = machine()
+        res["machine"] = machine() + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
+        res["device"] = device
         path.write_text(json.dumps(res, indent=1))
         print(f"{cat} seed {seed} " + " ".join(f"{k}={v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}/{v['aupro']:.3f}"
                                               for k, v in res["methods"].items()), flush=True)
@@ -187,17 +195,25 @@ def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
     """Add the per-category, per-seed kNN rows to quality.json's tables (mean over categories per seed,
     then mean and spread = max - min over seeds) and recompute the bar, the margins and the winners.
     A row enters only for seeds that cover every category of quality.json."""
-    from benchmarks.bench_memory import CANDIDATES
+    from benchmarks.bench_memory import decide
 
     runs = [json.loads(p.read_text()) for p in sorted(in_dir.glob("*__s*.json"))]
     cats = quality["categories"]
     by = {(r["category"], r["seed"]): r for r in runs}
-    seeds = sorted(s for s in {r["seed"] for r in runs} if all((c, s) in by for c in cats))
-    if not seeds:
+    all_seeds = sorted({r["seed"] for r in runs})
+    methods = list(dict.fromkeys(m for r in sorted(runs, key=lambda r: -len(r["methods"])) for m in r["methods"]))
+
+    def seeds_of(m: str) -> list[int]:  # a row's seeds: those whose runs cover every category with it
+        return [s for s in all_seeds if all((c, s) in by and m in by[(c, s)]["methods"] for c in cats)]
+
+    if not any(seeds_of(m) for m in methods):
         raise SystemExit(f"no seed covers all of {cats} under {in_dir}")
-    methods = [m for m in by[(cats[0], seeds[0])]["methods"]]
     check: dict[str, Any] = {}
+    quality.setdefault("seeds_by_method", {})
     for m in methods:
+        seeds = seeds_of(m)
+        if not seeds:
+            continue
         per_seed = {k: [float(np.mean([by[(c, s)]["methods"][m][k] for c in cats])) for s in seeds] for k in KEYS}
         per_cat = {c: {k: float(np.mean([by[(c, s)]["methods"][m][k] for s in seeds])) for k in KEYS} for c in cats}
         mean = {k: float(np.mean(per_seed[k])) for k in KEYS} | {"spread": {k: float(np.ptp(per_seed[k])) for k in KEYS}}
@@ -205,27 +221,21 @@ def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
             # same seeds, same patches drawn: only the device (features, float round-off) differs
             old_seeds = quality["seeds"]
             check[m] = {k: round(float(np.mean([per_seed[k][i] - quality["per_seed_mean"][m][k][old_seeds.index(s)]
-                                                for i, s in enumerate(seeds)])), 5) for k in KEYS}
+                                                for i, s in enumerate(seeds) if s in old_seeds])), 5) for k in KEYS}
             continue
         quality["mean"][m] = mean
         quality["per_seed_mean"][m] = per_seed
         for c in cats:
             quality["per_category"][c][m] = per_cat[c]
-    quality.setdefault("seeds_by_method", {})
-    for m in methods:
-        if m not in CPU_CHECK and seeds != quality["seeds"]:
+        if seeds != quality["seeds"]:
             quality["seeds_by_method"][m] = seeds
-    quality["knn_cpu_check"] = {"seeds": seeds, "new_minus_old": check, "machine": runs[0]["machine"],
-                                "note": "knn_r20k rows recomputed on CPU (features from CPU, fp16 cache) vs the GPU run"}
-    quality["knn_select_s"] = {c: {s: by[(c, s)]["select_s"] for s in seeds} for c in cats}
-    mean_all = quality["mean"]
-    bar = {k: max(v[k] for m, v in mean_all.items() if m.startswith("knn_")) for k in KEYS}
-    quality["knn_bar"] = bar
-    knn = [m for m in mean_all if m.startswith("knn_")]
-    quality["knn_bar_method"] = {k: knn[int(np.argmax([mean_all[m][k] for m in knn]))] for k in KEYS}
-    quality["margin_vs_bar"] = {m: {k: round(mean_all[m][k] - bar[k], 4) for k in KEYS} for m in CANDIDATES if m in mean_all}
-    quality["winners"] = [m for m, d in quality["margin_vs_bar"].items() if all(v >= 0 for v in d.values())]
-    return quality
+        else:
+            quality["seeds_by_method"].pop(m, None)
+    quality["knn_cpu_check"] = {"seeds": all_seeds, "new_minus_old": check, "machine": runs[0]["machine"],
+                                "note": (f"knn_r20k rows recomputed by bench_knn.py (device {runs[0].get('device', 'cpu')}, "
+                                         "its own fp16 feature cache) vs bench_memory.py's rows")}
+    quality["knn_select_s"] = {c: {s: by[(c, s)]["select_s"] for s in all_seeds if (c, s) in by} for c in cats}
+    return decide(quality)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=WORK / PER_CAT)
     ap.add_argument("--merge", action="store_true")
+    ap.add_argument("--device", default="cpu", help="torch device for the encoder, the coresets and the search")
+    ap.add_argument("--coresets", type=float, nargs="+", default=list(CORESETS), choices=list(CORESETS),
+                    help="greedy-coreset fractions to run (0.10 costs ~10x 0.01 on a CPU)")
     a = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     if a.merge:
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     root = data_root()
     for cat in a.category or []:
-        run_category(root, cat, a.seeds, a.out)
+        run_category(root, cat, a.seeds, a.out, a.device, tuple(a.coresets))
     return 0
 
 

@@ -48,8 +48,8 @@ def score_cached(module: InpFormer, feats: list[torch.Tensor], bs: int = 16) -> 
     maps, scores = [], []
     for i in range(0, feats[0].shape[0], bs):
         m, s = module.score_features([f[i:i + bs] for f in feats])
-        maps.append(m.numpy())
-        scores.append(s.numpy())
+        maps.append(m.cpu().numpy())
+        scores.append(s.cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores)
 
 

@@ -14,7 +14,8 @@ Formats (``config.json: format_version``), upgraded in memory by :func:`migrate`
   * 1: checksums.json covers weights.pt only; ``model`` may lack ``feature_norm`` (a bool
     ``standardize`` instead), ``map_stride`` and ``map_metric``. Still loads, with a warning that
     only the weights can be verified.
-  * 2: checksums.json covers every file.
+  * 2: checksums.json covers every file. A ``model`` with an extrinsic memory (``memory_size`` > 0)
+    but no ``memory_k`` was written before that field: it means k = 1 (the new default is 3).
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ def migrate(config: dict[str, Any], where: Path | None = None) -> dict[str, Any]
         out["model"] = model
         out["format_version"] = FORMAT_VERSION
         out["migrated_from"] = fmt
+    if model.get("memory_size") and "memory_k" not in model:
+        # an extrinsic memory written before ``memory_k`` existed scored by its single nearest entry
+        model["memory_k"] = 1
+        out["model"] = model
     return out
 
 

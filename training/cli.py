@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-size", type=int, default=0,
                    help="INP-Former + extrinsic memory: a greedy coreset of N normal patches whose distance map is "
                         "fused with the reconstruction map (0 = the pure INP-Former, the default; see RESULTS.md)")
+    p.add_argument("--memory-weight", type=float, default=1.0,
+                   help="weight of the standardised memory map in the sum (the reconstruction map counts 1)")
+    p.add_argument("--memory-dims", type=int, default=0,
+                   help="measure memory distances on the top N principal axes of the training patches (cheaper graph; "
+                        "0 = all channels)")
     p.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda (the model dir is device-free)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
@@ -62,7 +67,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         model_cfg = InpConfig(backbone=args.backbone, input_hw=(args.size, args.size),
-                              memory_size=getattr(args, "memory_size", 0))
+                              memory_size=getattr(args, "memory_size", 0), memory_weight=getattr(args, "memory_weight", 1.0),
+                              memory_dims=getattr(args, "memory_dims", 0))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cfg = TrainConfig(model=model_cfg,

@@ -86,6 +86,8 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128, 
         raise ValueError(f"coreset size must be in 1..{p}, got {k}")
     # thousands of small sequential steps: intra-op threads only add hand-offs (7x slower with 2 threads
     # than with 1 on a loaded 2-core machine), so the loop runs on one thread and restores the setting
+    if x.device.type != "cpu":  # on an accelerator the same loop runs there (no thread setting to pin)
+        return _greedy(x, k, seed, proj_dim, dense_share)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -100,17 +102,18 @@ def _projected_start(x: torch.Tensor, seed: int, proj_dim: int) -> tuple[torch.T
     g = torch.Generator().manual_seed(seed)
     proj = random_projection(c, proj_dim, g)
     first = int(torch.randint(p, (1,), generator=g))
-    z = (x.float() @ proj if proj is not None else x.float()).contiguous()
+    z = (x.float() @ proj.to(x.device) if proj is not None else x.float()).contiguous()
     return z, (z * z).sum(1), first
 
 
 def _greedy(x: torch.Tensor, k: int, seed: int, proj_dim: int, dense_share: float) -> torch.Tensor:
     p = x.shape[0]
     z, zn, first = _projected_start(x, seed, proj_dim)
-    centres = torch.empty(k, z.shape[1])
-    cn = torch.empty(k)
-    chosen = torch.empty(k, dtype=torch.long)
-    assign = torch.zeros(p, dtype=torch.long)  # index (into chosen) of each row's nearest centre
+    dev = z.device
+    centres = torch.empty(k, z.shape[1], device=dev)
+    cn = torch.empty(k, device=dev)
+    chosen = torch.empty(k, dtype=torch.long, device=dev)
+    assign = torch.zeros(p, dtype=torch.long, device=dev)  # index (into chosen) of each row's nearest centre
     chosen[0] = first
     centres[0], cn[0] = z[first], zn[first]
     mind = _sqdist(z, zn, z[first])

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from inference.model.inp_former import InpConfig, InpFormer
@@ -29,6 +30,9 @@ from training.optim import StableAdamW, warmup_cosine
 from training.patchcore import greedy_coreset, memory_rows
 
 log = logging.getLogger("lineinspect.training")
+
+
+MEMORY_BANKS = ("all", "fit")
 
 
 @dataclass
@@ -48,6 +52,11 @@ class TrainConfig:
     holdout: float = 0.15              # share of train normals kept back for calibration
     few_shot: int = 0                  # k > 0: train on k images plus augmented copies
     aug_copies: int = 10
+    # Where the extrinsic memory's final bank comes from: "all" = the fit AND the held-out normals
+    # (after the held-out ones have served, against a fit-only bank, to standardise the maps and set
+    # the threshold), "fit" = the fit normals only (models trained before this field). A bank from
+    # 68 of the 80 normals loses 0.015 P-AUROC / 0.018 AUPRO against one from all 80 (bench_memory_diag).
+    memory_bank: str = "all"
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.1
     checkpoint_every: int = 50
@@ -105,11 +114,27 @@ def fit_memory(model: InpFormer, fit_mem: torch.Tensor, cal_feats: list[torch.Te
                seed: int) -> None:
     """Fill the extrinsic memory: greedy coreset of the training patches, then the (mean, std) of the
     reconstruction and memory maps over the calibration normals, which put the two maps on one scale."""
-    rows = memory_rows(fit_mem)
+    model.head.memory.fit_projection(memory_rows(fit_mem))  # no-op unless memory_dims > 0
+    refill_memory(model, fit_mem, seed)
+    fit_memory_stats(model, cal_feats, cal_mem)
+
+
+@torch.no_grad()
+def refill_memory(model: InpFormer, mem: torch.Tensor, seed: int) -> None:
+    """Replace the memory bank by a greedy coreset of the patches of ``mem`` (N, C_m, h, w), keeping the
+    standardisation statistics (they were measured on normals the new bank may now contain)."""
+    rows = memory_rows(mem)
+    if model.cfg.memory_metric == "cos":  # the coreset spreads over the space the distance is measured in
+        rows = F.normalize(rows, dim=1)
     k = model.cfg.memory_size
     if rows.shape[0] < k:
         raise ValueError(f"memory_size {k} exceeds the {rows.shape[0]} training patches")
-    model.head.memory.fit(rows[greedy_coreset(rows.cpu(), k, seed).to(rows.device)])
+    model.head.memory.fit(rows[greedy_coreset(rows, k, seed)])  # on the training device (CUDA: seconds)
+
+
+@torch.no_grad()
+def fit_memory_stats(model: InpFormer, cal_feats: list[torch.Tensor], cal_mem: torch.Tensor) -> None:
+    """(mean, std) of the reconstruction and memory maps over the calibration normals: one scale for both."""
     recs, mems = [], []
     for i in range(0, cal_mem.shape[0], 16):
         r, m = model.raw_maps([f[i:i + 16] for f in cal_feats], cal_mem[i:i + 16])
@@ -135,6 +160,8 @@ def train(
         cfg.iters = int(iters)
     if cfg.iters < 1:
         raise ValueError("iters must be >= 1")
+    if cfg.memory_bank not in MEMORY_BANKS:
+        raise ValueError(f"memory_bank must be one of {MEMORY_BANKS}, got {cfg.memory_bank!r}")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out = Path(out_dir)
@@ -227,6 +254,10 @@ def train(
         scores = torch.cat([model.score_features([f[i:i + 16] for f in cal_feats],
                                                  mem=None if cal_mem is None else cal_mem[i:i + 16])[1]
                             for i in range(0, cal_feats[0].shape[0], 16)]).cpu().numpy()
+    if cal_mem is not None and held and cfg.memory_bank == "all":
+        # the held-out normals have done their job against the fit-only bank (unbiased map statistics
+        # and threshold scores); now they join the bank, which is what the kNN yardstick uses
+        refill_memory(model, torch.cat([fit_mem, cal_mem.cpu()]).to(device), seed)
     calibration = calibrate(scores, cfg.threshold_quantile, cfg.threshold_margin)
     calibration["source"] = cal_src
     meta = {"categories": cfg.categories, "seed": seed, "train": cfg.to_dict(), "train_images": len(fit),

@@ -90,7 +90,9 @@ def test_pure_model_and_old_configs_are_unchanged() -> None:
             tiny_cfg(**bad)
 
 
-def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealModel, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize(("k", "metric", "dims"), [(1, "l2", 0), (3, "l2", 0), (3, "cos", 0), (3, "l2", 64)])
+def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealModel, tmp_path: Path,  # noqa: F811
+                                                               k: int, metric: str, dims: int) -> None:
     import onnxruntime as ort
 
     from inference.model_dir import load_model_dir
@@ -98,7 +100,8 @@ def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealM
     from inference.preprocess import batch_to_input
 
     pure = load_model_dir(real_model.model_dir).module
-    cfg = InpConfig.from_dict({**pure.cfg.to_dict(), "memory_size": 256})
+    cfg = InpConfig.from_dict({**pure.cfg.to_dict(), "memory_size": 256, "memory_k": k, "memory_metric": metric,
+                               "memory_dims": dims})
     m = InpFormer(cfg).eval()
     missing = m.head.load_state_dict(pure.head.state_dict(), strict=False).missing_keys
     assert all(k.startswith("memory.") for k in missing)
@@ -111,6 +114,7 @@ def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealM
         n = len(real_model.normal) - 2
         enc, mem = m.encode(bank_x), m.encode_memory(bank_x)
         rows = mem.permute(0, 2, 3, 1).reshape(-1, mem.shape[1])
+        m.head.memory.fit_projection(rows)
         m.head.memory.fit(rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))[:256]])
         m.head.memory.fit_stats(*m.raw_maps(enc, mem))
         want_map, want_score = m(x)
@@ -120,3 +124,83 @@ def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealM
     assert np.abs(got_map - want_map.numpy()).max() <= 1e-4
     assert np.abs(got_score - want_score.numpy()).max() <= 1e-4
     assert want_score[n:].mean() != want_score[:n].mean()  # the memory map is live, not a constant
+
+
+def test_distance_k_nearest_mean_and_cosine() -> None:
+    """k > 1: mean of the k smallest Euclidean distances; "cos": distances of unit vectors, so a query's
+    length does not matter and the bank is stored normalised."""
+    torch.manual_seed(1)
+    bank = torch.randn(40, 6) * 3 + 1
+    q = torch.randn(2, 6, 3, 4) * 2
+    flat = q.permute(0, 2, 3, 1).reshape(-1, 6)
+    m3 = ExtrinsicMemory(40, 6, k=3)
+    m3.fit(bank)
+    want = torch.topk(torch.cdist(flat, bank), 3, largest=False).values.mean(1).view(2, 3, 4)
+    assert torch.allclose(m3.distance(q), want, atol=1e-4)
+    mc = ExtrinsicMemory(40, 6, k=2, metric="cos")
+    mc.fit(bank)
+    un = torch.nn.functional.normalize
+    want = torch.topk(torch.cdist(un(flat, dim=1), un(bank, dim=1)), 2, largest=False).values.mean(1).view(2, 3, 4)
+    assert torch.allclose(mc.distance(q), want, atol=1e-4)
+    assert torch.allclose(mc.distance(q * 7.5), mc.distance(q), atol=1e-4)
+    assert torch.allclose((mc.bank + mc.center).norm(dim=1), torch.ones(40), atol=1e-5)
+    for bad in ({"k": 0}, {"k": 41}, {"metric": "l1"}):
+        with pytest.raises(ValueError):
+            ExtrinsicMemory(40, 6, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="memory_k"):
+        tiny_cfg(memory_k=17)
+    with pytest.raises(ValueError, match="memory_metric"):
+        tiny_cfg(memory_metric="l1")
+    assert tiny_cfg().memory_k == 3 and tiny_cfg().memory_metric == "l2"
+
+
+def test_memory_config_written_before_memory_k_loads_as_k1_and_scores_as_before() -> None:
+    """A model dir with an extrinsic memory but no ``memory_k`` / ``memory_metric`` (written before those
+    fields) is upgraded to k = 1, Euclidean: the nearest entry, exactly the old graph."""
+    from lineinspect import model_meta
+
+    d = tiny_cfg().to_dict()
+    for k in ("memory_k", "memory_metric", "memory_dims"):
+        d.pop(k)
+    for fmt in (1, 2):
+        up = model_meta.migrate({"format_version": fmt, "model": dict(d)})["model"]
+        assert up["memory_k"] == 1
+    cfg = InpConfig.from_dict(model_meta.migrate({"format_version": 2, "model": d})["model"])
+    assert cfg.memory_k == 1 and cfg.memory_metric == "l2" and cfg.memory_dims == 0
+    m = filled(InpFormer(cfg).eval(), torch.rand(2, 3, 64, 64))
+    x = torch.rand(2, 3, 64, 64)
+    mem = m.encode_memory(x)
+    rows = mem.permute(0, 2, 3, 1).reshape(-1, mem.shape[1])
+    bank = m.head.memory.bank + m.head.memory.center
+    nearest = torch.cdist(rows, bank).min(1).values.view(2, 8, 8)
+    assert torch.allclose(m.head.memory.distance(mem), nearest, atol=1e-3)
+    # configs without a memory, or with memory_k written, are left alone
+    assert "memory_k" not in model_meta.migrate({"format_version": 2, "model": {"memory_size": 0}})["model"]
+    assert model_meta.migrate({"format_version": 2, "model": {"memory_size": 8, "memory_k": 3}})["model"]["memory_k"] == 3
+
+
+def test_memory_on_principal_axes() -> None:
+    """dims > 0: the bank and the queries are projected on the training rows' top principal axes and
+    distances are measured there (orthonormal axes; the full width when dims = channels)."""
+    torch.manual_seed(2)
+    basis = torch.randn(3, 8)
+    rows = torch.randn(300, 3) @ basis + 0.01 * torch.randn(300, 8)  # rank ~3 in 8 dims
+    m = ExtrinsicMemory(40, 8, k=2, dims=3)
+    m.fit_projection(rows)
+    assert torch.allclose(m.proj.t() @ m.proj, torch.eye(3), atol=1e-5)
+    m.fit(rows[:40])
+    assert m.bank.shape == (40, 3) and m.dims == 3
+    q = (torch.randn(2, 3) @ basis).view(2, 8, 1, 1).expand(2, 8, 2, 2).contiguous()
+    flat = q.permute(0, 2, 3, 1).reshape(-1, 8)
+    want = torch.topk(torch.cdist(flat @ m.proj, rows[:40] @ m.proj), 2, largest=False).values.mean(1).view(2, 2, 2)
+    assert torch.allclose(m.distance(q), want, atol=1e-3)
+    full = ExtrinsicMemory(40, 8, k=2)  # rows of rank ~3: 3 axes keep the distances almost exactly
+    full.fit(rows[:40])
+    assert torch.allclose(m.distance(q), full.distance(q), atol=0.05)
+    assert ExtrinsicMemory(40, 8).dims == 0 and not hasattr(ExtrinsicMemory(40, 8), "proj")
+    with pytest.raises(ValueError):
+        ExtrinsicMemory(40, 8, dims=9)
+    with pytest.raises(ValueError, match="memory_dims"):
+        tiny_cfg(memory_dims=-1)
+    cfg = tiny_cfg(memory_dims=8)
+    assert InpFormer(cfg).head.memory.proj.shape == (40, 8)

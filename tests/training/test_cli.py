@@ -68,8 +68,14 @@ def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
     assert module.cfg.memory_size == 16
     bank = module.head.memory.bank
     assert bank.shape[0] == 16 and float(bank.abs().sum()) > 0  # filled from the training patches
+    assert module.cfg.memory_k == 3 and module.cfg.memory_dims == 0 and module.cfg.memory_weight == 1.0
     assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m2"), "--iters", "2",
                  "--backbone", "random_tiny", "--size", "64", "--memory-size", "-1"]) == 2
+    rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m3"), "--iters", "2",
+               "--backbone", "random_tiny", "--size", "64", "--memory-size", "16", "--memory-dims", "8",
+               "--memory-weight", "2"])
+    m3 = load_model_dir(tmp_path / "m3").module
+    assert rc == 0 and m3.cfg.memory_dims == 8 and m3.cfg.memory_weight == 2.0 and m3.head.memory.bank.shape == (16, 8)
 
 
 def test_one_unified_model_for_two_products_and_a_few_shot_model(tmp_path: Path,

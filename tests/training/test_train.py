@@ -129,3 +129,47 @@ def test_memory_model_trains_saves_and_reloads_with_its_bank(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     amap, score = lm.module(x)
     assert amap.shape == (2, 64, 64) and torch.isfinite(score).all()
+
+
+def test_memory_bank_from_all_normals_keeps_the_fit_only_statistics(tmp_path):
+    """memory_bank "all": the held-out normals join the bank only after they set the map statistics and
+    the threshold against the fit-only bank; "fit" keeps the fit-only bank (models before the field)."""
+    from dataclasses import replace
+
+    import pytest
+
+    from training.features import cached_features
+    from training.patchcore import greedy_coreset, memory_rows
+
+    ims = images(10)
+    base = cfg(iters=3)
+    base = replace(base, model=replace(base.model, token_stride=8, memory_size=32))
+    fit_dir = train(ims[:8], replace(base, memory_bank="fit"), tmp_path / "fit", seed=0, progress=False,
+                    calibration_images=ims[8:])
+    all_dir = train(ims[:8], replace(base, memory_bank="all"), tmp_path / "all", seed=0, progress=False,
+                    calibration_images=ims[8:])
+    f, a = load_model_dir(fit_dir), load_model_dir(all_dir)
+    fm, am = f.module.head.memory, a.module.head.memory
+    assert torch.equal(fm.mem_stats, am.mem_stats) and torch.equal(fm.rec_stats, am.rec_stats)
+    assert f.calibration["threshold"] == a.calibration["threshold"]
+    assert not torch.equal(fm.bank, am.bank)
+    # the "all" bank is exactly the greedy coreset of the fit + held-out patches
+    probe = a.module
+    rows = memory_rows(torch.cat([cached_features(probe, ims[:8], None, memory=True)[0],
+                                  cached_features(probe, ims[8:], None, memory=True)[0]]))
+    want = rows[greedy_coreset(rows, 32, 0)]
+    assert torch.allclose(am.bank + am.center, want, atol=1e-4)
+    with pytest.raises(ValueError, match="memory_bank"):
+        train(ims, replace(base, memory_bank="both"), tmp_path / "bad", seed=0, progress=False)
+
+
+def test_memory_on_principal_axes_is_fitted_by_training(tmp_path):
+    from dataclasses import replace
+
+    c = cfg(iters=3)
+    c = replace(c, model=replace(c.model, token_stride=8, memory_size=32, memory_dims=8))
+    lm = load_model_dir(train(images(10), c, tmp_path / "p", seed=0, progress=False))
+    mem = lm.module.head.memory
+    assert mem.bank.shape == (32, 8) and torch.allclose(mem.proj.t() @ mem.proj, torch.eye(8), atol=1e-4)
+    amap, score = lm.module(torch.rand(2, 3, 64, 64))
+    assert amap.shape == (2, 64, 64) and torch.isfinite(score).all()
