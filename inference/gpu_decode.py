@@ -28,6 +28,13 @@ def cuda_decode_available(device: str | torch.device) -> bool:
     return dev.type == "cuda" and torch.cuda.is_available()
 
 
+def jpeg_complete(payload: bytes) -> bool:
+    """Whether a JPEG ends with its end-of-image marker (trailing zero padding allowed). A cut-off
+    stream may be decoded by nvJPEG into a partly grey image without an error, where the CPU decoder
+    refuses it; such a batch goes to the CPU path, which dead-letters the frame alone."""
+    return payload.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
 def _gpu_batch(payloads: list[bytes], hw: tuple[int, int], device: torch.device) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -49,7 +56,7 @@ def frames_to_input(envs: list[FrameEnvelope], hw: tuple[int, int], device: str 
     GPU failure falls back to the CPU path for the whole batch (logged, never lost)."""
     dev = torch.device(device)
     geoms = [check_frame_header(e, max_pixels)[:2] for e in envs]  # the shared bomb guard, before any decoder
-    if cuda_decode_available(dev) and all(e.encoding == "jpeg" for e in envs):
+    if cuda_decode_available(dev) and all(e.encoding == "jpeg" and jpeg_complete(e.payload) for e in envs):
         try:
             return _gpu_batch([e.payload for e in envs], hw, dev), geoms, "gpu"
         except RuntimeError as exc:  # nvJPEG refuses some streams (e.g. CMYK, arithmetic coding)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inference.engines.torch_engine import TorchEngine
-from inference.gpu_decode import cuda_decode_available, frames_to_input
+from inference.gpu_decode import cuda_decode_available, frames_to_input, jpeg_complete
 from inference.model.inp_former import InpConfig, InpFormer
 from inference.model_dir import save_model_dir
 from ingest.envelope import FrameEnvelope, PoisonFrame, decode_frame, encode_image
@@ -81,3 +81,15 @@ def test_cuda_engine_scores_frames_decoded_on_the_device(tmp_path) -> None:
     ref = cpu.infer("p", [decode_frame(e, target_hw=(64, 64)).image for e in envs])
     assert out.scores.shape == ref.scores.shape and out.maps.shape == ref.maps.shape
     np.testing.assert_allclose(out.scores, ref.scores, rtol=0.05, atol=0.02)
+
+
+def test_a_cut_off_jpeg_is_never_sent_to_the_device_decoder() -> None:
+    """nvJPEG may turn a truncated stream into a partly grey image without an error; such frames take the
+    CPU path (which refuses them), so the GPU never scores a frame the CPU would dead-letter."""
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8))
+    data = buf.tobytes()
+    assert ok and jpeg_complete(data) and jpeg_complete(data + b"\x00" * 7)
+    assert not jpeg_complete(data[: len(data) // 2]) and not jpeg_complete(b"") and not jpeg_complete(data[:-1])
