@@ -53,6 +53,24 @@ def _envs(frames: list) -> list:
     return [FrameEnvelope("p", "l", "c", i, data, "jpeg", tuple(shape)) for i, (_c, data, shape) in enumerate(frames)]
 
 
+def profile_setup(config: str) -> tuple[str, tuple[int, int], bool, list, Path, float]:
+    """The camera profiles' common start: the named config's frames, the default model and a threshold at
+    the 90th percentile of their scores (imports are late so that a profile's ``--src`` tree is used)."""
+    from benchmarks.bench_pipeline import build_model
+    from inference.engines.onnx_engine import OnnxEngine
+    from ingest.envelope import decode_frame
+
+    name, hw, mono = next(c for c in CONFIGS if c[0] == config)
+    frames = camera_frames(2, hw, mono)
+    model_dir = build_model("default")
+    eng = OnnxEngine(model_dir)
+    try:
+        scores = eng.infer("p", [decode_frame(e, target_hw=eng.input_hw).image for e in _envs(frames)]).scores
+    finally:
+        eng.close()
+    return name, hw, mono, frames, model_dir, float(np.percentile(scores, 90.0))
+
+
 def _rate(step: Any, n: int, batch: int) -> float:
     """Frames/s of ``step(i0, batch)`` over ``n`` frames after one warm-up batch."""
     step(0, batch)

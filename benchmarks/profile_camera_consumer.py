@@ -106,27 +106,15 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
     from benchmarks import camera_section as cam
-    from benchmarks.bench_pipeline import build_model, ensure_services, service_pids, services_sh
+    from benchmarks.bench_pipeline import ensure_services, service_pids, services_sh
     from benchmarks.kafka_run import KafkaRun, steady_fps
 
     if args.src:  # the project's packages from the other tree too, so the decode + model yardstick is that code's
         sys.path.insert(0, str(args.src.resolve()))
-    from inference.engines.onnx_engine import OnnxEngine
-    from ingest.envelope import decode_frame
 
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not on PATH (pip install py-spy)")
-    name, hw, mono = next(c for c in cam.CONFIGS if c[0] == args.config)
-    frames = cam.camera_frames(2, hw, mono)
-    model_dir = build_model("default")
-    eng = OnnxEngine(model_dir)
-    try:
-        scores = eng.infer("p", [decode_frame(e, target_hw=eng.input_hw).image for e in cam._envs(frames)]).scores
-    finally:
-        eng.close()
-    import numpy as np
-
-    threshold = float(np.percentile(scores, 90.0))
+    name, hw, mono, frames, model_dir, threshold = cam.profile_setup(args.config)
     urls, started = ensure_services()
     tmp = WORK / "pipeline" / f"profile-{uuid.uuid4().hex[:6]}"
     raw = tmp / "pyspy.txt"

@@ -29,23 +29,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, WORK
+from benchmarks.profile_camera_consumer import thread_cpu_s
 
 CONSUMER_STEPS = ("_decode", "_infer", "_row", "_before_store", "_save", "_update_cache", "_post_store", "_commit")
 SINK_STEPS = ("_row", "_before_store", "_save", "_update_cache", "_post_store")  # the storage thread's work
 DRIFT_STORE_CALLS = ("keep_frames", "keep_frames_many", "open_alarm", "mark_drifted", "open_alarms")
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """{native thread id: CPU seconds} of ``pid`` (/proc; Linux only)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            f = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(task.name)] = (int(f[11]) + int(f[12])) / tick
-    return out
 
 
 class StepClock:
@@ -81,32 +69,23 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
     from benchmarks import camera_section as cam
-    from benchmarks.bench_pipeline import build_model, ensure_services, services_sh
+    from benchmarks.bench_pipeline import ensure_services, services_sh
     from benchmarks.kafka_run import KafkaRun
 
     if args.src:
         sys.path.insert(0, str(args.src.resolve()))
-    import numpy as np
 
-    from inference.engines.onnx_engine import OnnxEngine
     from inference.pipeline import build_pipeline
     from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
-    from ingest.envelope import FrameEnvelope, decode_frame
+    from ingest.envelope import FrameEnvelope
 
-    name, hw, mono = next(c for c in cam.CONFIGS if c[0] == args.config)
-    frames = cam.camera_frames(2, hw, mono)
-    model_dir = build_model("default")
-    eng = OnnxEngine(model_dir)
-    try:
-        scores = eng.infer("p", [decode_frame(e, target_hw=eng.input_hw).image for e in cam._envs(frames)]).scores
-    finally:
-        eng.close()
+    name, hw, mono, frames, model_dir, threshold = cam.profile_setup(args.config)
     urls, started = ensure_services()
     tmp = WORK / "pipeline" / f"steps-{uuid.uuid4().hex[:6]}"
     warm = cam.WARMUP_FRAMES
     clock = StepClock()
     try:
-        run = KafkaRun(urls, model_dir, float(np.percentile(scores, 90.0)), tmp, "steps")  # database + model only
+        run = KafkaRun(urls, model_dir, threshold, tmp, "steps")  # database + model only
         try:
             s = run.s.with_overrides(bus_url="memory://", engine_url="local://onnx")
             mb = MemoryBus(s.topic_partitions)
@@ -128,9 +107,9 @@ def main() -> int:
                 c.run(max_frames=warm)  # ONNX Runtime's first runs, the drift references
                 main_tid, pid = threading.get_native_id(), os.getpid()
                 clock.on = True
-                p0, w0, t0 = time.process_time(), time.time(), thread_cpu(pid)
+                p0, w0, t0 = time.process_time(), time.time(), thread_cpu_s(pid)
                 c.run(max_frames=args.frames)
-                p1, w1, t1 = time.process_time(), time.time(), thread_cpu(pid)
+                p1, w1, t1 = time.process_time(), time.time(), thread_cpu_s(pid)
                 clock.on = False
         finally:
             run.close()
