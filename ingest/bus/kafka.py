@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 SESSION_TIMEOUT_S = 10.0  # a consumer that stops heartbeating leaves the group after this
 
 FRAMING = 64 * 1024  # record-batch overhead allowed on top of max_message_bytes
-# Held partitions behind their end offset, nothing handed out and no position moved for this long:
-# the client is stuck (see KafkaBatchConsumer._check_stuck) and is replaced.
+# Held partitions behind their end offset and nothing handed out for this long: the client is stuck
+# (see KafkaBatchConsumer._check_stuck) and is replaced.
 STUCK_AFTER_S = 60.0
 
 
@@ -261,7 +261,6 @@ class KafkaBatchConsumer:
         self.stuck_after_s = stuck_after_s
         self.rebuilds = 0  # Kafka clients replaced because they held partitions and stopped fetching them
         self._last_progress = time.monotonic()  # records handed out, or the assignment changed
-        self._positions: dict[int, int] = {}  # at the last stuck check
         owner = self
 
         class _Listener(ConsumerRebalanceListener):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -98,21 +99,10 @@ def test_a_partition_paused_with_records_in_line_is_fetched_after_resume(setting
     keep_alive pauses the partitions it holds while a partition assigned or revoked during its poll is not
     paused, which is this sequence. Fails on the unpatched client (no record of the paused partition after
     the resume)."""
-    from kafka import TopicPartition
-
     _publish(settings, [(f"cam{i}", i) for i in range(40)])
     c = KafkaBatchConsumer(settings)
     try:
-        first: list = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (c.assignment() == [0, 1] and first):
-            first = c.poll_batch(1, 200)  # one record: the rest of its partition's fetch stays in line
-        assert c.assignment() == [0, 1] and first
-        p = TopicPartition(settings.topic_frames, first[0].partition)
-        c._consumer.pause(p)
-        others = _drain(c, 40, timeout_s=5)  # the other partition is fetched and parsed while p is paused
-        assert others and all(r.partition != p.partition for r in others)
-        c._consumer.resume(p)
+        p, first, _others = _pause_with_records_in_line(c, settings)
         got = first + [r for r in _drain(c, 40, timeout_s=10) if r.partition == p.partition]
         end = c._consumer.end_offsets([p])[p]
         assert sorted(r.offset for r in got) == list(range(end)), f"partition {p.partition} stopped after a pause"
@@ -120,9 +110,10 @@ def test_a_partition_paused_with_records_in_line_is_fetched_after_resume(setting
         c.close()
 
 
-def _pause_with_records_in_line(c: KafkaBatchConsumer, settings: Settings) -> tuple:
-    """The sequence that stalls a partition on the unpatched client (see the test above): returns the
-    paused-then-resumed partition and the records handed out so far."""
+def _pause_with_records_in_line(c: KafkaBatchConsumer, settings: Settings) -> tuple[Any, list, list]:
+    """The sequence that stalls a partition on the unpatched client: one record handed out (the rest of its
+    partition's fetch stays in line), that partition paused, the other one fetched and parsed meanwhile,
+    then the resume. Returns the partition, its first record and the other partition's records."""
     from kafka import TopicPartition
 
     first: list = []
@@ -132,9 +123,10 @@ def _pause_with_records_in_line(c: KafkaBatchConsumer, settings: Settings) -> tu
     assert c.assignment() == [0, 1] and first
     p = TopicPartition(settings.topic_frames, first[0].partition)
     c._consumer.pause(p)
-    got = first + _drain(c, 40, timeout_s=5)
+    others = _drain(c, 40, timeout_s=5)
+    assert others and all(r.partition != p.partition for r in others)
     c._consumer.resume(p)
-    return p, got
+    return p, first, others
 
 
 def test_a_client_that_stops_fetching_a_held_partition_is_replaced(settings: Settings,
@@ -148,7 +140,8 @@ def test_a_client_that_stops_fetching_a_held_partition_is_replaced(settings: Set
     _publish(settings, [(f"cam{i}", i) for i in range(40)])
     c = KafkaBatchConsumer(settings, stuck_after_s=3.0)
     try:
-        p, got = _pause_with_records_in_line(c, settings)
+        p, first, others = _pause_with_records_in_line(c, settings)
+        got = first + others
         end = c._consumer.end_offsets([p])[p]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and {r.offset for r in got if r.partition == p.partition} != set(range(end)):
