@@ -32,7 +32,7 @@ from storage.models import (
     Product,
     TrainingSample,
 )
-from storage.store import SharedDbStore, TrainingSampleRow, dialect_insert
+from storage.store import SharedDbStore, TrainingSampleRow, dialect_insert, insert_new
 
 ALARM_STATUSES = ("open", "resolved", "dismissed")
 DRIFT_KINDS = ("score", "brightness", "sharpness", "position")
@@ -211,10 +211,8 @@ class DriftStore(SharedDbStore):
                                "sha256": hashlib.sha256(k.data).hexdigest(), "encoding": k.encoding[:8],
                                "data": bytes(k.data)} for k in frames[:room])
             added = {a: 0 for a in alarm_ids}
-            if values:  # executemany: one multi-row INSERT from a cached compiled statement (see ResultStore)
-                stmt = (dialect_insert(conn, f).on_conflict_do_nothing(index_elements=["product", "sha256"])
-                        .returning(f.alarm_id))
-                for (a,) in conn.execute(stmt, values).all():
+            if values:
+                for (a,) in insert_new(conn, f, ["product", "sha256"], values, f.alarm_id):
                     added[int(a)] += 1
             return added
 

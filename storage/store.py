@@ -74,6 +74,19 @@ def dialect_insert(conn: Connection, table: Table | type[Base]) -> postgresql.In
     raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
+def insert_new(conn: Connection, table: Table | type[Base], conflict: list[str], rows: list[dict[str, Any]],
+               *returning: Any) -> list[Any]:
+    """INSERT ``rows``, skipping any that conflict on the unique columns ``conflict``; returns the
+    ``returning`` columns of the rows inserted.
+
+    WHY the executemany form with RETURNING: SQLAlchemy then sends one multi-row INSERT (per page of rows,
+    "insertmanyvalues") from a compiled statement it caches, where ``.values(list)`` was compiled anew for
+    every batch, most of the store's CPU per batch at 5 MP (benchmarks/RESULTS.md, camera section); without
+    RETURNING psycopg would send one INSERT per row."""
+    stmt = dialect_insert(conn, table).on_conflict_do_nothing(index_elements=conflict).returning(*returning)
+    return list(conn.execute(stmt, rows).all())
+
+
 def ensure_named(conn: Connection, model: type[Product | Line | Camera], names: Iterable[str], now: float,
                  **extra: Any) -> dict[str, int]:
     """Ids of ``model`` rows by unique ``name``, inserting the missing ones (race-safe).
@@ -210,12 +223,8 @@ class ResultStore:
                 "false_alarm": False, "drifted": bool(r.drifted),
             }
         t = InspectionResult
-        # executemany form: SQLAlchemy sends one multi-row INSERT (per page of rows, "insertmanyvalues") from a
-        # compiled statement it caches; ``.values(list)`` was compiled anew for every batch, most of the store's
-        # CPU per batch at 5 MP (benchmarks/RESULTS.md, camera section). Same statement, same conflict rule.
-        stmt = (dialect_insert(conn, t).on_conflict_do_nothing(index_elements=["camera_id", "frame_id"])
-                .returning(t.id, t.camera_id, t.frame_id))
-        result_ids = {(c, f): i for i, c, f in conn.execute(stmt, list(values.values())).all()}
+        result_ids = {(c, f): i for i, c, f in insert_new(conn, t, ["camera_id", "frame_id"], list(values.values()),
+                                                          t.id, t.camera_id, t.frame_id)}
         new_keys = set(result_ids)
         missing = [k for k in values if k not in result_ids]
         if missing:
@@ -262,16 +271,12 @@ class ResultStore:
                 samples.append({"product_id": ids["product"][r.product], "result_id": rid,
                                 "sha256": hashlib.sha256(r.frame_bytes).hexdigest(), "source": "clear_normal",
                                 "encoding": r.frame_encoding, "data": bytes(r.frame_bytes), "created_at": now})
-        # executemany + RETURNING, as in _insert_results (without RETURNING psycopg would send one INSERT per row)
         if masks:
-            conn.execute(dialect_insert(conn, Mask).on_conflict_do_nothing(index_elements=["result_id"])
-                         .returning(Mask.result_id), masks)
+            insert_new(conn, Mask, ["result_id"], masks, Mask.result_id)
         if frames:
-            conn.execute(dialect_insert(conn, FrameImage).on_conflict_do_nothing(index_elements=["result_id"])
-                         .returning(FrameImage.result_id), frames)
+            insert_new(conn, FrameImage, ["result_id"], frames, FrameImage.result_id)
         if samples:
-            conn.execute(dialect_insert(conn, TrainingSample).on_conflict_do_nothing(index_elements=["product_id", "sha256"])
-                         .returning(TrainingSample.id), samples)
+            insert_new(conn, TrainingSample, ["product_id", "sha256"], samples, TrainingSample.id)
             for pid in sorted({s["product_id"] for s in samples}):
                 _cap_samples(conn, pid, "clear_normal", cap)
 
