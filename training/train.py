@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -30,9 +30,6 @@ from training.optim import StableAdamW, warmup_cosine
 from training.patchcore import greedy_coreset, memory_rows
 
 log = logging.getLogger("lineinspect.training")
-
-
-MEMORY_BANKS = ("all", "fit")
 
 
 @dataclass
@@ -69,6 +66,9 @@ class TrainConfig:
         d = asdict(self)
         d["model"] = self.model.to_dict()
         return d
+
+
+MEMORY_BANKS: tuple[str, ...] = get_args(get_type_hints(TrainConfig)["memory_bank"])  # the field's Literal
 
 
 def split_holdout(sources: Sequence[ImageSource], fraction: float, seed: int) -> tuple[list, list]:
