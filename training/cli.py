@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-dims", type=int, default=0,
                    help="measure memory distances on the top N principal axes of the training patches (cheaper graph; "
                         "0 = all channels)")
+    p.add_argument("--residual-head", type=int, default=0,
+                   help="INP-Former++ residual head: a small segmentation net with N hidden channels trained on "
+                        "pseudo-anomalies after the main model, its mask fused with the map (0 = off, the default; "
+                        "benchmarks/results/residual.json)")
+    p.add_argument("--residual-weight", type=float, default=1.0,
+                   help="weight of the standardised residual-head mask in the sum (the base map counts 1)")
     p.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda (the model dir is device-free)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
@@ -68,7 +74,9 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     try:
         model_cfg = InpConfig(backbone=args.backbone, input_hw=(args.size, args.size),
                               memory_size=getattr(args, "memory_size", 0), memory_weight=getattr(args, "memory_weight", 1.0),
-                              memory_dims=getattr(args, "memory_dims", 0))
+                              memory_dims=getattr(args, "memory_dims", 0),
+                              residual_head=getattr(args, "residual_head", 0),
+                              residual_weight=getattr(args, "residual_weight", 1.0))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cfg = TrainConfig(model=model_cfg,

@@ -28,6 +28,7 @@ from training.features import ImageSource, cached_features, source_key
 from training.losses import inp_former_loss
 from training.optim import StableAdamW, warmup_cosine
 from training.patchcore import greedy_coreset, memory_rows
+from training.residual import ResidualTrainConfig, fit_residual_stats, train_residual_head
 
 log = logging.getLogger("lineinspect.training")
 
@@ -54,6 +55,9 @@ class TrainConfig:
     # the threshold), "fit" = the fit normals only (models trained before this field). A bank from
     # 68 of the 80 normals loses 0.015 P-AUROC / 0.018 AUPRO against one from all 80 (bench_memory_diag).
     memory_bank: Literal["all", "fit"] = "all"
+    # the residual head's training (only with model.residual_head > 0): after the main model, on
+    # pseudo-anomalies made from the fit normals (training.residual)
+    residual: ResidualTrainConfig = field(default_factory=ResidualTrainConfig)
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.1
     checkpoint_every: int = 50
@@ -250,6 +254,12 @@ def train(
         fit_mem = cached_features(model, fit, cfg.cache_dir, aug_copies=aug, seed=seed, memory=True)[0]
         cal_mem = (cached_features(model, held, cfg.cache_dir, seed=seed, memory=True)[0] if held else fit_mem).to(device)
         fit_memory(model, fit_mem.to(device), cal_feats, cal_mem, seed)
+    residual_summary: dict[str, Any] = {}
+    if cfg.model.residual_head:
+        # the head is trained on the finished main model; its mask and the base map are then put on one
+        # scale by the held-out normals (against the fit-only bank, like the memory's own statistics)
+        residual_summary = train_residual_head(model, fit, seed, cfg.residual, progress)
+        fit_residual_stats(model, cal_feats, cal_mem)
     with torch.no_grad():
         scores = torch.cat([model.score_features([f[i:i + 16] for f in cal_feats],
                                                  mem=None if cal_mem is None else cal_mem[i:i + 16])[1]
@@ -262,7 +272,7 @@ def train(
     calibration["source"] = cal_src
     meta = {"categories": cfg.categories, "seed": seed, "train": cfg.to_dict(), "train_images": len(fit),
             "train_feature_rows": n, "calibration_images": len(held), "train_seconds": round(train_s, 2),
-            "final_loss": loss_v, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "final_loss": loss_v, **residual_summary, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra_config or {})}
     save_model_dir(out, model.cpu(), meta, calibration)
     ckpt.unlink(missing_ok=True)

@@ -96,6 +96,13 @@ class InpConfig:
     # > 0: distances on the memory features' top ``memory_dims`` principal axes (fit on the training
     # patches), a cheaper query-by-bank product; 0 = all channels (and what older configs mean)
     memory_dims: int = 0
+    # INP-Former++'s residual learning: a small convolutional segmentation head (this many hidden
+    # channels) reads the stop-gradient residual between the encoder targets and their reconstruction,
+    # is trained after the main model on synthetic pseudo-anomalies (training.residual), and its mask
+    # is fused with the (reconstruction or memory-fused) map after both are standardised on held-out
+    # normals. 0 = off (and what every config written before this field means).
+    residual_head: int = 0
+    residual_weight: float = 1.0   # weight of the standardised head mask in the sum (the base map counts 1)
 
     def __post_init__(self) -> None:
         self.input_hw = (int(self.input_hw[0]), int(self.input_hw[1]))
@@ -128,6 +135,10 @@ class InpConfig:
             raise ValueError("memory_dims must be >= 0 (0 = all channels)")
         if self.memory_k < 1 or (self.memory_size and self.memory_k > self.memory_size):
             raise ValueError(f"memory_k must be in 1..memory_size ({self.memory_size}), got {self.memory_k}")
+        if self.residual_head < 0:
+            raise ValueError("residual_head must be >= 0 (hidden channels; 0 = no residual head)")
+        if self.residual_weight < 0:
+            raise ValueError("residual_weight must be >= 0")
 
     @property
     def map_hw(self) -> tuple[int, int]:
@@ -364,6 +375,61 @@ class ExtrinsicMemory(nn.Module):
         return (rec - self.rec_stats[0]) / self.rec_stats[1] + weight * (mem - self.mem_stats[0]) / self.mem_stats[1]
 
 
+def residual_features(targets: list[torch.Tensor], dec: list[torch.Tensor]) -> torch.Tensor:
+    """Per group and channel (1 - cos(E, D)) x |E - D| on the token grid, groups concatenated:
+    (N, sum C_g, h, w). The cosine factor is the token's reconstruction failure (what the map
+    measures), the absolute difference says in which channels it failed: a normal token that is
+    rebuilt well gives ~0 everywhere whatever its content, so the head sees errors, not appearance."""
+    parts = []
+    for e, d in zip(targets, dec):
+        miss = 1.0 - F.cosine_similarity(e, d, dim=1, eps=1e-6).unsqueeze(1)
+        parts.append(miss * (e - d).abs())
+    return torch.cat(parts, dim=1)
+
+
+class ResidualHead(nn.Module):
+    """INP-Former++'s residual learning as read here: a small conv net that turns the residual
+    features (:func:`residual_features`, computed under no_grad from the frozen main model) into an
+    anomaly-mask logit per token, plus the held-out statistics that fuse its mask with the base map.
+    Plain convolutions, ReLU and a sigmoid, so it exports into the model's one ONNX graph."""
+
+    base_stats: torch.Tensor
+    res_stats: torch.Tensor
+
+    def __init__(self, in_channels: int, hidden: int) -> None:
+        super().__init__()
+        if hidden < 1:
+            raise ValueError("a residual head needs >= 1 hidden channel")
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden, 1, 1),
+        )
+        # (mean, std) over held-out normal pixels of the base map (reconstruction, or reconstruction +
+        # memory) and of the head's mask, both at the map's working resolution
+        self.register_buffer("base_stats", torch.tensor([0.0, 1.0]))
+        self.register_buffer("res_stats", torch.tensor([0.0, 1.0]))
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) residual features -> (N, h, w) mask logits on the token grid."""
+        return self.net(feats).squeeze(1)
+
+    def mask(self, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Anomaly probability, bilinearly brought to ``size``: (N, *size)."""
+        p = torch.sigmoid(self.net(feats))
+        return F.interpolate(p, size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+    @torch.no_grad()
+    def fit_stats(self, base: torch.Tensor, res: torch.Tensor) -> None:
+        for buf, m in ((self.base_stats, base), (self.res_stats, res)):
+            buf.copy_(torch.stack([m.mean(), m.std().clamp_min(1e-6)]))
+
+    def fuse(self, base: torch.Tensor, res: torch.Tensor, weight: float) -> torch.Tensor:
+        """Standardised base map + ``weight`` x standardised head mask (same size)."""
+        return (base - self.base_stats[0]) / self.base_stats[1] + weight * (res - self.res_stats[0]) / self.res_stats[1]
+
+
 @dataclass
 class HeadOutput:
     dec: list[torch.Tensor]      # per group (N, C_g, h, w), aligned with the encoder groups
@@ -376,6 +442,7 @@ class InpHead(nn.Module):
     """Everything learnable: projection, INP extractor, bottleneck, decoder, output heads."""
 
     memory: ExtrinsicMemory  # only when cfg.memory_size > 0
+    residual: ResidualHead   # only when cfg.residual_head > 0
 
     def __init__(self, cfg: InpConfig, group_channels: list[int], memory_channels: int = 0) -> None:
         super().__init__()
@@ -403,6 +470,8 @@ class InpHead(nn.Module):
             self.memory = ExtrinsicMemory(cfg.memory_size, memory_channels, cfg.memory_k, cfg.memory_metric,
                                           cfg.memory_dims)
         self.apply(self._init)
+        if cfg.residual_head:  # after apply(): the conv head keeps PyTorch's own init (_init is for Linear)
+            self.residual = ResidualHead(sum(group_channels), cfg.residual_head)
 
     @torch.no_grad()
     def fit_stats(self, enc: list[torch.Tensor]) -> None:
@@ -503,6 +572,9 @@ class InpFormer(nn.Module):
                        mem: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(map (N, H, W), score (N,)) from encoder groups (and memory features when the model has a
         memory); ``metric`` overrides ``cfg.map_metric``."""
+        if self.cfg.residual_head:
+            base, res = self.base_and_residual(enc, mem, metric)
+            return self.finish(self.head.residual.fuse(base, res, self.cfg.residual_weight))
         if not self.cfg.memory_size:
             return self.map_from_output(enc, self.head(enc), metric)
         if mem is None:
@@ -510,13 +582,42 @@ class InpFormer(nn.Module):
         rec, mdist = self.raw_maps(enc, mem, metric)
         return self.finish(self.head.memory.fuse(rec, mdist, self.cfg.memory_weight))
 
+    def base_and_residual(self, enc: list[torch.Tensor], mem: torch.Tensor | None = None,
+                          metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unblurred (base map, residual-head mask), both (N, h, w) at ``cfg.map_hw``: the base is the
+        reconstruction map, or with a memory its fusion with the memory map (as without the head). One
+        decoder pass feeds both (needs ``residual_head`` > 0)."""
+        if not self.cfg.residual_head:
+            raise ValueError("this model has no residual head (residual_head = 0)")
+        out = self.head(enc)
+        if self.cfg.memory_size:
+            if mem is None:
+                raise ValueError("this model has an extrinsic memory: it needs its features (mem=...)")
+            rec, mdist = self._raw(out, mem, metric)
+            base = self.head.memory.fuse(rec, mdist, self.cfg.memory_weight)
+        else:
+            base = self.rec_map(out, metric)
+        return base, self.residual_mask(out)
+
+    def residual_mask(self, out: HeadOutput) -> torch.Tensor:
+        """The residual head's anomaly probability (N, h, w) at ``cfg.map_hw``; the residual is cut from
+        the graph of the main model (stop-gradient: training the head leaves the decoder alone)."""
+        feats = residual_features([t.detach() for t in out.targets], [d.detach() for d in out.dec])
+        return self.head.residual.mask(feats, self.cfg.map_hw)
+
+    def rec_map(self, out: HeadOutput, metric: str | None = None) -> torch.Tensor:
+        """Unblurred reconstruction map (N, h, w) at ``cfg.map_hw``."""
+        metric = metric or self.cfg.map_metric
+        lengths = self.head.typical_lengths() if metric == "cos_len" else None
+        return fuse_maps(group_distance_maps(out.targets, out.dec, metric, lengths), self.cfg.map_hw)
+
     def raw_maps(self, enc: list[torch.Tensor], mem: torch.Tensor,
                  metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unblurred (reconstruction map, memory distance map), both (N, h, w) at ``cfg.map_hw``."""
-        metric = metric or self.cfg.map_metric
-        out = self.head(enc)
-        lengths = self.head.typical_lengths() if metric == "cos_len" else None
-        rec = fuse_maps(group_distance_maps(out.targets, out.dec, metric, lengths), self.cfg.map_hw)
+        return self._raw(self.head(enc), mem, metric)
+
+    def _raw(self, out: HeadOutput, mem: torch.Tensor, metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.rec_map(out, metric)
         mdist = self.head.memory.distance(mem).unsqueeze(1)
         mdist = F.interpolate(mdist, size=self.cfg.map_hw, mode="bilinear", align_corners=False).squeeze(1)
         return rec, mdist
