@@ -70,6 +70,11 @@ COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3"
         "inp_former_mem1024_w2": 1024 * C_MEM, "inp_former_mem1024k3": 1024 * C_MEM,
         "inp_former_mem1024k3_w2": 1024 * C_MEM, "inp_former_mem1024k3cos": 1024 * C_MEM,
         "inp_former_mem1024k3cos_w2": 1024 * C_MEM}
+# The residual head (bench_residual.py, 32 hidden channels) in the same unit, multiply-adds per memory-grid
+# patch: per token of the 16x16 grid 272x32 + 2 x 9x32x32 + 32 = 27,168, over the 4x as many 32x32 patches.
+C_RES = (272 * 32 + 2 * 9 * 32 * 32 + 32) // 4
+COST |= {"inp_former_res": C_RES, "inp_former_mem1024k3_res": 1024 * C_MEM + C_RES,
+         "inp_former_mem1024k3_w2_res": 1024 * C_MEM + C_RES}
 CANDIDATES = tuple(COST)
 SPEED_FLOOR = 0.5  # ONNX Runtime batch-8 images/s of the whole model / of the encoder alone (issue 13)
 PER_CAT = "memory_runs"
@@ -297,13 +302,13 @@ def decide(q: dict) -> dict:
 def aggregate_from(src: Path) -> dict:
     """quality.json + RESULTS.md (+ README's generated table) from one run's per-category files: the
     memory rows (``memory_runs/``), every ``knn_*`` row (``knn_runs/``; its ``knn_r20k`` rows only as a
-    check), few-shot rows (``fewshot_runs/``, when there). Rows of the previous quality.json that this
-    run did not produce (e.g. the unified model) are kept with their own seeds, as are the speed and
-    the CPU training times; the bar, margins, winners and the choice are then recomputed (``decide``)."""
+    check), few-shot rows (``fewshot_runs/``, when there), residual-head rows (``residual_runs/``, when
+    there). Rows of the previous quality.json that this run did not produce (e.g. the unified model) are
+    kept with their own seeds, as are the speed and the CPU training times; the bar, margins, winners and the choice are then recomputed (``decide``)."""
     import tarfile
     import tempfile
 
-    from benchmarks import bench_fewshot, bench_knn
+    from benchmarks import bench_fewshot, bench_knn, bench_residual
 
     if src.is_file():
         tmp = Path(tempfile.mkdtemp(prefix="quality_runs_"))
@@ -324,6 +329,8 @@ def aggregate_from(src: Path) -> dict:
         q = bench_knn.merge(found["knn_runs"], q)
     if "fewshot_runs" in found:
         q = bench_fewshot.merge(found["fewshot_runs"], q)
+    if "residual_runs" in found:
+        q = bench_residual.merge(found["residual_runs"], q)
     kept = [m for m in old.get("mean", {}) if m not in q["mean"] and all(m in old["per_category"].get(c, {})
                                                                        for c in q["categories"])]
     for m in kept:
@@ -441,6 +448,10 @@ LABELS = {
     "inp_former_fewshot2": "INP-Former default, few-shot 2 (+10 augmented copies each)",
     "inp_former_fewshot4": "INP-Former default, few-shot 4 (+10 augmented copies each)",
     "inp_former_unified": "INP-Former default, ONE unified model for all 4 categories",
+    "inp_former_res": "INP-Former + INP-Former++ residual head (32 channels, pseudo-anomalies), pure",
+    "inp_former_mem1024k3_res": "INP-Former + extrinsic memory 1024, 3-NN (weight 1) + residual head",
+    "inp_former_mem1024k3_w2_res": "INP-Former + extrinsic memory 1024, 3-NN, memory weight 2 + residual head",
+    "residual_only": "residual head's mask alone (reference, not a candidate)",
 }
 
 

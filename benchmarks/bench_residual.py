@@ -117,7 +117,7 @@ def run_category(root: Path, cat: str, seeds: list[int], models: Path, cache_fro
         p_held, l_held = head_maps(rmodel, held_enc)
         out: dict[str, dict[str, float]] = {}
 
-        def add(row: str, rawmap: torch.Tensor) -> None:
+        def add(row: str, rawmap: torch.Tensor, rmodel: InpFormer = rmodel, out: dict = out) -> None:
             maps, scores = finish(rmodel, rawmap)
             out[row] = all_metrics(labels, scores, masks, maps)
 
@@ -262,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.summary:
         q = summary(a.out)
+        aligned = a.out.parent / f"{PER_CAT}_v2_aligned"  # the variant tried first and dropped (seed 0 only)
+        if aligned.is_dir():
+            v = summary(aligned)
+            q["variant_aligned_seed0"] = {
+                "what": "residual_features with the reconstruction scaled to the target's length before |E - D| "
+                        "(dropped: worse pixel AUROC and AUPRO than the plain (1 - cos) x |E - D| on seed 0)",
+                "seeds": v["seeds"], "mean": v["mean"], "per_category": v["per_category"]}
         sp = WORK / "residual_speed.json"
         if sp.exists():
             q["speed"] = json.loads(sp.read_text())
