@@ -262,13 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.summary:
         q = summary(a.out)
-        aligned = a.out.parent / f"{PER_CAT}_v2_aligned"  # the variant tried first and dropped (seed 0 only)
-        if aligned.is_dir():
-            v = summary(aligned)
-            q["variant_aligned_seed0"] = {
-                "what": "residual_features with the reconstruction scaled to the target's length before |E - D| "
-                        "(dropped: worse pixel AUROC and AUPRO than the plain (1 - cos) x |E - D| on seed 0)",
-                "seeds": v["seeds"], "mean": v["mean"], "per_category": v["per_category"]}
+        # earlier runs of this bench, kept as measured (each dropped for the reason given)
+        variants = {"variant_iters300": ("_it300", "the same head trained 300 iterations instead of 1500 (dropped: "
+                                         "still learning; on fresh pseudo-anomalies near chance)"),
+                    "variant_aligned_iters300": ("_v2_aligned", "300 iterations AND the reconstruction scaled to the "
+                                                 "target's length before |E - D| (dropped: worse pixel AUROC and AUPRO "
+                                                 "than the plain residual at 300 iterations, seed 0)")}
+        for key, (suffix, what) in variants.items():
+            d = a.out.parent / f"{PER_CAT}{suffix}"
+            if d.is_dir():
+                v = summary(d)
+                q[key] = {"what": what, "seeds": v["seeds"], "mean": v["mean"], "per_category": v["per_category"]}
         sp = WORK / "residual_speed.json"
         if sp.exists():
             q["speed"] = json.loads(sp.read_text())

@@ -381,7 +381,7 @@ def residual_features(targets: list[torch.Tensor], dec: list[torch.Tensor]) -> t
     measures), the absolute difference says in which channels it failed; a well-rebuilt token gives
     ~0 whatever its content. (Tried and measured worse on pixel AUROC / AUPRO, seed 0, 4 categories:
     D scaled to the target's length first, since the cosine loss leaves the reconstruction's length
-    free - benchmarks/results/residual.json, ``variant_aligned_seed0``.)"""
+    free - benchmarks/results/residual.json, ``variant_aligned_iters300``.)"""
     parts = []
     for e, d in zip(targets, dec):
         miss = 1.0 - F.cosine_similarity(e, d, dim=1, eps=1e-6).unsqueeze(1)

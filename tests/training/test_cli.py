@@ -78,6 +78,27 @@ def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
     assert rc == 0 and m3.cfg.memory_dims == 8 and m3.cfg.memory_weight == 2.0 and m3.head.memory.bank.shape == (16, 8)
 
 
+def test_train_with_a_residual_head_writes_it_into_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference.model_dir import load_model_dir
+
+    monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path / "home"))
+    root = _dataset(tmp_path / "data", 20)
+    out = tmp_path / "model"
+    rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(out), "--iters", "2",
+               "--backbone", "random_tiny", "--size", "64", "--residual-head", "4", "--residual-weight", "0.5",
+               "--memory-size", "16"])
+    assert rc == 0
+    lm = load_model_dir(out)
+    assert lm.module.cfg.residual_head == 4 and lm.module.cfg.residual_weight == 0.5
+    assert float(lm.module.head.residual.res_stats[1]) > 0 and lm.config["residual_images"] > 0
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "bad"), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64", "--residual-head", "-2"]) == 2
+    plain = tmp_path / "plain"
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(plain), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64"]) == 0
+    assert load_model_dir(plain).module.cfg.residual_head == 0  # off by default
+
+
 def test_one_unified_model_for_two_products_and_a_few_shot_model(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import json
