@@ -133,13 +133,15 @@ def bare_fps(model_dir: Path, images: list[np.ndarray], n: int, batch: int, thre
         eng.close()
 
 
-def calibrate(model_dir: Path, images: list[np.ndarray], q: float = 90.0) -> float:
-    """A threshold flagging ~10 % of the frames, so masks, heatmaps and kept frames get written."""
+def calibrate(model_dir: Path, images: list[np.ndarray], q: float = 90.0) -> tuple[float, float]:
+    """A threshold flagging ~10 % of the frames, so masks, heatmaps and kept frames get written, and the
+    frames' highest score (the drift check's held-out p99 stand-in: ``KafkaRun``)."""
     from inference.engines.onnx_engine import OnnxEngine
 
     eng = OnnxEngine(model_dir)
     try:
-        return float(np.percentile(eng.infer("p", images).scores, q))
+        scores = eng.infer("p", images).scores
+        return float(np.percentile(scores, q)), float(np.max(scores))
     finally:
         eng.close()
 
@@ -159,9 +161,9 @@ def _pipeline(s: Settings, bus: BatchConsumer, **consumer_options: Any) -> Pipel
                           stat_interval_s=3600, post_store=[], **consumer_options)
 
 
-def measure(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, consumers: int, threads: int,
+def measure(urls: dict, model_dir: Path, threshold: tuple[float, float], frames: list, n: int, consumers: int, threads: int,
             tmp: Path, pipelined: bool = True) -> dict:
-    run = KafkaRun(urls, model_dir, threshold, tmp, f"c{consumers}{'p' if pipelined else 's'}")
+    run = KafkaRun(urls, model_dir, threshold[0], tmp, f"c{consumers}{'p' if pipelined else 's'}", p99=threshold[1])
     try:
         load = os.getloadavg()[0]
         pub_fps = run.publish(frames, 0, n)  # the backlog is in Kafka before any consumer runs
@@ -184,7 +186,7 @@ def measure(urls: dict, model_dir: Path, threshold: float, frames: list, n: int,
         run.close()
 
 
-def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, threads: int,
+def stage_breakdown(urls: dict, model_dir: Path, threshold: tuple[float, float], frames: list, n: int, threads: int,
                     tmp: Path) -> dict:
     """Where one consumer's time goes: the same consumer code in-process on the memory bus, profiled.
 
@@ -196,7 +198,7 @@ def stage_breakdown(urls: dict, model_dir: Path, threshold: float, frames: list,
     from ingest.bus.memory import MemoryBus, MemoryConsumer
     from ingest.envelope import FrameEnvelope
 
-    run = KafkaRun(urls, model_dir, threshold, tmp, "profile")
+    run = KafkaRun(urls, model_dir, threshold[0], tmp, "profile", p99=threshold[1])
     s = run.s.with_overrides(threads=threads)
     bus = MemoryBus(s.topic_partitions)
     for i in range(n):
@@ -239,7 +241,7 @@ VARIANTS = {  # name -> (engine intra-op threads, 0 = all cores; InferenceConsum
 }
 
 
-def inprocess_variants(urls: dict, model_dir: Path, threshold: float, frames: list, images: list, n: int, batch: int,
+def inprocess_variants(urls: dict, model_dir: Path, threshold: tuple[float, float], frames: list, images: list, n: int, batch: int,
                        tmp: Path, reps: int = 2) -> dict:
     """Frames/s of consumer variants in-process (memory bus, real PostgreSQL + Redis), each as a
     ratio to a bare-model run with the same engine threads just before it (the load drifts)."""
@@ -251,7 +253,7 @@ def inprocess_variants(urls: dict, model_dir: Path, threshold: float, frames: li
     for r in range(reps):
         for vi, (name, (threads, kw)) in enumerate(VARIANTS.items()):
             bare = bare_fps(model_dir, images, n, batch, threads=threads)
-            run = KafkaRun(urls, model_dir, threshold, tmp, f"v{r}{vi}")
+            run = KafkaRun(urls, model_dir, threshold[0], tmp, f"v{r}{vi}", p99=threshold[1])
             run.s = run.s.with_overrides(threads=threads)
             bus = MemoryBus(run.s.topic_partitions)
             for i in range(n + warm):

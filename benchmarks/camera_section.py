@@ -53,9 +53,10 @@ def _envs(frames: list) -> list:
     return [FrameEnvelope("p", "l", "c", i, data, "jpeg", tuple(shape)) for i, (_c, data, shape) in enumerate(frames)]
 
 
-def profile_setup(config: str) -> tuple[str, tuple[int, int], bool, list, Path, float]:
-    """The camera profiles' common start: the named config's frames, the default model and a threshold at
-    the 90th percentile of their scores (imports are late so that a profile's ``--src`` tree is used)."""
+def profile_setup(config: str) -> tuple[str, tuple[int, int], bool, list, Path, float, float]:
+    """The camera profiles' common start: the named config's frames, the default model, a threshold at
+    the 90th percentile of their scores and their highest score (the drift check's p99 stand-in, see
+    ``KafkaRun``); imports are late so that a profile's ``--src`` tree is used."""
     from benchmarks.bench_pipeline import build_model
     from inference.engines.onnx_engine import OnnxEngine
     from ingest.envelope import decode_frame
@@ -68,7 +69,7 @@ def profile_setup(config: str) -> tuple[str, tuple[int, int], bool, list, Path, 
         scores = eng.infer("p", [decode_frame(e, target_hw=eng.input_hw).image for e in _envs(frames)]).scores
     finally:
         eng.close()
-    return name, hw, mono, frames, model_dir, float(np.percentile(scores, 90.0))
+    return name, hw, mono, frames, model_dir, float(np.percentile(scores, 90.0)), float(np.max(scores))
 
 
 def _rate(step: Any, n: int, batch: int) -> float:
@@ -155,18 +156,25 @@ def warm_fps(stored: list[tuple[float, float]], skip: int) -> float:
     return (len(ts) - 1 - skip) / (ts[-1] - ts[skip])
 
 
-def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, tmp: Path, tag: str) -> dict:
-    """One consumer through Kafka: backlog fps, then latency while paced at 70 % of it, peak RSS."""
+def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, tmp: Path, tag: str,
+                 capture_fps: float | None = None, p99: float | None = None) -> dict:
+    """One consumer through Kafka: backlog fps, then latency while paced at 70 % of it, peak RSS.
+
+    The backlog's capture times are those of 4 cameras recording at ``capture_fps`` in all (a line as
+    fast as one consumer could serve at best), so the consumer keeps the share of clearly normal frames
+    as training samples that such a line would make it keep (``keep_normal_every_s``), not the few a
+    backlog stamped within seconds would leave."""
     from benchmarks.kafka_run import KafkaRun, RssSampler, steady_fps
 
-    run = KafkaRun(urls, model_dir, threshold, tmp, tag)
+    run = KafkaRun(urls, model_dir, threshold, tmp, tag, p99=p99)
     try:
         load = os.getloadavg()[0]
-        pub_fps = run.publish(frames, 0, n)
+        pub_fps = run.publish(frames, 0, n, capture_fps=capture_fps)
         t_ready = run.start_consumers(1, 0, True)
         sampler = RssSampler([p.pid for p in run.procs])
         sampler.start()
         stored = run.wait_rows(0, n, timeout_s=max(180, n * 2))
+        kept_backlog = run.samples_kept()
         fps_from_ready, counted = steady_fps(stored, t_ready)
         fps = warm_fps(stored, WARMUP_FRAMES)
         paced = max(0.5, 0.7 * fps)
@@ -176,7 +184,8 @@ def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n:
         lat = np.array([ms for _t, ms in run.wait_rows(n, n + n_lat, timeout_s=max(120, n_lat / paced * 3))])
         rss = sampler.stop()
         return {"fps": fps, "fps_from_ready": fps_from_ready, "warmup_frames": WARMUP_FRAMES, "frames": n,
-                "frames_timed": counted, "publish_fps_backlog": pub_fps,
+                "frames_timed": counted, "publish_fps_backlog": pub_fps, "capture_fps_backlog": capture_fps,
+                "normal_samples_kept_backlog": kept_backlog,
                 "paced_fps": paced, "held_fps": held, "latency_frames": n_lat,
                 "latency_wall_s": time.perf_counter() - t0,
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
@@ -203,7 +212,8 @@ def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int,
             eng.close()
         threshold = float(np.percentile(scores, threshold_frames_pct))
         rates = inprocess_rates(model_dir, frames, n, batch)
-        pipe = pipeline_run(urls, model_dir, threshold, frames, n, tmp, f"cam{len(rows)}")
+        pipe = pipeline_run(urls, model_dir, threshold, frames, n, tmp, f"cam{len(rows)}",
+                            capture_fps=rates["decode_and_model"], p99=float(np.max(scores)))
         rates_after = inprocess_rates(model_dir, frames, n, batch)
         bare = (rates["bare"] + rates_after["bare"]) / 2
         dm = (rates["decode_and_model"] + rates_after["decode_and_model"]) / 2

@@ -103,6 +103,9 @@ def main() -> int:
     ap.add_argument("--src", type=Path, default=None,
                     help="run the consumer from this source tree (git archive of another commit: an A/B on one setup)")
     ap.add_argument("--raw", type=Path, default=None, help="also keep py-spy's raw stacks here (for a finer look)")
+    ap.add_argument("--capture-fps", type=float, default=40.0,
+                    help="the backlog's capture clock: 4 cameras recording this many frames/s in all (what the "
+                         "consumer's normal-sample spacing sees); 0 = stamped at publishing, as before")
     args = ap.parse_args()
     os.environ.setdefault("LINEINSPECT_LOG_LEVEL", "WARNING")
     from benchmarks import camera_section as cam
@@ -114,14 +117,14 @@ def main() -> int:
 
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not on PATH (pip install py-spy)")
-    name, hw, mono, frames, model_dir, threshold = cam.profile_setup(args.config)
+    name, hw, mono, frames, model_dir, threshold, p99 = cam.profile_setup(args.config)
     urls, started = ensure_services()
     tmp = WORK / "pipeline" / f"profile-{uuid.uuid4().hex[:6]}"
     raw = tmp / "pyspy.txt"
     try:
-        run = KafkaRun(urls, model_dir, threshold, tmp, "prof")
+        run = KafkaRun(urls, model_dir, threshold, tmp, "prof", p99=p99)
         try:
-            run.publish(frames, 0, args.frames)
+            run.publish(frames, 0, args.frames, capture_fps=args.capture_fps or None)
             t_ready = run.start_consumers(1, 0, True, src=args.src)
             pid = run.procs[0].pid
             svc = {k: p for k, p in service_pids().items()}
@@ -133,6 +136,7 @@ def main() -> int:
             stored = run.wait_rows(0, args.frames, timeout_s=max(180, args.frames * 3))
             c1, w1, t1 = cpu_s(pid), time.time(), thread_cpu_s(pid)
             svc1 = {k: cpu_s(p) for k, p in svc.items()}
+            kept = run.samples_kept()
             spy.send_signal(2)  # SIGINT: py-spy writes the file and exits
             spy.wait(60)
             fps, counted = steady_fps(stored, t_ready)
@@ -160,6 +164,7 @@ def main() -> int:
         for tid, sec in t1.items():
             per_thread[names.get(tid, "native (ONNX Runtime pool, ...)")] += (sec - t0.get(tid, 0.0)) / args.frames
         result = {"config": name, "frames": args.frames, "tag": args.tag, "src": str(args.src or "this checkout"), "fps": fps, "frames_timed": counted,
+                  "capture_fps": args.capture_fps, "normal_samples_kept": kept,
                   "load_avg": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M"),
                   "consumer_cpu_s": c1 - c0, "wall_s": w1 - w0,
                   "consumer_cpu_s_per_frame": (c1 - c0) / args.frames,

@@ -79,13 +79,13 @@ def main() -> int:
     from ingest.bus.memory import MemoryBus, MemoryConsumer, MemoryPublisher
     from ingest.envelope import FrameEnvelope
 
-    name, hw, mono, frames, model_dir, threshold = cam.profile_setup(args.config)
+    name, hw, mono, frames, model_dir, threshold, p99 = cam.profile_setup(args.config)
     urls, started = ensure_services()
     tmp = WORK / "pipeline" / f"steps-{uuid.uuid4().hex[:6]}"
     warm = cam.WARMUP_FRAMES
     clock = StepClock()
     try:
-        run = KafkaRun(urls, model_dir, threshold, tmp, "steps")  # database + model only
+        run = KafkaRun(urls, model_dir, threshold, tmp, "steps", p99=p99)  # database + model only
         try:
             s = run.s.with_overrides(bus_url="memory://", engine_url="local://onnx")
             mb = MemoryBus(s.topic_partitions)

@@ -52,6 +52,7 @@ from inference.engines.base import (
     takes_encoded,
 )
 from inference.postprocess import build_row
+from inference.sampling import IntervalSampler
 from inference.telemetry import ConsumerMetrics
 from ingest.bus import message_size
 from ingest.bus.base import BatchConsumer, Record
@@ -169,6 +170,8 @@ class InferenceConsumer:
         self.decode_threads = decode_threads
         self._decoder: ThreadPoolExecutor | None = None
         self._polling_thread = threading.get_ident()  # the only thread that may touch the bus (run() resets it)
+        # which clearly normal frames become training samples (rows are built on one thread: the sink's or run's)
+        self._normal_sampler = IntervalSampler(settings.keep_normal_every_s)
 
     # --- control ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -288,6 +291,7 @@ class InferenceConsumer:
         t0 = time.time()
         built = [(s, self._row(s)) for s in batch.scored]  # an encoding error here is an engine bug: raised
         self._before_store([r for _, r in built])
+        self._sample_normals([r for _, r in built])
         bad = self._save([r for _, r in built])
         for i, detail in bad:
             batch.unstorable.append((built[i][0].record, "unstorable", detail))
@@ -588,6 +592,15 @@ class InferenceConsumer:
         """The result row (inference.postprocess.build_row); on the sink thread when pipelined."""
         return build_row(s.env, s.hw, s.out, s.index, s.inferred_at, s.batch, s.engine_name,
                          self.settings.keep_flagged_frames, self.settings.keep_normal_margin)
+
+    def _sample_normals(self, rows: list[ResultRow]) -> None:
+        """Clearly normal rows beyond one per camera and product per ``keep_normal_every_s`` of capture time
+        drop their frame bytes (inference.sampling); after ``_before_store``, so a drifted frame, which
+        never becomes a sample, does not take a camera's slot."""
+        for r in rows:
+            if r.keep_as_normal and not r.drifted and not self._normal_sampler.admit((r.product, r.camera), r.captured_at):
+                r.keep_as_normal = False
+                r.frame_bytes = None
 
     def _update_cache(self, rows: list[ResultRow]) -> None:
         if self.cache is None:

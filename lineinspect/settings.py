@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         "as with a full decode (benchmarks/RESULTS.md camera), 1 = the coarsest scale that covers it"))
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
+    keep_normal_every_s: float = Field(default=1.0, ge=0.0, allow_inf_nan=False, description=(
+        "At most one clearly normal frame per camera and product per this many seconds of capture time becomes a "
+        "training sample (the newest keep_normal_cap per product are kept): samples spread over a shift instead of "
+        "the last minute, and a 10 frames/s camera writes a tenth of its normal frames instead of all of them. "
+        "0 = every clearly normal frame"))
     keep_flagged_frames: bool = True
 
     # --- engines -----------------------------------------------------------------------

@@ -84,8 +84,40 @@ def test_one_row_per_frame_with_masks_and_cache(settings: Settings, store: Resul
     assert sum(n for _, n, _ in cache.counters("widget", "L1", minutes=5)) == 10
     assert cache.latest("cam-2")["frame_id"] == 5
     assert sum(bus.committed("g", "frames").values()) == 15
-    # clearly normal frames became training samples; defect frames did not
-    assert store.count_training_samples("widget") == 10 - len(defects)
+    # clearly normal frames became training samples (all published within a second on one camera: one of
+    # them, keep_normal_every_s = 1); defect frames did not
+    assert store.count_training_samples("widget") == 1
+    c.close()
+
+
+def _publish_at(bus: MemoryBus, settings: Settings, times: list[float], camera: str = "cam-1", level: int = 20) -> None:
+    pub = FramePublisher(settings, "widget", "L1", camera, MemoryPublisher(bus, settings.topic_frames), encoding="png")
+    for i, t in enumerate(times):
+        pub.publish(frame(level + i), capture_ts=t)   # clearly normal (score < 0.8 x threshold), distinct images
+
+
+def test_clear_normals_become_samples_at_most_once_per_camera_per_interval(settings: Settings,
+                                                                           store: ResultStore) -> None:
+    bus = MemoryBus(partitions=1)
+    t0 = 1_700_000_000.0
+    _publish_at(bus, settings, [t0 + 0.25 * i for i in range(12)])            # 3 s of a 4 frames/s camera
+    _publish_at(bus, settings, [t0 + 0.25 * i for i in range(4)], camera="cam-2", level=60)
+    c = make(settings, bus, store)
+    assert c.run(max_frames=16, idle_timeout_s=2) == 16
+    samples = store.training_samples("widget")
+    assert len(samples) == 4               # cam-1 at t0, t0 + 1, t0 + 2; cam-2 at t0
+    assert store.count_results() == 16     # every frame still stored as a result
+    c.close()
+
+
+def test_zero_interval_keeps_every_clear_normal(tmp_path, store: ResultStore) -> None:
+    s = Settings(home=tmp_path, batch_max_records=4, batch_max_wait_ms=20, topic_frames="frames",
+                 topic_dlq="frames.dlq", keep_normal_margin=0.8, keep_normal_every_s=0)
+    bus = MemoryBus(partitions=1)
+    _publish_at(bus, s, [1_700_000_000.0 + 0.01 * i for i in range(6)])
+    c = make(s, bus, store)
+    assert c.run(max_frames=6, idle_timeout_s=2) == 6
+    assert store.count_training_samples("widget") == 6
     c.close()
 
 

@@ -54,7 +54,9 @@ def samples_of_results(store: ResultStore, frame_ids: range) -> int:
 
 
 def test_drift_alarm_pauses_retraining_and_rebaseline_promotes(tmp_path: Path, flow_db: str) -> None:
-    line = seeded_line(tmp_path, flow_db, drift_window=10, drift_reference_frames=10, drift_confirm_frames=2)
+    # every clearly normal frame would be a sample (no sampling): so "none became a sample" below is the drift rule
+    line = seeded_line(tmp_path, flow_db, drift_window=10, drift_reference_frames=10, drift_confirm_frames=2,
+                       keep_normal_every_s=0)
     settings, store, registry, scheduler, sim = line.settings, line.store, line.registry, line.scheduler, line.sim
     drift = DriftStore.of(store)
     metrics = ConsumerMetrics(settings)

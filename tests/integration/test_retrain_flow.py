@@ -7,6 +7,7 @@ backbone, 64x64 input, few iterations): this checks the plumbing, not detection 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from storage.jobs import list_runs
@@ -21,8 +22,9 @@ def test_stream_accumulate_retrain_promote_hot_swap(tmp_path: Path) -> None:
     # The live line: consumer + router running in the background for the whole test.
     with running_consumer(line) as live:
         router, thread, pub = live.router, live.thread, live.pub
-        for i in range(24):
-            pub.publish(sim.frame(i).image)
+        t0 = time.time() - 60
+        for i in range(24):  # a camera at one frame a second: each clearly normal frame is a sample
+            pub.publish(sim.frame(i).image, capture_ts=t0 + i)
         wait_for(lambda: store.count_results(PRODUCT) == 24, what="24 scored frames")
         first = store.results_for_camera(CAMERA)
         assert {r["model_version"] for r in first} == {"v0001"}
