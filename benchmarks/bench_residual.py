@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         sp = WORK / "residual_speed.json"
         if sp.exists():
             q["speed"] = json.loads(sp.read_text())
+        tw = WORK / "residual_train_wall.json"  # a timed `lineinspect train ... --residual-head 32` (written by hand)
+        if tw.exists():
+            q["train_wall"] = json.loads(tw.read_text())
         (RESULTS_DIR / "residual.json").write_text(json.dumps(q, indent=1))
         print(json.dumps({m: {k: round(v[k], 4) for k in KEYS} for m, v in q["mean"].items()}, indent=1))
         return 0
