@@ -157,7 +157,7 @@ def warm_fps(stored: list[tuple[float, float]], skip: int) -> float:
 
 
 def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, tmp: Path, tag: str,
-                 capture_fps: float | None = None, p99: float | None = None) -> dict:
+                 capture_fps: float | None = None, p99: float | None = None, decode_threads: int = 1) -> dict:
     """One consumer through Kafka: backlog fps, then latency while paced at 70 % of it, peak RSS.
 
     The backlog's capture times are those of 4 cameras recording at ``capture_fps`` in all (a line as
@@ -170,7 +170,7 @@ def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n:
     try:
         load = os.getloadavg()[0]
         pub_fps = run.publish(frames, 0, n, capture_fps=capture_fps)
-        t_ready = run.start_consumers(1, 0, True)
+        t_ready = run.start_consumers(1, 0, True, decode_threads=decode_threads)
         sampler = RssSampler([p.pid for p in run.procs])
         sampler.start()
         stored = run.wait_rows(0, n, timeout_s=max(180, n * 2))
@@ -195,7 +195,7 @@ def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n:
 
 
 def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int, batch: int, per_category: int,
-               tmp: Path) -> dict:
+               tmp: Path, decode_threads: int = 1) -> dict:
     """Every configuration of :data:`CONFIGS`; returns the ``camera`` JSON section (rows)."""
     from tqdm import tqdm
 
@@ -213,13 +213,14 @@ def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int,
         threshold = float(np.percentile(scores, threshold_frames_pct))
         rates = inprocess_rates(model_dir, frames, n, batch)
         pipe = pipeline_run(urls, model_dir, threshold, frames, n, tmp, f"cam{len(rows)}",
-                            capture_fps=rates["decode_and_model"], p99=float(np.max(scores)))
+                            capture_fps=rates["decode_and_model"], p99=float(np.max(scores)),
+                            decode_threads=decode_threads)
         rates_after = inprocess_rates(model_dir, frames, n, batch)
         bare = (rates["bare"] + rates_after["bare"]) / 2
         dm = (rates["decode_and_model"] + rates_after["decode_and_model"]) / 2
         full = (rates["full_decode"] + rates_after["full_decode"]) / 2
         rows.append({"config": name, "megapixels": hw[0] * hw[1] / 1e6, "hw": list(hw), "mono": mono,
-                     "consumers": 1, "jpeg_quality": QUALITY, "jpeg_kb": float(np.mean([len(d) for _c, d, _s in frames])) / 1e3,
+                     "consumers": 1, "decode_threads": decode_threads, "jpeg_quality": QUALITY, "jpeg_kb": float(np.mean([len(d) for _c, d, _s in frames])) / 1e3,
                      "distinct_frames": len(frames), "fps": pipe["fps"], "bare_fps": bare,
                      "decode_and_model_fps": dm, "ratio": pipe["fps"] / bare,
                      "ratio_to_decode_and_model": pipe["fps"] / dm,

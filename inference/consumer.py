@@ -133,13 +133,15 @@ class InferenceConsumer:
     def __init__(self, settings: Settings, bus: BatchConsumer, engine: Engine, store: ResultStore, cache: Cache | None = None,
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
-                 fuser: SpecimenFuser | None = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int = 1,
+                 fuser: SpecimenFuser | None = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int | None = None,
                  post_store: list[PostStore] | None = None) -> None:
         """``pipelined``: store batch k on a sink thread while batch k+1 is scored (``run`` only;
         :meth:`process` is always synchronous); ``sink_depth``: scored batches allowed to wait for
-        or sit in the sink (>= 1); ``decode_threads``: image decoders per batch. Serial (1) is the
-        default: on 2 cores a pool measured no gain (the engine and the sink already fill them),
-        ``benchmarks/RESULTS.md`` pipeline section; raise it on machines with spare cores."""
+        or sit in the sink (>= 1); ``decode_threads``: image decoders per batch (default
+        ``settings.decode_threads``: 2; 1 decodes serially on the polling thread). At 320 px a pool is
+        within the noise (decode ~1 ms); at 5-12 MP the decode is a third of a frame's CPU and two decoders
+        use the core the sink leaves idle (``benchmarks/RESULTS.md`` camera section)."""
+        decode_threads = settings.decode_threads if decode_threads is None else decode_threads
         if sink_depth < 1 or decode_threads < 1:
             raise ValueError(f"sink_depth ({sink_depth}) and decode_threads ({decode_threads}) must be >= 1")
         # Steps run after a batch is durably stored (e.g. inference.drift.DriftMonitor): ``step(rows,

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         "JPEG frames are decoded at the largest DCT scale (1/2, 1/4, 1/8) whose output is a whole "
         "multiple of the model input on each side, or at least this multiple of it; 2 keeps scores "
         "as with a full decode (benchmarks/RESULTS.md camera), 1 = the coarsest scale that covers it"))
+    decode_threads: int = Field(default=2, ge=1, le=64, description=(
+        "Threads decoding one batch's frames (OpenCV releases the GIL). 2: a camera-scale JPEG's decode is a large "
+        "share of a frame and the sink leaves a core free meanwhile (5 MP colour 0.79 -> 0.90 and 12 MP 0.86 -> "
+        "1.07 of decode + model, benchmarks/RESULTS.md camera section); 1 = serial, on the polling thread"))
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
     keep_normal_every_s: float = Field(default=1.0, ge=0.0, allow_inf_nan=False, description=(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +315,17 @@ def test_bad_pipeline_settings_are_refused(settings: Settings, store: ResultStor
     with pytest.raises(ValueError, match="decode_threads"):
         InferenceConsumer(settings, MemoryConsumer(MemoryBus(1), FRAMES_TOPIC, "g"), FakeEngine(), store,
                           decode_threads=0)
+    with pytest.raises(ValueError, match="decode_threads"):
+        Settings(decode_threads=0)
+
+
+def test_decode_threads_default_to_the_settings(settings: Settings, store: ResultStore) -> None:
+    """Two decoders by default (camera-scale frames); the settings choose, an explicit argument wins."""
+    assert Settings().decode_threads == 2
+    make = partial(InferenceConsumer, bus=MemoryConsumer(MemoryBus(1), FRAMES_TOPIC, "g"), engine=FakeEngine(), store=store)
+    assert make(settings).decode_threads == settings.decode_threads
+    assert make(settings.model_copy(update={"decode_threads": 3})).decode_threads == 3
+    assert make(settings, decode_threads=1).decode_threads == 1
 
 
 def test_images_are_not_kept_for_the_sink(settings: Settings, store: ResultStore) -> None:
