@@ -260,14 +260,20 @@ def aggregate(in_dir: Path, extra: dict) -> dict:
     return decide(q) if any(m.startswith("knn_") for m in mean) else q
 
 
+def speed_key(method: str) -> str:
+    """The speed row that times ``method``'s graph: the memory weight (``_w2``) changes a constant, not the
+    graph, so ``inp_former_mem1024k3_w2_res`` is timed as ``inp_former_mem1024k3_res``."""
+    return method.replace("_w2", "")
+
+
 def decide(q: dict) -> dict:
     """The decision rule, written before the run: the bar is the best ``knn_*`` mean of each metric (any
     kNN row); a candidate wins if its mean I-AUROC, P-AUROC and AUPRO are each >= the bar. Among winners
     the cheapest (``COST``; ties: the larger smallest margin) is chosen, unless a dearer winner is better
     on some metric by more than the larger seed spread of the two on that metric and worse on none by
     more than that. A winner whose measured ORT speed (``quality_speed.json``, batch 8) is below
-    ``SPEED_FLOOR`` x the encoder-only yardstick cannot be chosen. No winner: the default stays the pure
-    INP-Former."""
+    ``SPEED_FLOOR`` x the encoder-only yardstick cannot be chosen, nor can one whose speed was never
+    measured. No winner: the default stays the pure INP-Former."""
     mean = q["mean"]
     knn = [m for m in mean if m.startswith("knn_")]
     bar = {k: max(mean[m][k] for m in knn) for k in KEYS}
@@ -277,13 +283,19 @@ def decide(q: dict) -> dict:
     winners = [m for m, d in q["margin_vs_bar"].items() if all(v >= 0 for v in d.values())]
     q["winners"] = winners
     ratio = (q.get("speed") or {}).get("ratio_to_yardstick", {})
-    slow = [m for m in winners if ratio.get(m.removesuffix("_w2"), SPEED_FLOOR) < SPEED_FLOOR]
+    speed = {m: ratio.get(speed_key(m)) for m in winners}
+    slow = [m for m in winners if speed[m] is not None and speed[m] < SPEED_FLOOR]
+    unmeasured = [m for m in winners if speed[m] is None]
     q["winners_below_speed_floor"] = slow
-    winners = [m for m in winners if m not in slow]
+    q["winners_speed_unmeasured"] = unmeasured
+    winners = [m for m in winners if m not in slow and m not in unmeasured]
     if not winners:
-        q["chosen"] = {"method": "inp_former", "why": ("no candidate reaches the bar on all three metrics" if not slow else
-                                                       f"the winners {slow} run below {SPEED_FLOOR}x the encoder-only "
-                                                       "yardstick (ORT, batch 8)")}
+        why = "no candidate reaches the bar on all three metrics"
+        if slow:
+            why = f"the winners {slow} run below {SPEED_FLOOR}x the encoder-only yardstick (ORT, batch 8)"
+        if unmeasured:
+            why += f"; the winners {unmeasured} have no measured speed (bench_memory.py --speed)"
+        q["chosen"] = {"method": "inp_former", "why": why}
         return q
     order = sorted(winners, key=lambda m: (COST[m], -min(q["margin_vs_bar"][m].values())))
     best = order[0]

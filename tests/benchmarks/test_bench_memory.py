@@ -1,0 +1,47 @@
+"""benchmarks.bench_memory.decide: the quality decision rule written before the run (issue 13)."""
+
+from __future__ import annotations
+
+from benchmarks.bench_memory import decide, speed_key
+
+SPREAD = {"image_auroc": 0.01, "pixel_auroc": 0.01, "aupro": 0.01}
+
+
+def row(i: float, p: float, a: float) -> dict:
+    return {"image_auroc": i, "pixel_auroc": p, "aupro": a, "spread": dict(SPREAD)}
+
+
+def quality(speed: dict[str, float]) -> dict:
+    return {"mean": {"knn_a": row(0.80, 0.87, 0.65), "knn_b": row(0.78, 0.88, 0.64),
+                     "inp_former": row(0.77, 0.85, 0.60),
+                     "inp_former_mem512k3": row(0.81, 0.881, 0.651),          # wins, cheapest
+                     "inp_former_mem1024k3_w2": row(0.82, 0.885, 0.66),       # wins, dearer, within the spread
+                     "inp_former_mem1024k3_w2_res": row(0.85, 0.90, 0.70)},   # wins clearly, dearest
+            "speed": {"ratio_to_yardstick": speed}}
+
+
+def test_bar_is_the_best_knn_per_metric_and_the_cheapest_winner_is_chosen() -> None:
+    q = decide(quality({"inp_former_mem512k3": 0.55, "inp_former_mem1024k3": 0.52, "inp_former_mem1024k3_res": 0.30}))
+    assert q["knn_bar"] == {"image_auroc": 0.80, "pixel_auroc": 0.88, "aupro": 0.65}
+    assert q["knn_bar_method"] == {"image_auroc": "knn_a", "pixel_auroc": "knn_b", "aupro": "knn_a"}
+    assert "inp_former" not in q["winners"]
+    assert q["winners_below_speed_floor"] == ["inp_former_mem1024k3_w2_res"]   # timed as its _res graph: 0.30
+    assert q["chosen"]["method"] == "inp_former_mem512k3"
+
+
+def test_a_winner_without_a_measured_speed_is_never_chosen() -> None:
+    q = decide(quality({"inp_former_mem1024k3": 0.52}))
+    assert q["winners_speed_unmeasured"] == ["inp_former_mem512k3", "inp_former_mem1024k3_w2_res"]
+    assert q["chosen"]["method"] == "inp_former_mem1024k3_w2"
+
+
+def test_no_measured_winner_keeps_the_pure_default_and_says_why() -> None:
+    q = decide(quality({"inp_former_mem512k3": 0.40, "inp_former_mem1024k3": 0.45}))
+    assert q["chosen"]["method"] == "inp_former"
+    assert "below 0.5x" in q["chosen"]["why"] and "no measured speed" in q["chosen"]["why"]
+
+
+def test_the_memory_weight_does_not_change_the_timed_graph() -> None:
+    assert speed_key("inp_former_mem1024k3_w2_res") == "inp_former_mem1024k3_res"
+    assert speed_key("inp_former_mem512k3_w2") == "inp_former_mem512k3"
+    assert speed_key("inp_former") == "inp_former"
