@@ -486,7 +486,8 @@ def render_camera(c: dict) -> str:
             loads = [x for r in runs for x in r["load_avg"]]
 
             def seq(cfg: str, n: int) -> str:
-                return " / ".join(f"{r['rows'][cfg]['ratio_to_decode_and_model']:.2f}" for r in runs if r["decode_threads"] == n)
+                vals = [r["rows"][cfg]["ratio_to_decode_and_model"] for r in runs if r["decode_threads"] == n]
+                return " / ".join(f"{v:.2f}" for v in vals) + f" (mean {np.mean(vals):.2f})"
             lines += ["", f"**Decode pool** (`decode_threads`, the consumer's JPEG decoders per batch; {ab['note']}; "
                       f"load {min(loads):.1f}-{max(loads):.1f}; order " + ", ".join(str(r["decode_threads"]) for r in runs)
                       + "): `ratio_to_decode_and_model` with 1 -> 2 decoders: "
