@@ -366,15 +366,8 @@ def aggregate_from(src: Path) -> dict:
 
 def speed(rounds: int = 3, batch: int = 8) -> dict:
     """ORT fp32 images/s at ``batch`` of the encoder alone (bench_engines' yardstick), the pure model and
-    the memory models, timed round-robin in one process (median of ``rounds``) so that load from other
-    work hits all alike. Weights do not change the cost, so the banks hold random rows."""
-    from benchmarks.bench_engines import THREADS, _rate
-    from inference.engines.onnx_engine import make_session
-    from inference.model.backbones import FrozenBackbone
-    from inference.onnx_export import export_module
-
-    out_dir = WORK / "memory_speed"
-    hw = default_config().model.input_hw
+    the memory models (:func:`time_against_encoder`). Weights do not change the cost, so the banks hold
+    random rows."""
     models: dict[str, InpFormer] = {}
     variants = (("inp_former", 0, 3, "l2", 0), ("inp_former_mem512k3", 512, 3, "l2", 0),
                 ("inp_former_mem1024", 1024, 1, "l2", 0), ("inp_former_mem1024k3", 1024, 3, "l2", 0),
@@ -385,43 +378,55 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
         if size:
             m.head.memory.fit(torch.randn(size, m.head.memory.channels))
         models[name] = m
-    pure = models["inp_former"]
+    return time_against_encoder(models, WORK / "memory_speed", rounds, batch)
+
+
+YARDSTICK = "encoder only (yardstick)"
+
+
+def time_against_encoder(models: dict[str, InpFormer], out_dir: Path, rounds: int = 3, batch: int = 8) -> dict:
+    """ORT fp32 images/s at ``batch`` of each model (exported whole: map and score) and of the first
+    model's encoder alone (bench_engines' yardstick), timed in one process: every model right after the
+    yardstick, its ratio against that pair's yardstick, the median ratio over ``rounds`` reported (the
+    load of a shared box moves within seconds, so only paired ratios compare)."""
+    from benchmarks.bench_engines import THREADS, _rate
+    from inference.engines.onnx_engine import make_session
+    from inference.model.backbones import FrozenBackbone
+    from inference.onnx_export import export_module
+
+    first = next(iter(models.values()))
+    hw = first.cfg.input_hw
 
     class _Enc(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.backbone: FrozenBackbone = pure.backbone
+            self.backbone: FrozenBackbone = first.backbone
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return tuple(self.backbone(x))
 
-    paths = {"encoder only (yardstick)": export_module(_Enc(), out_dir / "encoder.onnx", hw,
-                                                       tuple(f"f{i}" for i in range(len(pure.backbone.blocks))))}
+    paths = {YARDSTICK: export_module(_Enc(), out_dir / "encoder.onnx", hw,
+                                      tuple(f"f{i}" for i in range(len(first.backbone.blocks))))}
     for name, m in models.items():
         paths[name] = export_module(m, out_dir / f"{name}.onnx", hw, ("map", "score"))
     sessions = {n: make_session(p, THREADS) for n, p in paths.items()}
     x = np.random.default_rng(0).random((batch, 3, *hw), dtype=np.float32)
-    # the load of a shared box moves within seconds: every model is timed right after the yardstick and
-    # its ratio taken against that pair's yardstick; the median ratio over rounds is reported
-    yard_name = "encoder only (yardstick)"
     run = {n: (lambda a, s=sess: s.run(None, {"images": a})) for n, sess in sessions.items()}
     rates: dict[str, list[float]] = {n: [] for n in sessions}
-    ratios: dict[str, list[float]] = {n: [] for n in sessions}
+    ratios: dict[str, list[float]] = {n: [] for n in models}
+    load0 = list(os.getloadavg())
     for _ in range(rounds):
-        for n in sessions:
-            if n == yard_name:
-                continue
-            y = _rate(run[yard_name], x)
+        for n in models:
+            y = _rate(run[YARDSTICK], x)
             r = _rate(run[n], x)
-            rates[yard_name].append(y)
+            rates[YARDSTICK].append(y)
             rates[n].append(r)
             ratios[n].append(r / y)
-    med = {n: float(np.median(v)) for n, v in rates.items()}
-    ratio = {n: float(np.median(v)) for n, v in ratios.items() if v} | {yard_name: 1.0}
-    return {"batch": batch, "threads": THREADS, "images_per_s": med, "ratio_to_yardstick": ratio,
-            "ratio_spread": {n: [float(min(v)), float(max(v))] for n, v in ratios.items() if v},
+    return {"batch": batch, "threads": THREADS, "images_per_s": {n: float(np.median(v)) for n, v in rates.items()},
+            "ratio_to_yardstick": {n: float(np.median(v)) for n, v in ratios.items()} | {YARDSTICK: 1.0},
+            "ratio_spread": {n: [float(min(v)), float(max(v))] for n, v in ratios.items()},
             "method": "each model timed right after the yardstick; median over rounds of the paired ratios",
-            "rounds": rounds, "load_avg": list(os.getloadavg()), "machine": machine()}
+            "rounds": rounds, "load_avg_before": load0, "load_avg": list(os.getloadavg()), "machine": machine()}
 
 
 LABELS = {

@@ -36,7 +36,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_memory import KEYS, category_split, default_config, fill_memory, finish, raw
+from benchmarks.bench_memory import (
+    KEYS,
+    category_split,
+    default_config,
+    fill_memory,
+    finish,
+    raw,
+    time_against_encoder,
+)
 from benchmarks.bench_quality import all_metrics
 from benchmarks.common import RESULTS_DIR, WORK, data_root, machine
 from inference.model.inp_former import InpFormer, residual_features
@@ -138,6 +146,16 @@ def run_category(root: Path, cat: str, seeds: list[int], models: Path, cache_fro
             f"{k}={v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}/{v['aupro']:.3f}" for k, v in out.items()), flush=True)
 
 
+def add_row(q: dict[str, Any], m: str, by: dict[tuple[str, int], dict], cats: list[str], seeds: list[int]) -> None:
+    """Row ``m`` into ``q``'s tables: per seed the mean over the categories, then mean and spread (max - min)
+    over the seeds, and per category the mean over the seeds."""
+    per_seed = {k: [float(np.mean([by[(c, s)]["methods"][m][k] for c in cats])) for s in seeds] for k in KEYS}
+    q["mean"][m] = {k: float(np.mean(per_seed[k])) for k in KEYS} | {"spread": {k: float(np.ptp(per_seed[k])) for k in KEYS}}
+    q["per_seed_mean"][m] = per_seed
+    for c in cats:
+        q["per_category"][c][m] = {k: float(np.mean([by[(c, s)]["methods"][m][k] for s in seeds])) for k in KEYS}
+
+
 def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
     """Add the residual rows (mean over the categories per seed, then mean and spread over the seeds that
     cover all of them) to a quality.json dict; a row's seeds go into ``seeds_by_method`` when they are not
@@ -152,11 +170,7 @@ def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
     quality.setdefault("seeds_by_method", {})
     quality.setdefault("train_s_by_method", {})
     for m in ROWS:
-        per_seed = {k: [float(np.mean([by[(c, s)]["methods"][m][k] for c in cats])) for s in seeds] for k in KEYS}
-        quality["mean"][m] = {k: float(np.mean(per_seed[k])) for k in KEYS} | {"spread": {k: float(np.ptp(per_seed[k])) for k in KEYS}}
-        quality["per_seed_mean"][m] = per_seed
-        for c in cats:
-            quality["per_category"][c][m] = {k: float(np.mean([by[(c, s)]["methods"][m][k] for s in seeds])) for k in KEYS}
+        add_row(quality, m, by, cats, seeds)
         if seeds != quality.get("seeds"):
             quality["seeds_by_method"][m] = seeds
         quality["train_s_by_method"][m] = {"seconds": sorted({by[(c, s)]["train_s"] for c in cats for s in seeds}),
@@ -182,25 +196,14 @@ def summary(in_dir: Path) -> dict[str, Any]:
                                      for c in cats for s in seeds},
                          "machine": runs[0]["machine"], "residual_config": runs[0]["residual_config"]}
     for m in methods:
-        per_seed = {k: [float(np.mean([by[(c, s)]["methods"][m][k] for c in cats])) for s in seeds] for k in KEYS}
-        q["mean"][m] = {k: float(np.mean(per_seed[k])) for k in KEYS} | {"spread": {k: float(np.ptp(per_seed[k])) for k in KEYS}}
-        q["per_seed_mean"][m] = per_seed
-        for c in cats:
-            q["per_category"][c][m] = {k: float(np.mean([by[(c, s)]["methods"][m][k] for s in seeds])) for k in KEYS}
+        add_row(q, m, by, cats, seeds)
     return q
 
 
 def speed(rounds: int = 3, batch: int = 8) -> dict:
     """ORT fp32 images/s at ``batch``: the encoder alone (yardstick), the pure model, the pure model + head,
-    memory 1024 k3, memory 1024 k3 + head; each timed right after the yardstick (paired ratios, median over
-    rounds), as ``bench_memory.speed``. Random weights: the cost does not depend on them."""
-    from benchmarks.bench_engines import THREADS, _rate
-    from inference.engines.onnx_engine import make_session
-    from inference.model.backbones import FrozenBackbone
-    from inference.onnx_export import export_module
-
-    out_dir = WORK / "residual_speed"
-    hw = default_config().model.input_hw
+    memory 1024 k3, memory 1024 k3 + head (``bench_memory.time_against_encoder``: paired ratios, median
+    over rounds). Random weights: the cost does not depend on them."""
     models: dict[str, InpFormer] = {}
     for name, size, hidden in (("inp_former", 0, 0), ("inp_former_res", 0, HIDDEN),
                                ("inp_former_mem1024k3", 1024, 0), ("inp_former_mem1024k3_res", 1024, HIDDEN)):
@@ -208,38 +211,7 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
         if size:
             m.head.memory.fit(torch.randn(size, m.head.memory.channels))
         models[name] = m
-    pure = models["inp_former"]
-
-    class _Enc(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.backbone: FrozenBackbone = pure.backbone
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return tuple(self.backbone(x))
-
-    yard = "encoder only (yardstick)"
-    paths = {yard: export_module(_Enc(), out_dir / "encoder.onnx", hw, tuple(f"f{i}" for i in range(len(pure.backbone.blocks))))}
-    for name, m in models.items():
-        paths[name] = export_module(m, out_dir / f"{name}.onnx", hw, ("map", "score"))
-    sessions = {n: make_session(p, THREADS) for n, p in paths.items()}
-    x = np.random.default_rng(0).random((batch, 3, *hw), dtype=np.float32)
-    run = {n: (lambda a, s=sess: s.run(None, {"images": a})) for n, sess in sessions.items()}
-    rates: dict[str, list[float]] = {n: [] for n in sessions}
-    ratios: dict[str, list[float]] = {n: [] for n in sessions if n != yard}
-    load0 = list(os.getloadavg())
-    for _ in range(rounds):
-        for n in ratios:
-            y = _rate(run[yard], x)
-            r = _rate(run[n], x)
-            rates[yard].append(y)
-            rates[n].append(r)
-            ratios[n].append(r / y)
-    return {"batch": batch, "threads": THREADS, "images_per_s": {n: float(np.median(v)) for n, v in rates.items()},
-            "ratio_to_yardstick": {n: float(np.median(v)) for n, v in ratios.items()} | {yard: 1.0},
-            "ratio_spread": {n: [float(min(v)), float(max(v))] for n, v in ratios.items()},
-            "method": "each model timed right after the yardstick; median over rounds of the paired ratios",
-            "rounds": rounds, "load_avg_before": load0, "load_avg_after": list(os.getloadavg()), "machine": machine()}
+    return time_against_encoder(models, WORK / "residual_speed", rounds, batch)
 
 
 def main(argv: list[str] | None = None) -> int:
