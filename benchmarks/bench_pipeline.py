@@ -284,11 +284,18 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=None, help="engine batch (default: the consumer's batch_max_records)")
     ap.add_argument("--camera", action="store_true", help="only the camera-scale section (issue 14): 5/12 MP frames")
     ap.add_argument("--camera-frames", type=int, default=240, help="backlog frames per camera configuration")
-    ap.add_argument("--camera-decode-threads", type=int, default=1, help="the consumer's decode_threads in the camera runs")
+    ap.add_argument("--camera-decode-threads", type=int, default=None,
+                    help="the consumer's decode_threads in the camera runs (default: the settings' default)")
+    ap.add_argument("--camera-decode-ahead", choices=("settings", "on", "off"), default="settings",
+                    help="the consumer's decode_ahead in the camera runs (settings: its default)")
+    ap.add_argument("--camera-ahead-ab", action="store_true",
+                    help="also run each camera consumer with the other decode_ahead, in alternating order")
     ap.add_argument("--camera-auroc", action="store_true", help="only the camera section's AUROC check")
     ap.add_argument("--auroc-iters", type=int, default=200, help="training iterations of the AUROC models (200 = the default)")
     ap.add_argument("--auroc-max-per-category", type=int, default=0, help="0 = the whole test set")
     ap.add_argument("--auroc-categories", nargs="*", default=None, help="only these categories (added to the others)")
+    ap.add_argument("--auroc-seeds", type=int, nargs="+", default=[0],
+                    help="training seeds of the AUROC models: the first gives the table, the others its seed column")
     args = ap.parse_args()
     if args.camera or args.camera_auroc:
         return camera_main(args)
@@ -357,7 +364,8 @@ def camera_main(args: argparse.Namespace) -> int:
     t0 = time.time()
     load0 = os.getloadavg()[0]
     if args.camera_auroc:
-        got = cam.run_auroc(args.auroc_iters, args.auroc_max_per_category, categories=args.auroc_categories)
+        got = cam.run_auroc(args.auroc_iters, args.auroc_max_per_category, categories=args.auroc_categories,
+                            seeds=tuple(args.auroc_seeds))
         prev = section.get("auroc", {})
         if args.auroc_categories and prev.get("iters") == got["iters"] and "variants" in prev:
             prev["categories"].update(got["categories"])  # a run over some categories adds to the others
@@ -368,15 +376,20 @@ def camera_main(args: argparse.Namespace) -> int:
         urls, started = ensure_services()
         tmp = WORK / "pipeline" / f"camera-{uuid.uuid4().hex[:6]}"
         try:
+            ahead = Settings().decode_ahead if args.camera_decode_ahead == "settings" else args.camera_decode_ahead == "on"
             got = cam.run_camera(urls, build_model("default"), 90.0, args.camera_frames, batch, 2, tmp,
-                                 decode_threads=args.camera_decode_threads)
+                                 decode_threads=args.camera_decode_threads or Settings().decode_threads, decode_ahead=ahead,
+                                 ahead_ab=args.camera_ahead_ab)
         finally:
             for name in started:
                 services_sh("stop", name)
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-        section.update(got, batch=batch, arch="default", machine=machine(), date=time.strftime("%Y-%m-%d"))
+        if section.get("rows"):  # the run before this one becomes an earlier run (newest first)
+            section["earlier_runs"] = [earlier_run(section), *section.get("earlier_runs", [])]
+        section.update(got, batch=batch, arch="default", machine=machine(), date=time.strftime("%Y-%m-%d"),
+                       finished=time.strftime("%Y-%m-%d %H:%M"))
     section.setdefault("load_avg", {})[("auroc" if args.camera_auroc and not args.camera else "throughput")] = [
         load0, os.getloadavg()[0]]
     section["seconds_last_run"] = time.time() - t0
@@ -391,6 +404,16 @@ def camera_main(args: argparse.Namespace) -> int:
     write_section("camera", text)
     print(text)
     return 0
+
+
+def earlier_run(section: dict) -> dict:
+    """The summary of a camera run that a newer one replaces: per configuration the rates and ratios."""
+    r0 = section["rows"][0]
+    when = (f"{section.get('finished', section.get('date', '?'))}, {r0['pipeline']['frames']} frames, decode_threads "
+            f"{r0.get('decode_threads', 1)}, decode_ahead {'on' if r0['pipeline'].get('decode_ahead') else 'off'}")
+    keys = ("fps", "bare_fps", "decode_and_model_fps", "ratio", "ratio_to_decode_and_model", "decode_ahead_ab")
+    return {"when": when, "load_avg": section.get("load_avg", {}).get("throughput", [0.0, 0.0]),
+            "rows": {r["config"]: {k: r[k] for k in keys if k in r} for r in section["rows"]}}
 
 
 def render_mono_ab(pairs: list[tuple[dict, dict]]) -> str:
@@ -483,6 +506,25 @@ def render_camera(c: dict) -> str:
             lines += ["", f"Earlier quiet run, {e['when']} (load {e['load_avg'][0]:.1f} -> {e['load_avg'][1]:.1f}): " + "; ".join(
                 f"{name} fps {r['fps']:.1f}, decode+model {r['decode_and_model_fps']:.1f}, bare {r['bare_fps']:.1f}, "
                 f"ratio_to_decode_and_model {r['ratio_to_decode_and_model']:.2f}" for name, r in e["rows"].items()) + "."]
+        ahead_runs = [(c.get("finished", c["date"]), {r["config"]: r for r in c["rows"]})] + [
+            (e["when"], e["rows"]) for e in c.get("earlier_runs", [])]
+        ahead_runs = [(w, rows) for w, rows in ahead_runs if all("decode_ahead_ab" in r for r in rows.values())]
+        if ahead_runs:
+            def pair(r: dict) -> str:
+                ab = r["decode_ahead_ab"]
+                return (f"{ab['serial']['ratio_to_decode_and_model']:.2f} -> {ab['ahead']['ratio_to_decode_and_model']:.2f}"
+                        f" ({ab['first']} first)")
+            cfgs = list(ahead_runs[0][1])
+            means = "; ".join(
+                f"{cfg} {np.mean([rows[cfg]['decode_ahead_ab']['serial']['ratio_to_decode_and_model'] for _, rows in ahead_runs]):.2f}"
+                f" -> {np.mean([rows[cfg]['decode_ahead_ab']['ahead']['ratio_to_decode_and_model'] for _, rows in ahead_runs]):.2f}"
+                for cfg in cfgs if all(cfg in rows for _, rows in ahead_runs))
+            lines += ["", "**Decode ahead** (`decode_ahead`: while the polling thread scores a batch, the decode threads "
+                      "already decode the next one the bus has fetched; the A/B runs each configuration's consumer both "
+                      "ways, back to back in alternating order, against the same in-process yardsticks): "
+                      "`ratio_to_decode_and_model` serial -> ahead, per run: "
+                      + " | ".join(f"{w}: " + "; ".join(f"{cfg} {pair(r)}" for cfg, r in rows.items()) for w, rows in ahead_runs)
+                      + f". Means over {len(ahead_runs)} run(s): {means}."]
         ab = c.get("decode_threads_ab")
         if ab:
             runs = ab["runs"]
@@ -497,7 +539,7 @@ def render_camera(c: dict) -> str:
                       + "; ".join(f"{cfg} {seq(cfg, 1)} -> {seq(cfg, 2)}" for cfg in runs[0]["rows"])
                       + ". The polling thread decodes, then calls the engine, so a serial decode leaves the second core "
                       "to the sink; two decoders use it. The gain follows the decode's share of a frame (12 MP colour "
-                      "most, 5 MP mono least), so the default is now 2. The table above is the last of these runs."]
+                      "most, 5 MP mono least), so the default is now 2."]
             lines += ["", "**Harness fix this round.** Every earlier camera run measured a consumer under a permanent drift "
                       "alarm: the benchmark's untrained model carried a placeholder calibration (no held-out p99), the "
                       "drift monitor's score check read every camera as drifted after ~120 frames, and from then on the "
@@ -581,17 +623,28 @@ def render_camera(c: dict) -> str:
                   "AUROC of frames decoded the consumer's way vs decoded at full resolution then area-resized (the path "
                   "before issue 14). Input |d|: mean absolute difference of the model input to the full path's, grey "
                   "levels; score |d|: mean absolute score change. The last row per category is the uncompressed "
-                  "upscale: what the camera's JPEG q92 itself moves.", "",
-                  "| category | test images | decode | DCT scale | AUROC | difference to full | input abs diff mean / max | "
-                  "score abs diff mean (p95) | corr(input diff, score change) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "upscale: what the camera's JPEG q92 itself moves. 95 % CI: paired bootstrap over the test images "
+                  "(2000 draws, good and defective resampled separately, both decodes scored on each draw), the "
+                  "ranking noise of the test set; other seeds: the same inputs scored by models trained with other "
+                  "seeds (`--auroc-seeds`), whether a difference follows the decode or the model.", "",
+                  "| category | test images | decode | DCT scale | AUROC | difference to full | 95 % CI | other seeds: "
+                  "difference | input abs diff mean / max | score abs diff mean (p95) | corr(input diff, score change) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for cat, v in a["categories"].items():
+            fulls = {k: f for k, f in v.get("auroc_full_by_seed", {}).items() if k != str(v.get("seeds", [0])[0])}
+            others = ", ".join(f"seed {k} {f:.4f}" for k, f in fulls.items()) or "-"
             lines.append(f"| {cat} | {v['n']} ({v['defective']} defective) | full decode + area | 1/1 | "
-                         f"{v['auroc_full']:.4f} | - | - | - (mean score {v['mean_score']:.3f}) | - |")
+                         f"{v['auroc_full']:.4f} | - | - | {others} | - | - (mean score {v['mean_score']:.3f}) | - |")
             for n in names:
                 x = v[n]
                 flag = "" if n == "uncompressed" or abs(x["difference"]) <= 0.005 else " (misses 0.005)"
+                ci = x.get("difference_ci95")
+                ci_s = f"{ci[0]:+.4f} .. {ci[1]:+.4f}" if ci else "-"
+                seeds_s = ", ".join(f"{d:+.4f}" for k, d in x.get("difference_by_seed", {}).items()
+                                    if k != str(v.get("seeds", [0])[0])) or "-"
                 lines.append(f"| | | {label.get(n, n)} | {'/'.join('1/' + str(s) for s in x['dct_scales'])} | "
-                             f"{x['auroc']:.4f} | {x['difference']:+.4f}{flag} | {x['input_mean_abs_diff']:.3f} / "
+                             f"{x['auroc']:.4f} | {x['difference']:+.4f}{flag} | {ci_s} | {seeds_s} | "
+                             f"{x['input_mean_abs_diff']:.3f} / "
                              f"{x['input_max_abs_diff']:.0f} | {x['mean_abs_score_change']:.4f} "
                              f"({x['p95_abs_score_change']:.4f}) | {x['corr_input_diff_score_change']:.2f} |")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,8 @@ def warm_fps(stored: list[tuple[float, float]], skip: int) -> float:
 
 
 def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n: int, tmp: Path, tag: str,
-                 capture_fps: float | None = None, p99: float | None = None, decode_threads: int = 1) -> dict:
+                 capture_fps: float | None = None, p99: float | None = None, decode_threads: int = 1,
+                 decode_ahead: bool = False) -> dict:
     """One consumer through Kafka: backlog fps, then latency while paced at 70 % of it, peak RSS.
 
     The backlog's capture times are those of 4 cameras recording at ``capture_fps`` in all (a line as
@@ -170,7 +172,7 @@ def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n:
     try:
         load = os.getloadavg()[0]
         pub_fps = run.publish(frames, 0, n, capture_fps=capture_fps)
-        t_ready = run.start_consumers(1, 0, True, decode_threads=decode_threads)
+        t_ready = run.start_consumers(1, 0, True, decode_threads=decode_threads, decode_ahead=decode_ahead)
         sampler = RssSampler([p.pid for p in run.procs])
         sampler.start()
         stored = run.wait_rows(0, n, timeout_s=max(180, n * 2))
@@ -189,14 +191,18 @@ def pipeline_run(urls: dict, model_dir: Path, threshold: float, frames: list, n:
                 "paced_fps": paced, "held_fps": held, "latency_frames": n_lat,
                 "latency_wall_s": time.perf_counter() - t0,
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
-                "consumer_rss_mb": rss, "load_avg": load}
+                "consumer_rss_mb": rss, "load_avg": load, "decode_ahead": decode_ahead}
     finally:
         run.close()
 
 
 def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int, batch: int, per_category: int,
-               tmp: Path, decode_threads: int = 1) -> dict:
-    """Every configuration of :data:`CONFIGS`; returns the ``camera`` JSON section (rows)."""
+               tmp: Path, decode_threads: int = 1, decode_ahead: bool = False, ahead_ab: bool = False) -> dict:
+    """Every configuration of :data:`CONFIGS`; returns the ``camera`` JSON section (rows).
+
+    ``ahead_ab``: each configuration's consumer also runs with the other ``decode_ahead`` (the order
+    alternating between configurations), both against the same in-process yardsticks; the row's own
+    figures stay those of ``decode_ahead``."""
     from tqdm import tqdm
 
     from inference.engines.onnx_engine import OnnxEngine
@@ -212,9 +218,15 @@ def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int,
             eng.close()
         threshold = float(np.percentile(scores, threshold_frames_pct))
         rates = inprocess_rates(model_dir, frames, n, batch)
-        pipe = pipeline_run(urls, model_dir, threshold, frames, n, tmp, f"cam{len(rows)}",
-                            capture_fps=rates["decode_and_model"], p99=float(np.max(scores)),
-                            decode_threads=decode_threads)
+        run = partial(pipeline_run, urls, model_dir, threshold, frames, n, tmp, capture_fps=rates["decode_and_model"],
+                      p99=float(np.max(scores)), decode_threads=decode_threads)
+        other = None
+        other_first = bool(len(rows) % 2)
+        if ahead_ab and other_first:
+            other = run(f"cam{len(rows)}x", decode_ahead=not decode_ahead)
+        pipe = run(f"cam{len(rows)}", decode_ahead=decode_ahead)
+        if ahead_ab and other is None:
+            other = run(f"cam{len(rows)}x", decode_ahead=not decode_ahead)
         rates_after = inprocess_rates(model_dir, frames, n, batch)
         bare = (rates["bare"] + rates_after["bare"]) / 2
         dm = (rates["decode_and_model"] + rates_after["decode_and_model"]) / 2
@@ -232,6 +244,17 @@ def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int,
                      "held_fps": pipe["held_fps"], "consumer_rss_mb": pipe["consumer_rss_mb"],
                      "storage_per_flagged_frame": storage_cost(frames, model_dir),
                      "pipeline": pipe, "inprocess_before": rates, "inprocess_after": rates_after})
+        if other is not None:
+            by = {decode_ahead: pipe, not decode_ahead: other}
+            rows[-1]["decode_ahead_ab"] = {
+                "first": "ahead" if (other_first != decode_ahead) else "serial",
+                **{("ahead" if k else "serial"): {"fps": v["fps"], "ratio_to_decode_and_model": v["fps"] / dm,
+                                                  "latency_p50_ms": v["latency_p50_ms"], "latency_p99_ms": v["latency_p99_ms"],
+                                                  "consumer_rss_mb": v["consumer_rss_mb"]} for k, v in by.items()}}
+        if other is not None:
+            ab = rows[-1]["decode_ahead_ab"]
+            print(f"{name}: decode ahead {ab['ahead']['ratio_to_decode_and_model']:.2f} vs serial "
+                  f"{ab['serial']['ratio_to_decode_and_model']:.2f} of decode+model ({ab['first']} first)", flush=True)
         print(f"{name}: fps {pipe['fps']:.1f}, bare {bare:.1f}, decode+model {dm:.1f}, full-decode+model {full:.1f}, "
               f"ratio {pipe['fps'] / bare:.2f}, to decode+model {pipe['fps'] / dm:.2f}, "
               f"p50/p99 {pipe['latency_p50_ms']:.0f}/{pipe['latency_p99_ms']:.0f} ms", flush=True)
@@ -242,12 +265,40 @@ def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int,
 AUROC_VARIANTS = (("default", 2.0), ("coarsest", 1.0), ("oversample4", 4.0))
 
 
+def auroc_rank(y: np.ndarray, s: np.ndarray) -> float:
+    """Image AUROC as the Mann-Whitney statistic (ties count half): cheap enough to bootstrap."""
+    from scipy.stats import rankdata
+
+    pos = y == 1
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    r = rankdata(s)
+    return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def paired_auroc_diff_ci(y: np.ndarray, ref: np.ndarray, new: np.ndarray, draws: int = 2000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of AUROC(new) - AUROC(ref) over images resampled with replacement, good and
+    defective separately (both score sets on the same draw: the ranking noise of a small test set is
+    what the interval shows, not a training seed's)."""
+    rng = np.random.default_rng(seed)
+    good, bad = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    diffs = np.empty(draws)
+    for i in range(draws):
+        idx = np.concatenate([rng.choice(good, len(good)), rng.choice(bad, len(bad))])
+        diffs[i] = auroc_rank(y[idx], new[idx]) - auroc_rank(y[idx], ref[idx])
+    lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
 def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 2448),
-              categories: list[str] | None = None) -> dict:
+              categories: list[str] | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
     """Image AUROC per category on 5 MP frames: decoded reduced (the consumer's rule, and the coarsest
     and a finer scale) vs decoded full then area-resized, plus the uncompressed upscale (what JPEG q92
     itself moves). Per image: the mean / max absolute input difference to the full path (grey
-    levels) and the score change, to see which images move and why."""
+    levels) and the score change, to see which images move and why. The first seed's model gives
+    the table's figures and a paired bootstrap interval of each difference; every further seed's
+    model (same data, another initialisation) scores the same inputs, to show whether a difference
+    follows the decode or the model."""
     import hashlib
     import json
 
@@ -269,12 +320,16 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
     for cat in discover(root):
         if categories and cat not in categories:
             continue
-        model_dir = WORK / "camera" / cat.replace("/", "__") / f"model-{iters}-{arch}"
-        if not (model_dir / "checksums.json").is_file():
-            items = list(load_split(root, cat, "train"))
-            print(f"training a default-config model on {cat} ({len(items)} images, {iters} iterations) ...", flush=True)
-            train([it.path for it in items], TrainConfig(threads=2, cache_dir=str(WORK / "cache")), model_dir,
-                  iters=iters, seed=0, progress=False)
+        model_dirs = []
+        for seed in seeds:
+            model_dir = WORK / "camera" / cat.replace("/", "__") / (f"model-{iters}-{arch}" + (f"-s{seed}" if seed else ""))
+            if not (model_dir / "checksums.json").is_file():
+                items = list(load_split(root, cat, "train"))
+                print(f"training a default-config model on {cat} ({len(items)} images, {iters} iterations, seed {seed}) ...",
+                      flush=True)
+                train([it.path for it in items], TrainConfig(threads=2, cache_dir=str(WORK / "cache")), model_dir,
+                      iters=iters, seed=seed, progress=False)
+            model_dirs.append(model_dir)
         test = list(load_split(root, cat, "test"))
         rng = np.random.default_rng(0)
         if 0 < max_per_category < len(test):  # stratified: keep the good/defect mix
@@ -283,7 +338,7 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
             kg = max(1, round(max_per_category * len(good) / len(test)))
             test = ([good[i] for i in sorted(rng.choice(len(good), min(kg, len(good)), replace=False))]
                     + [bad[i] for i in sorted(rng.choice(len(bad), min(max_per_category - kg, len(bad)), replace=False))])
-        eng = OnnxEngine(model_dir, batch_size=8)
+        eng = OnnxEngine(model_dirs[0], batch_size=8)
         mhw = eng.input_hw
         inputs: dict[str, list[np.ndarray]] = {"full": [], "uncompressed": [], **{n: [] for n, _ in AUROC_VARIANTS}}
         scales: dict[str, set[int]] = {n: set() for n, _ in AUROC_VARIANTS}
@@ -302,10 +357,19 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
             scores = {name: eng.infer("p", ims).scores for name, ims in inputs.items()}
         finally:
             eng.close()
+        by_seed: dict[int, dict[str, np.ndarray]] = {}
+        for seed, model_dir in zip(seeds[1:], model_dirs[1:]):
+            other = OnnxEngine(model_dir, batch_size=8)
+            try:
+                by_seed[seed] = {name: other.infer("p", ims).scores for name, ims in inputs.items()}
+            finally:
+                other.close()
         y = np.asarray(labels)
         ref = np.stack(inputs["full"]).astype(np.float32)
         a_full = float(metrics.image_auroc(y, scores["full"]))
-        cat_out: dict[str, Any] = {"n": len(test), "defective": int(y.sum()), "auroc_full": a_full,
+        cat_out: dict[str, Any] = {"n": len(test), "defective": int(y.sum()), "auroc_full": a_full, "seeds": list(seeds),
+                                   "auroc_full_by_seed": {str(seeds[0]): a_full, **{
+                                       str(k): float(metrics.image_auroc(y, v["full"])) for k, v in by_seed.items()}},
                                    "mean_score": float(np.mean(np.abs(scores["full"])))}
         for name in [n for n, _ in AUROC_VARIANTS] + ["uncompressed"]:
             x = np.stack(inputs[name]).astype(np.float32)
@@ -316,6 +380,10 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
             worst = int(np.argmax(ds))
             cat_out[name] = {
                 "auroc": a, "difference": a - a_full, "dct_scales": sorted(scales.get(name, {1})),
+                "difference_ci95": list(paired_auroc_diff_ci(y, scores["full"], scores[name])),
+                "difference_by_seed": {str(seeds[0]): a - a_full, **{
+                    str(k): float(metrics.image_auroc(y, v[name])) - float(metrics.image_auroc(y, v["full"]))
+                    for k, v in by_seed.items()}},
                 "input_mean_abs_diff": float(per_mean.mean()), "input_max_abs_diff": float(per_max.max()),
                 "input_bias": float((x - ref).mean()),
                 "mean_abs_score_change": float(ds.mean()), "p95_abs_score_change": float(np.percentile(ds, 95)),

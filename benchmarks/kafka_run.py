@@ -104,7 +104,7 @@ class KafkaRun:
         self.logs: list[Path] = []
 
     def start_consumers(self, n: int, threads: int, pipelined: bool = True, src: Path | None = None,
-                        decode_threads: int = 1) -> float:
+                        decode_threads: int = 1, decode_ahead: bool = False) -> float:
         """Start ``n`` consumer processes; returns the wall time when all of them own partitions.
 
         ``src``: run the consumer from another source tree (e.g. ``git archive`` of an earlier commit), so a
@@ -113,7 +113,7 @@ class KafkaRun:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LINEINSPECT_")}
         env.update(LINEINSPECT_HOME=str(self.tmp), LINEINSPECT_MODELS_DIR=str(s.resolved_models_dir),
                    LINEINSPECT_TOPIC_DLQ=s.topic_dlq, LINEINSPECT_THREADS=str(threads), PYTHONUNBUFFERED="1",
-                   LINEINSPECT_DECODE_THREADS=str(decode_threads))
+                   LINEINSPECT_DECODE_THREADS=str(decode_threads), LINEINSPECT_DECODE_AHEAD=str(decode_ahead).lower())
         for i in range(n):
             log = self.tmp / f"consumer-{i}.log"
             cmd = [sys.executable, "-m", "lineinspect.cli", "consume", "--bus", s.bus_url, "--engine", "local://onnx",

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
@@ -92,6 +92,9 @@ class _Frame:
                                     # camera frame's own geometry (rows record it)
 
 
+_Decoded = _Frame | tuple[str, str]  # a decoded frame, or (dead-letter reason, detail)
+
+
 @dataclass
 class _Scored:
     """One scored frame waiting for its row: the engine output is shared by its product batch."""
@@ -134,13 +137,15 @@ class InferenceConsumer:
                  metrics: ConsumerMetrics | None = None, name: str | None = None, stat_interval_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, engine_attempts: int = 3,
                  fuser: SpecimenFuser | None = None, pipelined: bool = True, sink_depth: int = 2, decode_threads: int | None = None,
-                 post_store: list[PostStore] | None = None) -> None:
+                 post_store: list[PostStore] | None = None, decode_ahead: bool | None = None) -> None:
         """``pipelined``: store batch k on a sink thread while batch k+1 is scored (``run`` only;
         :meth:`process` is always synchronous); ``sink_depth``: scored batches allowed to wait for
         or sit in the sink (>= 1); ``decode_threads``: image decoders per batch (default
         ``settings.decode_threads``: 2; 1 decodes serially on the polling thread). At 320 px a pool is
         within the noise (decode ~1 ms); at 5-12 MP the decode is a third of a frame's CPU and two decoders
-        use the core the sink leaves idle (``benchmarks/RESULTS.md`` camera section)."""
+        use the core the sink leaves idle (``benchmarks/RESULTS.md`` camera section); ``decode_ahead``
+        (default ``settings.decode_ahead``; pipelined ``run`` only): the decoders start on the next,
+        already fetched batch while this one is scored."""
         decode_threads = settings.decode_threads if decode_threads is None else decode_threads
         if sink_depth < 1 or decode_threads < 1:
             raise ValueError(f"sink_depth ({sink_depth}) and decode_threads ({decode_threads}) must be >= 1")
@@ -170,6 +175,7 @@ class InferenceConsumer:
         self.pipelined = pipelined
         self.sink_depth = sink_depth
         self.decode_threads = decode_threads
+        self.decode_ahead = settings.decode_ahead if decode_ahead is None else decode_ahead
         self._decoder: ThreadPoolExecutor | None = None
         self._polling_thread = threading.get_ident()  # the only thread that may touch the bus (run() resets it)
         # which clearly normal frames become training samples (rows are built on one thread: the sink's or run's)
@@ -209,39 +215,54 @@ class InferenceConsumer:
         poll_delay = self.backoff_initial_s
         sink = _Sink(self) if self.pipelined else None
         inflight: deque[_Batch] = deque()
+        # polled batches not yet scored, oldest first, each with its decode if it was started ahead
+        # (decode_ahead: the newest waits, decoding, while the one before it is scored)
+        polled_ahead: deque[tuple[list[Record], list[Future[_Decoded]] | None]] = deque()
+        ahead = sink is not None and self.decode_ahead
         ok = False
         try:
-            while not self._stop.is_set():
-                want = self.settings.batch_max_records
-                if max_frames is not None:
-                    if polled >= max_frames:
-                        break
-                    want = min(want, max_frames - polled)
-                try:
-                    records = self.bus.poll_batch(want, self.settings.batch_max_wait_ms)
-                    poll_delay = self.backoff_initial_s
-                except ServiceUnavailable as exc:  # the broker is down or restarting: back off, keep the process
-                    log.warning("bus unavailable; waiting before polling again (nothing is lost: offsets are committed)",
-                                extra=kv(wait_s=round(poll_delay, 2), error=str(exc)[:300]))
-                    self._stop.wait(poll_delay)
-                    poll_delay = min(poll_delay * 2, self.backoff_max_s)
-                    continue
+            while True:
+                stopping = self._stop.is_set() or (max_frames is not None and polled >= max_frames)
+                if stopping and not polled_ahead:
+                    break
+                records: list[Record] = []
+                if not stopping:
+                    want = self.settings.batch_max_records
+                    if max_frames is not None:
+                        want = min(want, max_frames - polled)
+                    try:  # with a batch in hand, take only what is already fetched: it is not kept waiting
+                        records = self.bus.poll_batch(want, 0 if polled_ahead else self.settings.batch_max_wait_ms)
+                        poll_delay = self.backoff_initial_s
+                    except ServiceUnavailable as exc:  # the broker is down or restarting: back off, keep the process
+                        if not polled_ahead:
+                            log.warning("bus unavailable; waiting before polling again (nothing is lost: offsets are "
+                                        "committed)", extra=kv(wait_s=round(poll_delay, 2), error=str(exc)[:300]))
+                            self._stop.wait(poll_delay)
+                            poll_delay = min(poll_delay * 2, self.backoff_max_s)
+                            continue  # (the batch in hand is scored first; the next poll backs off)
                 try:
                     if records:
                         last_data = time.monotonic()
                         polled += len(records)
                         if sink is None:
                             handled += self.process(records)
-                        else:  # score this batch while the sink stores the previous ones
-                            batch = self._prepare(records)
-                            handled += self._commit_done(inflight, room_for=self.sink_depth - 1)  # back-pressure
-                            inflight.append(batch)
-                            sink.put(batch)
+                        else:
+                            polled_ahead.append((records, self._start_decode(records) if ahead else None))
+                    # score every batch in hand but the newest while it decodes; all of them when nothing came
+                    while polled_ahead and (len(polled_ahead) > 1 or not (ahead and records)):
+                        recs, decoding = polled_ahead.popleft()
+                        batch = self._prepare(recs, decoding)  # scored here while the sink stores the previous ones
+                        handled += self._commit_done(inflight, room_for=self.sink_depth - 1)  # back-pressure
+                        inflight.append(batch)
+                        assert sink is not None
+                        sink.put(batch)
                     handled += self._commit_done(inflight)
                 except _Stopped:
                     log.info("stopped during an outage; the batches in hand stay uncommitted and will be redelivered",
-                             extra=kv(records=len(records) + sum(len(b.records) for b in inflight)))
+                             extra=kv(records=sum(len(r) for r, _ in polled_ahead) + sum(len(b.records) for b in inflight)))
                     break
+                if stopping:
+                    continue
                 if records or self._assigned():
                     unassigned_since = None
                 elif idle_timeout_s is not None:  # a rebalance, no partitions yet: waiting, not idle ...
@@ -270,10 +291,11 @@ class InferenceConsumer:
         self._store(batch)
         return self._commit(batch)
 
-    def _prepare(self, records: list[Record]) -> _Batch:
-        """Polling-thread half of a batch: decode, score, dead-letter what can never be stored."""
+    def _prepare(self, records: list[Record], decoding: list[Future[_Decoded]] | None = None) -> _Batch:
+        """Polling-thread half of a batch: decode (or collect the decode started ahead), score,
+        dead-letter what can never be stored."""
         self.metrics.observe_batch(len(records))
-        frames, poison = self._decode(records)
+        frames, poison = self._decode(records, decoding)
         scored: list[_Scored] = []
         by_product: dict[str, list[_Frame]] = defaultdict(list)
         for f in frames:
@@ -473,14 +495,18 @@ class InferenceConsumer:
             log.warning("specimen sweep failed", extra=kv(error=str(exc)[:300]))
 
     # --- steps ------------------------------------------------------------------------------
-    def _decode(self, records: list[Record]) -> tuple[list[_Frame], list[tuple[Record, str, str]]]:
+    def _start_decode(self, records: list[Record]) -> list[Future[_Decoded]]:
+        """Hand a batch's frames to the decode threads now; :meth:`_decode` collects them in record order."""
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        return [self._decoder.submit(self._decode_one, rec) for rec in records]
+
+    def _decode(self, records: list[Record], decoding: list[Future[_Decoded]] | None = None,
+                ) -> tuple[list[_Frame], list[tuple[Record, str, str]]]:
         """Envelopes and images in record order; cv2 releases the GIL, so a small pool decodes in parallel."""
-        if self.decode_threads > 1 and len(records) > 1:
-            if self._decoder is None:
-                self._decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
-            results = list(self._decoder.map(self._decode_one, records))
-        else:
-            results = [self._decode_one(rec) for rec in records]
+        if decoding is None and self.decode_threads > 1 and len(records) > 1:
+            decoding = self._start_decode(records)
+        results = [f.result() for f in decoding] if decoding is not None else [self._decode_one(rec) for rec in records]
         frames, poison = [], []
         for rec, got in zip(records, results):
             if isinstance(got, _Frame):
@@ -489,7 +515,7 @@ class InferenceConsumer:
                 poison.append((rec, *got))
         return frames, poison
 
-    def _decode_one(self, rec: Record) -> _Frame | tuple[str, str]:
+    def _decode_one(self, rec: Record) -> _Decoded:
         size = message_size(rec.key, rec.value, rec.headers)  # the publisher's own rule (ingest.bus.check_size)
         if size > self.settings.max_message_bytes:  # the broker's framing headroom let it through; we do not
             return "oversized", f"message is {size} bytes, over max_message_bytes={self.settings.max_message_bytes}"

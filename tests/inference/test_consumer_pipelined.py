@@ -328,6 +328,115 @@ def test_decode_threads_default_to_the_settings(settings: Settings, store: Resul
     assert make(settings, decode_threads=1).decode_threads == 1
 
 
+def journal_decodes(c: InferenceConsumer, journal: Journal) -> None:
+    start = c._start_decode
+
+    def started(records):
+        journal.add("decode", len(records))
+        return start(records)
+
+    c._start_decode = started  # type: ignore[method-assign]
+
+
+def test_decode_ahead_starts_the_next_batch_before_this_one_is_scored(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 12)
+    c = make(settings, bus, SlowStore(store, journal, delay_s=0), journal, decode_ahead=True)
+    journal_decodes(c, journal)
+    assert c.run(max_frames=12, idle_timeout_s=1) == 12
+    c.close()
+    # batch 0 and 1 decoding, 0 scored while 1 decodes, 2 decoding, 1 scored, then 2 (nothing more came)
+    assert [k for k in journal.kinds() if k in ("decode", "infer")] == ["decode", "decode", "infer", "decode", "infer", "infer"]
+    assert store.count_results() == 12 and len(committed_keys(bus)) == 12
+    assert_commits_follow_stores(journal, bus)
+
+
+def test_without_decode_ahead_each_batch_is_decoded_then_scored(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 12)
+    c = make(settings, bus, store, journal, decode_ahead=False, decode_threads=2)
+    journal_decodes(c, journal)
+    assert c.run(max_frames=12, idle_timeout_s=1) == 12
+    c.close()
+    assert [k for k in journal.kinds() if k in ("decode", "infer")] == ["decode", "infer"] * 3
+
+
+def test_decode_ahead_waits_for_nothing_when_no_more_frames_are_fetched(settings: Settings, store: ResultStore) -> None:
+    """A batch in hand is scored as soon as a poll finds nothing already fetched: the poll behind it does
+    not wait (batch_max_wait_ms) for frames that are not there."""
+    waits: list[int] = []
+    journal = Journal()
+    bus = MemoryBus(partitions=1)
+    publish(bus, settings, 4)
+    c = make(settings, bus, store, journal, decode_ahead=True)
+    poll = c.bus.poll_batch
+
+    def recorded(max_records: int, max_wait_ms: int):
+        waits.append(max_wait_ms)
+        return poll(max_records, max_wait_ms)
+
+    c.bus.poll_batch = recorded  # type: ignore[method-assign]
+    assert c.run(max_frames=8, idle_timeout_s=0.3) == 4
+    c.close()
+    assert waits[:2] == [settings.batch_max_wait_ms, 0] and store.count_results() == 4
+
+
+def test_decode_ahead_gives_the_same_rows_dead_letters_and_commits(tmp_path: Path, settings: Settings) -> None:
+    from ingest.bus.memory import MemoryPublisher
+
+    got = {}
+    for ahead in (False, True):
+        s = ResultStore.open(f"sqlite:///{tmp_path / f'r{ahead}.sqlite'}")
+        journal = Journal()
+        bus = MemoryBus(partitions=2)
+        publish(bus, settings, 7)
+        raw = MemoryPublisher(bus, settings.topic_frames)
+        raw.publish(b"cam-1", b"not an image", [("li-v", b"2")])  # poison between good frames
+        publish(bus, settings, 6, camera="cam-2", first=1)
+        publish(bus, settings, 2, camera="cam-9", product="unknown-thing", first=1)
+        c = make(settings, bus, SlowStore(s, journal, delay_s=0), journal, decode_ahead=ahead)
+        assert c.run(max_frames=16, idle_timeout_s=1) == 16
+        c.close()
+        rows = sorted((cam, r["frame_id"], r["score"], r["verdict"]) for cam in ("cam-1", "cam-2")
+                      for r in s.results_for_camera(cam))
+        s.close()
+        reasons = sorted(dict(r.headers)["li-dlq-reason"].decode() for r in bus.records(settings.topic_dlq))
+        assert len(rows) == 13 and reasons == ["bad_envelope", "unknown_product", "unknown_product"]
+        assert sum(bus.committed("g", FRAMES_TOPIC).values()) == 16
+        got[ahead] = rows
+    assert got[True] == got[False]
+
+
+def test_graceful_stop_with_a_batch_decoding_ahead_stores_it(settings: Settings, store: ResultStore) -> None:
+    journal = Journal()
+    bus = cameras_bus(settings, 1, 2, 20)
+    slow = SlowStore(store, journal, delay_s=0.03)
+    c = make(settings, bus, slow, journal, decode_ahead=True)
+    t = threading.Thread(target=c.run)
+    t.start()
+    wait_until(lambda: "commit" in journal.kinds(), poll_s=0.005)
+    c.request_stop()
+    t.join(5)
+    assert not t.is_alive()
+    c.close()
+    stored = set(slow.saved)
+    assert committed_keys(bus) == stored and 0 < len(stored) < 40  # the batch in hand was scored and stored
+    assert_commits_follow_stores(journal, bus)
+    c2 = make(settings, bus, slow, journal, decode_ahead=True)
+    assert c2.run(idle_timeout_s=0.3) == 40 - len(stored)
+    c2.close()
+    assert len(slow.saved) == 40 and max(slow.saved.values()) == 1
+
+
+def test_decode_ahead_defaults_to_the_settings(settings: Settings, store: ResultStore) -> None:
+    make_c = partial(InferenceConsumer, bus=MemoryConsumer(MemoryBus(1), FRAMES_TOPIC, "g"), engine=FakeEngine(), store=store)
+    assert make_c(settings).decode_ahead == settings.decode_ahead
+    assert make_c(settings.model_copy(update={"decode_ahead": True})).decode_ahead is True
+    assert make_c(settings.model_copy(update={"decode_ahead": True}), decode_ahead=False).decode_ahead is False
+
+
 def test_images_are_not_kept_for_the_sink(settings: Settings, store: ResultStore) -> None:
     """The sink gets shapes and engine outputs, not decoded frames: its queue stays small."""
     bus = MemoryBus(partitions=1)
