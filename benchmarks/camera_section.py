@@ -340,7 +340,8 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
                     + [bad[i] for i in sorted(rng.choice(len(bad), min(max_per_category - kg, len(bad)), replace=False))])
         eng = OnnxEngine(model_dirs[0], batch_size=8)
         mhw = eng.input_hw
-        inputs: dict[str, list[np.ndarray]] = {"full": [], "uncompressed": [], **{n: [] for n, _ in AUROC_VARIANTS}}
+        inputs: dict[str, list[np.ndarray]] = {"full": [], "uncompressed": [], "two_stage": [],
+                                               **{n: [] for n, _ in AUROC_VARIANTS}}
         scales: dict[str, set[int]] = {n: set() for n, _ in AUROC_VARIANTS}
         labels = []
         try:
@@ -351,7 +352,12 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
                     d = decode_frame(env, target_hw=mhw, oversample=ov)
                     scales[name].add(d.scale)
                     inputs[name].append(as_rgb(d.image))
-                inputs["full"].append(resize_rgb(decode_image(env), mhw))
+                full = decode_image(env)
+                inputs["full"].append(resize_rgb(full, mhw))
+                # control: the default rule's intermediate size reached by an area resize, not by the DCT
+                ds = max(scales["default"])
+                mid = cv2.resize(full, (-(-hw[1] // ds), -(-hw[0] // ds)), interpolation=cv2.INTER_AREA)
+                inputs["two_stage"].append(resize_rgb(mid, mhw))
                 inputs["uncompressed"].append(resize_rgb(big, mhw))
                 labels.append(it.label)
             scores = {name: eng.infer("p", ims).scores for name, ims in inputs.items()}
@@ -371,7 +377,7 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
                                    "auroc_full_by_seed": {str(seeds[0]): a_full, **{
                                        str(k): float(metrics.image_auroc(y, v["full"])) for k, v in by_seed.items()}},
                                    "mean_score": float(np.mean(np.abs(scores["full"])))}
-        for name in [n for n, _ in AUROC_VARIANTS] + ["uncompressed"]:
+        for name in [n for n, _ in AUROC_VARIANTS] + ["uncompressed", "two_stage"]:
             x = np.stack(inputs[name]).astype(np.float32)
             d_in = np.abs(x - ref).reshape(len(x), -1)
             per_mean, per_max = d_in.mean(1), d_in.max(1)
@@ -379,7 +385,8 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
             a = float(metrics.image_auroc(y, scores[name]))
             worst = int(np.argmax(ds))
             cat_out[name] = {
-                "auroc": a, "difference": a - a_full, "dct_scales": sorted(scales.get(name, {1})),
+                "auroc": a, "difference": a - a_full,
+                "dct_scales": sorted(scales.get(name, {1})) if name != "two_stage" else [1],
                 "difference_ci95": list(paired_auroc_diff_ci(y, scores["full"], scores[name])),
                 "difference_by_seed": {str(seeds[0]): a - a_full, **{
                     str(k): float(metrics.image_auroc(y, v[name])) - float(metrics.image_auroc(y, v["full"]))
@@ -393,6 +400,6 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
         out["categories"][cat] = cat_out
         print(f"{cat}: AUROC full {a_full:.4f}; " + "; ".join(
             f"{n} {cat_out[n]['auroc']:.4f} ({cat_out[n]['difference']:+.4f}, input |d| {cat_out[n]['input_mean_abs_diff']:.3f}, "
-            f"score |d| {cat_out[n]['mean_abs_score_change']:.4f})" for n in [v for v, _ in AUROC_VARIANTS] + ["uncompressed"]),
+            f"score |d| {cat_out[n]['mean_abs_score_change']:.4f})" for n in [v for v, _ in AUROC_VARIANTS] + ["uncompressed", "two_stage"]),
             flush=True)
     return out
