@@ -649,6 +649,16 @@ def render_camera(c: dict) -> str:
                              f"{x['input_mean_abs_diff']:.3f} / "
                              f"{x['input_max_abs_diff']:.0f} | {x['mean_abs_score_change']:.4f} "
                              f"({x['p95_abs_score_change']:.4f}) | {x['corr_input_diff_score_change']:.2f} |")
+        d = cam.decide_oversample(a)
+        label_ov = {n: f"{label.get(n, n)} (`decode_oversample` {ov:g})" for n, ov in a["variants"].items()}
+        lines += ["", f"Over training seeds {', '.join(d['seeds'])} (mean difference to the full path per category; rule in "
+                  "`camera_section.decide_oversample`, written before the 3-seed run: a rule meets the 0.005 bound if "
+                  "its mean is within it on every category; the cheapest that meets it is the default, else the smallest "
+                  "worst-category miss): " + "; ".join(
+                      f"{label_ov[n]}: " + ", ".join(f"{c.split('/')[-1]} {m:+.4f}" for c, m in d["means"][n].items())
+                      + f" (worst {d['worst'][n]:.4f})" for n in a["variants"])
+                  + f". Supported: {label_ov[d['chosen']]}" + ("." if d["met"] else
+                                                               f", which misses the bound by {d['worst'][d['chosen']] - 0.005:.4f}.")]
     return "\n".join(lines)
 
 

@@ -403,3 +403,20 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
             f"score |d| {cat_out[n]['mean_abs_score_change']:.4f})" for n in [v for v, _ in AUROC_VARIANTS] + ["uncompressed", "two_stage"]),
             flush=True)
     return out
+
+
+def decide_oversample(auroc: dict, bound: float = 0.005) -> dict:
+    """The decode rule the AUROC run supports (rule written before the 3-seed run): per variant and
+    category the mean difference to the full path over the seeds; a variant meets the bound if that
+    mean is within ``bound`` on every category; the cheapest (coarsest) variant that meets it wins,
+    else the one with the smallest worst-category mean, reported as a miss."""
+    variants = dict(auroc["variants"])
+    cats = auroc["categories"]
+    means: dict[str, dict[str, float]] = {
+        name: {c: float(np.mean(list(v[name].get("difference_by_seed", {"0": v[name]["difference"]}).values())))
+               for c, v in cats.items()} for name in variants}
+    worst = {name: max(abs(x) for x in m.values()) for name, m in means.items()}
+    meeting = sorted((ov, name) for name, ov in variants.items() if worst[name] <= bound)
+    chosen = meeting[0][1] if meeting else min(worst, key=lambda n: (worst[n], variants[n]))
+    return {"means": means, "worst": worst, "chosen": chosen, "oversample": variants[chosen], "met": bool(meeting),
+            "seeds": sorted({k for v in cats.values() for x in variants for k in v[x].get("difference_by_seed", {"0": 0})})}

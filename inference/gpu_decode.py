@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from inference.preprocess import batch_to_input
-from ingest.envelope import FrameEnvelope, check_frame_header, decode_frame
+from ingest.envelope import DECODE_OVERSAMPLE, FrameEnvelope, check_frame_header, decode_frame
 from lineinspect.logs import kv
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _gpu_batch(payloads: list[bytes], hw: tuple[int, int], device: torch.device)
 
 
 def frames_to_input(envs: list[FrameEnvelope], hw: tuple[int, int], device: str | torch.device = "cpu",
-                    max_pixels: int = 40_000_000, oversample: float = 2.0
+                    max_pixels: int = 40_000_000, oversample: float = DECODE_OVERSAMPLE
                     ) -> tuple[torch.Tensor, list[tuple[int, int]], str]:
     """Envelopes -> float32 (N, 3, H, W) on ``device``, each frame's (H, W), and the path used
     ("gpu" or "cpu"). The ``max_pixels`` header guard runs on the CPU before either decoder; a
@@ -66,7 +66,7 @@ def frames_to_input(envs: list[FrameEnvelope], hw: tuple[int, int], device: str 
 
 
 def infer_encoded(module: torch.nn.Module, input_hw: tuple[int, int], device: str | torch.device,
-                  envs: list[FrameEnvelope], max_pixels: int = 40_000_000, oversample: float = 2.0
+                  envs: list[FrameEnvelope], max_pixels: int = 40_000_000, oversample: float = DECODE_OVERSAMPLE
                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], str]:
     """Score encoded frames with a PyTorch model, decoding on its device: (maps, scores, frame
     geometries, decode path used)."""

@@ -201,14 +201,16 @@ class ModelRouter:
         return route is not None and engine_base.takes_encoded(route.engine, product)
 
     def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000,
-                      oversample: float = 2.0) -> tuple[EngineOutput, list[tuple[int, int]], str]:
+                      oversample: float | None = None) -> tuple[EngineOutput, list[tuple[int, int]], str]:
         """Encoded frames to the routed engine; a product whose route is gone (or never took encoded
-        frames) is decoded here on the CPU and scored through :meth:`infer`, which knows the fallbacks."""
+        frames) is decoded here on the CPU and scored through :meth:`infer`, which knows the fallbacks.
+        ``oversample``: see ``ingest.envelope.choose_jpeg_scale`` (None: its default)."""
+        from ingest.envelope import DECODE_OVERSAMPLE, decode_frame
+
+        oversample = DECODE_OVERSAMPLE if oversample is None else oversample
         with self._lock:
             route = self._routes.get(product)
         if route is None or not engine_base.takes_encoded(route.engine, product):
-            from ingest.envelope import decode_frame
-
             hw = self.decode_hw(product)
             decoded = [decode_frame(e, max_pixels, hw, oversample) for e in envs]
             return self.infer(product, [d.image for d in decoded]), [d.frame_hw for d in decoded], "cpu"

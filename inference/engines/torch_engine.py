@@ -53,11 +53,14 @@ class TorchEngine:
         return True
 
     def infer_encoded(self, product: str, envs: list[FrameEnvelope], max_pixels: int = 40_000_000,
-                      oversample: float = 2.0) -> tuple[EngineOutput, list[tuple[int, int]], str]:
+                      oversample: float | None = None) -> tuple[EngineOutput, list[tuple[int, int]], str]:
         """Score encoded frames, decoding JPEG on this engine's device (nvJPEG on a GPU, the
         CPU's DCT-scaled decode otherwise; see :mod:`inference.gpu_decode`). Returns the output,
-        each frame's geometry and the decode path used ("gpu" / "cpu")."""
+        each frame's geometry and the decode path used ("gpu" / "cpu"); ``oversample`` None: the decoder's default."""
         from inference.gpu_decode import infer_encoded
+        from ingest.envelope import DECODE_OVERSAMPLE
+
+        oversample = DECODE_OVERSAMPLE if oversample is None else oversample
 
         t0 = time.perf_counter()
         maps, scores, geoms, path = infer_encoded(self.loaded.module, self.input_hw, self.device, envs, max_pixels,

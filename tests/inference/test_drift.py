@@ -101,13 +101,15 @@ def test_grey_decode_is_reduced_and_close_to_the_full_decode() -> None:
     """A camera-size JPEG is decoded luma-only at a DCT scale, not at full resolution, for the checks."""
     import cv2
 
-    from inference.drift import decode_grey
+    from inference.drift import DRIFT_OVERSAMPLE, decode_grey
     from ingest.envelope import decode_grey_reduced, encode_image
 
     rng = np.random.default_rng(3)
     img = cv2.resize(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), (2448, 2048), interpolation=cv2.INTER_CUBIC)
     data = encode_image(img, "jpeg", 92)
-    assert decode_grey_reduced(data, (256, 256)).shape == (512, 612)  # 1/4: the faithful scale for 256
+    # the drift checks decode at 1/4 (oversample 2), the model at 1/2 (the default 4)
+    assert decode_grey_reduced(data, (256, 256), oversample=DRIFT_OVERSAMPLE).shape == (512, 612)
+    assert decode_grey_reduced(data, (256, 256)).shape == (1024, 1224)
     full = to_grey(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE))
     got = decode_grey(data)
     assert got is not None and got.shape == full.shape
