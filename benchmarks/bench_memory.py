@@ -11,7 +11,8 @@ distance = mean Euclidean distance to its 3 nearest entries, map statistics from
 the 12 held-out normals, then the bank refilled from all 80 normals). Its reconstruction map alone is
 exactly what the pure INP-Former with the same seed produces (the memory is filled after training), so
 it is the ``inp_former`` row. Other rows swap in another memory on the same trained head and re-fuse:
-``_w2`` = memory weight 2; ``mem512k3`` = 512 entries; ``mem1024k3cos`` = distance of unit vectors;
+``_w2`` = memory weight 2; ``mem512k3`` = 512 entries; ``mem1024k3cos`` = distance of unit vectors
+(``mem512k3cos``: the same on 512 entries, the cheaper graph);
 ``mem1024k3pca64`` = distances on the 64 top principal axes of the training patches (a cheaper graph);
 ``memory*_only`` = the memory map alone (a reference, never a candidate); ``inp_former_mem1024`` /
 ``_w2`` / ``mem512`` / ``memory1024_only`` = the earlier memory (k = 1, bank from the 68 fit normals
@@ -69,7 +70,8 @@ COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3"
         "inp_former_mem1024k3pca64_w2": 1024 * 64, "inp_former_mem1024": 1024 * C_MEM,
         "inp_former_mem1024_w2": 1024 * C_MEM, "inp_former_mem1024k3": 1024 * C_MEM,
         "inp_former_mem1024k3_w2": 1024 * C_MEM, "inp_former_mem1024k3cos": 1024 * C_MEM,
-        "inp_former_mem1024k3cos_w2": 1024 * C_MEM}
+        "inp_former_mem1024k3cos_w2": 1024 * C_MEM, "inp_former_mem512k3cos": 512 * C_MEM,
+        "inp_former_mem512k3cos_w2": 512 * C_MEM}
 # The residual head (bench_residual.py, 32 hidden channels) in the same unit, multiply-adds per memory-grid
 # patch: per token of the 16x16 grid 272x32 + 2 x 9x32x32 + 32 = 27,168, over the 4x as many 32x32 patches.
 C_RES = (272 * 32 + 2 * 9 * 32 * 32 + 32) // 4
@@ -199,7 +201,8 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
             add(f"inp_former_mem1024k3{'_w2' if w == 2 else ''}", prod.fuse(rec, mdist, w))
         add("memory1024k3_only", mdist)
         # filled the same way: the cheaper bank (512), the cosine distance, the cheaper product (64 principal axes)
-        for size, metric, dims, tag in ((512, "l2", 0, ""), (1024, "cos", 0, "cos"), (1024, "l2", 64, "pca64")):
+        for size, metric, dims, tag in ((512, "l2", 0, ""), (1024, "cos", 0, "cos"), (1024, "l2", 64, "pca64"),
+                                        (512, "cos", 0, "cos")):
             m = fill_memory(module, size, 3, fit_mem, held_enc, held_mem, seed, True, metric, dims)
             _, md = raw(module, test_enc, test_mem)
             for w in (1.0, 2.0):
@@ -371,7 +374,8 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
     models: dict[str, InpFormer] = {}
     variants = (("inp_former", 0, 3, "l2", 0), ("inp_former_mem512k3", 512, 3, "l2", 0),
                 ("inp_former_mem1024", 1024, 1, "l2", 0), ("inp_former_mem1024k3", 1024, 3, "l2", 0),
-                ("inp_former_mem1024k3cos", 1024, 3, "cos", 0), ("inp_former_mem1024k3pca64", 1024, 3, "l2", 64))
+                ("inp_former_mem1024k3cos", 1024, 3, "cos", 0), ("inp_former_mem1024k3pca64", 1024, 3, "l2", 64),
+                ("inp_former_mem512k3cos", 512, 3, "cos", 0))
     for name, size, k, metric, dims in variants:
         cfg = default_config(size).model
         m = InpFormer(replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims)).eval()
@@ -440,6 +444,9 @@ LABELS = {
     "inp_former_mem1024k3cos": "INP-Former + extrinsic memory 1024, 3-NN, all 80, cosine distance (weight 1)",
     "inp_former_mem1024k3cos_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, cosine, memory weight 2",
     "memory1024k3cos_only": "memory 1024, 3-NN, all 80, cosine, alone (reference)",
+    "inp_former_mem512k3cos": "INP-Former + extrinsic memory 512, 3-NN, all 80, cosine distance (weight 1)",
+    "inp_former_mem512k3cos_w2": "INP-Former + extrinsic memory 512, 3-NN, all 80, cosine, memory weight 2",
+    "memory512k3cos_only": "memory 512, 3-NN, all 80, cosine, alone (reference)",
     "inp_former_mem1024k3pca64": "INP-Former + extrinsic memory 1024, 3-NN, all 80, on 64 principal axes (weight 1)",
     "inp_former_mem1024k3pca64_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, 64 principal axes, memory weight 2",
     "memory1024k3pca64_only": "memory 1024, 3-NN, all 80, 64 principal axes, alone (reference)",
@@ -547,7 +554,8 @@ def write_md(q: dict) -> None:
 
 README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", "inp_former_mem512k3",
                "inp_former_mem512k3_w2", "inp_former_mem1024k3pca64", "inp_former_mem1024k3pca64_w2",
-               "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem1024_w2", "memory1024k3_only")
+               "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem512k3cos",
+               "inp_former_mem512k3cos_w2", "inp_former_mem1024_w2", "memory1024k3_only")
 
 
 def write_readme_table(q: dict, path: Path | None = None) -> None:
