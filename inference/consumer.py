@@ -144,7 +144,7 @@ class InferenceConsumer:
         ``settings.decode_threads``: 2; 1 decodes serially on the polling thread). At 320 px a pool is
         within the noise (decode ~1 ms); at 5-12 MP the decode is a third of a frame's CPU and two decoders
         use the core the sink leaves idle (``benchmarks/RESULTS.md`` camera section); ``decode_ahead``
-        (default ``settings.decode_ahead``; pipelined ``run`` only): the decoders start on the next,
+        (default ``settings.decode_ahead``: on; pipelined ``run`` only): the decoders start on the next,
         already fetched batch while this one is scored."""
         decode_threads = settings.decode_threads if decode_threads is None else decode_threads
         if sink_depth < 1 or decode_threads < 1:

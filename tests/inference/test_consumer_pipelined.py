@@ -432,6 +432,7 @@ def test_graceful_stop_with_a_batch_decoding_ahead_stores_it(settings: Settings,
 
 def test_decode_ahead_defaults_to_the_settings(settings: Settings, store: ResultStore) -> None:
     make_c = partial(InferenceConsumer, bus=MemoryConsumer(MemoryBus(1), FRAMES_TOPIC, "g"), engine=FakeEngine(), store=store)
+    assert Settings().decode_ahead is True
     assert make_c(settings).decode_ahead == settings.decode_ahead
     assert make_c(settings.model_copy(update={"decode_ahead": True})).decode_ahead is True
     assert make_c(settings.model_copy(update={"decode_ahead": True}), decode_ahead=False).decode_ahead is False
