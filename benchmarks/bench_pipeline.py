@@ -410,7 +410,8 @@ def earlier_run(section: dict) -> dict:
     """The summary of a camera run that a newer one replaces: per configuration the rates and ratios."""
     r0 = section["rows"][0]
     when = (f"{section.get('finished', section.get('date', '?'))}, {r0['pipeline']['frames']} frames, decode_threads "
-            f"{r0.get('decode_threads', 1)}, decode_ahead {'on' if r0['pipeline'].get('decode_ahead') else 'off'}")
+            f"{r0.get('decode_threads', 1)}, decode_ahead {'on' if r0['pipeline'].get('decode_ahead') else 'off'}, "
+            f"DCT 1/{r0.get('dct_scale', '?')}")
     keys = ("fps", "bare_fps", "decode_and_model_fps", "ratio", "ratio_to_decode_and_model", "decode_ahead_ab")
     return {"when": when, "load_avg": section.get("load_avg", {}).get("throughput", [0.0, 0.0]),
             "rows": {r["config"]: {k: r[k] for k in keys if k in r} for r in section["rows"]}}

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         "While a batch is scored, the next one (already fetched: the poll does not wait for it) is decoded by "
         "the decode threads, so decoding overlaps the engine instead of preceding it; at most one batch ahead. "
         "Camera section, 3 A/B runs, ratio to decode + model serial -> ahead: 5 MP colour 0.99 -> 1.11, mono "
-        "0.92 -> 0.93, 12 MP 1.23 -> 1.26 (benchmarks/RESULTS.md). Costs one more batch of decoded frames in "
+        "0.92 -> 0.93, 12 MP 1.24 -> 1.25 (benchmarks/RESULTS.md). Costs one more batch of decoded frames in "
         "memory (full-resolution ones for a tiling product)"))
     keep_normal_margin: float = Field(default=0.8, description="score < margin*threshold counts as clearly normal")
     keep_normal_cap: int = 500
