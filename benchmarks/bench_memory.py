@@ -486,7 +486,7 @@ def write_md(q: dict) -> None:
              (f"bench_memory.py per category and seed (`bash benchmarks/gpu_quality.sh` on a GPU host; on the CPU one "
              f"process per category and seed, two at a time), bench_knn.py and bench_fewshot.py per category, then "
              f"`bench_memory.py --aggregate --from DIR`; speed from `--speed`. Accuracy run on {q['machine']}"
-             f"{'' if 'cuda' in q['machine'].lower() or 'nvidia' in q['machine'].lower() else ' (no GPU: the shared 2-core machine, beside a CI loop and another engineer; accuracy does not depend on the load)'}. Seeds "
+             f"{'' if 'cuda' in q['machine'].lower() or 'nvidia' in q['machine'].lower() else ' (no GPU: the shared 2-core machine, two runs at once beside CI and test jobs; accuracy does not depend on the load)'}. Seeds "
              f"{q['seeds']}; every row is the mean over the 4 categories, then the mean over seeds; spread = max - min "
              "of the per-seed means. Same EfficientNet-Lite0 features at 256x256 for all; the fit / held-out split "
              "(68 / 12 normals) is fixed, the seed varies initialisation, batches, coreset start and kNN sample. "
@@ -529,8 +529,10 @@ def write_md(q: dict) -> None:
                        "earlier seed-0-only CPU values are kept in quality.json as `knn_previous_seed0_cpu`.")]
     sp = q.get("speed")
     if sp:
+        load = sp.get("load_avg_before")
         lines += ["", f"Speed (ONNX Runtime fp32, batch {sp['batch']}, {sp['threads']} threads, {sp['machine']}, "
-                  "round-robin in one process): " + ", ".join(
+                  "round-robin in one process" + (f", {sp.get('rounds', 3)} rounds, load average {load[0]:.1f} at the start"
+                                                  if load else "") + "): " + ", ".join(
                       f"{n} {v:.1f} img/s ({sp['ratio_to_yardstick'][n]:.2f}x)" for n, v in sp["images_per_s"].items()) + "."]
     if by_m:
         kept = q.get("kept_from_previous_run")
