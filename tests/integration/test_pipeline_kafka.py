@@ -77,6 +77,14 @@ def _stall_report(handled: dict, threads: dict[str, threading.Thread], consumers
     return "\n".join(out)
 
 
+def _holds_partitions(c: InferenceConsumer) -> bool:
+    """Whether a consumer running on another thread holds partitions (its listener's set, read racily)."""
+    try:
+        return bool(c.bus.assignment())
+    except RuntimeError:  # the set changed size while it was being copied: ask again
+        return False
+
+
 def _consumer(settings: Settings, run_id: str) -> InferenceConsumer:
     store = open_store(settings)
     cache = RedisCache(settings.cache_url, ttl_s=600, stream_maxlen=1000, prefix=f"li-it-{run_id}:")
@@ -95,21 +103,7 @@ def test_two_consumers_rebalance_exactly_one_row_per_frame(real_data, pipeline_s
     pubs = {cat: FramePublisher(s, cat, "L1", _camera_on_partition(f"cam-{cat}-{run_id}", i, s.topic_partitions),
                                 pub_bus, first_frame_id=1, encoding="jpeg")
             for i, cat in enumerate(cats)}
-    t_pub = time.perf_counter()
-    for cat, path in frames:
-        img = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        env = pubs[cat].publish(img)
-        published[(env.camera, env.frame_id)] = (cat, img.shape[:2])
-    # poison: no envelope header, and a valid envelope around bytes that are not an image
-    pub_bus.publish(b"cam-poison", b"hello", [("li-v", b"2")])
-    bad = FramePublisher(s, "tire", "L1", f"cam-poison-{run_id}", pub_bus, first_frame_id=1).envelope(np.zeros((32, 32, 3), np.uint8))
-    key, _value, headers = bad.to_message()
-    pub_bus.publish(key, b"\xff\xd8 not really a jpeg", headers)
-    pub_bus.flush(30)
-    pub_bus.close()
-    publish_s = time.perf_counter() - t_pub
-    total = len(published) + 2
-
+    total = len(frames) + 2
     a, b = _consumer(s, run_id), _consumer(s, run_id)
     handled = {"a": 0, "b": 0, "lost_in_a": 0}
     t0 = time.perf_counter()
@@ -130,6 +124,27 @@ def test_two_consumers_rebalance_exactly_one_row_per_frame(real_data, pipeline_s
     ta, tb = threading.Thread(target=run_a), threading.Thread(target=run_b)
     ta.start()
     tb.start()
+    # Frames are published only once both consumers hold partitions: a consumer that joins first is given
+    # every partition and can drain this small stream before the other joins (a CI run saw b store all 42
+    # records 0.6 s before a's first assignment, leaving a nothing to do), which is not what this test is about.
+    join_deadline = time.monotonic() + 60
+    while not (_holds_partitions(a) and _holds_partitions(b)) and time.monotonic() < join_deadline:
+        time.sleep(0.05)
+    assert _holds_partitions(a) and _holds_partitions(b), "the two consumers did not both join the group in 60 s"
+    t_pub = time.perf_counter()
+    for cat, path in frames:
+        img = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        env = pubs[cat].publish(img)
+        published[(env.camera, env.frame_id)] = (cat, img.shape[:2])
+    # poison: no envelope header, and a valid envelope around bytes that are not an image
+    pub_bus.publish(b"cam-poison", b"hello", [("li-v", b"2")])
+    bad = FramePublisher(s, "tire", "L1", f"cam-poison-{run_id}", pub_bus, first_frame_id=1).envelope(np.zeros((32, 32, 3), np.uint8))
+    key, _value, headers = bad.to_message()
+    pub_bus.publish(key, b"\xff\xd8 not really a jpeg", headers)
+    pub_bus.flush(30)
+    pub_bus.close()
+    publish_s = time.perf_counter() - t_pub
+    assert total == len(published) + 2
     watch = open_store(s, migrate=False)
     deadline = time.monotonic() + 150
     while watch.count_results() < len(published) and time.monotonic() < deadline:
