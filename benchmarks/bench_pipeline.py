@@ -294,6 +294,8 @@ def main() -> int:
     ap.add_argument("--auroc-iters", type=int, default=200, help="training iterations of the AUROC models (200 = the default)")
     ap.add_argument("--auroc-max-per-category", type=int, default=0, help="0 = the whole test set")
     ap.add_argument("--auroc-categories", nargs="*", default=None, help="only these categories (added to the others)")
+    ap.add_argument("--auroc-hw", type=int, nargs=2, default=[2048, 2448], metavar=("H", "W"),
+                    help="sensor size of the AUROC frames; other than 5 MP the results go under camera.auroc_HxW")
     ap.add_argument("--auroc-seeds", type=int, nargs="+", default=[0],
                     help="training seeds of the AUROC models: the first gives the table, the others its seed column")
     args = ap.parse_args()
@@ -364,13 +366,15 @@ def camera_main(args: argparse.Namespace) -> int:
     t0 = time.time()
     load0 = os.getloadavg()[0]
     if args.camera_auroc:
-        got = cam.run_auroc(args.auroc_iters, args.auroc_max_per_category, categories=args.auroc_categories,
+        hw = (int(args.auroc_hw[0]), int(args.auroc_hw[1]))
+        key = "auroc" if hw == (2048, 2448) else f"auroc_{hw[0]}x{hw[1]}"
+        got = cam.run_auroc(args.auroc_iters, args.auroc_max_per_category, hw=hw, categories=args.auroc_categories,
                             seeds=tuple(args.auroc_seeds))
-        prev = section.get("auroc", {})
+        prev = section.get(key, {})
         if args.auroc_categories and prev.get("iters") == got["iters"] and "variants" in prev:
             prev["categories"].update(got["categories"])  # a run over some categories adds to the others
             got["categories"] = prev["categories"]
-        section["auroc"] = got
+        section[key] = got
     if args.camera:
         batch = args.batch or Settings().batch_max_records
         urls, started = ensure_services()
@@ -660,6 +664,17 @@ def render_camera(c: dict) -> str:
                       + f" (worst {d['worst'][n]:.4f})" for n in a["variants"])
                   + f". Supported: {label_ov[d['chosen']]}" + ("." if d["met"] else
                                                                f", which misses the bound by {d['worst'][d['chosen']] - 0.005:.4f}.")]
+    for key in sorted(k for k in c if k.startswith("auroc_")):
+        o = c[key]
+        d = cam.decide_oversample(o)
+        scale = {n: sorted({s for v in o["categories"].values() for s in v[n]["dct_scales"]}) for n in o["variants"]}
+        lines += ["", f"The same check at {o['hw'][0]}x{o['hw'][1]} ({o['hw'][0] * o['hw'][1] / 1e6:.1f} MP; `--auroc-hw`, "
+                  f"models of the same seeds {', '.join(d['seeds'])}), mean difference to the full decode per category: " + "; ".join(
+                      f"`decode_oversample` {ov:g} (DCT {'/'.join('1/' + str(x) for x in scale[n])}): " + ", ".join(
+                          f"{cat.split('/')[-1]} {m:+.4f}" for cat, m in d["means"][n].items()) + f" (worst {d['worst'][n]:.4f})"
+                      for n, ov in o["variants"].items())
+                  + f". The rule would pick `decode_oversample` {d['oversample']:g} here"
+                  + (" (within the bound)." if d["met"] else f", missing the bound by {d['worst'][d['chosen']] - 0.005:.4f}.")]
     return "\n".join(lines)
 
 
