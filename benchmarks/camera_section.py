@@ -251,7 +251,6 @@ def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int,
                 **{("ahead" if k else "serial"): {"fps": v["fps"], "ratio_to_decode_and_model": v["fps"] / dm,
                                                   "latency_p50_ms": v["latency_p50_ms"], "latency_p99_ms": v["latency_p99_ms"],
                                                   "consumer_rss_mb": v["consumer_rss_mb"]} for k, v in by.items()}}
-        if other is not None:
             ab = rows[-1]["decode_ahead_ab"]
             print(f"{name}: decode ahead {ab['ahead']['ratio_to_decode_and_model']:.2f} vs serial "
                   f"{ab['serial']['ratio_to_decode_and_model']:.2f} of decode+model ({ab['first']} first)", flush=True)
@@ -265,27 +264,19 @@ def run_camera(urls: dict, model_dir: Path, threshold_frames_pct: float, n: int,
 AUROC_VARIANTS = (("default", 2.0), ("coarsest", 1.0), ("oversample4", 4.0))
 
 
-def auroc_rank(y: np.ndarray, s: np.ndarray) -> float:
-    """Image AUROC as the Mann-Whitney statistic (ties count half): cheap enough to bootstrap."""
-    from scipy.stats import rankdata
-
-    pos = y == 1
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    r = rankdata(s)
-    return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
 def paired_auroc_diff_ci(y: np.ndarray, ref: np.ndarray, new: np.ndarray, draws: int = 2000, seed: int = 0,
                          level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of AUROC(new) - AUROC(ref) over images resampled with replacement, good and
     defective separately (both score sets on the same draw: the ranking noise of a small test set is
     what the interval shows, not a training seed's)."""
+    from training.metrics import image_auroc
+
     rng = np.random.default_rng(seed)
     good, bad = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     diffs = np.empty(draws)
     for i in range(draws):
         idx = np.concatenate([rng.choice(good, len(good)), rng.choice(bad, len(bad))])
-        diffs[i] = auroc_rank(y[idx], new[idx]) - auroc_rank(y[idx], ref[idx])
+        diffs[i] = image_auroc(y[idx], new[idx]) - image_auroc(y[idx], ref[idx])
     lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
@@ -373,9 +364,9 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
         y = np.asarray(labels)
         ref = np.stack(inputs["full"]).astype(np.float32)
         a_full = float(metrics.image_auroc(y, scores["full"]))
+        full_by_seed = {k: float(metrics.image_auroc(y, v["full"])) for k, v in by_seed.items()}
         cat_out: dict[str, Any] = {"n": len(test), "defective": int(y.sum()), "auroc_full": a_full, "seeds": list(seeds),
-                                   "auroc_full_by_seed": {str(seeds[0]): a_full, **{
-                                       str(k): float(metrics.image_auroc(y, v["full"])) for k, v in by_seed.items()}},
+                                   "auroc_full_by_seed": {str(seeds[0]): a_full, **{str(k): f for k, f in full_by_seed.items()}},
                                    "mean_score": float(np.mean(np.abs(scores["full"])))}
         for name in [n for n, _ in AUROC_VARIANTS] + ["uncompressed", "two_stage"]:
             x = np.stack(inputs[name]).astype(np.float32)
@@ -389,8 +380,7 @@ def run_auroc(iters: int, max_per_category: int, hw: tuple[int, int] = (2048, 24
                 "dct_scales": sorted(scales.get(name, {1})) if name != "two_stage" else [1],
                 "difference_ci95": list(paired_auroc_diff_ci(y, scores["full"], scores[name])),
                 "difference_by_seed": {str(seeds[0]): a - a_full, **{
-                    str(k): float(metrics.image_auroc(y, v[name])) - float(metrics.image_auroc(y, v["full"]))
-                    for k, v in by_seed.items()}},
+                    str(k): float(metrics.image_auroc(y, v[name])) - full_by_seed[k] for k, v in by_seed.items()}},
                 "input_mean_abs_diff": float(per_mean.mean()), "input_max_abs_diff": float(per_max.max()),
                 "input_bias": float((x - ref).mean()),
                 "mean_abs_score_change": float(ds.mean()), "p95_abs_score_change": float(np.percentile(ds, 95)),
