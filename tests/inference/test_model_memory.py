@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inference.model.anomaly_map import anomaly_map_and_score
-from inference.model.inp_former import ExtrinsicMemory, InpConfig, InpFormer
+from inference.model.inp_former import ExtrinsicMemory, InpConfig, InpFormer, bank_product
 from tests.inference.onnx_fixtures import RealModel, real_model  # noqa: F401 - fixture
 
 
@@ -42,6 +42,17 @@ def test_memory_shapes_and_forward() -> None:
     assert amap.shape == (2, 64, 64) and score.shape == (2,)
     with pytest.raises(ValueError, match="mem="):
         m.score_features(m.encode(x))
+
+
+def test_bank_product_is_bank_sq_minus_twice_the_dot() -> None:
+    torch.manual_seed(0)
+    q, bank = torch.randn(2, 9, 6), torch.randn(11, 6)
+    got = bank_product(q, bank, (bank * bank).sum(1))
+    assert got.shape == (2, 9, 11)
+    want = (bank * bank).sum(1) - 2.0 * q @ bank.t()
+    assert torch.allclose(got, want, atol=1e-5)
+    # + |q|^2 it is the squared Euclidean distance
+    assert torch.allclose(got + (q * q).sum(-1, keepdim=True), torch.cdist(q, bank.expand(2, 11, 6)) ** 2, atol=1e-4)
 
 
 def test_distance_is_the_nearest_bank_entry() -> None:
