@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_quality import all_metrics
 from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section
+from benchmarks.int8_memory import Int8CosMemory
 from inference.model.anomaly_map import gaussian_blur, gaussian_kernel1d, topk_mean_score
 from inference.model.inp_former import ExtrinsicMemory, InpFormer
 from inference.model_dir import load_model_dir
@@ -71,7 +72,15 @@ COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3"
         "inp_former_mem1024_w2": 1024 * C_MEM, "inp_former_mem1024k3": 1024 * C_MEM,
         "inp_former_mem1024k3_w2": 1024 * C_MEM, "inp_former_mem1024k3cos": 1024 * C_MEM,
         "inp_former_mem1024k3cos_w2": 1024 * C_MEM, "inp_former_mem512k3cos": 512 * C_MEM,
-        "inp_former_mem512k3cos_w2": 512 * C_MEM}
+        "inp_former_mem512k3cos_w2": 512 * C_MEM, "inp_former_mem1024k1cos": 1024 * C_MEM,
+        "inp_former_mem1024k1cos_w2": 1024 * C_MEM, "inp_former_mem2048k3cos": 2048 * C_MEM,
+        "inp_former_mem2048k3cos_w2": 2048 * C_MEM, "inp_former_mem2048k1cos": 2048 * C_MEM,
+        "inp_former_mem2048k1cos_w2": 2048 * C_MEM,
+        # int8 product: a quarter of the fp32 product's price (what MatMulInteger costs against MatMul here)
+        "inp_former_mem2048k1cos8": 2048 * C_MEM // 4, "inp_former_mem2048k1cos8_w2": 2048 * C_MEM // 4,
+        # stride-16 grid: a quarter of the queries
+        "inp_former_mem1024k3_s16": 1024 * C_MEM // 4, "inp_former_mem1024k3_s16_w2": 1024 * C_MEM // 4,
+        "inp_former_mem1024k3cos_s16": 1024 * C_MEM // 4, "inp_former_mem1024k3cos_s16_w2": 1024 * C_MEM // 4}
 # The residual head (bench_residual.py, 32 hidden channels) in the same unit, multiply-adds per memory-grid
 # patch: per token of the 16x16 grid 272x32 + 2 x 9x32x32 + 32 = 27,168, over the 4x as many 32x32 patches.
 C_RES = (272 * 32 + 2 * 9 * 32 * 32 + 32) // 4
@@ -139,7 +148,7 @@ def category_split(root: Path, cat: str, holdout: float, hw: tuple[int, int]) ->
 
 def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, held_enc: list[torch.Tensor],
                 held_mem: torch.Tensor, seed: int, bank_from_all: bool, metric: str = "l2",
-                dims: int = 0) -> ExtrinsicMemory:
+                dims: int = 0, int8: bool = False) -> ExtrinsicMemory:
     """Put a fresh memory into ``module`` the way ``training.train`` fills one (``fit_memory`` then
     ``refill_memory``): greedy coreset of the fit patches, standardisation statistics on the held-out
     normals, then (``bank_from_all``) the bank refilled from the fit AND held-out patches."""
@@ -148,7 +157,10 @@ def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, hel
         rows = torch.nn.functional.normalize(rows, dim=1) if metric == "cos" else rows
         return rows[patchcore.greedy_coreset(rows, size, seed)]  # on the features' device
 
-    mem = ExtrinsicMemory(size, fit_mem.shape[1], k, metric, dims).to(fit_mem.device)
+    if int8 and (metric, k, dims) != ("cos", 1, 0):
+        raise ValueError("the int8 prototype is a 1-NN cosine memory on all channels")
+    mem = (Int8CosMemory(size, fit_mem.shape[1]) if int8 else
+           ExtrinsicMemory(size, fit_mem.shape[1], k, metric, dims)).to(fit_mem.device)
     mem.fit_projection(patchcore.memory_rows(fit_mem))
     mem.fit(pick(fit_mem))
     module.head.memory = mem
@@ -160,9 +172,13 @@ def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, hel
 
 
 def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: Path, iters: int | None = None,
-                 knn: bool = True, cache_dir: Path | None = None) -> dict:
+                 knn: bool = True, cache_dir: Path | None = None, reuse: bool = False) -> dict:
     """Train and score one category for ``seeds``; writes ``out_dir/<category>__s<seeds>.json`` after every
-    seed (several processes may each take some seeds of one category: ``aggregate`` joins them)."""
+    seed (several processes may each take some seeds of one category: ``aggregate`` joins them).
+
+    ``reuse``: a seed whose model directory is already there (an earlier run's training) is scored, not
+    retrained; its training seconds are taken from that run's file in ``out_dir`` when there (else null).
+    Every row comes from the model, so rows added later are scored on the very models the others were."""
     cfg = replace(default_config(), cache_dir=str(cache_dir or WORK / "cache_memory"), categories=[cat], device=device)
     cfg = replace(cfg, iters=iters or cfg.iters)
     hw = cfg.model.input_hw
@@ -175,15 +191,23 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
     held_enc = [f.to(device) for f in cached_features(probe, [it.path for it in held], cfg.cache_dir)]
     held_mem = cached_features(probe, [it.path for it in held], cfg.cache_dir, memory=True)[0].to(device)
     fit_mem = cached_features(probe, [it.path for it in fit], cfg.cache_dir, memory=True)[0].to(device)
+    # the same memory blocks on the stride-16 grid (the `_s16` rows: a quarter of the queries)
+    probe16 = InpFormer(replace(cfg.model, memory_stride=16)).to(device)
+    fit16, held16, test16 = (cached_features(probe16, [it.path for it in items], cfg.cache_dir, memory=True)[0].to(device)
+                             for items in (fit, held, test.items))
     encode_s = time.perf_counter() - t0
-    del probe
+    del probe, probe16
+    out_file = out_dir / f"{cat.replace('/', '__')}__s{'-'.join(map(str, seeds))}.json"
+    earlier = json.loads(out_file.read_text()).get("seeds", {}) if reuse and out_file.exists() else {}
     res: dict = {"category": cat, "n_fit": len(fit), "n_held": len(held), "n_test": len(test.items),
                  "encode_s": round(encode_s, 1), "seeds": {}}
     for seed in seeds:
         mdir = WORK / "memory_models" / f"{cat.replace('/', '__')}_s{seed}"
         t1 = time.perf_counter()
-        train([it.path for it in fit], cfg, mdir, iters=cfg.iters, seed=seed, resume=False,
-              calibration_images=[it.path for it in held], progress=False)
+        reused = reuse and (mdir / "weights.pt").is_file()
+        if not reused:
+            train([it.path for it in fit], cfg, mdir, iters=cfg.iters, seed=seed, resume=False,
+                  calibration_images=[it.path for it in held], progress=False)
         train_s = time.perf_counter() - t1
         module = load_model_dir(mdir, device=device).module
         # the product's own memory (what `lineinspect train --memory-size 1024` writes): k = 3, bank
@@ -200,14 +224,20 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
         for w in (1.0, 2.0):
             add(f"inp_former_mem1024k3{'_w2' if w == 2 else ''}", prod.fuse(rec, mdist, w))
         add("memory1024k3_only", mdist)
-        # filled the same way: the cheaper bank (512), the cosine distance, the cheaper product (64 principal axes)
-        for size, metric, dims, tag in ((512, "l2", 0, ""), (1024, "cos", 0, "cos"), (1024, "l2", 64, "pca64"),
-                                        (512, "cos", 0, "cos")):
-            m = fill_memory(module, size, 3, fit_mem, held_enc, held_mem, seed, True, metric, dims)
-            _, md = raw(module, test_enc, test_mem)
+        # filled the same way: the cheaper bank (512), the cosine distance, the cheaper product (64 principal axes),
+        # the larger cosine bank (2048), 1-NN cosine, the stride-16 grid (`_s16`), the int8 product (`cos8`)
+        feats = {8: (fit_mem, held_mem, test_mem), 16: (fit16, held16, test16)}
+        for size, k, metric, dims, stride, int8, tag in (
+                (512, 3, "l2", 0, 8, False, ""), (1024, 3, "cos", 0, 8, False, "cos"), (1024, 3, "l2", 64, 8, False, "pca64"),
+                (512, 3, "cos", 0, 8, False, "cos"), (1024, 1, "cos", 0, 8, False, "cos"), (2048, 3, "cos", 0, 8, False, "cos"),
+                (2048, 1, "cos", 0, 8, False, "cos"), (2048, 1, "cos", 0, 8, True, "cos8"),
+                (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16")):
+            f_m, h_m, t_m = feats[stride]
+            m = fill_memory(module, size, k, f_m, held_enc, h_m, seed, True, metric, dims, int8)
+            _, md = raw(module, test_enc, t_m)
             for w in (1.0, 2.0):
-                add(f"inp_former_mem{size}k3{tag}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
-            add(f"memory{size}k3{tag}_only", md)
+                add(f"inp_former_mem{size}k{k}{tag}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
+            add(f"memory{size}k{k}{tag}_only", md)
         # the earlier memory (kept as rows): k = 1, bank from the 68 fit normals only
         for size in (1024, 512):
             m = fill_memory(module, size, 1, fit_mem, held_enc, held_mem, seed, False)
@@ -220,14 +250,15 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
             kmaps, kmax, ktop = knn_rows(torch.cat([fit_mem, held_mem]), test_mem, hw, seed)
             out["knn_r20k"] = all_metrics(labels, kmax, masks, kmaps)
             out["knn_r20k_top1"] = all_metrics(labels, ktop, masks, kmaps)
-        res["seeds"][str(seed)] = {"train_s": round(train_s, 1), "score_s": round(time.perf_counter() - t1 - train_s, 1),
-                                   "methods": out}
-        print(f"{cat} seed {seed} train {train_s:.0f}s " + " ".join(
+        done = {"train_s": earlier.get(str(seed), {}).get("train_s") if reused else round(train_s, 1),
+                "score_s": round(time.perf_counter() - t1 - train_s, 1), "methods": out}
+        res["seeds"][str(seed)] = done | ({"reused_model": True} if reused else {})
+        print(f"{cat} seed {seed} {'reused' if reused else 'trained'} {train_s:.0f}s " + " ".join(
             f"{k}={v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}/{v['aupro']:.3f}" for k, v in out.items()), flush=True)
         # written after every seed: a run stopped by a wall-clock limit keeps the seeds it finished
         res["machine"] = machine() + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{cat.replace('/', '__')}__s{'-'.join(map(str, seeds))}.json").write_text(json.dumps(res, indent=1))
+        out_file.write_text(json.dumps(res, indent=1))
     return res
 
 
@@ -283,7 +314,8 @@ def decide(q: dict) -> dict:
     q["knn_bar"] = bar
     q["knn_bar_method"] = {k: knn[int(np.argmax([mean[m][k] for m in knn]))] for k in KEYS}
     q["margin_vs_bar"] = {m: {k: round(mean[m][k] - bar[k], 4) for k in KEYS} for m in CANDIDATES if m in mean}
-    winners = [m for m, d in q["margin_vs_bar"].items() if all(v >= 0 for v in d.values())]
+    # compared unrounded: a margin of -0.00004 shows as -0.0 in margin_vs_bar but is below the bar
+    winners = [m for m in q["margin_vs_bar"] if all(mean[m][k] >= bar[k] for k in KEYS)]
     q["winners"] = winners
     ratio = (q.get("speed") or {}).get("ratio_to_yardstick", {})
     speed = {m: ratio.get(speed_key(m)) for m in winners}
@@ -375,10 +407,17 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
     variants = (("inp_former", 0, 3, "l2", 0), ("inp_former_mem512k3", 512, 3, "l2", 0),
                 ("inp_former_mem1024", 1024, 1, "l2", 0), ("inp_former_mem1024k3", 1024, 3, "l2", 0),
                 ("inp_former_mem1024k3cos", 1024, 3, "cos", 0), ("inp_former_mem1024k3pca64", 1024, 3, "l2", 64),
-                ("inp_former_mem512k3cos", 512, 3, "cos", 0))
+                ("inp_former_mem512k3cos", 512, 3, "cos", 0), ("inp_former_mem1024k1cos", 1024, 1, "cos", 0),
+                ("inp_former_mem2048k3cos", 2048, 3, "cos", 0), ("inp_former_mem2048k1cos", 2048, 1, "cos", 0),
+                ("inp_former_mem2048k1cos8", 2048, 1, "cos", 0), ("inp_former_mem1024k3_s16", 1024, 3, "l2", 0),
+                ("inp_former_mem1024k3cos_s16", 1024, 3, "cos", 0))
     for name, size, k, metric, dims in variants:
         cfg = default_config(size).model
-        m = InpFormer(replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims)).eval()
+        cfg = replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims,
+                      memory_stride=16 if name.endswith("_s16") else cfg.memory_stride)
+        m = InpFormer(cfg).eval()
+        if name.endswith("cos8"):
+            m.head.memory = Int8CosMemory(size, m.head.memory.channels)
         if size:
             m.head.memory.fit(torch.randn(size, m.head.memory.channels))
         models[name] = m
@@ -447,6 +486,24 @@ LABELS = {
     "inp_former_mem512k3cos": "INP-Former + extrinsic memory 512, 3-NN, all 80, cosine distance (weight 1)",
     "inp_former_mem512k3cos_w2": "INP-Former + extrinsic memory 512, 3-NN, all 80, cosine, memory weight 2",
     "memory512k3cos_only": "memory 512, 3-NN, all 80, cosine, alone (reference)",
+    "inp_former_mem1024k1cos": "INP-Former + extrinsic memory 1024, 1-NN, all 80, cosine (weight 1)",
+    "inp_former_mem1024k1cos_w2": "INP-Former + extrinsic memory 1024, 1-NN, all 80, cosine, memory weight 2",
+    "memory1024k1cos_only": "memory 1024, 1-NN, all 80, cosine, alone (reference)",
+    "inp_former_mem2048k3cos": "INP-Former + extrinsic memory 2048, 3-NN, all 80, cosine (weight 1)",
+    "inp_former_mem2048k3cos_w2": "INP-Former + extrinsic memory 2048, 3-NN, all 80, cosine, memory weight 2",
+    "memory2048k3cos_only": "memory 2048, 3-NN, all 80, cosine, alone (reference)",
+    "inp_former_mem2048k1cos": "INP-Former + extrinsic memory 2048, 1-NN, all 80, cosine (weight 1)",
+    "inp_former_mem2048k1cos_w2": "INP-Former + extrinsic memory 2048, 1-NN, all 80, cosine, memory weight 2",
+    "memory2048k1cos_only": "memory 2048, 1-NN, all 80, cosine, alone (reference)",
+    "inp_former_mem2048k1cos8": "INP-Former + memory 2048, 1-NN, cosine, int8 product (benchmark prototype, weight 1)",
+    "inp_former_mem2048k1cos8_w2": "INP-Former + memory 2048, 1-NN, cosine, int8 product (prototype), memory weight 2",
+    "memory2048k1cos8_only": "memory 2048, 1-NN, cosine, int8 product, alone (reference)",
+    "inp_former_mem1024k3_s16": "INP-Former + extrinsic memory 1024, 3-NN, all 80, stride-16 grid (weight 1)",
+    "inp_former_mem1024k3_s16_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, stride-16 grid, memory weight 2",
+    "memory1024k3_s16_only": "memory 1024, 3-NN, all 80, stride-16 grid, alone (reference)",
+    "inp_former_mem1024k3cos_s16": "INP-Former + extrinsic memory 1024, 3-NN, cosine, stride-16 grid (weight 1)",
+    "inp_former_mem1024k3cos_s16_w2": "INP-Former + extrinsic memory 1024, 3-NN, cosine, stride-16 grid, memory weight 2",
+    "memory1024k3cos_s16_only": "memory 1024, 3-NN, cosine, stride-16 grid, alone (reference)",
     "inp_former_mem1024k3pca64": "INP-Former + extrinsic memory 1024, 3-NN, all 80, on 64 principal axes (weight 1)",
     "inp_former_mem1024k3pca64_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, 64 principal axes, memory weight 2",
     "memory1024k3pca64_only": "memory 1024, 3-NN, all 80, 64 principal axes, alone (reference)",
@@ -547,7 +604,7 @@ def write_md(q: dict) -> None:
     if tw:
         lines += ["", f"`lineinspect train` wall time on 2 cores ({tw['conditions']}): " + ", ".join(
             f"{n} {v:.0f} s" for n, v in tw["seconds"].items()) + "."]
-    ts = [t for v in q["train_s"].values() for t in v]
+    ts = [t for v in q["train_s"].values() for t in v if t is not None]
     lines += ["", (f"Training seconds per category and seed in these runs (the `train()` call: INP-Former with its "
               f"1024-row memory, features cached, two processes at once; {q['machine']}): "
               f"{min(ts):.0f}-{max(ts):.0f} s; CPU training time is reported in README.")]
@@ -557,7 +614,9 @@ def write_md(q: dict) -> None:
 README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", "inp_former_mem512k3",
                "inp_former_mem512k3_w2", "inp_former_mem1024k3pca64", "inp_former_mem1024k3pca64_w2",
                "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem512k3cos",
-               "inp_former_mem512k3cos_w2", "inp_former_mem1024_w2", "memory1024k3_only")
+               "inp_former_mem512k3cos_w2", "inp_former_mem1024k1cos_w2", "inp_former_mem2048k1cos_w2",
+               "inp_former_mem2048k3cos_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
+               "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "memory1024k3_only")
 
 
 def write_readme_table(q: dict, path: Path | None = None) -> None:
@@ -578,8 +637,9 @@ def write_readme_table(q: dict, path: Path | None = None) -> None:
             f"{v[k]:.3f} ± {v['spread'][k]:.3f}" for k in KEYS) + " |")
     bar = q["knn_bar"]
     lines += ["", f"Bar (best kNN per metric): {bar['image_auroc']:.4f} / {bar['pixel_auroc']:.4f} / {bar['aupro']:.4f}. "
-              "Winners: " + (", ".join(f"`{w}`" for w in q["winners"]) or "none") + "; chosen: "
-              f"`{q.get('chosen', {}).get('method', 'inp_former')}`."]
+              "Winners on accuracy: " + (", ".join(f"`{w}`" for w in q["winners"]) or "none") + "; chosen: "
+              f"`{q.get('chosen', {}).get('method', 'inp_former')}`"
+              + (f" ({q['chosen']['why']})" if q["winners"] and q.get("chosen") else "") + "."]
     write_section("quality-table", "\n".join(lines), path or REPO / "README.md")
 
 
@@ -592,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=WORK / PER_CAT)
     ap.add_argument("--cache", type=Path, help="feature cache folder (default benchmarks/_work/cache_memory); one per "
                                                "process when several run the same category at once")
+    ap.add_argument("--reuse-models", action="store_true",
+                    help="score a seed's model already under _work/memory_models instead of retraining it (rows added "
+                         "later, on the very models the other rows came from)")
     ap.add_argument("--aggregate", action="store_true")
     ap.add_argument("--from", dest="src", type=Path,
                     help="with --aggregate: a folder (or .tar.gz) holding memory_runs/, knn_runs/ [, fewshot_runs/] of "
@@ -618,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     root = data_root()
     for cat in a.category or []:
-        run_category(root, cat, a.seeds, a.device, a.out, a.iters, cache_dir=a.cache)
+        run_category(root, cat, a.seeds, a.device, a.out, a.iters, cache_dir=a.cache, reuse=a.reuse_models)
     return 0
 
 

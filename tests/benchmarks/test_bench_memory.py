@@ -45,3 +45,13 @@ def test_the_memory_weight_does_not_change_the_timed_graph() -> None:
     assert speed_key("inp_former_mem1024k3_w2_res") == "inp_former_mem1024k3_res"
     assert speed_key("inp_former_mem512k3_w2") == "inp_former_mem512k3"
     assert speed_key("inp_former") == "inp_former"
+
+
+def test_a_margin_that_rounds_to_zero_is_still_below_the_bar() -> None:
+    q = quality({"encoder only (yardstick)": 1.0, "inp_former_mem512k3": 0.9})
+    q["mean"]["inp_former_mem512k3"] = row(0.81, 0.88 - 4e-5, 0.651)  # P-AUROC 0.00004 under knn_b's 0.88
+    q["mean"]["inp_former_mem1024k3_w2"] = row(0.70, 0.70, 0.70)
+    q["mean"]["inp_former_mem1024k3_w2_res"] = row(0.70, 0.70, 0.70)
+    out = decide(q)
+    assert out["margin_vs_bar"]["inp_former_mem512k3"]["pixel_auroc"] == 0.0  # shown rounded...
+    assert out["winners"] == [] and out["chosen"]["method"] == "inp_former"  # ...but not a winner

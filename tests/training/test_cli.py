@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from lineinspect.cli import main
 from lineinspect.errors import ConfigError
@@ -76,6 +77,15 @@ def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
                "--memory-weight", "2"])
     m3 = load_model_dir(tmp_path / "m3").module
     assert rc == 0 and m3.cfg.memory_dims == 8 and m3.cfg.memory_weight == 2.0 and m3.head.memory.bank.shape == (16, 8)
+    rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m4"), "--iters", "2",
+               "--backbone", "random_tiny", "--size", "64", "--memory-size", "16", "--memory-metric", "cos",
+               "--memory-k", "1"])
+    m4 = load_model_dir(tmp_path / "m4").module
+    assert rc == 0 and m4.cfg.memory_metric == "cos" and m4.cfg.memory_k == 1
+    # a cosine bank holds (centred) unit vectors: the rows plus the centre have length 1
+    assert torch.allclose((m4.head.memory.bank + m4.head.memory.center).norm(dim=1), torch.ones(16), atol=1e-4)
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m5"), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64", "--memory-size", "16", "--memory-k", "17"]) == 2
 
 
 def test_train_with_a_residual_head_writes_it_into_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
