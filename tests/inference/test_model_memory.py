@@ -101,7 +101,7 @@ def test_pure_model_and_old_configs_are_unchanged() -> None:
             tiny_cfg(**bad)
 
 
-@pytest.mark.parametrize(("k", "metric", "dims"), [(1, "l2", 0), (3, "l2", 0), (3, "cos", 0), (3, "l2", 64)])
+@pytest.mark.parametrize(("k", "metric", "dims"), [(1, "l2", 0), (3, "l2", 0), (3, "cos", 0), (1, "cos", 0), (3, "l2", 64)])
 def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealModel, tmp_path: Path,  # noqa: F811
                                                                k: int, metric: str, dims: int) -> None:
     import onnxruntime as ort
