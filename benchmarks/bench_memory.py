@@ -573,7 +573,10 @@ def write_md(q: dict) -> None:
               f"AUPRO {bar['aupro']:.4f}" + (f" (from {', '.join(f'`{bm[k]}`' for k in KEYS)})" if bm else "")
               + ". Margins (candidate - bar):"), ""]
     for m, d in q["margin_vs_bar"].items():
-        lines.append(f"- `{m}`: " + ", ".join(f"{k} {d[k]:+.4f}" for k in KEYS))
+        # a margin that rounds to zero is shown to 5 decimals: its sign decides the rule
+        exact = {k: q["mean"][m][k] - bar[k] for k in KEYS}
+        lines.append(f"- `{m}`: " + ", ".join(f"{k} {exact[k]:+.5f}" if abs(exact[k]) < 5e-5 else f"{k} {d[k]:+.4f}"
+                                              for k in KEYS))
     lines += ["", "Winners under the rule: " + (", ".join(f"`{w}`" for w in q["winners"]) if q["winners"] else
                                                 "**none** - the default stays the pure INP-Former (`memory_size` 0).")]
     if q.get("winners_below_speed_floor"):
