@@ -55,3 +55,11 @@ def test_a_margin_that_rounds_to_zero_is_still_below_the_bar() -> None:
     out = decide(q)
     assert out["margin_vs_bar"]["inp_former_mem512k3"]["pixel_auroc"] == 0.0  # shown rounded...
     assert out["winners"] == [] and out["chosen"]["method"] == "inp_former"  # ...but not a winner
+
+
+def test_a_benchmark_prototype_is_never_a_winner() -> None:
+    q = quality({"encoder only (yardstick)": 1.0, "inp_former_mem2048k1cos8": 0.9})
+    q["mean"]["inp_former_mem2048k1cos8"] = row(0.90, 0.95, 0.75)  # far above the bar, and fast
+    out = decide(q)
+    assert "inp_former_mem2048k1cos8" not in out["winners"]
+    assert out["prototypes_meeting_bar"] == ["inp_former_mem2048k1cos8"]
