@@ -151,14 +151,24 @@ def category_split(root: Path, cat: str, holdout: float, hw: tuple[int, int]) ->
 
 def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, held_enc: list[torch.Tensor],
                 held_mem: torch.Tensor, seed: int, bank_from_all: bool, metric: str = "l2",
-                dims: int = 0, int8: bool = False) -> ExtrinsicMemory:
+                dims: int = 0, int8: bool = False, picks: dict | None = None) -> ExtrinsicMemory:
     """Put a fresh memory into ``module`` the way ``training.train`` fills one (``fit_memory`` then
     ``refill_memory``): greedy coreset of the fit patches, standardisation statistics on the held-out
-    normals, then (``bank_from_all``) the bank refilled from the fit AND held-out patches."""
-    def pick(mem: torch.Tensor) -> torch.Tensor:
-        rows = patchcore.memory_rows(mem)
+    normals, then (``bank_from_all``) the bank refilled from the fit AND held-out patches.
+
+    ``picks``: a dict kept across calls on the same feature tensors and seed, so memories that differ only
+    in k or the product (2048 cosine 3-NN / 1-NN / int8) share one coreset (the greedy pick is deterministic;
+    ~5 s per pick at 2048 entries on 2 cores)."""
+    def pick(*parts: torch.Tensor) -> torch.Tensor:
+        key = (size, metric, seed, *(id(p) for p in parts))
+        if picks is not None and key in picks:
+            return picks[key]
+        rows = patchcore.memory_rows(torch.cat(parts) if len(parts) > 1 else parts[0])
         rows = torch.nn.functional.normalize(rows, dim=1) if metric == "cos" else rows
-        return rows[patchcore.greedy_coreset(rows, size, seed)]  # on the features' device
+        chosen = rows[patchcore.greedy_coreset(rows, size, seed)]  # on the features' device
+        if picks is not None:
+            picks[key] = chosen
+        return chosen
 
     if int8 and (metric, k, dims) != ("cos", 1, 0):
         raise ValueError("the int8 prototype is a 1-NN cosine memory on all channels")
@@ -170,7 +180,7 @@ def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, hel
     hr, hm = raw(module, held_enc, held_mem)
     mem.fit_stats(hr, hm)
     if bank_from_all:
-        mem.fit(pick(torch.cat([fit_mem, held_mem])))
+        mem.fit(pick(fit_mem, held_mem))
     return mem
 
 
@@ -230,13 +240,14 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
         # filled the same way: the cheaper bank (512), the cosine distance, the cheaper product (64 principal axes),
         # the larger cosine bank (2048), 1-NN cosine, the stride-16 grid (`_s16`), the int8 product (`cos8`)
         feats = {8: (fit_mem, held_mem, test_mem), 16: (fit16, held16, test16)}
+        picks: dict = {}  # coresets shared by the memories below that differ only in k or the product
         for size, k, metric, dims, stride, int8, tag in (
                 (512, 3, "l2", 0, 8, False, ""), (1024, 3, "cos", 0, 8, False, "cos"), (1024, 3, "l2", 64, 8, False, "pca64"),
                 (512, 3, "cos", 0, 8, False, "cos"), (1024, 1, "cos", 0, 8, False, "cos"), (2048, 3, "cos", 0, 8, False, "cos"),
                 (2048, 1, "cos", 0, 8, False, "cos"), (2048, 1, "cos", 0, 8, True, "cos8"),
                 (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16")):
             f_m, h_m, t_m = feats[stride]
-            m = fill_memory(module, size, k, f_m, held_enc, h_m, seed, True, metric, dims, int8)
+            m = fill_memory(module, size, k, f_m, held_enc, h_m, seed, True, metric, dims, int8, picks)
             _, md = raw(module, test_enc, t_m)
             for w in (1.0, 2.0):
                 add(f"inp_former_mem{size}k{k}{tag}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
