@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
+from training.presets import MEMORY_FIELDS, PRESETS, resolve
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help="square model input size in pixels (multiple of 32)")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: TrainConfig.iters)")
     p.add_argument("--few-shot", type=int, default=0, help="train on K images with augmentation")
-    p.add_argument("--memory-size", type=int, default=0,
+    p.add_argument("--preset", choices=tuple(PRESETS), default="fast",
+                   help="measured recipe (RESULTS.md, quality): 'fast' = the pure INP-Former (the default; ~0.56x the "
+                        "encoder's rate, below the strongest kNN bank); 'accurate' = + a 2048-entry cosine memory, "
+                        "1-NN, weight 2 (above the strongest kNN bank on all three metrics, ~0.39x the encoder's rate). "
+                        "The --memory-* flags override the preset's values")
+    p.add_argument("--memory-size", type=int, default=None,
                    help="INP-Former + extrinsic memory: a greedy coreset of N normal patches whose distance map is "
-                        "fused with the reconstruction map (0 = the pure INP-Former, the default; see RESULTS.md)")
-    p.add_argument("--memory-weight", type=float, default=1.0,
-                   help="weight of the standardised memory map in the sum (the reconstruction map counts 1)")
-    p.add_argument("--memory-k", type=int, default=3,
-                   help="a patch's memory distance = mean distance to its K nearest entries")
-    p.add_argument("--memory-metric", choices=("l2", "cos"), default="l2",
-                   help="memory distance: Euclidean (l2) or of unit vectors (cos). The most accurate measured "
-                        "setting, --memory-size 2048 --memory-metric cos --memory-k 1 --memory-weight 2, beats the "
-                        "strongest kNN bank but runs at ~0.39x the encoder's rate (RESULTS.md, quality)")
-    p.add_argument("--memory-dims", type=int, default=0,
+                        "fused with the reconstruction map (0 = the pure INP-Former; default: the preset's)")
+    p.add_argument("--memory-weight", type=float, default=None,
+                   help="weight of the standardised memory map in the sum (the reconstruction map counts 1; default 1)")
+    p.add_argument("--memory-k", type=int, default=None,
+                   help="a patch's memory distance = mean distance to its K nearest entries (default 3)")
+    p.add_argument("--memory-metric", choices=("l2", "cos"), default=None,
+                   help="memory distance: Euclidean (l2, the default) or of unit vectors (cos)")
+    p.add_argument("--memory-dims", type=int, default=None,
                    help="measure memory distances on the top N principal axes of the training patches (cheaper graph; "
-                        "0 = all channels)")
+                        "0 = all channels, the default)")
     p.add_argument("--residual-head", type=int, default=0,
                    help="INP-Former++ residual head: a small segmentation net with N hidden channels trained on "
                         "pseudo-anomalies after the main model, its mask fused with the map (0 = off, the default; "
@@ -78,10 +82,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.data import hold_out
 
     try:
-        model_cfg = InpConfig(backbone=args.backbone, input_hw=(args.size, args.size),
-                              memory_size=getattr(args, "memory_size", 0), memory_weight=getattr(args, "memory_weight", 1.0),
-                              memory_dims=getattr(args, "memory_dims", 0), memory_k=getattr(args, "memory_k", 3),
-                              memory_metric=getattr(args, "memory_metric", "l2"),
+        memory = resolve(getattr(args, "preset", "fast"), {k: getattr(args, k, None) for k in MEMORY_FIELDS})
+        model_cfg = InpConfig(backbone=args.backbone, input_hw=(args.size, args.size), **memory,
                               residual_head=getattr(args, "residual_head", 0),
                               residual_weight=getattr(args, "residual_weight", 1.0))
     except ValueError as exc:
