@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=tuple(PRESETS), default="fast",
                    help="measured recipe (RESULTS.md, quality): 'fast' = the pure INP-Former (the default; ~0.56x the "
                         "encoder's rate, below the strongest kNN bank); 'accurate' = + a 2048-entry cosine memory, "
-                        "1-NN, weight 2 (above the strongest kNN bank on all three metrics, ~0.39x the encoder's rate). "
+                        "1-NN, weight 2 (above the strongest kNN bank on image AUROC and AUPRO, level on pixel AUROC; "
+                        "~0.39x the encoder's rate). "
                         "The --memory-* flags override the preset's values")
     p.add_argument("--memory-size", type=int, default=None,
                    help="INP-Former + extrinsic memory: a greedy coreset of N normal patches whose distance map is "

@@ -1,0 +1,42 @@
+"""benchmarks.bench_coreset_draws: margins of every (seed, coreset draw) pair over the kNN bar (issue 13)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.bench_coreset_draws import METHODS, coreset_seed, render, summarise
+
+BAR = {"image_auroc": 0.80, "pixel_auroc": 0.90, "aupro": 0.60}
+
+
+def metrics(i: float, p: float, a: float) -> dict:
+    return {"image_auroc": i, "pixel_auroc": p, "aupro": a}
+
+
+def test_draw_zero_is_the_models_own_coreset_and_later_draws_never_hit_another_seed() -> None:
+    assert coreset_seed(2, 0) == 2
+    seeds = {coreset_seed(s, d) for s in range(3) for d in range(5)}
+    assert len(seeds) == 15
+
+
+def test_margins_average_the_categories_first_and_count_pairs_meeting_the_bar() -> None:
+    a, b = METHODS
+    # two categories; seed 0 with two draws, the pair (s0, d1) misses the pixel bar for method a
+    per_cat = {
+        "x": {"0": {"0": {a: metrics(0.82, 0.91, 0.62), b: metrics(0.70, 0.80, 0.50)},
+                    "1": {a: metrics(0.82, 0.89, 0.62), b: metrics(0.70, 0.80, 0.50)}}},
+        "y": {"0": {"0": {a: metrics(0.80, 0.90, 0.60), b: metrics(0.70, 0.80, 0.50)},
+                    "1": {a: metrics(0.80, 0.90, 0.60), b: metrics(0.70, 0.80, 0.50)},
+                    "2": {a: metrics(0.0, 0.0, 0.0), b: metrics(0.0, 0.0, 0.0)}}},  # a draw only y has: ignored
+    }
+    res = summarise(per_cat, BAR)
+    assert res["draws"] == [0, 1] and res["seeds"] == [0]
+    ra = res["methods"][a]
+    assert ra["margin_by_pair"]["s0d0"]["pixel_auroc"] == pytest.approx(0.005)
+    assert ra["margin_by_pair"]["s0d1"]["pixel_auroc"] == pytest.approx(-0.005)
+    assert ra["margin_mean"]["pixel_auroc"] == pytest.approx(0.0, abs=1e-12)
+    assert ra["margin_min"]["image_auroc"] == pytest.approx(0.01)
+    assert (ra["pairs_meeting_bar"], ra["pairs"]) == (1, 2)
+    assert res["methods"][b]["pairs_meeting_bar"] == 0
+    text = render(res | {"machine": "m", "load_average_start_end": [0.1, 0.2]})
+    assert f"| {a} | pixel_auroc | +0.0000 | -0.0050 | +0.0050 | 1 of 2 |" in text
