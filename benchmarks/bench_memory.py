@@ -55,7 +55,7 @@ from benchmarks.bench_quality import all_metrics
 from benchmarks.common import RESULTS_DIR, WORK, data_root, fmt, machine, masks_at, write_section
 from benchmarks.int8_memory import Int8CosMemory
 from inference.model.anomaly_map import gaussian_blur, gaussian_kernel1d, topk_mean_score
-from inference.model.inp_former import ExtrinsicMemory, InpFormer
+from inference.model.inp_former import ExtrinsicMemory, InpFormer, PairedMemory, make_memory
 from inference.model_dir import load_model_dir
 from training import patchcore
 from training.data import hold_out, load_split
@@ -76,6 +76,8 @@ COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3"
         "inp_former_mem1024k1cos_w2": 1024 * C_MEM, "inp_former_mem2048k3cos": 2048 * C_MEM,
         "inp_former_mem2048k3cos_w2": 2048 * C_MEM, "inp_former_mem2048k1cos": 2048 * C_MEM,
         "inp_former_mem2048k1cos_w2": 2048 * C_MEM,
+        # the paired memory: a cosine and a Euclidean bank of 1024 each, two products the price of one of 2048
+        "inp_former_mem1024k3dual": 2048 * C_MEM, "inp_former_mem1024k3dual_w2": 2048 * C_MEM,
         # int8 product: a quarter of the fp32 product's price (what MatMulInteger costs against MatMul here)
         "inp_former_mem2048k1cos8": 2048 * C_MEM // 4, "inp_former_mem2048k1cos8_w2": 2048 * C_MEM // 4,
         # stride-16 grid: a quarter of the queries
@@ -151,7 +153,7 @@ def category_split(root: Path, cat: str, holdout: float, hw: tuple[int, int]) ->
 
 def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, held_enc: list[torch.Tensor],
                 held_mem: torch.Tensor, seed: int, bank_from_all: bool, metric: str = "l2",
-                dims: int = 0, int8: bool = False, picks: dict | None = None) -> ExtrinsicMemory:
+                dims: int = 0, int8: bool = False, picks: dict | None = None) -> ExtrinsicMemory | PairedMemory:
     """Put a fresh memory into ``module`` the way ``training.train`` fills one (``fit_memory`` then
     ``refill_memory``): greedy coreset of the fit patches, standardisation statistics on the held-out
     normals, then (``bank_from_all``) the bank refilled from the fit AND held-out patches.
@@ -159,28 +161,33 @@ def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, hel
     ``picks``: a dict kept across calls on the same feature tensors and seed, so memories that differ only
     in k or the product (2048 cosine 3-NN / 1-NN / int8) share one coreset (the greedy pick is deterministic;
     ~5 s per pick at 2048 entries on 2 cores)."""
-    def pick(*parts: torch.Tensor) -> torch.Tensor:
-        key = (size, metric, seed, *(id(p) for p in parts))
+    def pick(bank_metric: str, *parts: torch.Tensor) -> torch.Tensor:
+        key = (size, bank_metric, seed, *(id(p) for p in parts))
         if picks is not None and key in picks:
             return picks[key]
         rows = patchcore.memory_rows(torch.cat(parts) if len(parts) > 1 else parts[0])
-        rows = torch.nn.functional.normalize(rows, dim=1) if metric == "cos" else rows
+        rows = torch.nn.functional.normalize(rows, dim=1) if bank_metric == "cos" else rows
         chosen = rows[patchcore.greedy_coreset(rows, size, seed)]  # on the features' device
         if picks is not None:
             picks[key] = chosen
         return chosen
 
+    def fill(*parts: torch.Tensor) -> None:
+        for bank in mem.banks():  # one coreset per bank, in its own space (the pair: cosine and Euclidean)
+            bank.fit(pick(bank.metric, *parts))
+
     if int8 and (metric, k, dims) != ("cos", 1, 0):
         raise ValueError("the int8 prototype is a 1-NN cosine memory on all channels")
     mem = (Int8CosMemory(size, fit_mem.shape[1]) if int8 else
-           ExtrinsicMemory(size, fit_mem.shape[1], k, metric, dims)).to(fit_mem.device)
+           make_memory(size, fit_mem.shape[1], k, metric, dims)).to(fit_mem.device)
     mem.fit_projection(patchcore.memory_rows(fit_mem))
-    mem.fit(pick(fit_mem))
+    fill(fit_mem)
     module.head.memory = mem
+    mem.fit_part_stats(held_mem)
     hr, hm = raw(module, held_enc, held_mem)
     mem.fit_stats(hr, hm)
     if bank_from_all:
-        mem.fit(pick(fit_mem, held_mem))
+        fill(fit_mem, held_mem)
     return mem
 
 
@@ -245,7 +252,8 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
                 (512, 3, "l2", 0, 8, False, ""), (1024, 3, "cos", 0, 8, False, "cos"), (1024, 3, "l2", 64, 8, False, "pca64"),
                 (512, 3, "cos", 0, 8, False, "cos"), (1024, 1, "cos", 0, 8, False, "cos"), (2048, 3, "cos", 0, 8, False, "cos"),
                 (2048, 1, "cos", 0, 8, False, "cos"), (2048, 1, "cos", 0, 8, True, "cos8"),
-                (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16")):
+                (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16"),
+                (1024, 3, "cos+l2", 0, 8, False, "dual")):
             f_m, h_m, t_m = feats[stride]
             m = fill_memory(module, size, k, f_m, held_enc, h_m, seed, True, metric, dims, int8, picks)
             _, md = raw(module, test_enc, t_m)
@@ -426,7 +434,7 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
                 ("inp_former_mem512k3cos", 512, 3, "cos", 0), ("inp_former_mem1024k1cos", 1024, 1, "cos", 0),
                 ("inp_former_mem2048k3cos", 2048, 3, "cos", 0), ("inp_former_mem2048k1cos", 2048, 1, "cos", 0),
                 ("inp_former_mem2048k1cos8", 2048, 1, "cos", 0), ("inp_former_mem1024k3_s16", 1024, 3, "l2", 0),
-                ("inp_former_mem1024k3cos_s16", 1024, 3, "cos", 0))
+                ("inp_former_mem1024k3cos_s16", 1024, 3, "cos", 0), ("inp_former_mem1024k3dual", 1024, 3, "cos+l2", 0))
     for name, size, k, metric, dims in variants:
         cfg = default_config(size).model
         cfg = replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims,

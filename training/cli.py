@@ -11,6 +11,10 @@ from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from training.presets import MEMORY_FIELDS, PRESETS, resolve
 
+# inference.model.inp_former.MEMORY_METRICS, repeated so that building the parser does not import torch (a test
+# keeps the two equal)
+MEMORY_METRIC_CHOICES = ("l2", "cos", "cos+l2")
+
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # types only: these modules are imported where they are used
@@ -40,8 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the standardised memory map in the sum (the reconstruction map counts 1; default 1)")
     p.add_argument("--memory-k", type=int, default=None,
                    help="a patch's memory distance = mean distance to its K nearest entries (default 3)")
-    p.add_argument("--memory-metric", choices=("l2", "cos"), default=None,
-                   help="memory distance: Euclidean (l2, the default) or of unit vectors (cos)")
+    p.add_argument("--memory-metric", choices=MEMORY_METRIC_CHOICES, default=None,
+                   help="memory distance: Euclidean (l2, the default), of unit vectors (cos), or both: two banks of "
+                        "--memory-size entries, cosine 1-NN and Euclidean K-NN, their standardised distances summed "
+                        "(cos+l2)")
     p.add_argument("--memory-dims", type=int, default=None,
                    help="measure memory distances on the top N principal axes of the training patches (cheaper graph; "
                         "0 = all channels, the default)")

@@ -127,18 +127,21 @@ def fit_memory(model: InpFormer, fit_mem: torch.Tensor, cal_feats: list[torch.Te
 def refill_memory(model: InpFormer, mem: torch.Tensor, seed: int) -> None:
     """Replace the memory bank by a greedy coreset of the patches of ``mem`` (N, C_m, h, w), keeping the
     standardisation statistics (they were measured on normals the new bank may now contain)."""
-    rows = memory_rows(mem)
-    if model.cfg.memory_metric == "cos":  # the coreset spreads over the space the distance is measured in
-        rows = F.normalize(rows, dim=1)
+    raw_rows = memory_rows(mem)
     k = model.cfg.memory_size
-    if rows.shape[0] < k:
-        raise ValueError(f"memory_size {k} exceeds the {rows.shape[0]} training patches")
-    model.head.memory.fit(rows[greedy_coreset(rows, k, seed)])  # on the training device (CUDA: seconds)
+    if raw_rows.shape[0] < k:
+        raise ValueError(f"memory_size {k} exceeds the {raw_rows.shape[0]} training patches")
+    for bank in model.head.memory.banks():
+        # the coreset spreads over the space the bank's distance is measured in
+        rows = F.normalize(raw_rows, dim=1) if bank.metric == "cos" else raw_rows
+        bank.fit(rows[greedy_coreset(rows, k, seed)])  # on the training device (CUDA: seconds)
 
 
 @torch.no_grad()
 def fit_memory_stats(model: InpFormer, cal_feats: list[torch.Tensor], cal_mem: torch.Tensor) -> None:
-    """(mean, std) of the reconstruction and memory maps over the calibration normals: one scale for both."""
+    """(mean, std) of the reconstruction and memory maps over the calibration normals: one scale for both
+    (a paired memory first standardises each of its two banks' distances on the same normals)."""
+    model.head.memory.fit_part_stats(cal_mem)
     recs, mems = [], []
     for i in range(0, cal_mem.shape[0], 16):
         r, m = model.raw_maps([f[i:i + 16] for f in cal_feats], cal_mem[i:i + 16])

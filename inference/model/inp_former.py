@@ -41,7 +41,8 @@ from inference.model.backbones import FrozenBackbone, build_backbone, default_gr
 #   zscore_floor as zscore, std clamped below at STD_FLOOR x the group's median channel std, so that
 #                near-constant channels are not amplified into noise
 FEATURE_NORMS = ("none", "center", "zscore", "zscore_floor")
-MEMORY_METRICS = ("l2", "cos")
+BANK_METRICS = ("l2", "cos")              # the distance of one bank (ExtrinsicMemory)
+MEMORY_METRICS = BANK_METRICS + ("cos+l2",)  # InpConfig.memory_metric; "cos+l2": two banks (PairedMemory)
 STD_FLOOR = 0.5
 
 # How a token's reconstruction error is measured for the anomaly map (and so the image score),
@@ -133,6 +134,8 @@ class InpConfig:
             raise ValueError(f"memory_metric must be one of {MEMORY_METRICS}, got {self.memory_metric!r}")
         if self.memory_dims < 0:
             raise ValueError("memory_dims must be >= 0 (0 = all channels)")
+        if self.memory_dims and self.memory_metric == "cos+l2":
+            raise ValueError("memory_dims is not available with the paired memory (memory_metric 'cos+l2')")
         if self.memory_k < 1 or (self.memory_size and self.memory_k > self.memory_size):
             raise ValueError(f"memory_k must be in 1..memory_size ({self.memory_size}), got {self.memory_k}")
         if self.residual_head < 0:
@@ -293,8 +296,8 @@ class ExtrinsicMemory(nn.Module):
         super().__init__()
         if not 1 <= k <= max(size, 1):
             raise ValueError(f"k must be in 1..{size}, got {k}")
-        if metric not in MEMORY_METRICS:
-            raise ValueError(f"metric must be one of {MEMORY_METRICS}, got {metric!r}")
+        if metric not in BANK_METRICS:
+            raise ValueError(f"metric must be one of {BANK_METRICS}, got {metric!r}")
         if not 0 <= dims <= channels:
             raise ValueError(f"dims must be in 0..{channels} (0 = all channels), got {dims}")
         self.k = k
@@ -317,6 +320,13 @@ class ExtrinsicMemory(nn.Module):
     @property
     def dims(self) -> int:
         return int(self.bank.shape[1]) if hasattr(self, "proj") else 0
+
+    def banks(self) -> list[ExtrinsicMemory]:
+        """The banks to fill (training picks one coreset per bank, in the space its distance is measured in)."""
+        return [self]
+
+    def fit_part_stats(self, feats: torch.Tensor) -> None:
+        """No-op: a single bank's distance is standardised by :meth:`fit_stats` alone (see PairedMemory)."""
 
     def _prepare(self, rows: torch.Tensor) -> torch.Tensor:
         """(R, C) feature rows -> the space distances are measured in (unit vectors for "cos")."""
@@ -373,6 +383,79 @@ class ExtrinsicMemory(nn.Module):
     def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
         """Standardised reconstruction map + ``weight`` x standardised memory map (same size)."""
         return (rec - self.rec_stats[0]) / self.rec_stats[1] + weight * (mem - self.mem_stats[0]) / self.mem_stats[1]
+
+
+class PairedMemory(nn.Module):
+    """Two banks of normal patches, one searched by cosine and one by Euclidean distance
+    (``memory_metric="cos+l2"``), each with its own greedy coreset: the cosine bank says whether a patch's
+    *kind* of feature is normal (blind to its strength: image AUROC), the Euclidean one whether its strength
+    is too (pixel AUROC and AUPRO on tire and magnetic tile, where the cosine memory alone loses to the kNN).
+    Each bank's distance is standardised on held-out normals and the two are summed, so in :meth:`fuse` each
+    weighs ``weight`` against the standardised reconstruction map. The cosine bank is searched 1-NN, the
+    Euclidean one ``k``-NN (measured: cosine 1-NN beats 3-NN at 2048 entries and inside the pair; Euclidean
+    3-NN beats 1-NN, bench_memory_diag.py). Same contract as :class:`ExtrinsicMemory`; two products of the
+    bank's size, so two banks of 1024 cost what one of 2048 does."""
+
+    part_stats: torch.Tensor
+    rec_stats: torch.Tensor
+    mem_stats: torch.Tensor
+
+    def __init__(self, size: int, channels: int, k: int = 1) -> None:
+        super().__init__()
+        self.cos = ExtrinsicMemory(size, channels, 1, "cos")
+        self.l2 = ExtrinsicMemory(size, channels, k, "l2")
+        self.channels = channels
+        # (mean, std) of each bank's raw distance over held-out normal patches (rows: cos, l2)
+        self.register_buffer("part_stats", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+        self.register_buffer("rec_stats", torch.tensor([0.0, 1.0]))
+        # the summed distance is already standardised part by part: kept at (0, 1) so fuse() adds it as is
+        self.register_buffer("mem_stats", torch.tensor([0.0, 1.0]))
+
+    @property
+    def dims(self) -> int:
+        return 0
+
+    def banks(self) -> list[ExtrinsicMemory]:
+        return [self.cos, self.l2]
+
+    def fit_projection(self, rows: torch.Tensor) -> None:
+        """No-op (no principal-axes projection with two banks: ``memory_dims`` must be 0)."""
+
+    @torch.no_grad()
+    def fit(self, bank: torch.Tensor) -> None:
+        """Fill both banks from the same (size, C) rows (training instead picks one coreset per bank, in the
+        bank's own space: :meth:`banks`)."""
+        for b in self.banks():
+            b.fit(bank)
+
+    @torch.no_grad()
+    def fit_part_stats(self, feats: torch.Tensor, chunk: int = 16) -> None:
+        """(mean, std) of each bank's distance over the memory features (N, C, h, w) of held-out normals;
+        call after the banks are filled and before :meth:`fit_stats`."""
+        for row, bank in enumerate(self.banks()):
+            d = torch.cat([bank.distance(feats[i:i + chunk]) for i in range(0, feats.shape[0], chunk)])
+            self.part_stats[row].copy_(torch.stack([d.mean(), d.std().clamp_min(1e-6)]))
+
+    @torch.no_grad()
+    def fit_stats(self, rec: torch.Tensor, mem: torch.Tensor) -> None:
+        self.rec_stats.copy_(torch.stack([rec.mean(), rec.std().clamp_min(1e-6)]))
+
+    def distance(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) -> (N, h, w): the sum of the two banks' standardised distances."""
+        ps = self.part_stats
+        return (self.cos.distance(feats) - ps[0, 0]) / ps[0, 1] + (self.l2.distance(feats) - ps[1, 0]) / ps[1, 1]
+
+    def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
+        return (rec - self.rec_stats[0]) / self.rec_stats[1] + weight * (mem - self.mem_stats[0]) / self.mem_stats[1]
+
+
+def make_memory(size: int, channels: int, k: int, metric: str, dims: int = 0) -> ExtrinsicMemory | PairedMemory:
+    """The memory ``InpConfig.memory_metric`` names: one bank, or the cosine + Euclidean pair."""
+    if metric == "cos+l2":
+        if dims:
+            raise ValueError("the paired memory has no principal-axes projection (dims must be 0)")
+        return PairedMemory(size, channels, k)
+    return ExtrinsicMemory(size, channels, k, metric, dims)
 
 
 def bank_product(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
@@ -453,7 +536,7 @@ class HeadOutput:
 class InpHead(nn.Module):
     """Everything learnable: projection, INP extractor, bottleneck, decoder, output heads."""
 
-    memory: ExtrinsicMemory  # only when cfg.memory_size > 0
+    memory: ExtrinsicMemory | PairedMemory  # only when cfg.memory_size > 0
     residual: ResidualHead   # only when cfg.residual_head > 0
 
     def __init__(self, cfg: InpConfig, group_channels: list[int], memory_channels: int = 0) -> None:
@@ -479,8 +562,8 @@ class InpHead(nn.Module):
         for i in range(len(group_channels) if cfg.map_metric == "cos_len" else 0):
             self.register_buffer(f"token_len{i}", torch.ones(()))
         if cfg.memory_size:
-            self.memory = ExtrinsicMemory(cfg.memory_size, memory_channels, cfg.memory_k, cfg.memory_metric,
-                                          cfg.memory_dims)
+            self.memory = make_memory(cfg.memory_size, memory_channels, cfg.memory_k, cfg.memory_metric,
+                                      cfg.memory_dims)
         self.apply(self._init)
         if cfg.residual_head:  # after apply(): the conv head keeps PyTorch's own init (_init is for Linear)
             self.residual = ResidualHead(sum(group_channels), cfg.residual_head)

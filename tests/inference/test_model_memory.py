@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from inference.model.anomaly_map import anomaly_map_and_score
-from inference.model.inp_former import ExtrinsicMemory, InpConfig, InpFormer, bank_product
+from inference.model.inp_former import (
+    MEMORY_METRICS,
+    ExtrinsicMemory,
+    InpConfig,
+    InpFormer,
+    PairedMemory,
+    bank_product,
+    make_memory,
+)
 from tests.inference.onnx_fixtures import RealModel, real_model  # noqa: F401 - fixture
 
 
@@ -101,7 +109,8 @@ def test_pure_model_and_old_configs_are_unchanged() -> None:
             tiny_cfg(**bad)
 
 
-@pytest.mark.parametrize(("k", "metric", "dims"), [(1, "l2", 0), (3, "l2", 0), (3, "cos", 0), (1, "cos", 0), (3, "l2", 64)])
+@pytest.mark.parametrize(("k", "metric", "dims"), [(1, "l2", 0), (3, "l2", 0), (3, "cos", 0), (1, "cos", 0), (3, "l2", 64),
+                                                   (3, "cos+l2", 0)])
 def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealModel, tmp_path: Path,  # noqa: F811
                                                                k: int, metric: str, dims: int) -> None:
     import onnxruntime as ort
@@ -127,6 +136,7 @@ def test_onnx_graph_with_memory_matches_pytorch_on_real_images(real_model: RealM
         rows = mem.permute(0, 2, 3, 1).reshape(-1, mem.shape[1])
         m.head.memory.fit_projection(rows)
         m.head.memory.fit(rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))[:256]])
+        m.head.memory.fit_part_stats(mem)  # no-op for one bank
         m.head.memory.fit_stats(*m.raw_maps(enc, mem))
         want_map, want_score = m(x)
     path = export_module(m, tmp_path / "m.onnx", cfg.input_hw, ("map", "score"))
@@ -215,3 +225,56 @@ def test_memory_on_principal_axes() -> None:
         tiny_cfg(memory_dims=-1)
     cfg = tiny_cfg(memory_dims=8)
     assert InpFormer(cfg).head.memory.proj.shape == (40, 8)
+
+
+def test_paired_memory_sums_the_two_banks_standardised_distances() -> None:
+    """"cos+l2": a cosine bank searched 1-NN and a Euclidean bank searched k-NN, each distance standardised on
+    held-out normals, summed; fuse() adds the sum with the memory weight as is (mem_stats stay (0, 1))."""
+    torch.manual_seed(2)
+    pm = make_memory(30, 5, 3, "cos+l2")
+    assert isinstance(pm, PairedMemory) and pm.banks() == [pm.cos, pm.l2]
+    assert (pm.cos.k, pm.cos.metric, pm.l2.k, pm.l2.metric) == (1, "cos", 3, "l2")
+    rows_c, rows_l = torch.randn(30, 5) * 2 + 1, torch.randn(30, 5) * 3
+    pm.cos.fit(rows_c)
+    pm.l2.fit(rows_l)
+    held = torch.randn(4, 5, 3, 3) * 2
+    pm.fit_part_stats(held)
+    for row, bank in enumerate(pm.banks()):
+        d = bank.distance(held)
+        assert torch.allclose(pm.part_stats[row], torch.stack([d.mean(), d.std()]), atol=1e-6)
+    q = torch.randn(2, 5, 3, 3)
+    want = ((pm.cos.distance(q) - pm.part_stats[0, 0]) / pm.part_stats[0, 1]
+            + (pm.l2.distance(q) - pm.part_stats[1, 0]) / pm.part_stats[1, 1])
+    assert torch.allclose(pm.distance(q), want, atol=1e-6)
+    # the held-out normals' summed distance is centred (each part is)
+    assert abs(float(pm.distance(held).mean())) < 1e-4
+    rec = torch.rand(2, 3, 3) * 5
+    pm.fit_stats(rec, pm.distance(q))
+    assert pm.mem_stats.tolist() == [0.0, 1.0]
+    z = (rec - rec.mean()) / rec.std()
+    assert torch.allclose(pm.fuse(rec, pm.distance(q), 2.0), z + 2.0 * pm.distance(q), atol=1e-5)
+    pm.fit(rows_l)  # the shared-rows fill: both banks from the same rows
+    assert torch.allclose(pm.l2.bank + pm.l2.center, rows_l, atol=1e-5)
+    assert torch.allclose((pm.cos.bank + pm.cos.center).norm(dim=1), torch.ones(30), atol=1e-5)
+
+
+def test_paired_memory_config_and_model() -> None:
+    assert "cos+l2" in MEMORY_METRICS
+    with pytest.raises(ValueError, match="memory_dims"):
+        tiny_cfg(memory_metric="cos+l2", memory_dims=4)
+    with pytest.raises(ValueError, match="dims"):
+        make_memory(16, 8, 1, "cos+l2", dims=4)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        ExtrinsicMemory(16, 8, metric="cos+l2")  # one bank has one metric
+    m = InpFormer(tiny_cfg(memory_metric="cos+l2", memory_k=2)).eval()
+    assert isinstance(m.head.memory, PairedMemory)
+    assert {k for k in m.head.state_dict() if k.startswith("memory.")} >= {
+        "memory.cos.bank", "memory.l2.bank", "memory.part_stats", "memory.rec_stats", "memory.mem_stats"}
+    x = torch.rand(2, 3, 64, 64)
+    enc, mem = m.encode(x), m.encode_memory(x)
+    rows = mem.permute(0, 2, 3, 1).reshape(-1, mem.shape[1])
+    m.head.memory.fit(rows[:16])
+    m.head.memory.fit_part_stats(mem)
+    m.head.memory.fit_stats(*m.raw_maps(enc, mem))
+    amap, score = m(x)
+    assert amap.shape == (2, 64, 64) and torch.isfinite(amap).all() and torch.isfinite(score).all()

@@ -90,7 +90,17 @@ def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
     rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m6"), "--iters", "2",
                "--backbone", "random_tiny", "--size", "64", "--preset", "accurate", "--memory-size", "16"])
     m6 = load_model_dir(tmp_path / "m6").module
-    assert rc == 0 and (m6.cfg.memory_size, m6.cfg.memory_metric, m6.cfg.memory_k, m6.cfg.memory_weight) == (16, "cos", 1, 2.0)
+    assert rc == 0 and m6.cfg.memory_size == 16
+    # the paired memory: one coreset per bank in its own space (unit rows for the cosine bank), and each bank's
+    # distance standardised on the held-out normals
+    rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m7"), "--iters", "2",
+               "--backbone", "random_tiny", "--size", "64", "--memory-size", "16", "--memory-metric", "cos+l2"])
+    m7 = load_model_dir(tmp_path / "m7").module
+    assert rc == 0 and m7.cfg.memory_metric == "cos+l2"
+    pair = m7.head.memory
+    assert torch.allclose((pair.cos.bank + pair.cos.center).norm(dim=1), torch.ones(16), atol=1e-4)
+    assert not torch.allclose((pair.l2.bank + pair.l2.center).norm(dim=1), torch.ones(16), atol=1e-2)
+    assert (pair.part_stats[:, 1] != 1.0).all() and pair.mem_stats.tolist() == [0.0, 1.0]
 
 
 def test_train_with_a_residual_head_writes_it_into_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,13 @@ from inference.model.inp_former import InpConfig
 from training.presets import MEMORY_FIELDS, PRESETS, resolve
 
 
+def test_the_clis_metric_choices_are_the_models() -> None:
+    from inference.model.inp_former import MEMORY_METRICS
+    from training.cli import MEMORY_METRIC_CHOICES
+
+    assert MEMORY_METRIC_CHOICES == MEMORY_METRICS
+
+
 def test_the_fallback_values_are_the_model_configs_own_defaults() -> None:
     defaults = {f.name: f.default for f in fields(InpConfig)}
     assert {k: defaults[k] for k in MEMORY_FIELDS} == MEMORY_FIELDS
