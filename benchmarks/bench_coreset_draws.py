@@ -1,6 +1,8 @@
-"""How much of the accurate setting's margin over the kNN bar is the luck of its coreset (issue 13).
+"""How much of the accurate settings' margins over the kNN bar is the luck of their coresets (issue 13).
 
-    python benchmarks/bench_coreset_draws.py --draws 0 1 2 3     # after bench_memory.py has trained its 12 models
+    python benchmarks/bench_coreset_draws.py --draws 0 1 2 3 4     # after bench_memory.py has trained its 12 models
+    python benchmarks/bench_coreset_draws.py --methods inp_former_mem1024k3dual_w2 --draws 0 1 2 \
+        --merge benchmarks/results/coreset_draws.json                # one method more, the others kept
 
 ``bench_memory.py`` scores each trained model with ONE greedy coreset per memory (its start and random
 projection drawn from the model's seed). The accurate setting's pixel AUROC margin over the strongest kNN is
@@ -31,8 +33,9 @@ from inference.model.inp_former import InpFormer
 from inference.model_dir import load_model_dir
 from training.features import cached_features
 
-# the winners on accuracy in quality.json: (entries, k, metric, memory weight)
-METHODS = {"inp_former_mem2048k1cos_w2": (2048, 1, "cos", 2.0), "inp_former_mem2048k3cos_w2": (2048, 3, "cos", 2.0)}
+# the most accurate settings of quality.json: (entries per bank, k, metric, memory weight)
+METHODS = {"inp_former_mem2048k1cos_w2": (2048, 1, "cos", 2.0), "inp_former_mem2048k3cos_w2": (2048, 3, "cos", 2.0),
+           "inp_former_mem1024k3dual_w2": (1024, 3, "cos+l2", 2.0)}
 DRAW_STRIDE = 1000
 
 
@@ -41,7 +44,8 @@ def coreset_seed(model_seed: int, draw: int) -> int:
     return model_seed + DRAW_STRIDE * draw
 
 
-def run_category(root: Path, cat: str, seeds: list[int], draws: list[int], device: str) -> dict:
+def run_category(root: Path, cat: str, seeds: list[int], draws: list[int], device: str,
+                 methods: tuple[str, ...] = tuple(METHODS)) -> dict:
     """{seed: {draw: {method: metrics}}} for one category, on bench_memory.py's trained models."""
     cfg = replace(default_config(), cache_dir=str(WORK / "cache_memory"), categories=[cat], device=device)
     fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, cfg.model.input_hw)
@@ -61,9 +65,10 @@ def run_category(root: Path, cat: str, seeds: list[int], draws: list[int], devic
         rec, _ = raw(module, test_enc, test_mem)
         out[str(seed)] = {}
         for draw in draws:
-            picks: dict = {}  # one coreset per draw, shared by the memories that differ only in k
+            picks: dict = {}  # one coreset per draw and bank space, shared by the memories that differ only in k
             rows = {}
-            for name, (size, k, metric, weight) in METHODS.items():
+            for name in methods:
+                size, k, metric, weight = METHODS[name]
                 m = fill_memory(module, size, k, fit_mem, held_enc, held_mem, coreset_seed(seed, draw), True, metric,
                                 picks=picks)
                 _, md = raw(module, test_enc, test_mem)
@@ -75,17 +80,29 @@ def run_category(root: Path, cat: str, seeds: list[int], draws: list[int], devic
     return out
 
 
+def merge(old: dict, new: dict) -> dict:
+    """Per-category rows of an earlier run (``old``) with this run's (``new``) laid over them, method by method."""
+    out = json.loads(json.dumps(old))
+    for c, by_seed in new.items():
+        for s, by_draw in by_seed.items():
+            for d, rows in by_draw.items():
+                out.setdefault(c, {}).setdefault(s, {}).setdefault(d, {}).update(rows)
+    return out
+
+
 def summarise(per_cat: dict[str, dict], bar: dict[str, float]) -> dict:
-    """Per method: the margin over ``bar`` of every (seed, draw) pair (metrics averaged over the categories
-    first, as quality.json does per seed), their mean / min / max, and how many pairs meet the bar on all
-    three metrics."""
+    """Per method: the margin over ``bar`` of every (seed, draw) pair that every category has for it (metrics
+    averaged over the categories first, as quality.json does per seed), their mean / min / max, and how many
+    pairs meet the bar on all three metrics."""
     cats = list(per_cat)
     seeds = sorted(set.intersection(*(set(per_cat[c]) for c in cats)), key=int)
-    draws = sorted(set.intersection(*(set(per_cat[c][s]) for c in cats for s in seeds)), key=int)
     res: dict = {}
     for method in METHODS:
         pairs = {f"s{s}d{d}": {k: float(np.mean([per_cat[c][s][d][method][k] for c in cats])) - bar[k] for k in KEYS}
-                 for s in seeds for d in draws}
+                 for s in seeds for d in sorted(set.intersection(*(set(per_cat[c][s]) for c in cats)), key=int)
+                 if all(method in per_cat[c][s][d] for c in cats)}
+        if not pairs:
+            continue
         vals = {k: [p[k] for p in pairs.values()] for k in KEYS}
         res[method] = {"margin_by_pair": pairs,
                        "margin_mean": {k: float(np.mean(v)) for k, v in vals.items()},
@@ -93,15 +110,15 @@ def summarise(per_cat: dict[str, dict], bar: dict[str, float]) -> dict:
                        "margin_max": {k: float(np.max(v)) for k, v in vals.items()},
                        "pairs_meeting_bar": sum(all(p[k] >= 0 for k in KEYS) for p in pairs.values()),
                        "pairs": len(pairs)}
-    return {"seeds": [int(s) for s in seeds], "draws": [int(d) for d in draws], "categories": cats, "methods": res}
+    return {"seeds": [int(s) for s in seeds], "categories": cats, "methods": res}
 
 
 def render(res: dict) -> str:
     head = section_head(
         "Coreset draws of the accurate setting", "bench_coreset_draws.py",
-        f"The 12 models of the quality run, their memory refilled with {len(res['draws'])} coreset draws each "
-        f"(draw 0 = quality.json's); margins over the kNN bar of every (seed, draw) pair, metrics averaged over "
-        f"the {len(res['categories'])} categories first.", res,
+        "The 12 models of the quality run, their memory refilled with other greedy-coreset draws (draw 0 = "
+        f"quality.json's); margins over the kNN bar of every (seed, draw) pair, metrics averaged over the "
+        f"{len(res['categories'])} categories first.", res,
         ["method", "metric", "mean margin", "min", "max", "pairs meeting the bar on all 3"])
     lines = list(head)
     for m, r in res["methods"].items():
@@ -117,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    ap.add_argument("--merge", type=Path, help="an earlier coreset_draws.json whose rows this run adds to (a method "
+                                                "or draw run here replaces the earlier one)")
     a = ap.parse_args(argv)
     rec = Recorder()
     quality = json.loads((RESULTS_DIR / "quality.json").read_text())
     cats = a.category or quality["categories"]
-    per_cat = {c: run_category(data_root(), c, a.seeds, a.draws, a.device) for c in cats}
+    per_cat = {c: run_category(data_root(), c, a.seeds, a.draws, a.device, tuple(a.methods)) for c in cats}
+    if a.merge:
+        per_cat = merge(json.loads(a.merge.read_text())["per_category"], per_cat)
     res = summarise(per_cat, quality["knn_bar"]) | {"bar": quality["knn_bar"], "per_category": per_cat,
                                                      "machine": machine()}
     return rec.finish("coreset_draws", res, render)

@@ -14,6 +14,8 @@ it is the ``inp_former`` row. Other rows swap in another memory on the same trai
 ``_w2`` = memory weight 2; ``mem512k3`` = 512 entries; ``mem1024k3cos`` = distance of unit vectors
 (``mem512k3cos``: the same on 512 entries, the cheaper graph);
 ``mem1024k3pca64`` = distances on the 64 top principal axes of the training patches (a cheaper graph);
+``mem1024k3dual`` = the paired memory (``--memory-metric cos+l2``: a cosine bank, 1-NN, and a Euclidean bank,
+3-NN, of 1024 entries each, their standardised distances summed; the price of one 2048-entry bank);
 ``memory*_only`` = the memory map alone (a reference, never a candidate); ``inp_former_mem1024`` /
 ``_w2`` / ``mem512`` / ``memory1024_only`` = the earlier memory (k = 1, bank from the 68 fit normals
 only). Why the changes: ``bench_memory_diag.py`` (one difference at a time against the kNN). The fit /
@@ -528,6 +530,9 @@ LABELS = {
     "inp_former_mem1024k3cos_s16": "INP-Former + extrinsic memory 1024, 3-NN, cosine, stride-16 grid (weight 1)",
     "inp_former_mem1024k3cos_s16_w2": "INP-Former + extrinsic memory 1024, 3-NN, cosine, stride-16 grid, memory weight 2",
     "memory1024k3cos_s16_only": "memory 1024, 3-NN, cosine, stride-16 grid, alone (reference)",
+    "inp_former_mem1024k3dual": "INP-Former + paired memory: cosine 1024 (1-NN) + Euclidean 1024 (3-NN), all 80 (weight 1)",
+    "inp_former_mem1024k3dual_w2": "INP-Former + paired memory: cosine 1024 (1-NN) + Euclidean 1024 (3-NN), all 80, memory weight 2",
+    "memory1024k3dual_only": "paired memory 1024 + 1024, alone (reference)",
     "inp_former_mem1024k3pca64": "INP-Former + extrinsic memory 1024, 3-NN, all 80, on 64 principal axes (weight 1)",
     "inp_former_mem1024k3pca64_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, 64 principal axes, memory weight 2",
     "memory1024k3pca64_only": "memory 1024, 3-NN, all 80, 64 principal axes, alone (reference)",
@@ -642,7 +647,7 @@ README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", 
                "inp_former_mem512k3_w2", "inp_former_mem1024k3pca64", "inp_former_mem1024k3pca64_w2",
                "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem512k3cos",
                "inp_former_mem512k3cos_w2", "inp_former_mem1024k1cos_w2", "inp_former_mem2048k1cos_w2",
-               "inp_former_mem2048k3cos_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
+               "inp_former_mem2048k3cos_w2", "inp_former_mem1024k3dual_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
                "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "memory1024k3_only")
 
 

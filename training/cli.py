@@ -33,10 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--few-shot", type=int, default=0, help="train on K images with augmentation")
     p.add_argument("--preset", choices=tuple(PRESETS), default="fast",
                    help="measured recipe (RESULTS.md, quality): 'fast' = the pure INP-Former (the default; ~0.56x the "
-                        "encoder's rate, below the strongest kNN bank); 'accurate' = + a 2048-entry cosine memory, "
-                        "1-NN, weight 2 (above the strongest kNN bank on image AUROC and AUPRO, level on pixel AUROC; "
-                        "~0.39x the encoder's rate). "
-                        "The --memory-* flags override the preset's values")
+                        "encoder's rate, below the strongest kNN bank); 'accurate' = + the paired memory, cosine and "
+                        "Euclidean banks of 1024 entries, weight 2 (above the strongest kNN bank on all three metrics, "
+                        "~0.4x the encoder's rate). The --memory-* flags override the preset's values")
     p.add_argument("--memory-size", type=int, default=None,
                    help="INP-Former + extrinsic memory: a greedy coreset of N normal patches whose distance map is "
                         "fused with the reconstruction map (0 = the pure INP-Former; default: the preset's)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_coreset_draws import METHODS, coreset_seed, render, summarise
+from benchmarks.bench_coreset_draws import METHODS, coreset_seed, merge, render, summarise
 
 BAR = {"image_auroc": 0.80, "pixel_auroc": 0.90, "aupro": 0.60}
 
@@ -20,7 +20,7 @@ def test_draw_zero_is_the_models_own_coreset_and_later_draws_never_hit_another_s
 
 
 def test_margins_average_the_categories_first_and_count_pairs_meeting_the_bar() -> None:
-    a, b = METHODS
+    a, b = list(METHODS)[:2]
     # two categories; seed 0 with two draws, the pair (s0, d1) misses the pixel bar for method a
     per_cat = {
         "x": {"0": {"0": {a: metrics(0.82, 0.91, 0.62), b: metrics(0.70, 0.80, 0.50)},
@@ -29,8 +29,12 @@ def test_margins_average_the_categories_first_and_count_pairs_meeting_the_bar() 
                     "1": {a: metrics(0.80, 0.90, 0.60), b: metrics(0.70, 0.80, 0.50)},
                     "2": {a: metrics(0.0, 0.0, 0.0), b: metrics(0.0, 0.0, 0.0)}}},  # a draw only y has: ignored
     }
+    for cat in per_cat.values():  # the other methods: at the bar exactly
+        for draws in cat.values():
+            for rows in draws.values():
+                rows.update({m: dict(BAR) for m in METHODS if m not in rows})
     res = summarise(per_cat, BAR)
-    assert res["draws"] == [0, 1] and res["seeds"] == [0]
+    assert res["seeds"] == [0]
     ra = res["methods"][a]
     assert ra["margin_by_pair"]["s0d0"]["pixel_auroc"] == pytest.approx(0.005)
     assert ra["margin_by_pair"]["s0d1"]["pixel_auroc"] == pytest.approx(-0.005)
@@ -40,3 +44,14 @@ def test_margins_average_the_categories_first_and_count_pairs_meeting_the_bar() 
     assert res["methods"][b]["pairs_meeting_bar"] == 0
     text = render(res | {"machine": "m", "load_average_start_end": [0.1, 0.2]})
     assert f"| {a} | pixel_auroc | +0.0000 | -0.0050 | +0.0050 | 1 of 2 |" in text
+
+
+def test_a_method_run_later_merges_into_the_earlier_rows_and_keeps_its_own_draws() -> None:
+    a, b, c = list(METHODS)[:3]
+    old = {"x": {"0": {"0": {a: metrics(0.9, 0.9, 0.7)}, "1": {a: metrics(0.9, 0.9, 0.7)}}}}
+    new = {"x": {"0": {"0": {c: metrics(0.7, 0.8, 0.5)}}}}
+    got = merge(old, new)
+    assert set(got["x"]["0"]["0"]) == {a, c} and set(got["x"]["0"]["1"]) == {a}
+    assert old == {"x": {"0": {"0": {a: metrics(0.9, 0.9, 0.7)}, "1": {a: metrics(0.9, 0.9, 0.7)}}}}  # untouched
+    res = summarise(got, BAR)
+    assert res["methods"][a]["pairs"] == 2 and res["methods"][c]["pairs"] == 1 and b not in res["methods"]

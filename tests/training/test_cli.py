@@ -86,11 +86,12 @@ def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
     assert torch.allclose((m4.head.memory.bank + m4.head.memory.center).norm(dim=1), torch.ones(16), atol=1e-4)
     assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m5"), "--iters", "2",
                  "--backbone", "random_tiny", "--size", "64", "--memory-size", "16", "--memory-k", "17"]) == 2
-    # the accurate preset: cosine 1-NN memory, weight 2 (its 2048 entries overridden: the toy set has fewer patches)
+    # the accurate preset: the paired memory, weight 2 (its 1024 entries overridden: the toy set has fewer patches)
     rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m6"), "--iters", "2",
                "--backbone", "random_tiny", "--size", "64", "--preset", "accurate", "--memory-size", "16"])
     m6 = load_model_dir(tmp_path / "m6").module
-    assert rc == 0 and m6.cfg.memory_size == 16
+    assert rc == 0 and (m6.cfg.memory_size, m6.cfg.memory_metric, m6.cfg.memory_k, m6.cfg.memory_weight) == (
+        16, "cos+l2", 3, 2.0)
     # the paired memory: one coreset per bank in its own space (unit rows for the cosine bank), and each bank's
     # distance standardised on the held-out normals
     rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "m7"), "--iters", "2",

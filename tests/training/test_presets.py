@@ -31,13 +31,13 @@ def test_every_preset_builds_a_valid_config_and_sets_only_memory_fields() -> Non
 def test_fast_is_the_pure_model_and_accurate_the_measured_memory_setting() -> None:
     assert resolve("fast", {})["memory_size"] == 0
     acc = resolve("accurate", {})
-    assert (acc["memory_size"], acc["memory_metric"], acc["memory_k"], acc["memory_weight"]) == (2048, "cos", 1, 2.0)
+    assert (acc["memory_size"], acc["memory_metric"], acc["memory_k"], acc["memory_weight"]) == (1024, "cos+l2", 3, 2.0)
     assert acc["memory_dims"] == 0
 
 
 def test_explicit_flags_override_the_preset_and_absent_ones_do_not() -> None:
     got = resolve("accurate", {"memory_size": 512, "memory_weight": None, "memory_metric": None})
-    assert got["memory_size"] == 512 and got["memory_weight"] == 2.0 and got["memory_metric"] == "cos"
+    assert got["memory_size"] == 512 and got["memory_weight"] == 2.0 and got["memory_metric"] == "cos+l2"
     assert resolve("fast", {"memory_size": 64, "memory_k": 1}) == MEMORY_FIELDS | {"memory_size": 64, "memory_k": 1}
 
 
