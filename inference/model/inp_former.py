@@ -382,7 +382,7 @@ class ExtrinsicMemory(nn.Module):
 
     def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
         """Standardised reconstruction map + ``weight`` x standardised memory map (same size)."""
-        return (rec - self.rec_stats[0]) / self.rec_stats[1] + weight * (mem - self.mem_stats[0]) / self.mem_stats[1]
+        return standardised_sum(rec, self.rec_stats, mem, self.mem_stats, weight)
 
 
 class PairedMemory(nn.Module):
@@ -392,8 +392,8 @@ class PairedMemory(nn.Module):
     is too (pixel AUROC and AUPRO on tire and magnetic tile, where the cosine memory alone loses to the kNN).
     Each bank's distance is standardised on held-out normals and the two are summed, so in :meth:`fuse` each
     weighs ``weight`` against the standardised reconstruction map. The cosine bank is searched 1-NN, the
-    Euclidean one ``k``-NN (measured: cosine 1-NN beats 3-NN at 2048 entries and inside the pair; Euclidean
-    3-NN beats 1-NN, bench_memory_diag.py). Same contract as :class:`ExtrinsicMemory`; two products of the
+    Euclidean one ``k``-NN (measured: cosine 1-NN beats 3-NN at 2048 entries, quality.json, and inside the pair
+    on tire, the one category that comparison was run on; Euclidean 3-NN beats 1-NN, bench_memory_diag.py). Same contract as :class:`ExtrinsicMemory`; two products of the
     bank's size, so two banks of 1024 cost what one of 2048 does."""
 
     part_stats: torch.Tensor
@@ -446,7 +446,7 @@ class PairedMemory(nn.Module):
         return (self.cos.distance(feats) - ps[0, 0]) / ps[0, 1] + (self.l2.distance(feats) - ps[1, 0]) / ps[1, 1]
 
     def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
-        return (rec - self.rec_stats[0]) / self.rec_stats[1] + weight * (mem - self.mem_stats[0]) / self.mem_stats[1]
+        return standardised_sum(rec, self.rec_stats, mem, self.mem_stats, weight)
 
 
 def make_memory(size: int, channels: int, k: int, metric: str, dims: int = 0) -> ExtrinsicMemory | PairedMemory:
@@ -456,6 +456,13 @@ def make_memory(size: int, channels: int, k: int, metric: str, dims: int = 0) ->
             raise ValueError("the paired memory has no principal-axes projection (dims must be 0)")
         return PairedMemory(size, channels, k)
     return ExtrinsicMemory(size, channels, k, metric, dims)
+
+
+def standardised_sum(a: torch.Tensor, a_stats: torch.Tensor, b: torch.Tensor, b_stats: torch.Tensor,
+                     weight: float) -> torch.Tensor:
+    """(a - mean_a) / std_a + ``weight`` x (b - mean_b) / std_b, the stats as (mean, std) pairs: how two maps
+    measured on different scales are put on one (each standardised on held-out normal pixels) and summed."""
+    return (a - a_stats[0]) / a_stats[1] + weight * (b - b_stats[0]) / b_stats[1]
 
 
 def bank_product(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
@@ -522,7 +529,7 @@ class ResidualHead(nn.Module):
 
     def fuse(self, base: torch.Tensor, res: torch.Tensor, weight: float) -> torch.Tensor:
         """Standardised base map + ``weight`` x standardised head mask (same size)."""
-        return (base - self.base_stats[0]) / self.base_stats[1] + weight * (res - self.res_stats[0]) / self.res_stats[1]
+        return standardised_sum(base, self.base_stats, res, self.res_stats, weight)
 
 
 @dataclass

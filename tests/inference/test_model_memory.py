@@ -278,3 +278,11 @@ def test_paired_memory_config_and_model() -> None:
     m.head.memory.fit_stats(*m.raw_maps(enc, mem))
     amap, score = m(x)
     assert amap.shape == (2, 64, 64) and torch.isfinite(amap).all() and torch.isfinite(score).all()
+
+
+def test_standardised_sum_is_the_weighted_sum_of_z_scores() -> None:
+    from inference.model.inp_former import standardised_sum
+
+    a, b = torch.tensor([1.0, 3.0]), torch.tensor([10.0, 30.0])
+    got = standardised_sum(a, torch.tensor([2.0, 1.0]), b, torch.tensor([20.0, 10.0]), 2.0)
+    assert torch.allclose(got, torch.tensor([-3.0, 3.0]))
