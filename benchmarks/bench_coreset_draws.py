@@ -22,16 +22,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_memory import KEYS, category_split, default_config, fill_memory, finish, raw
+from benchmarks.bench_memory import (
+    KEYS,
+    category_split,
+    default_config,
+    fill_memory,
+    finish,
+    raw,
+    split_features,
+)
 from benchmarks.bench_quality import all_metrics
 from benchmarks.common import RESULTS_DIR, WORK, Recorder, data_root, machine, section_head
 from inference.model.inp_former import InpFormer
 from inference.model_dir import load_model_dir
-from training.features import cached_features
 
 # the most accurate settings of quality.json: (entries per bank, k, metric, memory weight)
 METHODS = {"inp_former_mem2048k1cos_w2": (2048, 1, "cos", 2.0), "inp_former_mem2048k3cos_w2": (2048, 3, "cos", 2.0),
@@ -50,12 +56,7 @@ def run_category(root: Path, cat: str, seeds: list[int], draws: list[int], devic
     cfg = replace(default_config(), cache_dir=str(WORK / "cache_memory"), categories=[cat], device=device)
     fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, cfg.model.input_hw)
     probe = InpFormer(cfg.model).to(device)
-
-    def feats(items: list, memory: bool) -> list[torch.Tensor]:
-        return [f.to(device) for f in cached_features(probe, [it.path for it in items], cfg.cache_dir, memory=memory)]
-
-    test_enc, held_enc = feats(test.items, False), feats(held, False)
-    test_mem, held_mem, fit_mem = feats(test.items, True)[0], feats(held, True)[0], feats(fit, True)[0]
+    test_enc, test_mem, held_enc, held_mem, fit_mem = split_features(probe, fit, held, test.items, cfg.cache_dir, device)
     out: dict = {}
     for seed in seeds:
         mdir = WORK / "memory_models" / f"{cat.replace('/', '__')}_s{seed}"

@@ -153,6 +153,19 @@ def category_split(root: Path, cat: str, holdout: float, hw: tuple[int, int]) ->
     return fit, held, test, np.array([it.label for it in test.items]), masks_at(test.items, hw)
 
 
+def split_features(probe: InpFormer, fit: list, held: list, test_items: list, cache_dir: str | Path | None,
+                   device: str) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One category split's cached features on ``device``: (test groups, test memory features, held-out groups,
+    held-out memory features, fit memory features) - what every row scored on the trained models reads."""
+    def groups(items: list) -> list[torch.Tensor]:
+        return [f.to(device) for f in cached_features(probe, [it.path for it in items], cache_dir)]
+
+    def memory(items: list) -> torch.Tensor:
+        return cached_features(probe, [it.path for it in items], cache_dir, memory=True)[0].to(device)
+
+    return groups(test_items), memory(test_items), groups(held), memory(held), memory(fit)
+
+
 def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, held_enc: list[torch.Tensor],
                 held_mem: torch.Tensor, seed: int, bank_from_all: bool, metric: str = "l2",
                 dims: int = 0, int8: bool = False, picks: dict | None = None) -> ExtrinsicMemory | PairedMemory:
@@ -207,12 +220,7 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
     fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, hw)
     probe = InpFormer(cfg.model).to(device)
     t0 = time.perf_counter()
-    test_paths = [it.path for it in test.items]
-    test_enc = [f.to(device) for f in cached_features(probe, test_paths, cfg.cache_dir)]
-    test_mem = cached_features(probe, test_paths, cfg.cache_dir, memory=True)[0].to(device)
-    held_enc = [f.to(device) for f in cached_features(probe, [it.path for it in held], cfg.cache_dir)]
-    held_mem = cached_features(probe, [it.path for it in held], cfg.cache_dir, memory=True)[0].to(device)
-    fit_mem = cached_features(probe, [it.path for it in fit], cfg.cache_dir, memory=True)[0].to(device)
+    test_enc, test_mem, held_enc, held_mem, fit_mem = split_features(probe, fit, held, test.items, cfg.cache_dir, device)
     # the same memory blocks on the stride-16 grid (the `_s16` rows: a quarter of the queries)
     probe16 = InpFormer(replace(cfg.model, memory_stride=16)).to(device)
     fit16, held16, test16 = (cached_features(probe16, [it.path for it in items], cfg.cache_dir, memory=True)[0].to(device)

@@ -43,13 +43,13 @@ from benchmarks.bench_memory import (
     fill_memory,
     finish,
     raw,
+    split_features,
     time_against_encoder,
 )
 from benchmarks.bench_quality import all_metrics
 from benchmarks.common import RESULTS_DIR, WORK, data_root, machine
-from inference.model.inp_former import InpFormer, residual_features
+from inference.model.inp_former import InpFormer, mean_std, residual_features, standardise
 from inference.model_dir import load_model_dir
-from training.features import cached_features
 from training.residual import ResidualTrainConfig, train_residual_head
 
 PER_CAT = "residual_runs"
@@ -88,7 +88,7 @@ def head_maps(model: InpFormer, enc: list[torch.Tensor], bs: int = 16) -> tuple[
 
 def z(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Standardise ``x`` with the mean and std of ``ref`` (held-out normal pixels), as the model does."""
-    return (x - ref.mean()) / ref.std().clamp_min(1e-6)
+    return standardise(x, mean_std(ref))
 
 
 def run_category(root: Path, cat: str, seeds: list[int], models: Path, cache_from: Path | None, out_dir: Path,
@@ -100,11 +100,7 @@ def run_category(root: Path, cat: str, seeds: list[int], models: Path, cache_fro
     fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, cfg.model.input_hw)
     probe = InpFormer(cfg.model)
     paths = {"test": [it.path for it in test.items], "held": [it.path for it in held], "fit": [it.path for it in fit]}
-    test_enc = cached_features(probe, paths["test"], cfg.cache_dir)
-    test_mem = cached_features(probe, paths["test"], cfg.cache_dir, memory=True)[0]
-    held_enc = cached_features(probe, paths["held"], cfg.cache_dir)
-    held_mem = cached_features(probe, paths["held"], cfg.cache_dir, memory=True)[0]
-    fit_mem = cached_features(probe, paths["fit"], cfg.cache_dir, memory=True)[0]
+    test_enc, test_mem, held_enc, held_mem, fit_mem = split_features(probe, fit, held, test.items, cfg.cache_dir, "cpu")
     del probe
     for seed in seeds:
         name = f"{cat.replace('/', '__')}_s{seed}"

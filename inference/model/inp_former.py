@@ -359,7 +359,7 @@ class ExtrinsicMemory(nn.Module):
     @torch.no_grad()
     def fit_stats(self, rec: torch.Tensor, mem: torch.Tensor) -> None:
         for buf, m in ((self.rec_stats, rec), (self.mem_stats, mem)):
-            buf.copy_(torch.stack([m.mean(), m.std().clamp_min(1e-6)]))
+            buf.copy_(mean_std(m))
 
     def distance(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) -> (N, h, w): mean Euclidean distance to the ``k`` nearest bank entries (k = 1:
@@ -434,16 +434,16 @@ class PairedMemory(nn.Module):
         call after the banks are filled and before :meth:`fit_stats`."""
         for row, bank in enumerate(self.banks()):
             d = torch.cat([bank.distance(feats[i:i + chunk]) for i in range(0, feats.shape[0], chunk)])
-            self.part_stats[row].copy_(torch.stack([d.mean(), d.std().clamp_min(1e-6)]))
+            self.part_stats[row].copy_(mean_std(d))
 
     @torch.no_grad()
     def fit_stats(self, rec: torch.Tensor, mem: torch.Tensor) -> None:
-        self.rec_stats.copy_(torch.stack([rec.mean(), rec.std().clamp_min(1e-6)]))
+        self.rec_stats.copy_(mean_std(rec))
 
     def distance(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) -> (N, h, w): the sum of the two banks' standardised distances."""
-        ps = self.part_stats
-        return (self.cos.distance(feats) - ps[0, 0]) / ps[0, 1] + (self.l2.distance(feats) - ps[1, 0]) / ps[1, 1]
+        return standardise(self.cos.distance(feats), self.part_stats[0]) + standardise(self.l2.distance(feats),
+                                                                                        self.part_stats[1])
 
     def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
         return standardised_sum(rec, self.rec_stats, mem, self.mem_stats, weight)
@@ -458,11 +458,22 @@ def make_memory(size: int, channels: int, k: int, metric: str, dims: int = 0) ->
     return ExtrinsicMemory(size, channels, k, metric, dims)
 
 
+def mean_std(x: torch.Tensor) -> torch.Tensor:
+    """(mean, std) of all of ``x``, the std floored at 1e-6: the statistics a map is standardised with (taken
+    on held-out normal pixels)."""
+    return torch.stack([x.mean(), x.std().clamp_min(1e-6)])
+
+
+def standardise(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std with ``stats`` = (mean, std) from :func:`mean_std`."""
+    return (x - stats[0]) / stats[1]
+
+
 def standardised_sum(a: torch.Tensor, a_stats: torch.Tensor, b: torch.Tensor, b_stats: torch.Tensor,
                      weight: float) -> torch.Tensor:
-    """(a - mean_a) / std_a + ``weight`` x (b - mean_b) / std_b, the stats as (mean, std) pairs: how two maps
-    measured on different scales are put on one (each standardised on held-out normal pixels) and summed."""
-    return (a - a_stats[0]) / a_stats[1] + weight * (b - b_stats[0]) / b_stats[1]
+    """standardise(a) + ``weight`` x standardise(b): how two maps measured on different scales are put on one
+    (each standardised on held-out normal pixels) and summed."""
+    return standardise(a, a_stats) + weight * standardise(b, b_stats)
 
 
 def bank_product(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
@@ -525,7 +536,7 @@ class ResidualHead(nn.Module):
     @torch.no_grad()
     def fit_stats(self, base: torch.Tensor, res: torch.Tensor) -> None:
         for buf, m in ((self.base_stats, base), (self.res_stats, res)):
-            buf.copy_(torch.stack([m.mean(), m.std().clamp_min(1e-6)]))
+            buf.copy_(mean_std(m))
 
     def fuse(self, base: torch.Tensor, res: torch.Tensor, weight: float) -> torch.Tensor:
         """Standardised base map + ``weight`` x standardised head mask (same size)."""
