@@ -41,7 +41,7 @@ from inference.model_dir import load_model_dir
 
 # the most accurate settings of quality.json: (entries per bank, k, metric, memory weight)
 METHODS = {"inp_former_mem2048k1cos_w2": (2048, 1, "cos", 2.0), "inp_former_mem2048k3cos_w2": (2048, 3, "cos", 2.0),
-           "inp_former_mem1024k3dual_w2": (1024, 3, "cos+l2", 2.0)}
+           "inp_former_mem1024k3dual_w2": (1024, 3, "cos+l2", 2.0), "inp_former_mem1024k1dual_w2": (1024, 1, "cos+l2", 2.0)}
 DRAW_STRIDE = 1000
 
 

@@ -16,6 +16,8 @@ it is the ``inp_former`` row. Other rows swap in another memory on the same trai
 ``mem1024k3pca64`` = distances on the 64 top principal axes of the training patches (a cheaper graph);
 ``mem1024k3dual`` = the paired memory (``--memory-metric cos+l2``: a cosine bank, 1-NN, and a Euclidean bank,
 3-NN, of 1024 entries each, their standardised distances summed; the price of one 2048-entry bank);
+``mem1024k1dual`` = the same with a 1-NN Euclidean bank; ``mem1024k3dual_s16`` / ``mem512k3dual_s16`` = the
+paired memory on the stride-16 grid (a quarter of the queries: the one pairing fast enough for the floor);
 ``memory*_only`` = the memory map alone (a reference, never a candidate); ``inp_former_mem1024`` /
 ``_w2`` / ``mem512`` / ``memory1024_only`` = the earlier memory (k = 1, bank from the 68 fit normals
 only). Why the changes: ``bench_memory_diag.py`` (one difference at a time against the kNN). The fit /
@@ -84,7 +86,12 @@ COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3"
         "inp_former_mem2048k1cos8": 2048 * C_MEM // 4, "inp_former_mem2048k1cos8_w2": 2048 * C_MEM // 4,
         # stride-16 grid: a quarter of the queries
         "inp_former_mem1024k3_s16": 1024 * C_MEM // 4, "inp_former_mem1024k3_s16_w2": 1024 * C_MEM // 4,
-        "inp_former_mem1024k3cos_s16": 1024 * C_MEM // 4, "inp_former_mem1024k3cos_s16_w2": 1024 * C_MEM // 4}
+        "inp_former_mem1024k3cos_s16": 1024 * C_MEM // 4, "inp_former_mem1024k3cos_s16_w2": 1024 * C_MEM // 4,
+        # the paired memory with a 1-NN Euclidean bank (ReduceMin instead of TopK: same product)
+        "inp_former_mem1024k1dual": 2048 * C_MEM, "inp_former_mem1024k1dual_w2": 2048 * C_MEM,
+        # the paired memory on the stride-16 grid (a quarter of the queries)
+        "inp_former_mem1024k3dual_s16": 2048 * C_MEM // 4, "inp_former_mem1024k3dual_s16_w2": 2048 * C_MEM // 4,
+        "inp_former_mem512k3dual_s16": 1024 * C_MEM // 4, "inp_former_mem512k3dual_s16_w2": 1024 * C_MEM // 4}
 # The residual head (bench_residual.py, 32 hidden channels) in the same unit, multiply-adds per memory-grid
 # patch: per token of the 16x16 grid 272x32 + 2 x 9x32x32 + 32 = 27,168, over the 4x as many 32x32 patches.
 C_RES = (272 * 32 + 2 * 9 * 32 * 32 + 32) // 4
@@ -263,7 +270,8 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
                 (512, 3, "cos", 0, 8, False, "cos"), (1024, 1, "cos", 0, 8, False, "cos"), (2048, 3, "cos", 0, 8, False, "cos"),
                 (2048, 1, "cos", 0, 8, False, "cos"), (2048, 1, "cos", 0, 8, True, "cos8"),
                 (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16"),
-                (1024, 3, "cos+l2", 0, 8, False, "dual")):
+                (1024, 3, "cos+l2", 0, 8, False, "dual"), (1024, 1, "cos+l2", 0, 8, False, "dual"),
+                (1024, 3, "cos+l2", 0, 16, False, "dual_s16"), (512, 3, "cos+l2", 0, 16, False, "dual_s16")):
             f_m, h_m, t_m = feats[stride]
             m = fill_memory(module, size, k, f_m, held_enc, h_m, seed, True, metric, dims, int8, picks)
             _, md = raw(module, test_enc, t_m)
@@ -444,7 +452,9 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
                 ("inp_former_mem512k3cos", 512, 3, "cos", 0), ("inp_former_mem1024k1cos", 1024, 1, "cos", 0),
                 ("inp_former_mem2048k3cos", 2048, 3, "cos", 0), ("inp_former_mem2048k1cos", 2048, 1, "cos", 0),
                 ("inp_former_mem2048k1cos8", 2048, 1, "cos", 0), ("inp_former_mem1024k3_s16", 1024, 3, "l2", 0),
-                ("inp_former_mem1024k3cos_s16", 1024, 3, "cos", 0), ("inp_former_mem1024k3dual", 1024, 3, "cos+l2", 0))
+                ("inp_former_mem1024k3cos_s16", 1024, 3, "cos", 0), ("inp_former_mem1024k3dual", 1024, 3, "cos+l2", 0),
+                ("inp_former_mem1024k1dual", 1024, 1, "cos+l2", 0), ("inp_former_mem1024k3dual_s16", 1024, 3, "cos+l2", 0),
+                ("inp_former_mem512k3dual_s16", 512, 3, "cos+l2", 0))
     for name, size, k, metric, dims in variants:
         cfg = default_config(size).model
         cfg = replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims,
@@ -541,6 +551,15 @@ LABELS = {
     "inp_former_mem1024k3dual": "INP-Former + paired memory: cosine 1024 (1-NN) + Euclidean 1024 (3-NN), all 80 (weight 1)",
     "inp_former_mem1024k3dual_w2": "INP-Former + paired memory: cosine 1024 (1-NN) + Euclidean 1024 (3-NN), all 80, memory weight 2",
     "memory1024k3dual_only": "paired memory 1024 + 1024, alone (reference)",
+    "inp_former_mem1024k1dual": "INP-Former + paired memory: cosine 1024 (1-NN) + Euclidean 1024 (1-NN), all 80 (weight 1)",
+    "inp_former_mem1024k1dual_w2": "INP-Former + paired memory: cosine 1024 + Euclidean 1024, both 1-NN, all 80, memory weight 2",
+    "memory1024k1dual_only": "paired memory 1024 + 1024, both 1-NN, alone (reference)",
+    "inp_former_mem1024k3dual_s16": "INP-Former + paired memory 1024 + 1024 (Euclidean 3-NN), stride-16 grid (weight 1)",
+    "inp_former_mem1024k3dual_s16_w2": "INP-Former + paired memory 1024 + 1024 (Euclidean 3-NN), stride-16 grid, memory weight 2",
+    "memory1024k3dual_s16_only": "paired memory 1024 + 1024, stride-16 grid, alone (reference)",
+    "inp_former_mem512k3dual_s16": "INP-Former + paired memory 512 + 512 (Euclidean 3-NN), stride-16 grid (weight 1)",
+    "inp_former_mem512k3dual_s16_w2": "INP-Former + paired memory 512 + 512 (Euclidean 3-NN), stride-16 grid, memory weight 2",
+    "memory512k3dual_s16_only": "paired memory 512 + 512, stride-16 grid, alone (reference)",
     "inp_former_mem1024k3pca64": "INP-Former + extrinsic memory 1024, 3-NN, all 80, on 64 principal axes (weight 1)",
     "inp_former_mem1024k3pca64_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, 64 principal axes, memory weight 2",
     "memory1024k3pca64_only": "memory 1024, 3-NN, all 80, 64 principal axes, alone (reference)",
@@ -655,26 +674,39 @@ README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", 
                "inp_former_mem512k3_w2", "inp_former_mem1024k3pca64", "inp_former_mem1024k3pca64_w2",
                "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem512k3cos",
                "inp_former_mem512k3cos_w2", "inp_former_mem1024k1cos_w2", "inp_former_mem2048k1cos_w2",
-               "inp_former_mem2048k3cos_w2", "inp_former_mem1024k3dual_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
-               "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "memory1024k3_only")
+               "inp_former_mem2048k3cos_w2", "inp_former_mem1024k3dual_w2", "inp_former_mem1024k1dual_w2",
+               "inp_former_mem1024k3dual_s16_w2", "inp_former_mem512k3dual_s16_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
+               "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "memory1024k3_only", "memory1024k3dual_only")
+
+
+def speed_cell(q: dict, method: str) -> str:
+    """A row's measured ORT batch-8 speed against the encoder-only yardstick (``quality_speed.json``), "n/a" for
+    graphs the product does not export (kNN banks, a memory alone) or never timed."""
+    ratio = (q.get("speed") or {}).get("ratio_to_yardstick", {}).get(speed_key(method))
+    if ratio is None:
+        return "n/a"
+    return f"**{ratio:.2f}x**" if ratio < SPEED_FLOOR else f"{ratio:.2f}x"
 
 
 def write_readme_table(q: dict, path: Path | None = None) -> None:
-    """README's generated quality table (between ``<!-- quality-table:begin/end -->``): the candidates, the
-    strongest kNN rows (those that set the bar) and the verdict, from quality.json."""
+    """README's generated quality table (between ``<!-- quality-table:begin/end -->``): the candidates with their
+    measured speed, the strongest kNN rows (those that set the bar) and the verdict, from quality.json."""
     from benchmarks.common import REPO
 
     bar_rows = list(dict.fromkeys(q["knn_bar_method"].values()))
     rows = [m for m in README_ROWS if m in q["mean"]] + bar_rows
     lines = [f"Generated from `benchmarks/results/quality.json` (seeds {q['seeds']}, mean of the 4 categories, "
-             "± = spread of the per-seed means).", "",
-             "| mean of 4 categories | image AUROC | pixel AUROC | AUPRO (30% FPR) |", "|---|---|---|---|"]
+             "± = spread of the per-seed means; speed: ONNX Runtime images/s at batch 8 over the encoder alone's, "
+             f"median of {(q.get('speed') or {}).get('rounds', '?')} paired rounds of `bench_memory.py --speed`, "
+             f"**bold** below the {SPEED_FLOOR}x floor; n/a: not a graph the product exports).", "",
+             "| mean of 4 categories | image AUROC | pixel AUROC | AUPRO (30% FPR) | ORT speed (x encoder) |",
+             "|---|---|---|---|---|"]
     for m in rows:
         v = q["mean"][m]
         seeds = q.get("seeds_by_method", {}).get(m)
         note = f", seeds {seeds}" if seeds else ""
         lines.append(f"| {LABELS.get(m, m)} (`{m}`{note}) | " + " | ".join(
-            f"{v[k]:.3f} ± {v['spread'][k]:.3f}" for k in KEYS) + " |")
+            f"{v[k]:.3f} ± {v['spread'][k]:.3f}" for k in KEYS) + f" | {speed_cell(q, m)} |")
     bar = q["knn_bar"]
     lines += ["", f"Bar (best kNN per metric): {bar['image_auroc']:.4f} / {bar['pixel_auroc']:.4f} / {bar['aupro']:.4f}. "
               "Winners on accuracy: " + (", ".join(f"`{w}`" for w in q["winners"]) or "none") + "; chosen: "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarks.bench_memory import decide, speed_key
+from pathlib import Path
+
+from benchmarks.bench_memory import decide, speed_cell, speed_key, write_readme_table
 
 SPREAD = {"image_auroc": 0.01, "pixel_auroc": 0.01, "aupro": 0.01}
 
@@ -63,3 +65,19 @@ def test_a_benchmark_prototype_is_never_a_winner() -> None:
     out = decide(q)
     assert "inp_former_mem2048k1cos8" not in out["winners"]
     assert out["prototypes_meeting_bar"] == ["inp_former_mem2048k1cos8"]
+
+
+def test_readme_table_shows_each_rows_speed_beside_its_accuracy(tmp_path: Path) -> None:
+    q = decide(quality({"inp_former": 0.56, "inp_former_mem512k3": 0.55, "inp_former_mem1024k3": 0.42}))
+    q["seeds"] = [0, 1, 2]
+    assert speed_cell(q, "inp_former_mem1024k3_w2") == "**0.42x**"   # below the floor, timed as its graph
+    assert speed_cell(q, "inp_former_mem512k3") == "0.55x"
+    assert speed_cell(q, "knn_a") == "n/a" and speed_cell(q, "inp_former_mem1024k3_w2_res") == "n/a"
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- quality-table:begin -->\nSTALE\n<!-- quality-table:end -->\nrest\n")
+    write_readme_table(q, readme)
+    text = readme.read_text()
+    assert "STALE" not in text and text.startswith("intro") and text.rstrip().endswith("rest")
+    assert "| ORT speed (x encoder) |" in text
+    line = next(ln for ln in text.splitlines() if "(`inp_former_mem512k3`)" in ln)
+    assert "| 0.810 ± 0.010 | 0.881 ± 0.010 | 0.651 ± 0.010 | 0.55x |" in line
