@@ -16,7 +16,7 @@ it is the ``inp_former`` row. Other rows swap in another memory on the same trai
 ``mem1024k3pca64`` = distances on the 64 top principal axes of the training patches (a cheaper graph);
 ``mem1024k3dual`` = the paired memory (``--memory-metric cos+l2``: a cosine bank, 1-NN, and a Euclidean bank,
 3-NN, of 1024 entries each, their standardised distances summed; the price of one 2048-entry bank);
-``mem1024k1dual`` = the same with a 1-NN Euclidean bank; ``mem1024k3dual_s16`` / ``mem512k3dual_s16`` = the
+``mem1024k1dual`` = the same with a 1-NN Euclidean bank; ``mem384k3dual`` / ``mem256k3dual`` = smaller pairs; ``mem1024k3dual_s16`` / ``mem512k3dual_s16`` = the
 paired memory on the stride-16 grid (a quarter of the queries: the one pairing fast enough for the floor);
 ``memory*_only`` = the memory map alone (a reference, never a candidate); ``inp_former_mem1024`` /
 ``_w2`` / ``mem512`` / ``memory1024_only`` = the earlier memory (k = 1, bank from the 68 fit normals
@@ -91,7 +91,10 @@ COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3"
         "inp_former_mem1024k1dual": 2048 * C_MEM, "inp_former_mem1024k1dual_w2": 2048 * C_MEM,
         # the paired memory on the stride-16 grid (a quarter of the queries)
         "inp_former_mem1024k3dual_s16": 2048 * C_MEM // 4, "inp_former_mem1024k3dual_s16_w2": 2048 * C_MEM // 4,
-        "inp_former_mem512k3dual_s16": 1024 * C_MEM // 4, "inp_former_mem512k3dual_s16_w2": 1024 * C_MEM // 4}
+        "inp_former_mem512k3dual_s16": 1024 * C_MEM // 4, "inp_former_mem512k3dual_s16_w2": 1024 * C_MEM // 4,
+        # smaller paired memories on the stride-8 grid
+        "inp_former_mem384k3dual": 768 * C_MEM, "inp_former_mem384k3dual_w2": 768 * C_MEM,
+        "inp_former_mem256k3dual": 512 * C_MEM, "inp_former_mem256k3dual_w2": 512 * C_MEM}
 # The residual head (bench_residual.py, 32 hidden channels) in the same unit, multiply-adds per memory-grid
 # patch: per token of the 16x16 grid 272x32 + 2 x 9x32x32 + 32 = 27,168, over the 4x as many 32x32 patches.
 C_RES = (272 * 32 + 2 * 9 * 32 * 32 + 32) // 4
@@ -271,7 +274,8 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
                 (2048, 1, "cos", 0, 8, False, "cos"), (2048, 1, "cos", 0, 8, True, "cos8"),
                 (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16"),
                 (1024, 3, "cos+l2", 0, 8, False, "dual"), (1024, 1, "cos+l2", 0, 8, False, "dual"),
-                (1024, 3, "cos+l2", 0, 16, False, "dual_s16"), (512, 3, "cos+l2", 0, 16, False, "dual_s16")):
+                (1024, 3, "cos+l2", 0, 16, False, "dual_s16"), (512, 3, "cos+l2", 0, 16, False, "dual_s16"),
+                (384, 3, "cos+l2", 0, 8, False, "dual"), (256, 3, "cos+l2", 0, 8, False, "dual")):
             f_m, h_m, t_m = feats[stride]
             m = fill_memory(module, size, k, f_m, held_enc, h_m, seed, True, metric, dims, int8, picks)
             _, md = raw(module, test_enc, t_m)
@@ -454,7 +458,8 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
                 ("inp_former_mem2048k1cos8", 2048, 1, "cos", 0), ("inp_former_mem1024k3_s16", 1024, 3, "l2", 0),
                 ("inp_former_mem1024k3cos_s16", 1024, 3, "cos", 0), ("inp_former_mem1024k3dual", 1024, 3, "cos+l2", 0),
                 ("inp_former_mem1024k1dual", 1024, 1, "cos+l2", 0), ("inp_former_mem1024k3dual_s16", 1024, 3, "cos+l2", 0),
-                ("inp_former_mem512k3dual_s16", 512, 3, "cos+l2", 0))
+                ("inp_former_mem512k3dual_s16", 512, 3, "cos+l2", 0), ("inp_former_mem384k3dual", 384, 3, "cos+l2", 0),
+                ("inp_former_mem256k3dual", 256, 3, "cos+l2", 0))
     for name, size, k, metric, dims in variants:
         cfg = default_config(size).model
         cfg = replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims,
@@ -560,6 +565,12 @@ LABELS = {
     "inp_former_mem512k3dual_s16": "INP-Former + paired memory 512 + 512 (Euclidean 3-NN), stride-16 grid (weight 1)",
     "inp_former_mem512k3dual_s16_w2": "INP-Former + paired memory 512 + 512 (Euclidean 3-NN), stride-16 grid, memory weight 2",
     "memory512k3dual_s16_only": "paired memory 512 + 512, stride-16 grid, alone (reference)",
+    "inp_former_mem384k3dual": "INP-Former + paired memory 384 + 384 (Euclidean 3-NN), all 80 (weight 1)",
+    "inp_former_mem384k3dual_w2": "INP-Former + paired memory 384 + 384 (Euclidean 3-NN), all 80, memory weight 2",
+    "memory384k3dual_only": "paired memory 384 + 384, alone (reference)",
+    "inp_former_mem256k3dual": "INP-Former + paired memory 256 + 256 (Euclidean 3-NN), all 80 (weight 1)",
+    "inp_former_mem256k3dual_w2": "INP-Former + paired memory 256 + 256 (Euclidean 3-NN), all 80, memory weight 2",
+    "memory256k3dual_only": "paired memory 256 + 256, alone (reference)",
     "inp_former_mem1024k3pca64": "INP-Former + extrinsic memory 1024, 3-NN, all 80, on 64 principal axes (weight 1)",
     "inp_former_mem1024k3pca64_w2": "INP-Former + extrinsic memory 1024, 3-NN, all 80, 64 principal axes, memory weight 2",
     "memory1024k3pca64_only": "memory 1024, 3-NN, all 80, 64 principal axes, alone (reference)",
@@ -675,7 +686,8 @@ README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", 
                "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem512k3cos",
                "inp_former_mem512k3cos_w2", "inp_former_mem1024k1cos_w2", "inp_former_mem2048k1cos_w2",
                "inp_former_mem2048k3cos_w2", "inp_former_mem1024k3dual_w2", "inp_former_mem1024k1dual_w2",
-               "inp_former_mem1024k3dual_s16_w2", "inp_former_mem512k3dual_s16_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
+               "inp_former_mem384k3dual_w2", "inp_former_mem256k3dual_w2", "inp_former_mem1024k3dual_s16_w2",
+               "inp_former_mem512k3dual_s16_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
                "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "memory1024k3_only", "memory1024k3dual_only")
 
 
