@@ -101,6 +101,23 @@ C_RES = (272 * 32 + 2 * 9 * 32 * 32 + 32) // 4
 COST |= {"inp_former_res": C_RES, "inp_former_mem1024k3_res": 1024 * C_MEM + C_RES,
          "inp_former_mem1024k3_w2_res": 1024 * C_MEM + C_RES}
 CANDIDATES = tuple(COST)
+# The memories run_category swaps onto each trained head, and speed() times: (entries per bank, k, metric,
+# principal axes, grid stride, int8 product, row-name tag); each is the row ``memory_row(size, k, tag)``.
+SWAPPED_MEMORIES = (
+    (512, 3, "l2", 0, 8, False, ""), (1024, 3, "cos", 0, 8, False, "cos"), (1024, 3, "l2", 64, 8, False, "pca64"),
+    (512, 3, "cos", 0, 8, False, "cos"), (1024, 1, "cos", 0, 8, False, "cos"), (2048, 3, "cos", 0, 8, False, "cos"),
+    (2048, 1, "cos", 0, 8, False, "cos"), (2048, 1, "cos", 0, 8, True, "cos8"),
+    (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16"),
+    (1024, 3, "cos+l2", 0, 8, False, "dual"), (1024, 1, "cos+l2", 0, 8, False, "dual"),
+    (1024, 3, "cos+l2", 0, 16, False, "dual_s16"), (512, 3, "cos+l2", 0, 16, False, "dual_s16"),
+    (384, 3, "cos+l2", 0, 8, False, "dual"), (256, 3, "cos+l2", 0, 8, False, "dual"))
+
+
+def memory_row(size: int, k: int, tag: str) -> str:
+    """The quality row of a swapped memory (weight 1; ``_w2`` appended for weight 2)."""
+    return f"inp_former_mem{size}k{k}{tag}"
+
+
 # rows of a benchmark prototype (benchmarks/int8_memory.py): margins shown, never a winner - the product cannot
 # train or serve them
 PROTOTYPES = ("inp_former_mem2048k1cos8", "inp_former_mem2048k1cos8_w2")
@@ -268,19 +285,12 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
         # the larger cosine bank (2048), 1-NN cosine, the stride-16 grid (`_s16`), the int8 product (`cos8`)
         feats = {8: (fit_mem, held_mem, test_mem), 16: (fit16, held16, test16)}
         picks: dict = {}  # coresets shared by the memories below that differ only in k or the product
-        for size, k, metric, dims, stride, int8, tag in (
-                (512, 3, "l2", 0, 8, False, ""), (1024, 3, "cos", 0, 8, False, "cos"), (1024, 3, "l2", 64, 8, False, "pca64"),
-                (512, 3, "cos", 0, 8, False, "cos"), (1024, 1, "cos", 0, 8, False, "cos"), (2048, 3, "cos", 0, 8, False, "cos"),
-                (2048, 1, "cos", 0, 8, False, "cos"), (2048, 1, "cos", 0, 8, True, "cos8"),
-                (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16"),
-                (1024, 3, "cos+l2", 0, 8, False, "dual"), (1024, 1, "cos+l2", 0, 8, False, "dual"),
-                (1024, 3, "cos+l2", 0, 16, False, "dual_s16"), (512, 3, "cos+l2", 0, 16, False, "dual_s16"),
-                (384, 3, "cos+l2", 0, 8, False, "dual"), (256, 3, "cos+l2", 0, 8, False, "dual")):
+        for size, k, metric, dims, stride, int8, tag in SWAPPED_MEMORIES:
             f_m, h_m, t_m = feats[stride]
             m = fill_memory(module, size, k, f_m, held_enc, h_m, seed, True, metric, dims, int8, picks)
             _, md = raw(module, test_enc, t_m)
             for w in (1.0, 2.0):
-                add(f"inp_former_mem{size}k{k}{tag}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
+                add(f"{memory_row(size, k, tag)}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
             add(f"memory{size}k{k}{tag}_only", md)
         # the earlier memory (kept as rows): k = 1, bank from the 68 fit normals only
         for size in (1024, 512):
@@ -450,22 +460,17 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
     the memory models (:func:`time_against_encoder`). Weights do not change the cost, so the banks hold
     random rows."""
     models: dict[str, InpFormer] = {}
-    variants = (("inp_former", 0, 3, "l2", 0), ("inp_former_mem512k3", 512, 3, "l2", 0),
-                ("inp_former_mem1024", 1024, 1, "l2", 0), ("inp_former_mem1024k3", 1024, 3, "l2", 0),
-                ("inp_former_mem1024k3cos", 1024, 3, "cos", 0), ("inp_former_mem1024k3pca64", 1024, 3, "l2", 64),
-                ("inp_former_mem512k3cos", 512, 3, "cos", 0), ("inp_former_mem1024k1cos", 1024, 1, "cos", 0),
-                ("inp_former_mem2048k3cos", 2048, 3, "cos", 0), ("inp_former_mem2048k1cos", 2048, 1, "cos", 0),
-                ("inp_former_mem2048k1cos8", 2048, 1, "cos", 0), ("inp_former_mem1024k3_s16", 1024, 3, "l2", 0),
-                ("inp_former_mem1024k3cos_s16", 1024, 3, "cos", 0), ("inp_former_mem1024k3dual", 1024, 3, "cos+l2", 0),
-                ("inp_former_mem1024k1dual", 1024, 1, "cos+l2", 0), ("inp_former_mem1024k3dual_s16", 1024, 3, "cos+l2", 0),
-                ("inp_former_mem512k3dual_s16", 512, 3, "cos+l2", 0), ("inp_former_mem384k3dual", 384, 3, "cos+l2", 0),
-                ("inp_former_mem256k3dual", 256, 3, "cos+l2", 0))
-    for name, size, k, metric, dims in variants:
+    # the pure model, the product's own memory and the earlier one, then every memory run_category swaps in
+    variants = [("inp_former", 0, 3, "l2", 0, 8, False), ("inp_former_mem1024", 1024, 1, "l2", 0, 8, False),
+                ("inp_former_mem1024k3", 1024, 3, "l2", 0, 8, False)] + [
+        (memory_row(size, k, tag), size, k, metric, dims, stride, int8)
+        for size, k, metric, dims, stride, int8, tag in SWAPPED_MEMORIES]
+    for name, size, k, metric, dims, stride, int8 in variants:
         cfg = default_config(size).model
         cfg = replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims,
-                      memory_stride=16 if name.endswith("_s16") else cfg.memory_stride)
+                      memory_stride=stride)
         m = InpFormer(cfg).eval()
-        if name.endswith("cos8"):
+        if int8:
             m.head.memory = Int8CosMemory(size, m.head.memory.channels)
         if size:
             m.head.memory.fit(torch.randn(size, m.head.memory.channels))

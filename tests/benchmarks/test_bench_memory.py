@@ -81,3 +81,12 @@ def test_readme_table_shows_each_rows_speed_beside_its_accuracy(tmp_path: Path) 
     assert "| ORT speed (x encoder) |" in text
     line = next(ln for ln in text.splitlines() if "(`inp_former_mem512k3`)" in ln)
     assert "| 0.810 ± 0.010 | 0.881 ± 0.010 | 0.651 ± 0.010 | 0.55x |" in line
+
+
+def test_every_swapped_memory_is_a_costed_labelled_candidate_at_both_weights() -> None:
+    from benchmarks.bench_memory import COST, LABELS, SWAPPED_MEMORIES, memory_row
+
+    names = [memory_row(size, k, tag) for size, k, _, _, _, _, tag in SWAPPED_MEMORIES]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert {name, f"{name}_w2"} <= set(COST) and {name, f"{name}_w2"} <= set(LABELS)
