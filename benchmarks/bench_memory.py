@@ -100,7 +100,6 @@ COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3"
 C_RES = (272 * 32 + 2 * 9 * 32 * 32 + 32) // 4
 COST |= {"inp_former_res": C_RES, "inp_former_mem1024k3_res": 1024 * C_MEM + C_RES,
          "inp_former_mem1024k3_w2_res": 1024 * C_MEM + C_RES}
-CANDIDATES = tuple(COST)
 # The memories run_category swaps onto each trained head, and speed() times: (entries per bank, k, metric,
 # principal axes, grid stride, int8 product, row-name tag); each is the row ``memory_row(size, k, tag)``.
 SWAPPED_MEMORIES = (
@@ -113,9 +112,66 @@ SWAPPED_MEMORIES = (
     (384, 3, "cos+l2", 0, 8, False, "dual"), (256, 3, "cos+l2", 0, 8, False, "dual"))
 
 
-def memory_row(size: int, k: int, tag: str) -> str:
-    """The quality row of a swapped memory (weight 1; ``_w2`` appended for weight 2)."""
-    return f"inp_former_mem{size}k{k}{tag}"
+def memory_row(size: int, k: int, tag: str, head: str = "") -> str:
+    """The quality row of a swapped memory (weight 1; ``_w2`` appended for weight 2) on the default head or
+    on the head variant ``head`` (a key of ``HEADS``)."""
+    return f"inp_former{'_' + head if head else ''}_mem{size}k{k}{tag}"
+
+
+# Lighter heads, each trained as its own model per category and seed (``--head NAME``; model dirs
+# ``memory_models/<category>_s<seed>_<NAME>``): the InpConfig fields that differ from the default head, and the
+# memories swapped onto it. Why: the paired memory carries most of the accuracy and the 4-block decoder most
+# of the head's price (ORT profile: ~2 ms of the batch-8 pass per block), so a shorter decoder may buy the
+# speed floor. Rows: ``inp_former_<NAME>`` (its reconstruction alone), then ``inp_former_<NAME>_mem...``.
+HEADS: dict[str, dict[str, Any]] = {"dec2": {"decoder_blocks": 2}}
+HEAD_MEMORIES = tuple(m for m in SWAPPED_MEMORIES if m[2] == "cos+l2" and m[4] == 8)
+
+
+# A decoder block in the same unit: multiply-adds per token of the 16x16 grid (q, k, v, proj: 4 x 128^2; MLP:
+# 2 x 128 x 256) over the 4x as many memory-grid patches; a head variant's rows cost their memory minus the
+# blocks it drops.
+C_DEC = (4 * 128 * 128 + 2 * 128 * 256) // 4
+
+
+def _head_cost(head: str) -> int:
+    return -C_DEC * (4 - HEADS[head].get("decoder_blocks", 4))
+
+
+def head_costs() -> dict[str, int]:
+    """COST of every head variant's rows: its reconstruction alone, the product's memory (1024 entries, 3-NN)
+    and each of ``HEAD_MEMORIES``, at both weights."""
+    out: dict[str, int] = {}
+    for head in HEADS:
+        out[f"inp_former_{head}"] = _head_cost(head)
+        rows = [("mem1024k3", "inp_former_mem1024k3")] + [
+            (memory_row(size, k, tag)[len("inp_former_"):], memory_row(size, k, tag))
+            for size, k, _, _, _, _, tag in HEAD_MEMORIES]
+        for suffix, base in rows:
+            for w in ("", "_w2"):
+                out[f"inp_former_{head}_{suffix}{w}"] = COST[base + w] + _head_cost(head)
+    return out
+
+
+COST |= head_costs()
+CANDIDATES = tuple(COST)
+
+
+def row_fields(method: str) -> dict[str, Any]:
+    """The InpConfig fields (decoder and memory) of candidate row ``method``: what a model trained to serve that
+    row sets (``training.presets`` holds the chosen ones; a test keeps the two equal)."""
+    head = next((h for h in HEADS if method == f"inp_former_{h}" or method.startswith(f"inp_former_{h}_")), "")
+    out: dict[str, Any] = {"decoder_blocks": 4} | HEADS.get(head, {})
+    rest = method[len("inp_former" + (f"_{head}" if head else "")):]
+    weight = 2.0 if rest.endswith("_w2") else 1.0
+    rest = rest.removesuffix("_w2")
+    if not rest:
+        return out | {"memory_size": 0}
+    specs = [(1024, 3, "l2", 0, 8, False, "")] + list(SWAPPED_MEMORIES)  # the product's own memory, then the swapped
+    for size, k, metric, dims, stride, int8, tag in specs:
+        if not int8 and rest == memory_row(size, k, tag)[len("inp_former"):]:
+            return out | {"memory_size": size, "memory_k": k, "memory_metric": metric, "memory_dims": dims,
+                          "memory_stride": stride, "memory_weight": weight}
+    raise KeyError(f"no model serves the row {method!r}")
 
 
 # rows of a benchmark prototype (benchmarks/int8_memory.py): margins shown, never a winner - the product cannot
@@ -233,16 +289,36 @@ def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, hel
     return mem
 
 
+def finish_seed(res: dict, seed: int, out: dict, train_s: float, t1: float, earlier: dict, reused: bool, cat: str,
+                out_dir: Path, out_file: Path, device: str) -> None:
+    """Record one seed's rows in ``res`` and write the file (after every seed: a run stopped by a wall-clock
+    limit keeps the seeds it finished)."""
+    done = {"train_s": earlier.get(str(seed), {}).get("train_s") if reused else round(train_s, 1),
+            "score_s": round(time.perf_counter() - t1 - train_s, 1), "methods": out}
+    res["seeds"][str(seed)] = done | ({"reused_model": True} if reused else {})
+    print(f"{cat} seed {seed} {'reused' if reused else 'trained'} {train_s:.0f}s " + " ".join(
+        f"{k}={v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}/{v['aupro']:.3f}" for k, v in out.items()), flush=True)
+    res["machine"] = machine() + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(res, indent=1))
+
+
 def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: Path, iters: int | None = None,
-                 knn: bool = True, cache_dir: Path | None = None, reuse: bool = False) -> dict:
+                 knn: bool = True, cache_dir: Path | None = None, reuse: bool = False, head: str = "") -> dict:
     """Train and score one category for ``seeds``; writes ``out_dir/<category>__s<seeds>.json`` after every
     seed (several processes may each take some seeds of one category: ``aggregate`` joins them).
+
+    ``head``: a key of ``HEADS``: train that lighter head instead (its own model dirs) and score only its rows
+    (its reconstruction, the product's memory and ``HEAD_MEMORIES``; no kNN), into
+    ``<category>__s<seeds>__<head>.json`` (``join_runs`` merges it with the default head's rows).
 
     ``reuse``: a seed whose model directory is already there (an earlier run's training) is scored, not
     retrained; its training seconds are taken from that run's file in ``out_dir`` when there (else null).
     Every row comes from the model, so rows added later are scored on the very models the others were."""
     cfg = replace(default_config(), cache_dir=str(cache_dir or WORK / "cache_memory"), categories=[cat], device=device)
     cfg = replace(cfg, iters=iters or cfg.iters)
+    if head:
+        cfg = replace(cfg, model=replace(cfg.model, **HEADS[head]))
     hw = cfg.model.input_hw
     fit, held, test, labels, masks = category_split(root, cat, cfg.holdout, hw)
     probe = InpFormer(cfg.model).to(device)
@@ -254,12 +330,12 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
                              for items in (fit, held, test.items))
     encode_s = time.perf_counter() - t0
     del probe, probe16
-    out_file = out_dir / f"{cat.replace('/', '__')}__s{'-'.join(map(str, seeds))}.json"
+    out_file = out_dir / f"{cat.replace('/', '__')}__s{'-'.join(map(str, seeds))}{'__' + head if head else ''}.json"
     earlier = json.loads(out_file.read_text()).get("seeds", {}) if reuse and out_file.exists() else {}
     res: dict = {"category": cat, "n_fit": len(fit), "n_held": len(held), "n_test": len(test.items),
-                 "encode_s": round(encode_s, 1), "seeds": {}}
+                 "encode_s": round(encode_s, 1), "seeds": {}} | ({"head": head} if head else {})
     for seed in seeds:
-        mdir = WORK / "memory_models" / f"{cat.replace('/', '__')}_s{seed}"
+        mdir = WORK / "memory_models" / f"{cat.replace('/', '__')}_s{seed}{'_' + head if head else ''}"
         t1 = time.perf_counter()
         reused = reuse and (mdir / "weights.pt").is_file()
         if not reused:
@@ -277,9 +353,19 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
             maps, scores = finish(module, rawmap)
             out[name] = all_metrics(labels, scores, masks, maps)
 
-        add("inp_former", rec)
+        pre = f"inp_former_{head}" if head else "inp_former"
+        add(pre, rec)
         for w in (1.0, 2.0):
-            add(f"inp_former_mem1024k3{'_w2' if w == 2 else ''}", prod.fuse(rec, mdist, w))
+            add(f"{pre}_mem1024k3{'_w2' if w == 2 else ''}", prod.fuse(rec, mdist, w))
+        if head:  # the memory-only maps do not depend on the head: the default head's run has them
+            picks: dict = {}
+            for size, k, metric, dims, _stride, int8, tag in HEAD_MEMORIES:
+                m = fill_memory(module, size, k, fit_mem, held_enc, held_mem, seed, True, metric, dims, int8, picks)
+                _, md = raw(module, test_enc, test_mem)
+                for w in (1.0, 2.0):
+                    add(f"{memory_row(size, k, tag, head)}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
+            finish_seed(res, seed, out, train_s, t1, earlier, reused, cat, out_dir, out_file, device)
+            continue
         add("memory1024k3_only", mdist)
         # filled the same way: the cheaper bank (512), the cosine distance, the cheaper product (64 principal axes),
         # the larger cosine bank (2048), 1-NN cosine, the stride-16 grid (`_s16`), the int8 product (`cos8`)
@@ -304,27 +390,29 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
             kmaps, kmax, ktop = knn_rows(torch.cat([fit_mem, held_mem]), test_mem, hw, seed)
             out["knn_r20k"] = all_metrics(labels, kmax, masks, kmaps)
             out["knn_r20k_top1"] = all_metrics(labels, ktop, masks, kmaps)
-        done = {"train_s": earlier.get(str(seed), {}).get("train_s") if reused else round(train_s, 1),
-                "score_s": round(time.perf_counter() - t1 - train_s, 1), "methods": out}
-        res["seeds"][str(seed)] = done | ({"reused_model": True} if reused else {})
-        print(f"{cat} seed {seed} {'reused' if reused else 'trained'} {train_s:.0f}s " + " ".join(
-            f"{k}={v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}/{v['aupro']:.3f}" for k, v in out.items()), flush=True)
-        # written after every seed: a run stopped by a wall-clock limit keeps the seeds it finished
-        res["machine"] = machine() + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(json.dumps(res, indent=1))
+        finish_seed(res, seed, out, train_s, t1, earlier, reused, cat, out_dir, out_file, device)
     return res
 
 
 def join_runs(parts: list[dict]) -> list[dict]:
     """One run per category: the seeds of every file of that category (files of one seed each, or older
-    files holding several) joined; the first file's other fields are kept."""
+    files holding several) joined; the first file's other fields are kept. A head variant's file (``head``)
+    adds its rows to the same seeds' ``methods`` and its training seconds as ``train_s_heads[head]``."""
     by: dict[str, dict] = {}
-    for r in parts:
+    for r in (p for p in parts if not p.get("head")):
         if r["category"] in by:
             by[r["category"]]["seeds"].update(r["seeds"])
         else:
-            by[r["category"]] = {**r, "seeds": dict(r["seeds"])}
+            by[r["category"]] = {**r, "seeds": {s: dict(v) for s, v in r["seeds"].items()}}
+    for r in (p for p in parts if p.get("head")):
+        base = by.get(r["category"])
+        if base is None:
+            raise SystemExit(f"head {r['head']!r} rows for {r['category']} without the default head's run")
+        for s, v in r["seeds"].items():
+            if s in base["seeds"]:
+                seed = base["seeds"][s]
+                seed["methods"] = seed["methods"] | v["methods"]
+                seed["train_s_heads"] = seed.get("train_s_heads", {}) | {r["head"]: v["train_s"]}
     return list(by.values())
 
 
@@ -333,7 +421,9 @@ def aggregate(in_dir: Path, extra: dict) -> dict:
     if not runs:
         raise SystemExit(f"no per-category results under {in_dir}")
     seeds = sorted(set.intersection(*(set(r["seeds"]) for r in runs)), key=int)
-    methods = list(runs[0]["seeds"][seeds[0]]["methods"])
+    # the rows every category has for every seed (a head variant run on some categories only is left out)
+    methods = [m for m in runs[0]["seeds"][seeds[0]]["methods"]
+               if all(m in r["seeds"][s]["methods"] for r in runs for s in seeds)]
     # per seed: mean over categories; then mean and spread (max - min) over seeds
     per_seed = {m: {k: [float(np.mean([r["seeds"][s]["methods"][m][k] for r in runs])) for s in seeds] for k in KEYS}
                 for m in methods}
@@ -344,6 +434,8 @@ def aggregate(in_dir: Path, extra: dict) -> dict:
     q = {"seeds": [int(s) for s in seeds], "categories": [r["category"] for r in runs], "mean": mean,
          "per_seed_mean": per_seed, "per_category": per_cat,
          "train_s": {r["category"]: [r["seeds"][s]["train_s"] for s in seeds] for r in runs},
+         "train_s_heads": {h: {r["category"]: [r["seeds"][s].get("train_s_heads", {}).get(h) for s in seeds]
+                               for r in runs} for h in HEADS},
          "machine": runs[0]["machine"], **extra}
     return decide(q) if any(m.startswith("knn_") for m in mean) else q
 
@@ -460,15 +552,21 @@ def speed(rounds: int = 3, batch: int = 8) -> dict:
     the memory models (:func:`time_against_encoder`). Weights do not change the cost, so the banks hold
     random rows."""
     models: dict[str, InpFormer] = {}
-    # the pure model, the product's own memory and the earlier one, then every memory run_category swaps in
-    variants = [("inp_former", 0, 3, "l2", 0, 8, False), ("inp_former_mem1024", 1024, 1, "l2", 0, 8, False),
-                ("inp_former_mem1024k3", 1024, 3, "l2", 0, 8, False)] + [
-        (memory_row(size, k, tag), size, k, metric, dims, stride, int8)
+    # the pure model, the product's own memory and the earlier one, then every memory run_category swaps in,
+    # then each head variant with its own rows
+    variants = [("inp_former", 0, 3, "l2", 0, 8, False, ""), ("inp_former_mem1024", 1024, 1, "l2", 0, 8, False, ""),
+                ("inp_former_mem1024k3", 1024, 3, "l2", 0, 8, False, "")] + [
+        (memory_row(size, k, tag), size, k, metric, dims, stride, int8, "")
         for size, k, metric, dims, stride, int8, tag in SWAPPED_MEMORIES]
-    for name, size, k, metric, dims, stride, int8 in variants:
+    for head in HEADS:
+        variants += [(f"inp_former_{head}", 0, 3, "l2", 0, 8, False, head),
+                     (f"inp_former_{head}_mem1024k3", 1024, 3, "l2", 0, 8, False, head)] + [
+            (memory_row(size, k, tag, head), size, k, metric, dims, stride, int8, head)
+            for size, k, metric, dims, stride, int8, tag in HEAD_MEMORIES]
+    for name, size, k, metric, dims, stride, int8, head in variants:
         cfg = default_config(size).model
         cfg = replace(cfg, memory_k=k if size else cfg.memory_k, memory_metric=metric, memory_dims=dims,
-                      memory_stride=stride)
+                      memory_stride=stride, **(HEADS[head] if head else {}))
         m = InpFormer(cfg).eval()
         if int8:
             m.head.memory = Int8CosMemory(size, m.head.memory.channels)
@@ -608,6 +706,22 @@ LABELS = {
 }
 
 
+def head_labels() -> dict[str, str]:
+    """LABELS of every head variant's rows: the default head's label, with the head named."""
+    out: dict[str, str] = {}
+    for head, fields in HEADS.items():
+        what = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
+        for name in head_costs():
+            if name.startswith(f"inp_former_{head}"):
+                base = LABELS["inp_former_" + name[len(f"inp_former_{head}_"):]] if name != f"inp_former_{head}" else \
+                    "INP-Former, pure"
+                out[name] = base.replace("INP-Former", f"INP-Former ({what})", 1)
+    return out
+
+
+LABELS |= head_labels()
+
+
 def write_md(q: dict) -> None:
     cats = q["categories"]
     short = [c.split("/")[-1] for c in cats]
@@ -744,6 +858,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-models", action="store_true",
                     help="score a seed's model already under _work/memory_models instead of retraining it (rows added "
                          "later, on the very models the other rows came from)")
+    ap.add_argument("--head", choices=sorted(HEADS),
+                    help="train and score this lighter head instead (its own model dirs; its rows only, no kNN)")
     ap.add_argument("--aggregate", action="store_true")
     ap.add_argument("--from", dest="src", type=Path,
                     help="with --aggregate: a folder (or .tar.gz) holding memory_runs/, knn_runs/ [, fewshot_runs/] of "
@@ -770,7 +886,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     root = data_root()
     for cat in a.category or []:
-        run_category(root, cat, a.seeds, a.device, a.out, a.iters, cache_dir=a.cache, reuse=a.reuse_models)
+        run_category(root, cat, a.seeds, a.device, a.out, a.iters, cache_dir=a.cache, reuse=a.reuse_models,
+                     head=a.head or "")
     return 0
 
 

@@ -365,9 +365,14 @@ class ExtrinsicMemory(nn.Module):
         """(N, C, h, w) -> (N, h, w): mean Euclidean distance to the ``k`` nearest bank entries (k = 1:
         the nearest; a plain min, so a k = 1 model exports the very graph it always did)."""
         n, c, h, w = feats.shape
+        return self.row_distance(feats.flatten(2).transpose(1, 2)).view(n, h, w)
+
+    def row_distance(self, q: torch.Tensor) -> torch.Tensor:
+        """:meth:`distance` of query rows (N, L, C) -> (N, L): the paired memory transposes its queries once for
+        both banks (the cosine normalisation along the rows gives the very values it gave along the channels of
+        the map)."""
         if self.metric == "cos":
-            feats = F.normalize(feats, dim=1)
-        q = feats.flatten(2).transpose(1, 2)                                    # (N, L, C)
+            q = F.normalize(q, dim=-1)
         if hasattr(self, "proj"):
             q = q @ self.proj                                                   # (N, L, dims)
         q = q - self.center
@@ -376,9 +381,9 @@ class ExtrinsicMemory(nn.Module):
         # distances (an ONNX Runtime batch-8 pass of the memory 1024 costs 147 ms this way, 191 ms the other)
         qq = (q * q).sum(-1, keepdim=True)
         if self.k == 1:
-            return (part.min(dim=-1).values + qq.squeeze(-1)).clamp_min(0.0).sqrt().view(n, h, w)
+            return (part.min(dim=-1).values + qq.squeeze(-1)).clamp_min(0.0).sqrt()
         near = torch.topk(part, self.k, dim=-1, largest=False).values + qq
-        return near.clamp_min(0.0).sqrt().mean(-1).view(n, h, w)
+        return near.clamp_min(0.0).sqrt().mean(-1)
 
     def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
         """Standardised reconstruction map + ``weight`` x standardised memory map (same size)."""
@@ -441,9 +446,12 @@ class PairedMemory(nn.Module):
         self.rec_stats.copy_(mean_std(rec))
 
     def distance(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) -> (N, h, w): the sum of the two banks' standardised distances."""
-        return standardise(self.cos.distance(feats), self.part_stats[0]) + standardise(self.l2.distance(feats),
-                                                                                        self.part_stats[1])
+        """(N, C, h, w) -> (N, h, w): the sum of the two banks' standardised distances (the queries transposed
+        to rows once for both: one Transpose of the batch's memory features in the exported graph, not two)."""
+        n, c, h, w = feats.shape
+        q = feats.flatten(2).transpose(1, 2)                                    # (N, L, C)
+        return (standardise(self.cos.row_distance(q), self.part_stats[0])
+                + standardise(self.l2.row_distance(q), self.part_stats[1])).view(n, h, w)
 
     def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
         return standardised_sum(rec, self.rec_stats, mem, self.mem_stats, weight)

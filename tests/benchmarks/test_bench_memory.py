@@ -90,3 +90,68 @@ def test_every_swapped_memory_is_a_costed_labelled_candidate_at_both_weights() -
     assert len(set(names)) == len(names)
     for name in names:
         assert {name, f"{name}_w2"} <= set(COST) and {name, f"{name}_w2"} <= set(LABELS)
+
+
+def test_every_head_variant_row_is_costed_labelled_and_cheaper_than_its_default_head_twin() -> None:
+    from benchmarks.bench_memory import COST, HEAD_MEMORIES, HEADS, LABELS, memory_row
+
+    for head in HEADS:
+        names = [f"inp_former_{head}", f"inp_former_{head}_mem1024k3"] + [
+            memory_row(size, k, tag, head) for size, k, _, _, _, _, tag in HEAD_MEMORIES]
+        for name in names:
+            for w in ("", "_w2") if name != f"inp_former_{head}" else ("",):
+                assert name + w in COST and name + w in LABELS
+                twin = name.replace(f"_{head}", "", 1) + w
+                assert COST[name + w] < COST[twin]
+    assert memory_row(384, 3, "dual", "dec2") == "inp_former_dec2_mem384k3dual"
+
+
+def _run(cat: str, rows: dict[str, float], head: str = "") -> dict:
+    metrics = {m: {"image_auroc": v, "pixel_auroc": v, "aupro": v} for m, v in rows.items()}
+    return {"category": cat, "machine": "m", "seeds": {s: {"train_s": 10.0 + int(s), "methods": dict(metrics)}
+                                                        for s in ("0", "1")}} | ({"head": head} if head else {})
+
+
+def test_a_head_variants_file_adds_its_rows_to_the_default_heads_seeds_in_any_order() -> None:
+    import pytest
+
+    from benchmarks.bench_memory import join_runs
+
+    base, extra = _run("a/x", {"inp_former": 0.7, "knn_r20k": 0.8}), _run("a/x", {"inp_former_dec2": 0.6}, "dec2")
+    for parts in ([base, extra], [extra, base]):
+        (run,) = join_runs(parts)
+        seed = run["seeds"]["0"]
+        assert set(seed["methods"]) == {"inp_former", "knn_r20k", "inp_former_dec2"}
+        assert seed["train_s"] == 10.0 and seed["train_s_heads"] == {"dec2": 10.0}
+    with pytest.raises(SystemExit, match="without the default head"):
+        join_runs([extra])
+
+
+def test_aggregate_keeps_only_rows_every_category_has(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.bench_memory import aggregate
+
+    files = [_run("a/x", {"inp_former": 0.7}), _run("b/y", {"inp_former": 0.5}),
+             _run("a/x", {"inp_former_dec2": 0.6}, "dec2")]  # the head variant ran on one category only
+    for i, f in enumerate(files):
+        (tmp_path / f"{i}.json").write_text(json.dumps(f))
+    q = aggregate(tmp_path, {})
+    assert set(q["mean"]) == {"inp_former"}
+    assert abs(q["mean"]["inp_former"]["image_auroc"] - 0.6) < 1e-9
+    assert q["train_s_heads"]["dec2"] == {"a/x": [10.0, 11.0], "b/y": [None, None]}
+
+
+def test_row_fields_name_the_model_that_serves_a_row() -> None:
+    import pytest
+
+    from benchmarks.bench_memory import row_fields
+
+    assert row_fields("inp_former") == {"decoder_blocks": 4, "memory_size": 0}
+    assert row_fields("inp_former_dec2_mem384k3dual_w2") == {
+        "decoder_blocks": 2, "memory_size": 384, "memory_k": 3, "memory_metric": "cos+l2", "memory_dims": 0,
+        "memory_stride": 8, "memory_weight": 2.0}
+    assert row_fields("inp_former_mem1024k3")["memory_metric"] == "l2"
+    assert row_fields("inp_former_mem1024k3dual_s16")["memory_stride"] == 16
+    with pytest.raises(KeyError):
+        row_fields("inp_former_mem2048k1cos8")  # the int8 prototype: no model serves it
