@@ -797,6 +797,11 @@ def write_md(q: dict) -> None:
     lines += ["", (f"Training seconds per category and seed in these runs (the `train()` call: INP-Former with its "
               f"1024-row memory, features cached, two processes at once; {q['machine']}): "
               f"{min(ts):.0f}-{max(ts):.0f} s; CPU training time is reported in README.")]
+    for head, per_cat in (q.get("train_s_heads") or {}).items():
+        hs = [t for v in per_cat.values() for t in v if t is not None]
+        if hs:
+            lines.append(f"Head `{head}` ({', '.join(f'{k} {v}' for k, v in HEADS[head].items())}), trained as its "
+                         f"own models the same way: {min(hs):.0f}-{max(hs):.0f} s.")
     write_section("quality", "\n".join(lines))
 
 
@@ -807,7 +812,9 @@ README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", 
                "inp_former_mem2048k3cos_w2", "inp_former_mem1024k3dual_w2", "inp_former_mem1024k1dual_w2",
                "inp_former_mem384k3dual_w2", "inp_former_mem256k3dual_w2", "inp_former_mem1024k3dual_s16_w2",
                "inp_former_mem512k3dual_s16_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
-               "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "memory1024k3_only", "memory1024k3dual_only")
+               "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "inp_former_dec2",
+               "inp_former_dec2_mem1024k3dual_w2", "inp_former_dec2_mem384k3dual_w2", "inp_former_dec2_mem256k3dual_w2",
+               "memory1024k3_only", "memory1024k3dual_only")
 
 
 def speed_cell(q: dict, method: str) -> str:

@@ -132,15 +132,19 @@ def _ensure_model(args: argparse.Namespace, settings: Settings, registry: ModelR
     if active is not None and not args.retrain:
         print(f"[1/4] reusing the registered model of {args.product!r} (--retrain to train a new one)", flush=True)
         return active
+    from inference.model.inp_former import InpConfig
     from ingest.simulator import LineSimulator
+    from training.presets import resolve
     from training.train import TrainConfig, train
 
     sim = LineSimulator(product=args.product, size=(args.size, args.size), defect_rate=0.0, seed=args.seed + 1000)
     # Train on what the line sends: the camera publishes JPEG, and a model trained on the pristine
     # frames reads JPEG's block artefacts as anomalies (a quarter of normal frames flagged).
     images = [_as_published(im) for im in sim.normal_frames(args.train_frames)]
-    print(f"[1/4] training INP-Former on {len(images)} simulated normal frames of {args.product!r} ({args.iters} iterations)", flush=True)
-    cfg = TrainConfig(iters=args.iters, threads=settings.threads, cache_dir=str(settings.home / "feature-cache"))
+    print(f"[1/4] training INP-Former ({settings.model_preset} recipe) on {len(images)} simulated normal frames of "
+          f"{args.product!r} ({args.iters} iterations)", flush=True)
+    cfg = TrainConfig(model=InpConfig(**resolve(settings.model_preset, {})), iters=args.iters, threads=settings.threads,
+                      cache_dir=str(settings.home / "feature-cache"))
     cfg.categories = [args.product]
     out = child_path(settings.home / "runs", f"{args.product}-{int(time.time())}", kind="run folder", max_len=255)
     model_dir = train(images, cfg, out_dir=out, seed=args.seed)

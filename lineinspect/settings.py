@@ -114,6 +114,15 @@ class Settings(BaseSettings):
     cache_ttl_s: int = 24 * 3600
     anomaly_stream_maxlen: int = 10_000
 
+    # --- models ----------------------------------------------------------------------------
+    # training.presets.PRESETS' names, repeated so that settings import nothing from training (a test keeps the two
+    # equal)
+    model_preset: Literal["fast", "accurate"] = Field(default="fast", description=(
+        "Model recipe for `lineinspect train` (its --preset overrides it), the demo and a product's first "
+        "retraining: fast = the pure INP-Former (~0.57x the encoder's ONNX Runtime rate, below the strongest kNN "
+        "bank); accurate = + a paired memory of 1024 + 1024 normal patches (above the strongest kNN bank on all "
+        "three metrics, ~0.37x). benchmarks/RESULTS.md, quality"))
+
     # --- retention / retraining ----------------------------------------------------------
     retention_days: float = 30.0
     threshold_quantile: float = 0.99

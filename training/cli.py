@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
-from training.presets import MEMORY_FIELDS, PRESETS, resolve
+from training.presets import MODEL_FIELDS, PRESETS, resolve
 
 # inference.model.inp_former.MEMORY_METRICS, repeated so that building the parser does not import torch (a test
 # keeps the two equal)
@@ -31,11 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help="square model input size in pixels (multiple of 32)")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: TrainConfig.iters)")
     p.add_argument("--few-shot", type=int, default=0, help="train on K images with augmentation")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="fast",
-                   help="measured recipe (RESULTS.md, quality): 'fast' = the pure INP-Former (the default; ~0.56x the "
-                        "encoder's rate, below the strongest kNN bank); 'accurate' = + the paired memory, cosine and "
-                        "Euclidean banks of 1024 entries, weight 2 (above the strongest kNN bank on all three metrics, "
-                        "~0.4x the encoder's rate). The --memory-* flags override the preset's values")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="measured recipe (RESULTS.md, quality; default: the model_preset setting, 'fast'): 'fast' = "
+                        "the pure INP-Former (~0.57x the encoder's ORT rate, below the strongest kNN bank); "
+                        "'accurate' = + the paired memory, cosine and Euclidean banks of 1024 entries, weight 2 (above "
+                        "the strongest kNN bank on all three metrics, ~0.37x). The --decoder-blocks and --memory-* "
+                        "flags override the preset's values")
+    p.add_argument("--decoder-blocks", type=int, default=None,
+                   help="INP-Former decoder blocks, a multiple of the feature groups (2); default: the preset's (4). "
+                        "2 blocks: ~0.67x the encoder's rate instead of 0.57x, and less accurate (RESULTS.md, quality)")
     p.add_argument("--memory-size", type=int, default=None,
                    help="INP-Former + extrinsic memory: a greedy coreset of N normal patches whose distance map is "
                         "fused with the reconstruction map (0 = the pure INP-Former; default: the preset's)")
@@ -88,8 +92,9 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.data import hold_out
 
     try:
-        memory = resolve(getattr(args, "preset", "fast"), {k: getattr(args, k, None) for k in MEMORY_FIELDS})
-        model_cfg = InpConfig(backbone=args.backbone, input_hw=(args.size, args.size), **memory,
+        recipe = resolve(getattr(args, "preset", None) or settings.model_preset,
+                         {k: getattr(args, k, None) for k in MODEL_FIELDS})
+        model_cfg = InpConfig(backbone=args.backbone, input_hw=(args.size, args.size), **recipe,
                               residual_head=getattr(args, "residual_head", 0),
                               residual_weight=getattr(args, "residual_weight", 1.0))
     except ValueError as exc:

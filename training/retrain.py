@@ -50,6 +50,7 @@ from storage.registry import ModelRegistry, VersionInfo
 from storage.store import ResultStore, TrainingSampleRow
 from training.data import IMAGE_EXTS, read_image
 from training.gate import Evaluation, GateDecision, GatePolicy, decide, evaluate_scores
+from training.presets import DEFAULT_PRESET, resolve
 
 log = logging.getLogger("lineinspect.training.retrain")
 
@@ -261,7 +262,8 @@ class RetrainOptions:
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.1
     policy: GatePolicy = field(default_factory=GatePolicy)
-    model: InpConfig | None = None        # None: the active version's architecture, else the default
+    model: InpConfig | None = None        # None: the active version's architecture, else ``preset``'s
+    preset: str = DEFAULT_PRESET          # training.presets name: a product's first model (Settings.model_preset)
     train_overrides: dict = field(default_factory=dict)   # extra TrainConfig fields (batch_size, ...)
     engine_kind: str = "torch"            # engine used to score the gate slice
     threads: int = 0
@@ -304,9 +306,9 @@ def _model_config(active: VersionInfo | None, options: RetrainOptions) -> InpCon
         try:
             return InpConfig.from_dict(model_meta.read_config(active.path)["model"])
         except (model_meta.ModelDirError, KeyError) as exc:
-            log.warning("active version's config unreadable; training with the default architecture",
-                        extra=kv(version=active.version, error=str(exc)))
-    return InpConfig()
+            log.warning("active version's config unreadable; training with the preset's architecture",
+                        extra=kv(version=active.version, error=str(exc), preset=options.preset))
+    return InpConfig(**resolve(options.preset, {}))
 
 
 def _json_safe(v: Any) -> Any:

@@ -110,6 +110,7 @@ def _retrain_options(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, settings: Settings) -> RetrainOptions:
     from inference.model.inp_former import InpConfig
     from training.gate import GatePolicy
+    from training.presets import resolve
     from training.retrain import RetrainOptions
 
     model = None
@@ -118,7 +119,8 @@ def _options(args: argparse.Namespace, settings: Settings) -> RetrainOptions:
             raise ConfigError(f"--size must be a multiple of 32 (got {args.size})")
         base = InpConfig()
         model = InpConfig(backbone=args.backbone or base.backbone,
-                          input_hw=(args.size, args.size) if args.size else base.input_hw)
+                          input_hw=(args.size, args.size) if args.size else base.input_hw,
+                          **resolve(settings.model_preset, {}))
     try:
         policy = GatePolicy(max_fpr=args.max_fpr, fpr_tolerance=args.fpr_tolerance,
                             auroc_tolerance=args.auroc_tolerance)
@@ -129,7 +131,8 @@ def _options(args: argparse.Namespace, settings: Settings) -> RetrainOptions:
     return RetrainOptions(
         iters=args.iters, holdout=args.holdout, seed=args.seed, force=bool(getattr(args, "force", False)),
         min_samples=args.min_samples, max_samples=args.max_samples,
-        threshold_quantile=settings.threshold_quantile, policy=policy, model=model, engine_kind=args.engine,
+        threshold_quantile=settings.threshold_quantile, policy=policy, model=model, preset=settings.model_preset,
+        engine_kind=args.engine,
         threads=settings.threads, cache_dir=str(Path(settings.home) / "cache" / "features"),
         anomalies_dir=str(args.anomalies) if args.anomalies else None,
         flagged_as_anomalies=args.flagged_as_anomalies, progress=not args.no_progress and sys.stderr.isatty())

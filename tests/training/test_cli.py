@@ -60,6 +60,7 @@ def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
     from inference.model_dir import load_model_dir
 
     monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LINEINSPECT_MODEL_PRESET", "fast")  # the flags below on the pure recipe's other fields
     root = _dataset(tmp_path / "data", 20)
     out = tmp_path / "model"
     rc = main(["train", "--data", str(root), "--category", "parts", "--out", str(out), "--iters", "2",
@@ -102,6 +103,29 @@ def test_train_with_an_extrinsic_memory_writes_it_into_the_model(tmp_path: Path,
     assert torch.allclose((pair.cos.bank + pair.cos.center).norm(dim=1), torch.ones(16), atol=1e-4)
     assert not torch.allclose((pair.l2.bank + pair.l2.center).norm(dim=1), torch.ones(16), atol=1e-2)
     assert (pair.part_stats[:, 1] != 1.0).all() and pair.mem_stats.tolist() == [0.0, 1.0]
+
+
+def test_train_without_a_preset_uses_the_model_preset_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference.model_dir import load_model_dir
+
+    monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path / "home"))
+    root = _dataset(tmp_path / "data", 20)
+    # the setting picks the recipe when --preset is not given: 'accurate' (its 1024 entries overridden: the toy set
+    # has fewer patches)
+    monkeypatch.setenv("LINEINSPECT_MODEL_PRESET", "accurate")
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "d"), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64", "--memory-size", "16"]) == 0
+    cfg = load_model_dir(tmp_path / "d").module.cfg
+    assert (cfg.decoder_blocks, cfg.memory_size, cfg.memory_metric, cfg.memory_k, cfg.memory_weight) == (
+        4, 16, "cos+l2", 3, 2.0)
+    monkeypatch.setenv("LINEINSPECT_MODEL_PRESET", "fast")
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "f"), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64", "--decoder-blocks", "2"]) == 0
+    cfg = load_model_dir(tmp_path / "f").module.cfg
+    assert (cfg.decoder_blocks, cfg.memory_size) == (2, 0)
+    monkeypatch.setenv("LINEINSPECT_MODEL_PRESET", "best")
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "x"), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64"]) == 2  # a broken setting: a clear error, exit 2
 
 
 def test_train_with_a_residual_head_writes_it_into_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
