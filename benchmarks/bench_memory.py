@@ -2,6 +2,8 @@
 all on the same EfficientNet-Lite0 features (issue 13).
 
     python benchmarks/bench_memory.py --category bsdata/ball_screw_drive --seeds 0 1 2   # one process per category
+    python benchmarks/bench_memory.py --category ... --threads 1 [--head dec2]   # two processes on 2 cores: 1 thread
+                                                              # each (2 each: a model trains in 190-600 s instead of ~18)
     python benchmarks/bench_memory.py --aggregate --from DIR   # a run's files (gpu_quality.sh's $OUT) -> quality.json,
                                                               # RESULTS.md and README's generated table
 
@@ -123,18 +125,23 @@ def memory_row(size: int, k: int, tag: str, head: str = "") -> str:
 # memories swapped onto it. Why: the paired memory carries most of the accuracy and the 4-block decoder most
 # of the head's price (ORT profile: ~2 ms of the batch-8 pass per block), so a shorter decoder may buy the
 # speed floor. Rows: ``inp_former_<NAME>`` (its reconstruction alone), then ``inp_former_<NAME>_mem...``.
-HEADS: dict[str, dict[str, Any]] = {"dec2": {"decoder_blocks": 2}}
+HEADS: dict[str, dict[str, Any]] = {"dec2": {"decoder_blocks": 2}, "w64": {"width": 64}}
 HEAD_MEMORIES = tuple(m for m in SWAPPED_MEMORIES if m[2] == "cos+l2" and m[4] == 8)
 
 
-# A decoder block in the same unit: multiply-adds per token of the 16x16 grid (q, k, v, proj: 4 x 128^2; MLP:
-# 2 x 128 x 256) over the 4x as many memory-grid patches; a head variant's rows cost their memory minus the
-# blocks it drops.
-C_DEC = (4 * 128 * 128 + 2 * 128 * 256) // 4
+# The decoder in the same unit: multiply-adds per token of the 16x16 grid (per block q, k, v, proj: 4 x width^2; MLP:
+# 2 x width x (width x MLP ratio 2)) over the 4x as many memory-grid patches; a head variant's rows cost their memory
+# plus the difference between its decoder and the default one (4 blocks, width 128).
+def decoder_cost(blocks: int = 4, width: int = 128) -> int:
+    return blocks * (4 * width * width + 2 * width * 2 * width) // 4
+
+
+C_DEC = decoder_cost(1)  # one default block
 
 
 def _head_cost(head: str) -> int:
-    return -C_DEC * (4 - HEADS[head].get("decoder_blocks", 4))
+    h = HEADS[head]
+    return decoder_cost(h.get("decoder_blocks", 4), h.get("width", 128)) - decoder_cost()
 
 
 def head_costs() -> dict[str, int]:
@@ -408,6 +415,7 @@ def join_runs(parts: list[dict]) -> list[dict]:
         base = by.get(r["category"])
         if base is None:
             raise SystemExit(f"head {r['head']!r} rows for {r['category']} without the default head's run")
+        base["machine_heads"] = base.get("machine_heads", {}) | {r["head"]: r.get("machine")}
         for s, v in r["seeds"].items():
             if s in base["seeds"]:
                 seed = base["seeds"][s]
@@ -436,6 +444,7 @@ def aggregate(in_dir: Path, extra: dict) -> dict:
          "train_s": {r["category"]: [r["seeds"][s]["train_s"] for s in seeds] for r in runs},
          "train_s_heads": {h: {r["category"]: [r["seeds"][s].get("train_s_heads", {}).get(h) for s in seeds]
                                for r in runs} for h in HEADS},
+         "machine_heads": {h: runs[0].get("machine_heads", {}).get(h) for h in HEADS},
          "machine": runs[0]["machine"], **extra}
     return decide(q) if any(m.startswith("knn_") for m in mean) else q
 
@@ -800,8 +809,9 @@ def write_md(q: dict) -> None:
     for head, per_cat in (q.get("train_s_heads") or {}).items():
         hs = [t for v in per_cat.values() for t in v if t is not None]
         if hs:
+            where = (q.get("machine_heads") or {}).get(head) or "?"
             lines.append(f"Head `{head}` ({', '.join(f'{k} {v}' for k, v in HEADS[head].items())}), trained as its "
-                         f"own models the same way: {min(hs):.0f}-{max(hs):.0f} s.")
+                         f"own models the same way ({where}): {min(hs):.0f}-{max(hs):.0f} s.")
     write_section("quality", "\n".join(lines))
 
 
@@ -814,6 +824,8 @@ README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", 
                "inp_former_mem512k3dual_s16_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
                "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "inp_former_dec2",
                "inp_former_dec2_mem1024k3dual_w2", "inp_former_dec2_mem384k3dual_w2", "inp_former_dec2_mem256k3dual_w2",
+               "inp_former_w64", "inp_former_w64_mem1024k3dual_w2", "inp_former_w64_mem384k3dual_w2",
+               "inp_former_w64_mem256k3dual_w2",
                "memory1024k3_only", "memory1024k3dual_only")
 
 
@@ -862,6 +874,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=WORK / PER_CAT)
     ap.add_argument("--cache", type=Path, help="feature cache folder (default benchmarks/_work/cache_memory); one per "
                                                "process when several run the same category at once")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of this process (0: torch's default, all cores); with two processes on 2 cores "
+                         "give each 1 - oversubscribed, a model trained ~20x slower here")
     ap.add_argument("--reuse-models", action="store_true",
                     help="score a seed's model already under _work/memory_models instead of retraining it (rows added "
                          "later, on the very models the other rows came from)")
@@ -891,6 +906,8 @@ def main(argv: list[str] | None = None) -> int:
         write_md(payload)
         print(json.dumps({k: payload[k] for k in ("knn_bar", "margin_vs_bar", "winners")}, indent=1))
         return 0
+    if a.threads:
+        torch.set_num_threads(a.threads)
     root = data_root()
     for cat in a.category or []:
         run_category(root, cat, a.seeds, a.device, a.out, a.iters, cache_dir=a.cache, reuse=a.reuse_models,

@@ -123,6 +123,7 @@ def test_a_head_variants_file_adds_its_rows_to_the_default_heads_seeds_in_any_or
         seed = run["seeds"]["0"]
         assert set(seed["methods"]) == {"inp_former", "knn_r20k", "inp_former_dec2"}
         assert seed["train_s"] == 10.0 and seed["train_s_heads"] == {"dec2": 10.0}
+        assert run["machine_heads"] == {"dec2": "m"}
     with pytest.raises(SystemExit, match="without the default head"):
         join_runs([extra])
 
