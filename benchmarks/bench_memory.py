@@ -136,9 +136,6 @@ def decoder_cost(blocks: int = 4, width: int = 128) -> int:
     return blocks * (4 * width * width + 2 * width * 2 * width) // 4
 
 
-C_DEC = decoder_cost(1)  # one default block
-
-
 def _head_cost(head: str) -> int:
     h = HEADS[head]
     return decoder_cost(h.get("decoder_blocks", 4), h.get("width", 128)) - decoder_cost()
@@ -146,16 +143,14 @@ def _head_cost(head: str) -> int:
 
 def head_costs() -> dict[str, int]:
     """COST of every head variant's rows: its reconstruction alone, the product's memory (1024 entries, 3-NN)
-    and each of ``HEAD_MEMORIES``, at both weights."""
+    and each of ``HEAD_MEMORIES``, at both weights (the default head's row plus the decoder's difference)."""
     out: dict[str, int] = {}
     for head in HEADS:
         out[f"inp_former_{head}"] = _head_cost(head)
-        rows = [("mem1024k3", "inp_former_mem1024k3")] + [
-            (memory_row(size, k, tag)[len("inp_former_"):], memory_row(size, k, tag))
-            for size, k, _, _, _, _, tag in HEAD_MEMORIES]
-        for suffix, base in rows:
+        specs = [(1024, 3, "")] + [(size, k, tag) for size, k, _, _, _, _, tag in HEAD_MEMORIES]
+        for size, k, tag in specs:
             for w in ("", "_w2"):
-                out[f"inp_former_{head}_{suffix}{w}"] = COST[base + w] + _head_cost(head)
+                out[memory_row(size, k, tag, head) + w] = COST[memory_row(size, k, tag) + w] + _head_cost(head)
     return out
 
 
@@ -296,20 +291,6 @@ def fill_memory(module: InpFormer, size: int, k: int, fit_mem: torch.Tensor, hel
     return mem
 
 
-def finish_seed(res: dict, seed: int, out: dict, train_s: float, t1: float, earlier: dict, reused: bool, cat: str,
-                out_dir: Path, out_file: Path, device: str) -> None:
-    """Record one seed's rows in ``res`` and write the file (after every seed: a run stopped by a wall-clock
-    limit keeps the seeds it finished)."""
-    done = {"train_s": earlier.get(str(seed), {}).get("train_s") if reused else round(train_s, 1),
-            "score_s": round(time.perf_counter() - t1 - train_s, 1), "methods": out}
-    res["seeds"][str(seed)] = done | ({"reused_model": True} if reused else {})
-    print(f"{cat} seed {seed} {'reused' if reused else 'trained'} {train_s:.0f}s " + " ".join(
-        f"{k}={v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}/{v['aupro']:.3f}" for k, v in out.items()), flush=True)
-    res["machine"] = machine() + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(res, indent=1))
-
-
 def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: Path, iters: int | None = None,
                  knn: bool = True, cache_dir: Path | None = None, reuse: bool = False, head: str = "") -> dict:
     """Train and score one category for ``seeds``; writes ``out_dir/<category>__s<seeds>.json`` after every
@@ -331,12 +312,16 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
     probe = InpFormer(cfg.model).to(device)
     t0 = time.perf_counter()
     test_enc, test_mem, held_enc, held_mem, fit_mem = split_features(probe, fit, held, test.items, cfg.cache_dir, device)
-    # the same memory blocks on the stride-16 grid (the `_s16` rows: a quarter of the queries)
-    probe16 = InpFormer(replace(cfg.model, memory_stride=16)).to(device)
-    fit16, held16, test16 = (cached_features(probe16, [it.path for it in items], cfg.cache_dir, memory=True)[0].to(device)
-                             for items in (fit, held, test.items))
+    feats = {8: (fit_mem, held_mem, test_mem)}
+    # a head variant swaps in only the paired memories (HEAD_MEMORIES); the default head also every other one
+    memories = HEAD_MEMORIES if head else SWAPPED_MEMORIES
+    if any(stride == 16 for _, _, _, _, stride, _, _ in memories):
+        # the same memory blocks on the stride-16 grid (the `_s16` rows: a quarter of the queries)
+        probe16 = InpFormer(replace(cfg.model, memory_stride=16)).to(device)
+        feats[16] = tuple(cached_features(probe16, [it.path for it in items], cfg.cache_dir, memory=True)[0].to(device)
+                          for items in (fit, held, test.items))
     encode_s = time.perf_counter() - t0
-    del probe, probe16
+    del probe
     out_file = out_dir / f"{cat.replace('/', '__')}__s{'-'.join(map(str, seeds))}{'__' + head if head else ''}.json"
     earlier = json.loads(out_file.read_text()).get("seeds", {}) if reuse and out_file.exists() else {}
     res: dict = {"category": cat, "n_fit": len(fit), "n_held": len(held), "n_test": len(test.items),
@@ -364,40 +349,41 @@ def run_category(root: Path, cat: str, seeds: list[int], device: str, out_dir: P
         add(pre, rec)
         for w in (1.0, 2.0):
             add(f"{pre}_mem1024k3{'_w2' if w == 2 else ''}", prod.fuse(rec, mdist, w))
-        if head:  # the memory-only maps do not depend on the head: the default head's run has them
-            picks: dict = {}
-            for size, k, metric, dims, _stride, int8, tag in HEAD_MEMORIES:
-                m = fill_memory(module, size, k, fit_mem, held_enc, held_mem, seed, True, metric, dims, int8, picks)
-                _, md = raw(module, test_enc, test_mem)
-                for w in (1.0, 2.0):
-                    add(f"{memory_row(size, k, tag, head)}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
-            finish_seed(res, seed, out, train_s, t1, earlier, reused, cat, out_dir, out_file, device)
-            continue
-        add("memory1024k3_only", mdist)
+        if not head:  # the memory-only maps do not depend on the head: the default head's run has them
+            add("memory1024k3_only", mdist)
         # filled the same way: the cheaper bank (512), the cosine distance, the cheaper product (64 principal axes),
         # the larger cosine bank (2048), 1-NN cosine, the stride-16 grid (`_s16`), the int8 product (`cos8`)
-        feats = {8: (fit_mem, held_mem, test_mem), 16: (fit16, held16, test16)}
         picks: dict = {}  # coresets shared by the memories below that differ only in k or the product
-        for size, k, metric, dims, stride, int8, tag in SWAPPED_MEMORIES:
+        for size, k, metric, dims, stride, int8, tag in memories:
             f_m, h_m, t_m = feats[stride]
             m = fill_memory(module, size, k, f_m, held_enc, h_m, seed, True, metric, dims, int8, picks)
             _, md = raw(module, test_enc, t_m)
             for w in (1.0, 2.0):
-                add(f"{memory_row(size, k, tag)}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
-            add(f"memory{size}k{k}{tag}_only", md)
-        # the earlier memory (kept as rows): k = 1, bank from the 68 fit normals only
-        for size in (1024, 512):
-            m = fill_memory(module, size, 1, fit_mem, held_enc, held_mem, seed, False)
-            _, md = raw(module, test_enc, test_mem)
-            add(f"inp_former_mem{size}", m.fuse(rec, md, 1.0))
-            if size == 1024:
-                add("inp_former_mem1024_w2", m.fuse(rec, md, 2.0))
-                add("memory1024_only", md)
-        if knn:
+                add(f"{memory_row(size, k, tag, head)}{'_w2' if w == 2 else ''}", m.fuse(rec, md, w))
+            if not head:
+                add(f"memory{size}k{k}{tag}_only", md)
+        if not head:
+            # the earlier memory (kept as rows): k = 1, bank from the 68 fit normals only
+            for size in (1024, 512):
+                m = fill_memory(module, size, 1, fit_mem, held_enc, held_mem, seed, False)
+                _, md = raw(module, test_enc, test_mem)
+                add(f"inp_former_mem{size}", m.fuse(rec, md, 1.0))
+                if size == 1024:
+                    add("inp_former_mem1024_w2", m.fuse(rec, md, 2.0))
+                    add("memory1024_only", md)
+        if knn and not head:
             kmaps, kmax, ktop = knn_rows(torch.cat([fit_mem, held_mem]), test_mem, hw, seed)
             out["knn_r20k"] = all_metrics(labels, kmax, masks, kmaps)
             out["knn_r20k_top1"] = all_metrics(labels, ktop, masks, kmaps)
-        finish_seed(res, seed, out, train_s, t1, earlier, reused, cat, out_dir, out_file, device)
+        done = {"train_s": earlier.get(str(seed), {}).get("train_s") if reused else round(train_s, 1),
+                "score_s": round(time.perf_counter() - t1 - train_s, 1), "methods": out}
+        res["seeds"][str(seed)] = done | ({"reused_model": True} if reused else {})
+        print(f"{cat} seed {seed} {'reused' if reused else 'trained'} {train_s:.0f}s " + " ".join(
+            f"{k}={v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}/{v['aupro']:.3f}" for k, v in out.items()), flush=True)
+        # written after every seed: a run stopped by a wall-clock limit keeps the seeds it finished
+        res["machine"] = machine() + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(res, indent=1))
     return res
 
 
@@ -720,10 +706,10 @@ def head_labels() -> dict[str, str]:
     out: dict[str, str] = {}
     for head, fields in HEADS.items():
         what = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
+        out[f"inp_former_{head}"] = f"INP-Former ({what}), pure"
         for name in head_costs():
-            if name.startswith(f"inp_former_{head}"):
-                base = LABELS["inp_former_" + name[len(f"inp_former_{head}_"):]] if name != f"inp_former_{head}" else \
-                    "INP-Former, pure"
+            if name.startswith(f"inp_former_{head}_"):
+                base = LABELS[name.replace(f"_{head}", "", 1)]
                 out[name] = base.replace("INP-Former", f"INP-Former ({what})", 1)
     return out
 

@@ -18,8 +18,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ~0.57x the encoder alone at batch 8, 2 cores); below the strongest kNN bank on all three metrics
     "fast": {},
     # INP-Former + the paired memory: a cosine bank (1-NN) and a Euclidean bank (3-NN) of 1024 normal patches each,
-    # memory weight 2 - above the strongest kNN bank on all three metrics over seeds and coreset draws (3 seeds x 5 draws: image AUROC +0.023, pixel AUROC +0.003, AUPRO +0.010 on the
-    # mean, 12 of the 15 pairs above it on all three; bench_coreset_draws.py), below the 0.5x speed floor
+    # memory weight 2 - above the strongest kNN bank on all three metrics over seeds and coreset draws (3 seeds x 5
+    # draws: image AUROC +0.023, pixel AUROC +0.003, AUPRO +0.010 on the mean, 12 of the 15 pairs above it on all
+    # three; bench_coreset_draws.py), below the 0.5x speed floor
     "accurate": {"memory_size": 1024, "memory_metric": "cos+l2", "memory_k": 3, "memory_weight": 2.0},
 }
 # what `lineinspect train`, `lineinspect demo` and a product's first retraining use unless told otherwise

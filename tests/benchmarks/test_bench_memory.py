@@ -156,3 +156,16 @@ def test_row_fields_name_the_model_that_serves_a_row() -> None:
     assert row_fields("inp_former_mem1024k3dual_s16")["memory_stride"] == 16
     with pytest.raises(KeyError):
         row_fields("inp_former_mem2048k1cos8")  # the int8 prototype: no model serves it
+
+
+def test_each_preset_trains_the_model_of_the_benchmark_row_it_names() -> None:
+    from dataclasses import fields
+
+    from benchmarks.bench_memory import row_fields
+    from inference.model.inp_former import InpConfig
+    from training.presets import resolve
+
+    defaults = {f.name: f.default for f in fields(InpConfig)}
+    for preset, row in (("fast", "inp_former"), ("accurate", "inp_former_mem1024k3dual_w2")):
+        cfg = defaults | resolve(preset, {})
+        assert {k: cfg[k] for k in row_fields(row)} == row_fields(row), preset
