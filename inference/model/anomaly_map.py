@@ -8,6 +8,8 @@ so the whole pipeline exports to ONNX in one graph.
 from __future__ import annotations
 
 import math
+from functools import reduce
+from operator import add
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ def gaussian_blur(maps: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
     kw = kernel1d.view(1, 1, 1, -1).to(device=maps.device, dtype=maps.dtype)
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kh)
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kw)
-    return x.squeeze(1)
+    return x.view(-1, int(maps.shape[-2]), int(maps.shape[-1]))
 
 
 def cosine_distance_map(enc: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
@@ -54,10 +56,27 @@ def length_weighted_cosine_map(enc: torch.Tensor, dec: torch.Tensor, typical_len
 MAP_METRICS = ("cos", "cos_len")
 
 
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) -> (N, *size), bilinear; a map already at ``size`` is returned as is (a same-size bilinear
+    resize is the identity, but in an ONNX graph it is a Resize node and a copy). The channel axis is dropped
+    by a reshape to the static size, which exports as one Reshape (``squeeze`` exports as an If node when
+    the exporter cannot prove the axis is 1)."""
+    h, w = int(size[0]), int(size[1])
+    if (int(maps.shape[-2]), int(maps.shape[-1])) == (h, w):
+        return maps
+    return F.interpolate(maps.unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).view(-1, h, w)
+
+
+def mean_of(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Element-wise mean of same-shape tensors, as a chain of adds (the values of ``stack(...).mean(0)`` for
+    one or two; in an ONNX graph no Concat of copies and no ReduceMean over them)."""
+    total = reduce(add, maps)
+    return total if len(maps) == 1 else total / len(maps)
+
+
 def fuse_maps(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Upsample per-group (N, h, w) maps bilinearly to the input size and average them."""
-    ups = [F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False) for m in maps]
-    return torch.cat(ups, dim=1).mean(dim=1)
+    """Upsample per-group (N, h, w) maps bilinearly to ``size`` and average them."""
+    return mean_of([resize_maps(m, size) for m in maps])
 
 
 def topk_mean_score(maps: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
@@ -103,6 +122,4 @@ def finish_maps(per_group: list[torch.Tensor], size: tuple[int, int], kernel1d: 
     work = (work_size or size)[0], (work_size or size)[1]
     amap = gaussian_blur(fuse_maps(per_group, work), kernel1d)
     score = topk_mean_score(amap, top_fraction)
-    if work != tuple(size):
-        amap = F.interpolate(amap.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    return amap, score
+    return resize_maps(amap, size), score

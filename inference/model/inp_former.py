@@ -16,7 +16,7 @@ package at load time, so ``weights.pt`` holds only the head.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,8 @@ from inference.model.anomaly_map import (
     fuse_maps,
     gaussian_kernel1d,
     group_distance_maps,
+    mean_of,
+    resize_maps,
 )
 from inference.model.backbones import FrozenBackbone, build_backbone, default_groups, resize_to_grid
 
@@ -233,8 +235,8 @@ class InpAttention(nn.Module):
     def attention(self, x: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
         """Attention weights (N, heads, tokens, M); exposed for tests."""
         n, lq, _ = x.shape
-        q = F.normalize(self.q(x).view(n, lq, self.h, -1).transpose(1, 2), dim=-1)
-        k = F.normalize(self.k(inps).view(n, inps.shape[1], self.h, -1).transpose(1, 2), dim=-1)
+        q = unit(self.q(x).view(n, lq, self.h, -1).transpose(1, 2))
+        k = unit(self.k(inps).view(n, inps.shape[1], self.h, -1).transpose(1, 2))
         return F.relu(q @ k.transpose(-2, -1)) * self.scale
 
     def forward(self, x: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
@@ -280,6 +282,22 @@ class DecoderBlock(_TokenBlock):
         return x + self.mlp(self.n2(x))
 
 
+class MemoryQueries(NamedTuple):
+    """A batch's memory features as the banks search them (:func:`memory_queries`)."""
+
+    rows: torch.Tensor  # (N, L, C + 1): each patch's feature q with a 1 appended (it carries a bank's constant term)
+    sq: torch.Tensor    # (N, L): |q|^2
+
+
+def memory_queries(feats: torch.Tensor) -> MemoryQueries:
+    """(N, C, h, w) memory features -> :class:`MemoryQueries`. The ones channel is appended before the
+    transpose to rows, so the one copy the transpose makes carries it (no second pass over the queries to
+    pad them), and |q|^2 is summed along the channels of the map as it is."""
+    f = feats.flatten(2)                                                       # (N, C, L)
+    rows = torch.cat([f, torch.ones_like(f[:, :1])], dim=1).transpose(1, 2)
+    return MemoryQueries(rows, (f * f).sum(1))
+
+
 class ExtrinsicMemory(nn.Module):
     """Fixed bank of normal patch features plus the statistics that put its distance map on the
     reconstruction map's scale. Nearest-neighbour search is one matmul and a min, so the bank is a
@@ -308,8 +326,10 @@ class ExtrinsicMemory(nn.Module):
             # fixed projection on the training patches' top principal axes (fit_projection): the
             # query-by-bank product, most of the memory's cost, shrinks by dims / channels
             self.register_buffer("proj", torch.zeros(channels, dims))
-        # the bank is stored centred on its own mean (and queries are shifted alike): distances are
-        # unchanged, but |q|^2 - 2 q.b + |b|^2 then cancels far less float32 precision
+        # the bank is stored centred on its own mean (the layout of every saved model). The principal-axes
+        # search shifts its queries alike; the full-width search adds the centre back into its constant
+        # search bank (search_bank), which saves a pass over the queries: on real stride-8 features the
+        # uncentred distances' float32 error is ~1e-6 relative either way (|q| ~ 43, distances 13-64)
         self.register_buffer("center", torch.zeros(width))
         self.register_buffer("bank", torch.zeros(size, width))
         self.register_buffer("bank_sq", torch.zeros(size))
@@ -330,7 +350,7 @@ class ExtrinsicMemory(nn.Module):
 
     def _prepare(self, rows: torch.Tensor) -> torch.Tensor:
         """(R, C) feature rows -> the space distances are measured in (unit vectors for "cos")."""
-        return F.normalize(rows, dim=1) if self.metric == "cos" else rows
+        return unit(rows) if self.metric == "cos" else rows
 
     @torch.no_grad()
     def fit_projection(self, rows: torch.Tensor) -> None:
@@ -362,23 +382,46 @@ class ExtrinsicMemory(nn.Module):
             buf.copy_(mean_std(m))
 
     def distance(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) -> (N, h, w): mean Euclidean distance to the ``k`` nearest bank entries (k = 1:
-        the nearest; a plain min, so a k = 1 model exports the very graph it always did)."""
-        n, c, h, w = feats.shape
-        return self.row_distance(feats.flatten(2).transpose(1, 2)).view(n, h, w)
+        """(N, C, h, w) -> (N, h, w): mean distance (Euclidean, or of unit vectors for "cos") to the ``k``
+        nearest bank entries (k = 1: the nearest, a plain min)."""
+        h, w = int(feats.shape[-2]), int(feats.shape[-1])
+        return self.query_distance(memory_queries(feats)).view(-1, h, w)
 
-    def row_distance(self, q: torch.Tensor) -> torch.Tensor:
-        """:meth:`distance` of query rows (N, L, C) -> (N, L): the paired memory transposes its queries once for
-        both banks (the cosine normalisation along the rows gives the very values it gave along the channels of
-        the map)."""
+    def search_bank(self) -> torch.Tensor:
+        """(M, C + 1): what the query rows [q, 1] are multiplied with. Cosine: the unit entries u and a 0
+        (q.u; |q/|q| - u|^2 = 2 - 2 q.u / |q|, so the nearest entries are those of the largest raw dot and the
+        division by |q| waits until after the max / top-k: per query, not per entry). Euclidean: -2 b and |b|^2
+        (|b|^2 - 2 q.b, the query's |q|^2 added after the min / top-k). Constant: folded into one initializer at
+        export. (The stored bank is centred; its centre is added back here.)"""
+        entries = self.bank + self.center
         if self.metric == "cos":
-            q = F.normalize(q, dim=-1)
+            return torch.cat([entries, torch.zeros_like(entries[:, :1])], dim=1)
+        return torch.cat([-2.0 * entries, (entries * entries).sum(1, keepdim=True)], dim=1)
+
+    def query_distance(self, q: MemoryQueries) -> torch.Tensor:
+        """:meth:`distance` of the batch's :class:`MemoryQueries` -> (N, L): the paired memory builds them once
+        for both banks."""
         if hasattr(self, "proj"):
-            q = q @ self.proj                                                   # (N, L, dims)
-        q = q - self.center
+            return self._projected_distance(q.rows[..., :-1])
+        prod = bank_dot(q.rows, self.search_bank())                            # (N, L, M)
+        cos = self.metric == "cos"
+        if self.k == 1:
+            top = prod.max(dim=-1).values if cos else prod.min(dim=-1).values  # (N, L)
+            sq = q.sq
+        else:
+            top = torch.topk(prod, self.k, dim=-1, largest=cos).values         # (N, L, k)
+            sq = q.sq.unsqueeze(-1)
+        d2 = 2.0 - 2.0 * top / sq.sqrt().clamp_min(1e-12) if cos else top + sq
+        near = d2.clamp_min(0.0).sqrt()
+        return near if self.k == 1 else near.mean(-1)
+
+    def _projected_distance(self, q: torch.Tensor) -> torch.Tensor:
+        """Query rows (N, L, C) -> (N, L) on the principal axes (``dims`` > 0): normalised first for "cos",
+        projected, centred on the projected bank's mean, searched with |b|^2 - 2 q.b and |q|^2 added after."""
+        if self.metric == "cos":
+            q = unit(q)
+        q = q @ self.proj - self.center                                         # (N, L, dims)
         part = bank_product(q, self.bank, self.bank_sq)                         # (N, L, M)
-        # |q|^2 is the same for every entry of a query: added after the min / top-k, not to all N x L x M
-        # distances (an ONNX Runtime batch-8 pass of the memory 1024 costs 147 ms this way, 191 ms the other)
         qq = (q * q).sum(-1, keepdim=True)
         if self.k == 1:
             return (part.min(dim=-1).values + qq.squeeze(-1)).clamp_min(0.0).sqrt()
@@ -446,12 +489,12 @@ class PairedMemory(nn.Module):
         self.rec_stats.copy_(mean_std(rec))
 
     def distance(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) -> (N, h, w): the sum of the two banks' standardised distances (the queries transposed
-        to rows once for both: one Transpose of the batch's memory features in the exported graph, not two)."""
-        n, c, h, w = feats.shape
-        q = feats.flatten(2).transpose(1, 2)                                    # (N, L, C)
-        return (standardise(self.cos.row_distance(q), self.part_stats[0])
-                + standardise(self.l2.row_distance(q), self.part_stats[1])).view(n, h, w)
+        """(N, C, h, w) -> (N, h, w): the sum of the two banks' standardised distances (the query rows and their
+        lengths built once for both)."""
+        h, w = int(feats.shape[-2]), int(feats.shape[-1])
+        q = memory_queries(feats)
+        return (standardise(self.cos.query_distance(q), self.part_stats[0])
+                + standardise(self.l2.query_distance(q), self.part_stats[1])).view(-1, h, w)
 
     def fuse(self, rec: torch.Tensor, mem: torch.Tensor, weight: float) -> torch.Tensor:
         return standardised_sum(rec, self.rec_stats, mem, self.mem_stats, weight)
@@ -464,6 +507,13 @@ def make_memory(size: int, channels: int, k: int, metric: str, dims: int = 0) ->
             raise ValueError("the paired memory has no principal-axes projection (dims must be 0)")
         return PairedMemory(size, channels, k)
     return ExtrinsicMemory(size, channels, k, metric, dims)
+
+
+def unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``x`` / max(|x|, eps) along the last axis: ``F.normalize``'s values (bit for bit), but the norm is
+    broadcast in the division instead of expanded to ``x``'s shape first (an ONNX Expand and a full-size copy
+    per call: four decoder blocks and the cosine memory paid ~1.8 ms of a batch-8 pass for them)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 def mean_std(x: torch.Tensor) -> torch.Tensor:
@@ -484,14 +534,26 @@ def standardised_sum(a: torch.Tensor, a_stats: torch.Tensor, b: torch.Tensor, b_
     return standardise(a, a_stats) + weight * standardise(b, b_stats)
 
 
+def _rows(q: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """(..., L, C) -> (R, C) rows and the static lead shape to restore after a product (the batch axis, the
+    only dynamic one in an exported graph, is left to the reshape's -1)."""
+    return q.reshape(-1, int(q.shape[-1])), [int(s) for s in q.shape[1:-1]]
+
+
+def bank_dot(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """q.b for every query row of ``q`` (..., L, C) and bank row (M, C): (..., L, M), as one 2-D product."""
+    rows, lead = _rows(q)
+    return (rows @ bank.t()).view(-1, *lead, int(bank.shape[0]))
+
+
 def bank_product(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
     """|b|^2 - 2 q.b for every query row of ``q`` (..., L, C) and bank row (M, C): (..., L, M).
 
-    One product of [q, 1] with [-2 b, |b|^2]: the bank side is constant (folded into one initializer at
-    export), so the query-by-bank matrix, the memory's largest tensor, is written once instead of once by
-    the product and again by the subtraction (ONNX Runtime, batch 8, memory 1024: about 6 % faster)."""
-    aug = torch.cat([-2.0 * bank, bank_sq.unsqueeze(1)], dim=1)            # (M, C + 1)
-    return F.pad(q, (0, 1), value=1.0) @ aug.t()
+    One 2-D ``addmm`` (an ONNX Gemm: the product scaled by -2, |b|^2 as its bias), so the query-by-bank matrix,
+    the memory's largest tensor, is written once, and the queries are not copied to append a ones column (the
+    [q, 1] x [-2 b, |b|^2] product this replaced: ONNX Runtime, batch 8, 384 + 384 pair, ~1.1 ms of Pad)."""
+    rows, lead = _rows(q)
+    return torch.addmm(bank_sq, rows, bank.t(), alpha=-2.0).view(-1, *lead, int(bank.shape[0]))
 
 
 def residual_features(targets: list[torch.Tensor], dec: list[torch.Tensor]) -> torch.Tensor:
@@ -534,12 +596,11 @@ class ResidualHead(nn.Module):
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) residual features -> (N, h, w) mask logits on the token grid."""
-        return self.net(feats).squeeze(1)
+        return self.net(feats).flatten(0, 1)
 
     def mask(self, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Anomaly probability, bilinearly brought to ``size``: (N, *size)."""
-        p = torch.sigmoid(self.net(feats))
-        return F.interpolate(p, size=size, mode="bilinear", align_corners=False).squeeze(1)
+        return resize_maps(torch.sigmoid(self.net(feats)).flatten(0, 1), size)
 
     @torch.no_grad()
     def fit_stats(self, base: torch.Tensor, res: torch.Tensor) -> None:
@@ -642,7 +703,7 @@ class InpHead(nn.Module):
             per_block.append(x)
         g = len(enc)
         size = len(self.decoder) // g
-        fused = [torch.stack(per_block[i * size:(i + 1) * size]).mean(0) for i in range(g)][::-1]
+        fused = [mean_of(per_block[i * size:(i + 1) * size]) for i in range(g)][::-1]
         dec = [self.out[i](f).transpose(1, 2) for i, f in enumerate(fused)]
         if token_idx is None:
             dec = [d.reshape(n, -1, h, w) for d in dec]
@@ -739,9 +800,7 @@ class InpFormer(nn.Module):
 
     def _raw(self, out: HeadOutput, mem: torch.Tensor, metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         rec = self.rec_map(out, metric)
-        mdist = self.head.memory.distance(mem).unsqueeze(1)
-        mdist = F.interpolate(mdist, size=self.cfg.map_hw, mode="bilinear", align_corners=False).squeeze(1)
-        return rec, mdist
+        return rec, resize_maps(self.head.memory.distance(mem), self.cfg.map_hw)
 
     def finish(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unblurred (N, h, w) map at ``cfg.map_hw`` -> blurred map at the input size, top-fraction score."""

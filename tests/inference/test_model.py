@@ -1,12 +1,16 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from inference.model.anomaly_map import (
+    fuse_maps,
     gaussian_blur,
     gaussian_kernel1d,
+    mean_of,
+    resize_maps,
     topk_mean_score,
 )
-from inference.model.inp_former import DecoderBlock, InpAttention, InpConfig, InpFormer
+from inference.model.inp_former import DecoderBlock, InpAttention, InpConfig, InpFormer, unit
 from lineinspect import model_meta
 
 
@@ -85,6 +89,24 @@ def test_blur_kernel_sums_to_one_and_keeps_constants():
     spike[0, 20, 20] = 1.0
     out = gaussian_blur(spike, k)
     assert abs(float(out.sum()) - 1.0) < 1e-4 and out[0, 20, 20] == out.max()
+
+
+def test_graph_lean_helpers_give_the_values_of_what_they_replace():
+    """unit / mean_of / resize_maps exist only to export fewer nodes: the values must be those of
+    F.normalize, stack().mean(0) and interpolate + squeeze, bit for bit where the docstrings say so."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 17, 32) * 5
+    x[0, 0, 0] = 0.0  # the eps clamp of a zero row
+    assert torch.equal(unit(x), F.normalize(x, dim=-1))
+    a, b, c = torch.randn(3, 2, 9, 7).unbind(0)
+    assert mean_of([a]) is a
+    assert torch.equal(mean_of([a, b]), torch.stack([a, b]).mean(0))
+    assert torch.allclose(mean_of([a, b, c]), torch.stack([a, b, c]).mean(0), atol=1e-6)
+    assert resize_maps(a, (9, 7)) is a
+    want = F.interpolate(a.unsqueeze(1), size=(18, 21), mode="bilinear", align_corners=False).squeeze(1)
+    assert torch.equal(resize_maps(a, (18, 21)), want)
+    ups = [F.interpolate(m.unsqueeze(1), size=(18, 14), mode="bilinear", align_corners=False) for m in (a, b)]
+    assert torch.equal(fuse_maps([a, b], (18, 14)), torch.cat(ups, dim=1).mean(dim=1))
 
 
 def test_top_one_percent_score():

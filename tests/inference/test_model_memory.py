@@ -17,6 +17,7 @@ from inference.model.inp_former import (
     PairedMemory,
     bank_product,
     make_memory,
+    memory_queries,
 )
 from tests.inference.onnx_fixtures import RealModel, real_model  # noqa: F401 - fixture
 
@@ -173,6 +174,51 @@ def test_distance_k_nearest_mean_and_cosine() -> None:
     with pytest.raises(ValueError, match="memory_metric"):
         tiny_cfg(memory_metric="l1")
     assert tiny_cfg().memory_k == 3 and tiny_cfg().memory_metric == "l2"
+
+
+def test_search_is_one_product_of_the_padded_rows_with_the_search_bank() -> None:
+    """The exported search: rows [q, 1] times a constant (M, C + 1) bank; cosine: unit entries and 0 (the max of
+    the raw dot, divided by |q| after it); Euclidean: -2 b and |b|^2 of the entries as filled (not centred)."""
+    torch.manual_seed(3)
+    feats = torch.randn(2, 5, 3, 4) * 4 + 2
+    q = memory_queries(feats)
+    flat = feats.flatten(2).transpose(1, 2)
+    assert q.rows.shape == (2, 12, 6) and torch.equal(q.rows[..., :5], flat) and bool((q.rows[..., 5] == 1).all())
+    assert torch.allclose(q.sq, (flat * flat).sum(-1))
+    rows = torch.randn(20, 5) * 3 + 1
+    for metric, k in (("cos", 1), ("cos", 3), ("l2", 1), ("l2", 3)):
+        mem = ExtrinsicMemory(20, 5, k, metric)
+        mem.fit(rows)
+        sb = mem.search_bank()
+        if metric == "cos":
+            unit = torch.nn.functional.normalize(rows, dim=1)
+            assert torch.allclose(sb, torch.cat([unit, torch.zeros(20, 1)], 1), atol=1e-6)
+            want = torch.cdist(torch.nn.functional.normalize(flat, dim=-1), unit.expand(2, 20, 5))
+        else:
+            assert torch.allclose(sb, torch.cat([-2 * rows, (rows * rows).sum(1, keepdim=True)], 1), atol=1e-4)
+            want = torch.cdist(flat, rows.expand(2, 20, 5))
+        want = torch.topk(want, k, largest=False).values.mean(-1)
+        assert torch.allclose(mem.query_distance(q), want, atol=1e-4), (metric, k)
+
+
+def test_exported_memory_graph_has_no_expand_if_or_constant_pad(tmp_path: Path) -> None:
+    """What the graph diet removed stays removed: norms are broadcast, not expanded (Expand), maps are reshaped
+    to their static size, not squeezed (If), and the bank's constant term rides on the ones channel the query
+    rows are built with, not on a padded copy of the queries (constant Pad). The blur's reflect pads remain."""
+    import onnx
+
+    from inference.onnx_export import export_module
+
+    m = InpFormer(tiny_cfg(memory_metric="cos+l2", memory_k=2)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    m.head.memory.fit(m.encode_memory(x).permute(0, 2, 3, 1).reshape(-1, 40)[:16])
+    path = export_module(m, tmp_path / "m.onnx", (64, 64), ("map", "score"))
+    nodes = onnx.load(str(path)).graph.node
+    assert not [n.name for n in nodes if n.op_type == "If"]
+    # one Expand remains: the learnt INP queries broadcast to the batch (batch x n_inps x width, tiny)
+    assert len([n for n in nodes if n.op_type == "Expand"]) == 1
+    modes = [next((a.s for a in n.attribute if a.name == "mode"), b"constant") for n in nodes if n.op_type == "Pad"]
+    assert modes and set(modes) == {b"reflect"}, modes
 
 
 def test_memory_config_written_before_memory_k_loads_as_k1_and_scores_as_before() -> None:
