@@ -212,12 +212,11 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        n, lq, d = x.shape
-        q = self.q(x).view(n, lq, self.h, -1).transpose(1, 2)
-        k, v = self.kv(ctx).view(n, ctx.shape[1], 2, self.h, -1).permute(2, 0, 3, 1, 4)
+        q = heads(self.q(x), self.h)
+        k, v = self.kv(ctx).view(-1, int(ctx.shape[1]), 2, self.h, int(ctx.shape[2]) // self.h).permute(2, 0, 3, 1, 4)
         attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
         out = attn.softmax(-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(n, lq, d))
+        return self.proj(merge_heads(out))
 
 
 class InpAttention(nn.Module):
@@ -234,16 +233,26 @@ class InpAttention(nn.Module):
 
     def attention(self, x: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
         """Attention weights (N, heads, tokens, M); exposed for tests."""
-        n, lq, _ = x.shape
-        q = unit(self.q(x).view(n, lq, self.h, -1).transpose(1, 2))
-        k = unit(self.k(inps).view(n, inps.shape[1], self.h, -1).transpose(1, 2))
+        q = unit(heads(self.q(x), self.h))
+        k = unit(heads(self.k(inps), self.h))
         return F.relu(q @ k.transpose(-2, -1)) * self.scale
 
     def forward(self, x: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
-        n, lq, d = x.shape
-        v = self.v(inps).view(n, inps.shape[1], self.h, -1).transpose(1, 2)
-        out = self.attention(x, inps) @ v
-        return self.proj(out.transpose(1, 2).reshape(n, lq, d))
+        out = self.attention(x, inps) @ heads(self.v(inps), self.h)
+        return self.proj(merge_heads(out))
+
+
+def heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(N, L, D) -> (N, h, L, D / h). Every size but the batch is read as a Python int, so an exported graph
+    reshapes to a constant shape (-1 for the batch) instead of computing it from Shape / Gather / Concat nodes."""
+    length, dim = int(x.shape[1]), int(x.shape[2])
+    return x.view(-1, length, h, dim // h).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(N, h, L, d) -> (N, L, h * d), the inverse of :func:`heads` (a constant reshape, as there)."""
+    h, length, d = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
+    return x.transpose(1, 2).reshape(-1, length, h * d)
 
 
 class _TokenBlock(nn.Module):
@@ -690,7 +699,7 @@ class InpHead(nn.Module):
         """Rebuild the encoder groups. With ``token_idx`` (training only) the decoder runs on that
         subset of token positions and ``dec`` holds (N, C_g, len(idx)) - valid because, given the
         INPs (extracted from *all* tokens), every token is decoded independently of the others."""
-        n, _, h, w = enc[0].shape
+        n, h, w = enc[0].shape[0], int(enc[0].shape[2]), int(enc[0].shape[3])
         enc = self.targets(enc)
         tokens = self.proj(torch.cat(enc, dim=1).flatten(2).transpose(1, 2))   # (N, L, D)
         inps = self.queries.unsqueeze(0).expand(n, -1, -1)
@@ -706,7 +715,7 @@ class InpHead(nn.Module):
         fused = [mean_of(per_block[i * size:(i + 1) * size]) for i in range(g)][::-1]
         dec = [self.out[i](f).transpose(1, 2) for i, f in enumerate(fused)]
         if token_idx is None:
-            dec = [d.reshape(n, -1, h, w) for d in dec]
+            dec = [d.reshape(-1, int(d.shape[1]), h, w) for d in dec]
         else:
             enc = [e.flatten(2)[:, :, token_idx] for e in enc]
         return HeadOutput(dec, enc, tokens, inps)
