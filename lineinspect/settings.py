@@ -119,9 +119,9 @@ class Settings(BaseSettings):
     # equal)
     model_preset: Literal["fast", "accurate"] = Field(default="fast", description=(
         "Model recipe for `lineinspect train` (its --preset overrides it), the demo and a product's first "
-        "retraining: fast = the pure INP-Former (~0.57x the encoder's ONNX Runtime rate, below the strongest kNN "
+        "retraining: fast = the pure INP-Former (~0.61x the encoder's ONNX Runtime rate, below the strongest kNN "
         "bank); accurate = + a paired memory of 1024 + 1024 normal patches (above the strongest kNN bank on all "
-        "three metrics, ~0.37x). benchmarks/RESULTS.md, quality"))
+        "three metrics, ~0.41x). benchmarks/RESULTS.md, quality"))
 
     # --- retention / retraining ----------------------------------------------------------
     retention_days: float = 30.0
