@@ -201,7 +201,7 @@ def test_search_is_one_product_of_the_padded_rows_with_the_search_bank() -> None
         assert torch.allclose(mem.query_distance(q), want, atol=1e-4), (metric, k)
 
 
-def test_exported_memory_graph_has_no_expand_if_or_constant_pad(tmp_path: Path) -> None:
+def test_exported_memory_graph_has_no_expand_if_or_constant_pad_and_any_batch_runs(tmp_path: Path) -> None:
     """What the graph diet removed stays removed: norms are broadcast, not expanded (Expand), maps are reshaped
     to their static size, not squeezed (If), and the bank's constant term rides on the ones channel the query
     rows are built with, not on a padded copy of the queries (constant Pad). The blur's reflect pads remain."""
@@ -219,6 +219,17 @@ def test_exported_memory_graph_has_no_expand_if_or_constant_pad(tmp_path: Path) 
     assert len([n for n in nodes if n.op_type == "Expand"]) == 1
     modes = [next((a.s for a in n.attribute if a.name == "mode"), b"constant") for n in nodes if n.op_type == "Pad"]
     assert modes and set(modes) == {b"reflect"}, modes
+    # the reshapes to constant shapes leave only the batch free: any batch size runs and matches PyTorch
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        xb = torch.rand(n, 3, 64, 64)
+        with torch.no_grad():
+            want_map, want_score = m(xb)
+        got_map, got_score = sess.run(None, {sess.get_inputs()[0].name: xb.numpy()})
+        assert got_map.shape == (n, 64, 64) and got_score.shape == (n,)
+        assert np.abs(got_map - want_map.numpy()).max() <= 1e-4 and np.abs(got_score - want_score.numpy()).max() <= 1e-4
 
 
 def test_memory_config_written_before_memory_k_loads_as_k1_and_scores_as_before() -> None:
