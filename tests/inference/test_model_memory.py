@@ -199,6 +199,11 @@ def test_search_is_one_product_of_the_padded_rows_with_the_search_bank() -> None
             want = torch.cdist(flat, rows.expand(2, 20, 5))
         want = torch.topk(want, k, largest=False).values.mean(-1)
         assert torch.allclose(mem.query_distance(q), want, atol=1e-4), (metric, k)
+    pca = ExtrinsicMemory(20, 5, 1, "l2", dims=3)
+    pca.fit_projection(rows)
+    pca.fit(rows)
+    with pytest.raises(ValueError, match="projected rows"):
+        pca.query_distance(q)  # its bank lives on the principal axes: distance() projects the rows first
 
 
 def test_exported_memory_graph_has_no_expand_if_or_constant_pad_and_any_batch_runs(tmp_path: Path) -> None:
