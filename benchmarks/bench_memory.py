@@ -18,7 +18,7 @@ it is the ``inp_former`` row. Other rows swap in another memory on the same trai
 ``mem1024k3pca64`` = distances on the 64 top principal axes of the training patches (a cheaper graph);
 ``mem1024k3dual`` = the paired memory (``--memory-metric cos+l2``: a cosine bank, 1-NN, and a Euclidean bank,
 3-NN, of 1024 entries each, their standardised distances summed; the price of one 2048-entry bank);
-``mem1024k1dual`` = the same with a 1-NN Euclidean bank; ``mem384k3dual`` / ``mem256k3dual`` = smaller pairs; ``mem1024k3dual_s16`` / ``mem512k3dual_s16`` = the
+``mem1024k1dual`` = the same with a 1-NN Euclidean bank; ``mem512k3dual`` / ``mem384k3dual`` / ``mem256k3dual`` = smaller pairs; ``mem1024k3dual_s16`` / ``mem512k3dual_s16`` = the
 paired memory on the stride-16 grid (a quarter of the queries: the one pairing fast enough for the floor);
 ``memory*_only`` = the memory map alone (a reference, never a candidate); ``inp_former_mem1024`` /
 ``_w2`` / ``mem512`` / ``memory1024_only`` = the earlier memory (k = 1, bank from the 68 fit normals
@@ -95,6 +95,7 @@ COST = {"inp_former": 0, "inp_former_mem512": 512 * C_MEM, "inp_former_mem512k3"
         "inp_former_mem1024k3dual_s16": 2048 * C_MEM // 4, "inp_former_mem1024k3dual_s16_w2": 2048 * C_MEM // 4,
         "inp_former_mem512k3dual_s16": 1024 * C_MEM // 4, "inp_former_mem512k3dual_s16_w2": 1024 * C_MEM // 4,
         # smaller paired memories on the stride-8 grid
+        "inp_former_mem512k3dual": 1024 * C_MEM, "inp_former_mem512k3dual_w2": 1024 * C_MEM,
         "inp_former_mem384k3dual": 768 * C_MEM, "inp_former_mem384k3dual_w2": 768 * C_MEM,
         "inp_former_mem256k3dual": 512 * C_MEM, "inp_former_mem256k3dual_w2": 512 * C_MEM}
 # The residual head (bench_residual.py, 32 hidden channels) in the same unit, multiply-adds per memory-grid
@@ -111,7 +112,8 @@ SWAPPED_MEMORIES = (
     (1024, 3, "l2", 0, 16, False, "_s16"), (1024, 3, "cos", 0, 16, False, "cos_s16"),
     (1024, 3, "cos+l2", 0, 8, False, "dual"), (1024, 1, "cos+l2", 0, 8, False, "dual"),
     (1024, 3, "cos+l2", 0, 16, False, "dual_s16"), (512, 3, "cos+l2", 0, 16, False, "dual_s16"),
-    (384, 3, "cos+l2", 0, 8, False, "dual"), (256, 3, "cos+l2", 0, 8, False, "dual"))
+    (384, 3, "cos+l2", 0, 8, False, "dual"), (256, 3, "cos+l2", 0, 8, False, "dual"),
+    (512, 3, "cos+l2", 0, 8, False, "dual"))
 
 
 def memory_row(size: int, k: int, tag: str, head: str = "") -> str:
@@ -663,6 +665,9 @@ LABELS = {
     "inp_former_mem512k3dual_s16": "INP-Former + paired memory 512 + 512 (Euclidean 3-NN), stride-16 grid (weight 1)",
     "inp_former_mem512k3dual_s16_w2": "INP-Former + paired memory 512 + 512 (Euclidean 3-NN), stride-16 grid, memory weight 2",
     "memory512k3dual_s16_only": "paired memory 512 + 512, stride-16 grid, alone (reference)",
+    "inp_former_mem512k3dual": "INP-Former + paired memory 512 + 512 (Euclidean 3-NN), all 80 (weight 1)",
+    "inp_former_mem512k3dual_w2": "INP-Former + paired memory 512 + 512 (Euclidean 3-NN), all 80, memory weight 2",
+    "memory512k3dual_only": "paired memory 512 + 512, alone (reference)",
     "inp_former_mem384k3dual": "INP-Former + paired memory 384 + 384 (Euclidean 3-NN), all 80 (weight 1)",
     "inp_former_mem384k3dual_w2": "INP-Former + paired memory 384 + 384 (Euclidean 3-NN), all 80, memory weight 2",
     "memory384k3dual_only": "paired memory 384 + 384, alone (reference)",
@@ -806,11 +811,13 @@ README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", 
                "inp_former_mem1024k3cos", "inp_former_mem1024k3cos_w2", "inp_former_mem512k3cos",
                "inp_former_mem512k3cos_w2", "inp_former_mem1024k1cos_w2", "inp_former_mem2048k1cos_w2",
                "inp_former_mem2048k3cos_w2", "inp_former_mem1024k3dual_w2", "inp_former_mem1024k1dual_w2",
-               "inp_former_mem384k3dual_w2", "inp_former_mem256k3dual_w2", "inp_former_mem1024k3dual_s16_w2",
+               "inp_former_mem512k3dual_w2", "inp_former_mem384k3dual_w2", "inp_former_mem256k3dual_w2",
+               "inp_former_mem1024k3dual_s16_w2",
                "inp_former_mem512k3dual_s16_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
                "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "inp_former_dec2",
-               "inp_former_dec2_mem1024k3dual_w2", "inp_former_dec2_mem384k3dual_w2", "inp_former_dec2_mem256k3dual_w2",
-               "inp_former_w64", "inp_former_w64_mem1024k3dual_w2", "inp_former_w64_mem384k3dual_w2",
+               "inp_former_dec2_mem1024k3dual_w2", "inp_former_dec2_mem512k3dual_w2", "inp_former_dec2_mem384k3dual_w2", "inp_former_dec2_mem256k3dual_w2",
+               "inp_former_w64", "inp_former_w64_mem1024k3dual_w2", "inp_former_w64_mem512k3dual_w2",
+               "inp_former_w64_mem384k3dual_w2",
                "inp_former_w64_mem256k3dual_w2",
                "memory1024k3_only", "memory1024k3dual_only")
 

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     # equal)
     model_preset: Literal["fast", "accurate"] = Field(default="fast", description=(
         "Model recipe for `lineinspect train` (its --preset overrides it), the demo and a product's first "
-        "retraining: fast = the pure INP-Former (~0.61x the encoder's ONNX Runtime rate, below the strongest kNN "
+        "retraining: fast = the pure INP-Former (~0.6x the encoder's ONNX Runtime rate, below the strongest kNN "
         "bank); accurate = + a paired memory of 1024 + 1024 normal patches (above the strongest kNN bank on all "
         "three metrics, ~0.41x). benchmarks/RESULTS.md, quality"))
 

@@ -33,10 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--few-shot", type=int, default=0, help="train on K images with augmentation")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="measured recipe (RESULTS.md, quality; default: the model_preset setting, 'fast'): 'fast' = "
-                        "the pure INP-Former (~0.61x the encoder's ORT rate, below the strongest kNN bank); "
+                        "the pure INP-Former (~0.6x the encoder's ORT rate, below the strongest kNN bank); "
                         "'accurate' = + the paired memory, cosine and Euclidean banks of 1024 entries, weight 2 (above "
                         "the strongest kNN bank on all three metrics, ~0.41x). The --decoder-blocks and --memory-* "
                         "flags override the preset's values")
+    p.add_argument("--width", type=int, default=None,
+                   help="INP-Former token width (the projection, prototypes and decoder; a multiple of 32); default: "
+                        "the preset's (128). 64: a cheaper decoder, a weaker reconstruction alone (RESULTS.md, quality)")
     p.add_argument("--decoder-blocks", type=int, default=None,
                    help="INP-Former decoder blocks, a multiple of the feature groups (2); default: the preset's (4). "
                         "2 blocks: ~0.68x the encoder's rate instead of 0.61x, and less accurate (RESULTS.md, quality)")

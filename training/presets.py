@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 # the architecture fields a preset may set, with the value ``InpConfig`` uses when neither a preset nor a flag does
-MODEL_FIELDS: dict[str, Any] = {"decoder_blocks": 4, "memory_size": 0, "memory_weight": 1.0, "memory_k": 3,
+MODEL_FIELDS: dict[str, Any] = {"width": 128, "decoder_blocks": 4, "memory_size": 0, "memory_weight": 1.0, "memory_k": 3,
                                 "memory_metric": "l2", "memory_dims": 0}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the pure INP-Former (4 decoder blocks): the default, and the one recipe at the 0.5x speed floor (ONNX Runtime
-    # ~0.61x the encoder alone at batch 8, 2 cores); below the strongest kNN bank on all three metrics
+    # ~0.6x the encoder alone at batch 8, 2 cores); below the strongest kNN bank on all three metrics
     "fast": {},
     # INP-Former + the paired memory: a cosine bank (1-NN) and a Euclidean bank (3-NN) of 1024 normal patches each,
     # memory weight 2 - above the strongest kNN bank on all three metrics over seeds and coreset draws (3 seeds x 5

@@ -120,9 +120,13 @@ def test_train_without_a_preset_uses_the_model_preset_setting(tmp_path: Path, mo
         4, 16, "cos+l2", 3, 2.0)
     monkeypatch.setenv("LINEINSPECT_MODEL_PRESET", "fast")
     assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "f"), "--iters", "2",
-                 "--backbone", "random_tiny", "--size", "64", "--decoder-blocks", "2"]) == 0
+                 "--backbone", "random_tiny", "--size", "64", "--decoder-blocks", "2", "--width", "64"]) == 0
     cfg = load_model_dir(tmp_path / "f").module.cfg
-    assert (cfg.decoder_blocks, cfg.memory_size) == (2, 0)
+    assert (cfg.decoder_blocks, cfg.memory_size, cfg.width) == (2, 0, 64)
+    # a width the attention heads cannot split: a clear error, exit 2, nothing written
+    assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "w"), "--iters", "2",
+                 "--backbone", "random_tiny", "--size", "64", "--width", "48"]) == 2
+    assert not (tmp_path / "w").exists()
     monkeypatch.setenv("LINEINSPECT_MODEL_PRESET", "best")
     assert main(["train", "--data", str(root), "--category", "parts", "--out", str(tmp_path / "x"), "--iters", "2",
                  "--backbone", "random_tiny", "--size", "64"]) == 2  # a broken setting: a clear error, exit 2

@@ -55,4 +55,4 @@ def test_unknown_presets_and_fields_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown preset 'best'"):
         resolve("best", {})
     with pytest.raises(ValueError, match="not a preset field"):
-        resolve("fast", {"width": 64})
+        resolve("fast", {"head_dim": 16})
