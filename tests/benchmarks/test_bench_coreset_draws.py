@@ -55,3 +55,13 @@ def test_a_method_run_later_merges_into_the_earlier_rows_and_keeps_its_own_draws
     assert old == {"x": {"0": {"0": {a: metrics(0.9, 0.9, 0.7)}, "1": {a: metrics(0.9, 0.9, 0.7)}}}}  # untouched
     res = summarise(got, BAR)
     assert res["methods"][a]["pairs"] == 2 and res["methods"][c]["pairs"] == 1 and b not in res["methods"]
+
+
+def test_each_method_is_the_memory_of_the_quality_row_it_is_named_after() -> None:
+    # draw 0 must reproduce quality.json's row of the same name: same bank size, k, metric and weight
+    from benchmarks.bench_memory import row_fields
+
+    for name, (size, k, metric, weight) in METHODS.items():
+        f = row_fields(name)
+        assert (f["memory_size"], f["memory_k"], f["memory_metric"], f["memory_weight"]) == (size, k, metric, weight)
+        assert (f["memory_dims"], f["memory_stride"], f["decoder_blocks"]) == (0, 8, 4), name
