@@ -815,10 +815,9 @@ README_ROWS = ("inp_former", "inp_former_mem1024k3", "inp_former_mem1024k3_w2", 
                "inp_former_mem1024k3dual_s16_w2",
                "inp_former_mem512k3dual_s16_w2", "inp_former_mem2048k1cos8_w2", "inp_former_mem1024k3_s16_w2",
                "inp_former_mem1024k3cos_s16_w2", "inp_former_mem1024_w2", "inp_former_dec2",
-               "inp_former_dec2_mem1024k3dual_w2", "inp_former_dec2_mem512k3dual_w2", "inp_former_dec2_mem384k3dual_w2", "inp_former_dec2_mem256k3dual_w2",
-               "inp_former_w64", "inp_former_w64_mem1024k3dual_w2", "inp_former_w64_mem512k3dual_w2",
-               "inp_former_w64_mem384k3dual_w2",
-               "inp_former_w64_mem256k3dual_w2",
+               "inp_former_dec2_mem1024k3dual_w2", "inp_former_dec2_mem512k3dual_w2", "inp_former_dec2_mem384k3dual_w2",
+               "inp_former_dec2_mem256k3dual_w2", "inp_former_w64", "inp_former_w64_mem1024k3dual_w2",
+               "inp_former_w64_mem512k3dual_w2", "inp_former_w64_mem384k3dual_w2", "inp_former_w64_mem256k3dual_w2",
                "memory1024k3_only", "memory1024k3dual_only")
 
 

@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="measured recipe (RESULTS.md, quality; default: the model_preset setting, 'fast'): 'fast' = "
                         "the pure INP-Former (~0.6x the encoder's ORT rate, below the strongest kNN bank); "
                         "'accurate' = + the paired memory, cosine and Euclidean banks of 1024 entries, weight 2 (above "
-                        "the strongest kNN bank on all three metrics, ~0.41x). The --decoder-blocks and --memory-* "
-                        "flags override the preset's values")
+                        "the strongest kNN bank on all three metrics, ~0.41x). The --width, --decoder-blocks and "
+                        "--memory-* flags override the preset's values")
     p.add_argument("--width", type=int, default=None,
                    help="INP-Former token width (the projection, prototypes and decoder; a multiple of 32); default: "
                         "the preset's (128). 64: a cheaper decoder, a weaker reconstruction alone (RESULTS.md, quality)")
