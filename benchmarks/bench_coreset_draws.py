@@ -1,6 +1,6 @@
 """How much of the accurate settings' margins over the kNN bar is the luck of their coresets (issue 13).
 
-    python benchmarks/bench_coreset_draws.py --draws 0 1 2 3 4     # after bench_memory.py has trained its 12 models
+    python benchmarks/bench_coreset_draws.py                      # draws 0-4, after bench_memory.py has trained its 12 models
     python benchmarks/bench_coreset_draws.py --methods inp_former_mem1024k3dual_w2 --draws 0 1 2 \
         --merge benchmarks/results/coreset_draws.json                # one method more, the others kept
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--category", action="append", help="default: the 4 categories of quality.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     ap.add_argument("--merge", type=Path, help="an earlier coreset_draws.json whose rows this run adds to (a method "

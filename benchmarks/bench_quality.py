@@ -1,11 +1,13 @@
-"""Quality benchmark: INP-Former (project defaults) vs a PatchCore baseline on every real category.
+"""INP-Former lever sweep (normalisation, then cost) and the scoring helpers the quality benchmarks share.
 
-    python benchmarks/bench_quality.py            # defaults, all categories -> RESULTS.md + results/quality.json
     python benchmarks/bench_quality.py --sweep    # lever sweep -> RESULTS.md sweep section + results/sweep.json
+    python benchmarks/bench_quality.py --sweep --speed   # (re)measure every variant's head speed
 
-Both methods use the same frozen features (cached once per backbone/size/category under
-benchmarks/_work) and the same map/score helpers. Pixel metrics and AUPRO are computed at the model
-input resolution (masks resized nearest), identically for both methods.
+The three-seed comparison against the strongest kNN banks (``results/quality.json``, RESULTS.md's
+quality section, README's table) is ``bench_memory.py`` + ``bench_knn.py`` + ``bench_fewshot.py``
+(``run_all.sh quality``); this script's old single-seed mode, which wrote an older quality.json schema
+over that file, is gone. Features are cached once per backbone/size/category under benchmarks/_work;
+pixel metrics and AUPRO are computed at the model input resolution (masks resized nearest).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from inference.model.inp_former import InpConfig, InpFormer
 from inference.model_dir import load_model_dir
 from training import (
     metrics,
-    patchcore,
 )
 from training.data import discover, hold_out, load_split
 from training.features import cached_features
@@ -53,38 +54,7 @@ def score_cached(module: InpFormer, feats: list[torch.Tensor], bs: int = 16) -> 
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def images_per_s(model_dir: Path, paths: list[Path], n: int = 32) -> float:
-    from inference.engines.torch_engine import TorchEngine
-    from training.data import read_image
-
-    eng = TorchEngine(model_dir, batch_size=8)
-    ims = [read_image(p) for p in paths[:n]]
-    eng.infer("bench", ims[:8])  # warm-up
-    t = time.perf_counter()
-    eng.infer("bench", ims)
-    return len(ims) / (time.perf_counter() - t)
-
-
-def onnx_accuracy(model_dir: Path, paths: list[Path], labels: np.ndarray, masks: list[np.ndarray]) -> dict:
-    """Image/pixel AUROC of the model served by the ONNX Runtime engine (`local://onnx` and
-    `local://onnx-int8`, export and quantisation included) on the test split, in batches of 8 like
-    the consumers (int8 quantises activations per batch, so its scores depend on the batch)."""
-    from inference.engines.onnx_engine import OnnxEngine
-    from training.data import read_image
-
-    images = [read_image(q) for q in paths]
-    out = {}
-    for name, int8 in (("ort_fp32", False), ("ort_int8", True)):
-        eng = OnnxEngine(model_dir, batch_size=8, int8=int8)
-        res = eng.infer("bench", images)
-        eng.close()
-        out[name] = {"image_auroc": float(metrics.image_auroc(labels, res.scores)),
-                     "pixel_auroc": float(metrics.pixel_metrics(masks, list(res.maps))["pixel_auroc"])}
-    return out
-
-
-def run_category(root: Path, cat: str, tcfg: TrainConfig, iters: int, seed: int, cache: Path,
-                 with_patchcore: bool, with_speed: bool, out_root: Path) -> dict:
+def run_category(root: Path, cat: str, tcfg: TrainConfig, iters: int, seed: int, cache: Path, out_root: Path) -> dict:
     train_split = load_split(root, cat, "train")
     fit, held = hold_out(train_split.items, tcfg.holdout, seed)
     test = load_split(root, cat, "test")
@@ -103,25 +73,6 @@ def run_category(root: Path, cat: str, tcfg: TrainConfig, iters: int, seed: int,
     maps, scores = score_cached(lm.module, test_feats)
     res = {"category": cat, "inp_former": all_metrics(labels, scores, masks, maps), "train_s": round(train_s, 1),
            "threshold": lm.threshold}
-    if with_speed:
-        res["images_per_s"] = round(images_per_s(out_dir, [it.path for it in test.items]), 1)
-        res["onnx"] = onnx_accuracy(out_dir, [it.path for it in test.items], labels, masks)
-    if with_patchcore:
-        # the yardstick on the very same features, and a stronger one on the 4x finer 32x32 grid
-        for key, stride, frac in (("patchcore", tcfg.model.token_stride, 0.25), ("patchcore_full", tcfg.model.token_stride, 1.0),
-                                  ("patchcore_g32", 8, 0.25)):
-            pc_model = InpFormer(replace(tcfg.model, local_pool=3, token_stride=stride))
-            t1 = time.perf_counter()
-            fit_f = cached_features(pc_model, [it.path for it in fit], cache)
-            bank = patchcore.fit_bank(patchcore.patch_features(fit_f, already_pooled=True), frac, seed)
-            pc_fit_s = time.perf_counter() - t1
-            tf = cached_features(pc_model, [it.path for it in test.items], cache)
-            t2 = time.perf_counter()
-            pmaps, pscores = patchcore.score(bank, patchcore.patch_features(tf, already_pooled=True), hw)
-            pc_s = time.perf_counter() - t2
-            res[key] = all_metrics(labels, pscores.numpy(), masks, pmaps.numpy())
-            res[key].update(fit_s=round(pc_fit_s, 1), bank=int(bank.bank.shape[0]),
-                            score_images_per_s=round(len(test.items) / pc_s, 1))
     return res
 
 
@@ -203,7 +154,7 @@ def sweep_variant(root: Path, cats: list[str], name: str, cfg: TrainConfig, seed
     cache = WORK / "cache"
     rows = []
     for cat in cats:
-        r = run_category(root, cat, cfg, cfg.iters, seed, cache, with_patchcore=False, with_speed=False,
+        r = run_category(root, cat, cfg, cfg.iters, seed, cache,
                          out_root=WORK / "sweep_models" / name.replace(" ", "_").replace(",", ""))
         rows.append(r)
         x = r["inp_former"]
@@ -212,26 +163,6 @@ def sweep_variant(root: Path, cats: list[str], name: str, cfg: TrainConfig, seed
     mean = {k: mean_of(rows, "inp_former", k) for k in SWEEP_KEYS}
     mean["train_s"] = float(np.mean([r["train_s"] for r in rows]))
     return {"model": cfg.model.to_dict(), "iters": cfg.iters, "rows": rows, "mean": mean}
-
-
-def import_baseline(root: Path, cats: list[str], quality_json: Path) -> None:
-    """Add the ``zscore`` row from a quality.json written with those exact defaults (training is seeded
-    and deterministic on the same cached features, so re-training would reproduce it); only the head
-    speed is measured here, in this run, like every other variant."""
-    q = json.loads(quality_json.read_text())
-    model = InpConfig.from_dict(q["train_config"]["model"])
-    if model != base_config("zscore").model or q["train_config"]["iters"] != TrainConfig().iters:
-        raise ValueError(f"{quality_json} was not written with the zscore baseline config")
-    rows = [{k: r[k] for k in ("category", "inp_former", "train_s")} for r in q["rows"] if r["category"] in cats]
-    mean = {k: mean_of(rows, "inp_former", k) for k in SWEEP_KEYS}
-    mean["train_s"] = float(np.mean([r["train_s"] for r in rows]))
-    out_json = RESULTS_DIR / "sweep.json"
-    done = json.loads(out_json.read_text()) if out_json.exists() else {}
-    done["zscore"] = {"model": model.to_dict(), "iters": q["train_config"]["iters"], "rows": rows, "mean": mean,
-                      "machine": machine(), "source": f"accuracy and train s from {quality_json} (train s "
-                      "includes the encoder feature pass there)"}
-    out_json.write_text(json.dumps(done, indent=1))
-    write_sweep_md(done, cats)
 
 
 def run_sweep(root: Path, cats: list[str], seed: int, only: list[str] | None) -> None:
@@ -290,96 +221,25 @@ def write_sweep_md(done: dict, cats: list[str]) -> None:
     print("\n".join(lines))
 
 
-# ---------------------------------------------------------------------------------------------
-METHODS = ("inp_former", "patchcore", "patchcore_full", "patchcore_g32")
-KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
-
-
-def run_main(root: Path, cats: list[str], seed: int, keep_cache: bool = False) -> None:
-    cfg = TrainConfig()
-    cache = WORK / "cache_final"
-    if not keep_cache:
-        shutil.rmtree(cache, ignore_errors=True)  # train seconds include the one-off feature pass
-    rows = []
-    for cat in cats:
-        r = run_category(root, cat, cfg, cfg.iters, seed, cache, with_patchcore=True, with_speed=True,
-                         out_root=WORK / "models")
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), "seed": seed, "train_config": cfg.to_dict(), "rows": rows,
-               "mean": {m: {k: mean_of(rows, m, k) for k in KEYS} for m in METHODS}}
-    (RESULTS_DIR / "quality.json").write_text(json.dumps(payload, indent=1))
-    mc = cfg.model
-    body = [f"## Quality: INP-Former vs PatchCore ({time.strftime('%Y-%m-%d')})", "",
-            f"`python benchmarks/bench_quality.py` on {machine()}; data `$LINEINSPECT_DATA`, seed {seed}. "
-            f"INP-Former defaults: {mc.backbone}, input {mc.input_hw[0]}x{mc.input_hw[1]} (square), token grid "
-            f"{mc.grid[0]}x{mc.grid[1]}, groups {mc.groups}, {mc.local_pool}x{mc.local_pool} pooled tokens, width {mc.width}, "
-            f"{mc.n_inps} INPs, {mc.decoder_blocks} decoder blocks, feature norm {mc.feature_norm}, map {mc.map_metric} "
-            f"(blurred and scored at {mc.map_hw[0]}x{mc.map_hw[1]}), dropout {mc.dropout}, "
-            f"{cfg.iters} iters x batch "
-            f"{cfg.batch_size} ({cfg.train_tokens} decoded tokens/step). PatchCore: same features, 25% random bank, k=1; patchcore_full: the whole bank (every training patch); patchcore_g32: 25% bank on the 32x32 grid (stride 8, 4x the tokens). "
-            "Pixel metrics/AUPRO at model input resolution. Train s includes calibration and "
-            + ("NOT the encoder feature pass (features cached by an earlier run, --keep-cache); " if keep_cache else
-               "the encoder feature pass; ") +
-            "img/s = TorchEngine end to end (preprocess + encoder + head + map), batch 8, eager.", "",
-            "| category | method | I-AUROC | I-AP | I-F1max | P-AUROC | P-AP | P-F1max | AUPRO | train s | img/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        for m in METHODS:
-            x = r[m]
-            ts = r["train_s"] if m == "inp_former" else x["fit_s"]
-            ips = r.get("images_per_s") if m == "inp_former" else x["score_images_per_s"]
-            body.append(f"| {r['category']} | {m} | " + " | ".join(fmt(x[k]) for k in KEYS) + f" | {ts} | {ips} |")
-    for m in METHODS:
-        body.append(f"| **mean** | {m} | " + " | ".join(fmt(payload['mean'][m][k]) for k in KEYS) + " | | |")
-    body.append("")
-    for pc in METHODS[1:]:
-        for key, what in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")):
-            wins = [r["category"] for r in rows if r[pc][key] > r["inp_former"][key]]
-            body.append(f"- {pc} beats INP-Former on {what} on: "
-                        + (", ".join(wins) if wins else "none") + ".")
-    body += ["", "PatchCore img/s counts only the kNN scoring on cached features (no encoder)."]
-    body += ["", "The same models exported to ONNX and run in ONNX Runtime (the default engine), fp32 and dynamic "
-             "int8 (`local://onnx-int8`), image AUROC / pixel AUROC on the same test images (end-to-end: decode, resize, "
-             "graph):", "", "| category | PyTorch | ORT fp32 | ORT int8 | int8 - fp32 (image) |", "|---|---|---|---|---|"]
-    for r in rows:
-        o, x = r["onnx"], r["inp_former"]
-        body.append(f"| {r['category']} | {fmt(x['image_auroc'])} / {fmt(x['pixel_auroc'])} | "
-                    f"{fmt(o['ort_fp32']['image_auroc'])} / {fmt(o['ort_fp32']['pixel_auroc'])} | "
-                    f"{fmt(o['ort_int8']['image_auroc'])} / {fmt(o['ort_int8']['pixel_auroc'])} | "
-                    f"{o['ort_int8']['image_auroc'] - o['ort_fp32']['image_auroc']:+.4f} |")
-    d8 = [r["onnx"]["ort_int8"]["image_auroc"] - r["onnx"]["ort_fp32"]["image_auroc"] for r in rows]
-    payload["int8_minus_fp32_image_auroc"] = {"mean": float(np.mean(d8)), "worst": float(min(d8))}
-    (RESULTS_DIR / "quality.json").write_text(json.dumps(payload, indent=1))
-    body += ["", f"int8 - fp32 image AUROC: mean {np.mean(d8):+.4f}, worst {min(d8):+.4f}."]
-    body += ["", "Defaults come from the lever sweeps (`bench_levers.py` section, and the older `--sweep` section)."]
-    write_section("quality", "\n".join(body))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="run the lever sweep (this script's one job)")
     ap.add_argument("--only", nargs="*", help="sweep variant names to (re)run (default: all)")
     ap.add_argument("--category", action="append", help="limit to these categories")
-    ap.add_argument("--keep-cache", action="store_true", help="reuse cached features (train s then excludes them)")
     ap.add_argument("--speed", action="store_true", help="sweep: (re)measure every variant's head img/s")
-    ap.add_argument("--baseline-from", type=Path, help="sweep: take the zscore row from this quality.json")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
+    if not a.sweep:
+        ap.error("this script runs the lever sweep (--sweep); the three-seed quality comparison is "
+                 "benchmarks/bench_memory.py + bench_knn.py (bash benchmarks/run_all.sh quality)")
     if a.threads:
         torch.set_num_threads(a.threads)
-    root = data_root()
-    cats = a.category or discover(root)
-    if a.sweep and a.speed:
+    cats = a.category or discover(data_root())
+    if a.speed:
         measure_sweep_speeds(cats)
-    elif a.sweep and a.baseline_from:
-        import_baseline(root, cats, a.baseline_from)
-    elif a.sweep:
-        run_sweep(root, cats, a.seed, a.only)
     else:
-        run_main(root, cats, a.seed, a.keep_cache)
+        run_sweep(data_root(), cats, a.seed, a.only)
     return 0
 
 

@@ -5,8 +5,9 @@
 * GRNR: training-free, each test image alone (:mod:`inference.zero_shot.grnr`, default parameters).
 * INP-distance: the INP extractor of an INP-Former trained (short run, ``--inp-iters``) on a
   *different* category - the next one in sorted order - applied to this category's test images.
-* Trained INP-Former / PatchCore: copied from ``results/quality.json`` (``bench_quality.py``); when
-  that file is absent the table says so.
+* Trained rows: copied from ``results/quality.json`` (``bench_memory.py``'s three-seed run, mean over
+  its seeds): the default INP-Former, ``--preset accurate`` and PatchCore's default bank (``knn_cs10``);
+  when that file is absent the table says so.
 
 Metrics at the model input resolution (256x256, masks resized nearest), as in the quality benchmark.
 img/s = encoder + zero-shot map on this machine, batch 8, excluding file decoding.
@@ -42,11 +43,11 @@ def all_metrics(labels: np.ndarray, scores: np.ndarray, masks: list[np.ndarray],
 
 
 def inp_model_for(root: Path, source_cat: str, iters: int, seed: int) -> Path:
-    """An INP-Former trained on ``source_cat``: the quality benchmark's model when it exists, else a
-    short run of our own (reused when already trained)."""
+    """An INP-Former trained on ``source_cat``: the quality run's model of this seed when it exists
+    (``bench_memory.py``; only its INP extractor is used), else a short run of our own (reused)."""
     from training.train import TrainConfig, train
 
-    quality_model = WORK / "models" / source_cat.replace("/", "__")
+    quality_model = WORK / "memory_models" / f"{source_cat.replace('/', '__')}_s{seed}"
     if (quality_model / "calibration.json").is_file():
         return quality_model
     out = WORK / "zero_shot_models" / source_cat.replace("/", "__")
@@ -120,12 +121,20 @@ def run(root: Path, cats: list[str], inp_iters: int, seed: int, max_test: int | 
     return {"rows": rows}
 
 
-def quality_rows() -> dict[str, dict] | None:
-    q = RESULTS_DIR / "quality.json"
+# trained rows beside the zero-shot ones: (label, quality.json method)
+TRAINED = (("INP-Former (trained, default)", "inp_former"),
+           ("INP-Former + paired memory (trained, --preset accurate)", "inp_former_mem1024k3dual_w2"),
+           ("PatchCore bank (trained, knn_cs10)", "knn_cs10"))
+
+
+def quality_rows(path: Path | None = None) -> dict[str, dict[str, dict]] | None:
+    """Per category, the trained methods of ``results/quality.json`` (means over its seeds), or None
+    when the file is absent."""
+    q = path or RESULTS_DIR / "quality.json"
     if not q.is_file():
         return None
-    data = json.loads(q.read_text())
-    return {r["category"]: r for r in data.get("rows", [])}
+    per_cat = json.loads(q.read_text()).get("per_category", {})
+    return {cat: {m: rows[m] for _, m in TRAINED if m in rows} for cat, rows in per_cat.items()}
 
 
 def write(payload: dict, inp_iters: int, max_test: int | None) -> None:
@@ -133,17 +142,17 @@ def write(payload: dict, inp_iters: int, max_test: int | None) -> None:
     payload["quality_json"] = "present" if quality else "absent"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "zero_shot.json").write_text(json.dumps(payload, indent=1))
-    body = [f"## Zero-shot cold start ({time.strftime('%Y-%m-%d')})", "",
+    body = [f"## Zero-shot cold start ({payload.get('date', 'date not recorded')})", "",
             f"`python benchmarks/bench_zero_shot.py` on {machine()}. GRNR: training-free, each test image alone "
             "(7x7 neighbourhood minus the 3x3 guard, 12 k-means centres, typicality from tokens outside the window, top-8 "
             "softmax regression). INP-distance: nearest-INP distance from an INP-Former trained on *another* "
             f"category (named; the quality benchmark's model when it existed, else {inp_iters} iterations of our own - "
-            "see `model` in the JSON). Trained rows come from `results/quality.json`"
+            "see `model` in the JSON). Trained rows come from `results/quality.json` (mean of its seeds)"
             + ("" if quality else " - **absent when this ran: trained columns are n/a**")
             + ". Pixel metrics / AUPRO at 256x256. "
             + (f"Test splits subsampled to {max_test} images (seeded). " if max_test else "Full test splits. ")
             + "img/s: encoder + zero-shot map, batch 8, on 2 CPU cores shared with other jobs (load ~8): "
-            "indicative only; trained img/s is from quality.json's own run.", "",
+            "indicative only.", "",
             "| category | method | I-AUROC | P-AUROC | AUPRO | img/s | note |",
             "|---|---|---|---|---|---|---|"]
     means: dict[str, list[dict]] = {}
@@ -156,9 +165,9 @@ def write(payload: dict, inp_iters: int, max_test: int | None) -> None:
             lines.append(("zero-shot INP-distance", x, x["images_per_s"],
                           f"model trained on {x['trained_on']}" + (f" ({inp_iters} iters, ours)" if own else "")))
         q = (quality or {}).get(cat)
-        for name, key in (("INP-Former (trained)", "inp_former"), ("PatchCore (trained)", "patchcore")):
+        for name, key in TRAINED:
             if q and key in q:
-                lines.append((name, q[key], q.get("images_per_s") if key == "inp_former" else None, "quality.json"))
+                lines.append((name, q[key], None, "quality.json"))
             else:
                 lines.append((name, None, None, "quality.json absent" if quality is None else "not in quality.json"))
         for name, m, ips, note in lines:
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     root = data_root()
     cats = a.category or discover(root)
-    payload = {"machine": machine(), "seed": a.seed, "inp_iters": a.inp_iters, "max_test": a.max_test,
+    payload = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "seed": a.seed, "inp_iters": a.inp_iters, "max_test": a.max_test,
                **run(root, cats, a.inp_iters, a.seed, a.max_test)}
     write(payload, a.inp_iters, a.max_test)
     return 0
