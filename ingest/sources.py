@@ -13,6 +13,7 @@ Every source is an iterator of frames and has ``close()``; :class:`Pacer` holds 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,11 +21,17 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
+from lineinspect.errors import ConfigError
+from lineinspect.logs import kv
+
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class SourceError(ValueError):
-    """A source that cannot be opened or read; says which and why."""
+class SourceError(ConfigError):
+    """A source that cannot be opened or read; says which and why (a ConfigError: the CLI prints it as one line
+    and exits 2, since the fix is in the source URI or the files it names)."""
 
 
 class Pacer:
@@ -137,16 +144,25 @@ class FolderSource(FrameSource):
         if not self.paths:
             raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.folder}")
         self.loop = loop
+        self.skipped = 0  # unreadable files passed over so far
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        """Every readable image in turn. One unreadable file (truncated, not really an image) is skipped with a
+        warning rather than ending the stream; a pass that reads nothing at all is an error."""
         import cv2
 
         while True:
+            read = 0
             for p in self.paths:
                 img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
                 if img is None:
-                    raise SourceError(f"cannot read image {p}")
+                    self.skipped += 1
+                    log.warning("unreadable image skipped", extra=kv(source=self.name, path=str(p)))
+                    continue
+                read += 1
                 yield _to_rgb(img)
+            if not read:
+                raise SourceError(f"none of the {len(self.paths)} images under {self.folder} can be read")
             if not self.loop:
                 return
 

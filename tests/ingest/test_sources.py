@@ -112,3 +112,32 @@ def test_sim_source_camera_resolution_and_mono() -> None:
     assert parse_resolution("12MP") == (3000, 4096) and parse_resolution("300x400") == (300, 400)
     with pytest.raises(SourceError):
         open_source("sim://widget?resolution=lots")
+
+
+def test_an_unreadable_image_in_a_folder_is_skipped_not_the_end_of_the_stream(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    imgs = _write_images(tmp_path, 2)
+    (tmp_path / "img_00b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # sorts between the two good ones
+    src = FolderSource(tmp_path)
+    with caplog.at_level("WARNING", logger="ingest.sources"):
+        got = list(src)
+    assert len(got) == 2 and np.array_equal(got[1], imgs[1])
+    assert src.skipped == 1 and "unreadable image skipped" in caplog.text
+
+
+def test_a_folder_with_no_readable_image_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(SourceError, match="none of the 1 images"):
+        list(FolderSource(tmp_path))
+
+
+def test_a_missing_source_is_one_clear_line_and_exit_status_2(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from lineinspect import cli
+
+    missing = tmp_path / "no_such_folder"
+    rc = cli.main(["publish", "--source", f"folder://{missing}", "--product", "p", "--line", "l",
+                   "--camera", "c", "--bus", "memory://"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip() == f"lineinspect: error: image folder {missing} does not exist"
