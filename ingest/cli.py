@@ -7,6 +7,7 @@ import logging
 import signal
 import time
 
+from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
 from lineinspect.settings import Settings
 
@@ -41,7 +42,11 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.sources import Pacer, open_source
 
     if args.count is not None and args.count <= 0:
-        raise SystemExit("--count must be > 0")
+        raise ConfigError(f"--count must be > 0 (got {args.count})")
+    if args.fps < 0:
+        raise ConfigError(f"--fps must be >= 0, 0 = as fast as possible (got {args.fps:g})")
+    if args.encoding == "jpeg" and not 1 <= args.quality <= 100:
+        raise ConfigError(f"--quality must be within 1..100 (got {args.quality})")
     settings = settings.with_overrides(bus_url=args.bus, topic_frames=args.topic)
     source = open_source(args.source, loop=args.loop, count=args.count)
     pub = FramePublisher(settings, args.product, args.line, args.camera, open_publisher(settings),

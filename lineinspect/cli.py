@@ -9,6 +9,7 @@ import sys
 
 from lineinspect.errors import ConfigError, ServiceUnavailable
 from lineinspect.logs import setup_logging
+from lineinspect.names import InvalidName, check_name
 from lineinspect.redact import redact
 from lineinspect.settings import load_settings
 
@@ -42,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# options that name a product, line or camera, in every command that has them (``--product`` may repeat)
+NAMED_OPTIONS = ("product", "line", "camera")
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Refuse a product / line / camera name that a store or a file system could not hold before a command
+    opens anything (otherwise a retrain job would fail half-way, or a publisher after connecting)."""
+    for kind in NAMED_OPTIONS:
+        value = getattr(args, kind, None)
+        for v in value if isinstance(value, list) else [] if value is None else [value]:
+            check_name(kind, v)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_names(args)
         settings = load_settings(log_level=args.log_level, log_json=args.log_json)
         setup_logging(settings.log_level, settings.log_json)
         return int(args.func(args, settings) or 0)
-    except (ConfigError, ServiceUnavailable) as exc:
+    except (ConfigError, ServiceUnavailable, InvalidName) as exc:
         print(f"lineinspect: error: {redact(str(exc))}", file=sys.stderr)  # URLs in messages may carry secrets
         return 2
     except KeyboardInterrupt:

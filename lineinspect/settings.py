@@ -222,10 +222,15 @@ class Settings(BaseSettings):
         data = {k: v for k, v in kw.items() if v is not None}
         if not data:
             return self
+        from pydantic import ValidationError
+
         unknown = set(data) - set(type(self).model_fields)
         if unknown:
             raise ConfigError(f"unknown setting(s): {sorted(unknown)}")
-        return type(self)(**{**self.model_dump(), **data})  # re-validated
+        try:
+            return type(self)(**{**self.model_dump(), **data})  # re-validated
+        except ValidationError as exc:  # a bad command-line value: one readable error, never a traceback
+            raise ConfigError("invalid configuration (command-line options):\n" + _explain(exc)) from None
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """pydantic's repr hook: URL passwords never reach a repr or a traceback."""
@@ -252,10 +257,10 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         s = Settings()
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid configuration (LINEINSPECT_* environment):\n" + "\n".join(lines)) from None
-    try:
-        return s.with_overrides(**overrides)
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid configuration (command-line options):\n" + "\n".join(lines)) from None
+        raise ConfigError("invalid configuration (LINEINSPECT_* environment):\n" + _explain(exc)) from None
+    return s.with_overrides(**overrides)
+
+
+def _explain(exc: Any) -> str:
+    """A pydantic ValidationError as one indented line per field (messages only: values may be secrets)."""
+    return "\n".join(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())

@@ -90,6 +90,12 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     root = Path(args.data or settings.data)
     if args.size % 32:
         raise ConfigError(f"--size must be a multiple of 32 (got {args.size})")
+    if args.iters is not None and args.iters < 1:
+        raise ConfigError(f"--iters must be >= 1 (got {args.iters})")
+    if args.few_shot < 0:
+        raise ConfigError(f"--few-shot must be >= 1 images, or 0 for the whole training set (got {args.few_shot})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} exists and is not a directory")
     fit: list[Path] = []
     held: list[Path] = []
     from training.data import hold_out
@@ -112,6 +118,9 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         fit += [it.path for it in kept]
         held += [it.path for it in out]
     check_calibration_count(len(held), len(fit) + len(held))
+    if args.few_shot >= len(fit):
+        raise ConfigError(f"--few-shot {args.few_shot} is not a few shots: there are {len(fit)} training images after "
+                          "the hold-out; leave --few-shot out to train on all of them")
     extra: dict[str, Any] = {"data_root": str(root)}
     fit_src: list[ImageSource] = list(fit)
     held_src: list[ImageSource] = list(held)

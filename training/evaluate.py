@@ -129,7 +129,8 @@ def _load_engine(args: argparse.Namespace, settings: Settings) -> Engine:
     if args.model is None:
         raise ConfigError("eval needs --model DIR (or --zero-shot)")
     if not Path(args.model).is_dir():
-        raise ConfigError(f"model directory {args.model} does not exist")
+        what = "is not a directory" if Path(args.model).exists() else "does not exist"
+        raise ConfigError(f"model directory {args.model} {what}")
     return load_local_engine(args.model, kind=getattr(args, "engine", None) or "auto", threads=settings.threads)
 
 
@@ -143,6 +144,8 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     cat = getattr(args, "category", None)
     cats = discover(root) if cat == "all" else [cat]
     splits = [load_split(root, c, "test") for c in cats]  # fail on bad data before loading a model
+    if getattr(args, "json", None) and Path(args.json).is_dir():  # ...and on a bad output before evaluating
+        raise ConfigError(f"--json {args.json} is a directory; give a file path")
     engine = _load_engine(args, settings)
     try:
         results = [evaluate(engine, sp.category.split("/")[-1], sp, progress=True) for sp in splits]

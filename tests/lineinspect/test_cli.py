@@ -59,6 +59,33 @@ def test_a_config_error_is_one_line_and_exit_status_2(monkeypatch: pytest.Monkey
     assert err.startswith("lineinspect: error: invalid configuration") and "bus_url" in err
 
 
+@pytest.mark.parametrize("argv", [
+    ["retrain", "--product", "../x"],                    # would fail half-way inside a retrain job
+    ["models", "list", "--product", "bad name"],
+    ["scheduler", "--once", "--product", "ok", "--product", "a/b"],
+    ["publish", "--source", "sim://w", "--product", "p", "--line", "l", "--camera", "cam\x00"],
+])
+def test_a_name_no_store_could_hold_is_refused_before_anything_opens(argv: list[str], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lineinspect: error:") and "name" in err and "Traceback" not in err
+    assert not (tmp_path / "lineinspect.sqlite").exists()  # refused before the store was opened
+
+
+@pytest.mark.parametrize(("extra", "message"), [(["--quality", "200"], "--quality must be within 1..100"),
+                                                (["--fps", "-5"], "--fps must be >= 0"),
+                                                (["--count", "0"], "--count must be > 0")])
+def test_bad_publish_options_are_refused_before_the_bus_is_opened(extra: list[str], message: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["publish", "--source", "sim://w", "--product", "p", "--line", "l", "--camera", "c",
+            "--bus", "kafka://127.0.0.1:1"]  # nothing listens there: the options must be refused first
+    assert cli.main(argv + extra) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_an_unexpected_exception_is_exit_status_1(monkeypatch: pytest.MonkeyPatch) -> None:
     import lineinspect.config_cli as config_cli
 

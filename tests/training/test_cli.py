@@ -174,3 +174,42 @@ def test_one_unified_model_for_two_products_and_a_few_shot_model(tmp_path: Path,
                  "--backbone", "random_tiny", "--size", "64", "--few-shot", "2"]) == 0
     meta = json.loads((few / "config.json").read_text())
     assert meta["train_images"] == 2 and meta["train_feature_rows"] == 2 * (1 + meta["train"]["aug_copies"])
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--iters", "0"], "--iters must be >= 1"),
+    (["--few-shot", "-1"], "--few-shot must be >= 1"),
+    (["--few-shot", "17"], "--few-shot 17 is not a few shots: there are 17 training images"),
+    (["--out", "FILE"], "exists and is not a directory"),
+])
+def test_bad_train_arguments_are_one_line_and_exit_2_with_nothing_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, extra: list[str],
+        message: str) -> None:
+    monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path / "home"))
+    root = _dataset(tmp_path / "data", 20)  # 17 fit + 3 held out
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out = tmp_path / "model"
+    args = ["train", "--data", str(root), "--category", "parts", "--out", str(out), "--iters", "1",
+            "--backbone", "random_tiny", "--size", "64"]
+    rc = main(args + [str(afile) if a == "FILE" else a for a in extra])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # (a warning about the small hold-out may come first)
+    assert rc == 2 and last.startswith("lineinspect: error:") and message in last
+    assert not out.exists() and afile.read_text() == ""
+
+
+def test_eval_refuses_a_directory_as_its_json_output_before_evaluating(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("LINEINSPECT_HOME", str(tmp_path / "home"))
+    root = _dataset(tmp_path / "data", 4)
+    (root / "parts" / "test" / "good").mkdir(parents=True)
+    cv2.imwrite(str(root / "parts" / "test" / "good" / "a.png"), np.full((64, 64, 3), 50, np.uint8))
+    model = tmp_path / "not_a_model"
+    model.write_text("")
+    assert main(["eval", "--data", str(root), "--category", "parts", "--model", str(model)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["eval", "--data", str(root), "--category", "parts", "--model", str(tmp_path),
+                 "--json", str(tmp_path)]) == 2
+    assert f"--json {tmp_path} is a directory" in capsys.readouterr().err
