@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
     from inference.onnx_export import export_onnx
 
+    settings = settings.with_overrides(triton_max_batch=args.max_batch, triton_queue_delay_us=args.queue_delay_us)
+    if args.instances < 1 or args.version < 1:
+        raise ConfigError(f"--instances and --version must be >= 1 (got {args.instances} and {args.version})")
     path = export_onnx(args.model, args.out, opset=args.opset, force=args.force)
     print(f"onnx: {path}")
     if args.int8:
@@ -67,9 +70,9 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
         from deploy.triton_repo import write_triton_repo
 
         folder = write_triton_repo(args.model, args.triton_repo, product=args.product, version=args.version,
-                                   max_batch=args.max_batch or settings.triton_max_batch,
-                                   queue_delay_us=settings.triton_queue_delay_us if args.queue_delay_us is None
-                                   else args.queue_delay_us, instances=args.instances, kind=args.instance_kind)
+                                   max_batch=settings.triton_max_batch,
+                                   queue_delay_us=settings.triton_queue_delay_us, instances=args.instances,
+                                   kind=args.instance_kind)
         print(f"triton model: {folder}")
         print(f"start: tritonserver --model-repository {args.triton_repo} --model-control-mode explicit "
               f"--load-model {folder.name}")
@@ -89,9 +92,12 @@ def _parse_pairs(pairs: list[str]) -> dict[str, Path]:
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from deploy.triton_server import ServerConfig, TritonModelServer, registry_source, static_source
 
+    settings = settings.with_overrides(triton_max_batch=args.max_batch, triton_queue_delay_us=args.queue_delay_us)
     if args.model:
         source = static_source(_parse_pairs(args.model))
     else:
+        if args.models is not None and not Path(args.models).is_dir():
+            raise ConfigError(f"--models {args.models} is not a folder (the model registry's models folder)")
         settings = settings.with_overrides(models_dir=args.models, db_url=args.db)
         source = registry_source(settings)
 
@@ -101,8 +107,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     cfg = ServerConfig(http_port=pick(args.http_port, settings.triton_http_port),
                        grpc_port=pick(args.grpc_port, settings.triton_grpc_port),
                        metrics_port=pick(args.metrics_port, settings.triton_metrics_port), address=args.address,
-                       max_batch=pick(args.max_batch, settings.triton_max_batch),
-                       queue_delay_us=pick(args.queue_delay_us, settings.triton_queue_delay_us),
+                       max_batch=settings.triton_max_batch, queue_delay_us=settings.triton_queue_delay_us,
                        threads=pick(args.threads, settings.threads), poll_s=args.poll_s)
     server = TritonModelServer(source, cfg).start()
     print(f"serving {', '.join(f'{p}={s.version}' for p, s in server.slots.items())} on http://{cfg.address}:"

@@ -106,8 +106,8 @@ class Settings(BaseSettings):
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
-    triton_max_batch: int = 16
-    triton_queue_delay_us: int = 2000
+    triton_max_batch: int = Field(default=16, ge=1, description="Triton dynamic batching: largest batch")
+    triton_queue_delay_us: int = Field(default=2000, ge=0, description="Triton: longest wait to fill a batch")
     tile: bool = False
 
     # --- Redis -------------------------------------------------------------------------

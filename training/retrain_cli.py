@@ -128,6 +128,11 @@ def _options(args: argparse.Namespace, settings: Settings) -> RetrainOptions:
         raise ConfigError(str(exc)) from None
     if not 0 < args.holdout < 1:
         raise ConfigError(f"--holdout must be between 0 and 1 (got {args.holdout})")
+    if args.iters is not None and args.iters < 1:
+        raise ConfigError(f"--iters must be >= 1 (got {args.iters})")
+    for flag, value in (("--min-samples", args.min_samples), ("--max-samples", args.max_samples)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1 (got {value})")
     return RetrainOptions(
         iters=args.iters, holdout=args.holdout, seed=args.seed, force=bool(getattr(args, "force", False)),
         min_samples=args.min_samples, max_samples=args.max_samples,

@@ -71,6 +71,9 @@ def test_scheduler_once_and_bad_arguments(home, capsys):
     assert main(["scheduler", "--once", "--cron", "nightly"]) == 2
     assert main(["retrain", "--product", "widget", "--import-only"]) == 2
     assert main(["retrain", "--product", "nothing", *FAST]) == 3  # skipped: no samples
+    # bad numbers are refused up front, whether or not the product has samples
+    for bad in (["--iters", "0"], ["--min-samples", "0"], ["--max-samples", "-1"], ["--holdout", "1.5"]):
+        assert main(["retrain", "--product", "widget", *FAST, *bad]) == 2
 
 
 def test_models_dismiss_drift(home, capsys):
