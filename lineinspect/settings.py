@@ -254,8 +254,17 @@ def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment, turning validation errors into a readable ConfigError."""
     from pydantic import ValidationError
 
+    env_file = os.environ.get("LINEINSPECT_ENV_FILE") or None  # read now, not when the class was defined
+    if env_file is not None:
+        try:
+            Path(env_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"LINEINSPECT_ENV_FILE names {env_file}, which does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"LINEINSPECT_ENV_FILE {env_file} cannot be read as UTF-8 text "
+                              f"({type(exc).__name__})") from None
     try:
-        s = Settings()
+        s = Settings(_env_file=env_file)  # type: ignore[call-arg]  # pydantic-settings' init-time option
     except ValidationError as exc:
         raise ConfigError("invalid configuration (LINEINSPECT_* environment):\n" + _explain(exc)) from None
     return s.with_overrides(**overrides)

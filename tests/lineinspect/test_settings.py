@@ -41,9 +41,19 @@ def test_env_file_named_by_lineinspect_env_file(monkeypatch: pytest.MonkeyPatch,
     env = tmp_path / "site.env"
     env.write_text("LINEINSPECT_TOPIC_PARTITIONS=12\n")
     monkeypatch.setenv("LINEINSPECT_ENV_FILE", str(env))
-    # the file is read when the class is configured; a fresh config picks it up
-    s = Settings(_env_file=str(env))  # type: ignore[call-arg]
-    assert s.topic_partitions == 12
+    # load_settings reads the variable when it is called
+    assert load_settings().topic_partitions == 12
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "does not exist"), (b"\xff\xfe\x00bad", "UTF-8")])
+def test_a_missing_or_binary_env_file_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        content: bytes | None, message: str) -> None:
+    env = tmp_path / "site.env"
+    if content is not None:
+        env.write_bytes(content)
+    monkeypatch.setenv("LINEINSPECT_ENV_FILE", str(env))
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
 
 
 @pytest.mark.parametrize(("name", "value", "where"), [
