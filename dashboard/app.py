@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script by streamlit: make the repo's p
     if _root not in sys.path:
         sys.path.insert(0, _root)
 
-from dashboard import auth, context
+from dashboard import auth, context, data
 from lineinspect.settings import load_settings
 
 PAGES = (
@@ -35,6 +35,10 @@ def main() -> None:
     st.set_page_config(page_title="lineinspect", page_icon=":material/visibility:", layout="wide")
     settings = load_settings()
     auth.require_login(settings.dashboard_password)
+    problem = data.database_problem(settings.resolved_db_url)
+    if problem is not None:
+        st.error(f"Cannot read the inspection database: {problem}")
+        st.stop()
     here = Path(__file__).resolve().parent
     nav = st.navigation([
         st.Page(str(here / path), title=title, icon=icon, default=(i == 0)) for i, (path, title, icon) in enumerate(PAGES)

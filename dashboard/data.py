@@ -34,6 +34,27 @@ def db_engine(url: str) -> Engine:
     return open_engine(url)
 
 
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def database_problem(url: str) -> str | None:
+    """Why no page can read the database at ``url`` - not reachable, or never migrated - in words for the
+    page, or ``None`` when it is ready. Checked before any page queries, so a user sees what to do rather
+    than a stack trace."""
+    from lineinspect.errors import ServiceUnavailable
+    from lineinspect.redact import redact_url
+    from storage.db import service_errors
+
+    try:
+        engine = db_engine(url)
+        with service_errors(url):
+            missing = q.missing_tables(engine)
+    except ServiceUnavailable as exc:
+        return str(exc)
+    if missing:
+        return (f"the database at {redact_url(url)} has no lineinspect tables yet: run `lineinspect db-upgrade` "
+                "against it (a consumer or `lineinspect retrain` creates them too)")
+    return None
+
+
 @st.cache_resource(show_spinner=False)
 def cache(url: str) -> Any | None:
     """The Redis / in-memory cache handle, or ``None`` when it cannot be opened (the pages then

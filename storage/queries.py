@@ -20,10 +20,12 @@ from typing import Any, Literal
 from sqlalchemy import (
     BigInteger,
     Connection,
+    Engine,
     and_,
     case,
     false,
     func,
+    inspect,
     literal_column,
     select,
     true,
@@ -66,6 +68,13 @@ def _floor_default(element: floor_int, compiler: Any, **kw: Any) -> str:
 def _floor_sqlite(element: floor_int, compiler: Any, **kw: Any) -> str:
     x = compiler.process(element.clauses, **kw)
     return f"(CAST({x} AS INTEGER) - ({x} < CAST({x} AS INTEGER)))"
+
+
+def missing_tables(engine: Engine) -> list[str]:
+    """The schema's tables the database at ``engine`` lacks (all of them when it was never migrated): a
+    reader checks this once instead of failing on its first query."""
+    present = set(inspect(engine).get_table_names())
+    return sorted(t for t in m.Base.metadata.tables if t not in present)
 
 
 def _number(x: float, what: str) -> ColumnElement:

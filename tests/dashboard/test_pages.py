@@ -211,3 +211,13 @@ def test_overview_falls_back_to_coarser_buckets_on_long_ranges(make_app, tmp_pat
     assert not at.exception
     assert any("showing per hour" in c for c in captions(at))
     assert metrics(at)["Inspected"] == f"{t.captured_at.size:,}"
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("postgresql+psycopg://u:secret@127.0.0.1:1/x", "is not reachable"),   # nothing listens on port 1
+    (None, "no lineinspect tables yet: run `lineinspect db-upgrade`"),        # a database never migrated
+])
+def test_a_database_the_pages_cannot_read_is_explained_not_a_stack_trace(make_app, tmp_path, url, says) -> None:
+    at = make_app(url or f"sqlite:///{tmp_path / 'empty.sqlite'}", all_time=False)
+    assert not at.exception
+    assert len(at.error) == 1 and says in at.error[0].value and "secret" not in at.error[0].value

@@ -253,3 +253,11 @@ def test_queries_on_an_empty_database(tmp_path) -> None:
         assert q.trend(conn, Filters(), 60) == [] and q.breakdown(conn, Filters(), "line") == []
         assert q.time_bounds(conn) == (None, None) and q.consumer_health(conn) == []
         assert q.current_thresholds(conn) == {} and q.specimen_summary(conn, Filters()) == []
+
+
+def test_missing_tables_names_what_a_never_migrated_database_lacks(tmp_path) -> None:
+    empty = create_engine(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    assert q.missing_tables(empty) == sorted(Base.metadata.tables)
+    full = create_engine(f"sqlite:///{tmp_path / 'full.sqlite'}")
+    Base.metadata.create_all(full)
+    assert q.missing_tables(full) == []
