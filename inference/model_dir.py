@@ -10,7 +10,7 @@ serve silently.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,10 @@ def load_model_dir(path: str | Path, device: str = "cpu", backbone_checkpoint: s
     """Load and verify a model dir; the module is in eval mode on ``device``."""
     path = Path(path)
     config, calibration, actual = read_verified(path, exports=False)  # the PyTorch module never runs the ONNX exports
+    unknown = sorted(set(config["model"]) - {f.name for f in fields(InpConfig)} - model_meta.LEGACY_MODEL_KEYS)
+    if unknown:  # ignoring a field a newer build wrote could change the model's scores without a word
+        raise ModelDirError(f"{path}: config.json sets model fields this build does not know ({', '.join(unknown)}): "
+                            "it was written by a newer lineinspect; upgrade this one to load it")
     cfg = InpConfig.from_dict(config["model"])
     model = InpFormer(cfg, checkpoint=backbone_checkpoint)
     want = (config.get("backbone") or {}).get("weights_sha256")

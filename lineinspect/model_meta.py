@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 SUPPORTED_FORMATS = (1, 2)
+# model-config keys of older formats that :func:`migrate` reads and a reader may ignore (format 1's bool
+# ``standardize`` became ``feature_norm``); any other key a build does not know means a newer writer
+LEGACY_MODEL_KEYS = frozenset({"standardize"})
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
 CALIBRATION = "calibration.json"

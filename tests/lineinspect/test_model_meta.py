@@ -113,3 +113,19 @@ def test_unknown_formats_are_refused(model_dir: Path) -> None:
     cfg = json.loads((model_dir / "config.json").read_text())
     with pytest.raises(ModelDirError, match="format 99"):
         model_meta.migrate({**cfg, "format_version": 99}, model_dir)
+
+
+def test_a_model_field_this_build_does_not_know_is_refused_not_ignored(model_dir: Path) -> None:
+    """A newer writer's field (a same-format config with one more key) would change the scores if dropped."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["model"]["decoder_heads_v3"] = 8
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    model_meta.record_checksums(model_dir, ["config.json"])  # a consistent directory: only the field is new
+    with pytest.raises(ModelDirError, match=r"model fields this build does not know \(decoder_heads_v3\)"):
+        load_model_dir(model_dir)
+
+
+def test_the_legacy_model_keys_are_exactly_what_no_current_field_covers() -> None:
+    from dataclasses import fields
+
+    assert not model_meta.LEGACY_MODEL_KEYS & {f.name for f in fields(InpConfig)}
