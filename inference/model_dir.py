@@ -21,7 +21,7 @@ from lineinspect import model_meta
 from lineinspect.files import file_sha256
 from lineinspect.model_meta import FORMAT_VERSION, ModelDirError, read_verified
 
-__all__ = ["FORMAT_VERSION", "LoadedModel", "ModelDirError", "backbone_identity", "load_model_dir",
+__all__ = ["FORMAT_VERSION", "LoadedModel", "ModelDirError", "backbone_identity", "load_model_dir", "model_config",
            "read_verified", "save_model_dir"]
 
 
@@ -72,15 +72,21 @@ def save_model_dir(path: str | Path, model: InpFormer, config: dict[str, Any], c
     return path
 
 
+def model_config(config: dict[str, Any], path: str | Path) -> InpConfig:
+    """The network's config from a model dir's (migrated) ``config.json``. A field this build does not know is
+    refused: ignoring a field a newer build wrote could change the model's scores without a word."""
+    unknown = sorted(set(config["model"]) - {f.name for f in fields(InpConfig)} - model_meta.LEGACY_MODEL_KEYS)
+    if unknown:
+        raise ModelDirError(f"{path}: config.json sets model fields this build does not know ({', '.join(unknown)}): "
+                            "it was written by a newer lineinspect; upgrade this one to load it")
+    return InpConfig.from_dict(config["model"])
+
+
 def load_model_dir(path: str | Path, device: str = "cpu", backbone_checkpoint: str | None = None) -> LoadedModel:
     """Load and verify a model dir; the module is in eval mode on ``device``."""
     path = Path(path)
     config, calibration, actual = read_verified(path, exports=False)  # the PyTorch module never runs the ONNX exports
-    unknown = sorted(set(config["model"]) - {f.name for f in fields(InpConfig)} - model_meta.LEGACY_MODEL_KEYS)
-    if unknown:  # ignoring a field a newer build wrote could change the model's scores without a word
-        raise ModelDirError(f"{path}: config.json sets model fields this build does not know ({', '.join(unknown)}): "
-                            "it was written by a newer lineinspect; upgrade this one to load it")
-    cfg = InpConfig.from_dict(config["model"])
+    cfg = model_config(config, path)
     model = InpFormer(cfg, checkpoint=backbone_checkpoint)
     want = (config.get("backbone") or {}).get("weights_sha256")
     have = backbone_identity(model)["weights_sha256"]

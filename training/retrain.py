@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from inference.model.inp_former import InpConfig
+from inference.model_dir import model_config
 from lineinspect import model_meta
 from lineinspect.errors import ConfigError
 from lineinspect.logs import kv
@@ -304,7 +305,7 @@ def _model_config(active: VersionInfo | None, options: RetrainOptions) -> InpCon
         return options.model
     if active is not None:
         try:
-            return InpConfig.from_dict(model_meta.read_config(active.path)["model"])
+            return model_config(model_meta.read_config(active.path), active.path)
         except (model_meta.ModelDirError, KeyError) as exc:
             log.warning("active version's config unreadable; training with the preset's architecture",
                         extra=kv(version=active.version, error=str(exc), preset=options.preset))

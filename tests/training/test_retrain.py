@@ -210,3 +210,22 @@ def test_a_hostile_product_name_never_becomes_a_path(store, registry, tmp_path, 
         registry.register(product, tmp_path, threshold=0.5, backbone="x")
     assert sorted(p for p in tmp_path.rglob("*")) == before
     assert not (models / ".retrain").exists() or not any((models / ".retrain").iterdir())
+
+
+def test_an_active_version_from_a_newer_build_is_not_silently_copied_by_the_next_retrain(store, registry, caplog):
+    """A later retrain keeps the active version's architecture; a field this build does not know cannot be kept,
+    so it says so and trains the preset's instead of dropping the field without a word."""
+    from training.retrain import _model_config
+
+    add_frames(store, "widget", 16)
+    retrain(store, registry, "widget", options())
+    active = registry.active("widget")
+    cfg = json.loads((active.path / "config.json").read_text())
+    assert _model_config(active, options(model=None)) == InpConfig.from_dict(cfg["model"])  # kept as it is
+    cfg["model"]["decoder_heads_v3"] = 8
+    (active.path / "config.json").write_text(json.dumps(cfg))
+    with caplog.at_level("WARNING"):
+        got = _model_config(active, options(model=None))
+    assert got == InpConfig()  # the fast preset's (default) architecture
+    warned = [r for r in caplog.records if "preset's architecture" in r.getMessage()]
+    assert warned and "decoder_heads_v3" in warned[0].kv["error"]  # type: ignore[attr-defined]
