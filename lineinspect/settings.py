@@ -151,10 +151,10 @@ class Settings(BaseSettings):
     drift_min_std_errors: float = Field(default=4.0, gt=0, description="limits never tighter than this many standard errors of the camera's own variation")
     drift_confirm_frames: int = Field(default=3, ge=1, description="consecutive frames a check must breach before an alarm")
     families_enabled: bool = Field(default=False, description=(
-        "embed flagged regions and group them into defect families; off by default: the step (a second, batched "
-        "encoder pass on flagged frames and the family writes) measured 0.69x consumer throughput at a 17 % flag "
-        "rate on 2 loaded CPU cores (benchmarks/RESULTS.md, families section), and the families match the true "
-        "defect types poorly so far"))
+        "embed flagged regions and group them into defect families; off by default: the families match the true "
+        "defect types poorly so far, and the step (a second, batched encoder pass on flagged frames and the family "
+        "writes) costs consumer throughput: 0.84x at a 12 % flag rate on 2 quiet CPU cores "
+        "(benchmarks/RESULTS.md, families section)"))
     families_warmup: int = Field(default=30, ge=2, description="regions per product that set the family threshold")
     drift_keep_frames: int = Field(default=1000, ge=0, description="frames kept per open alarm for a re-baseline")
 
