@@ -40,6 +40,7 @@ from training.train import TrainConfig, train
 
 CATEGORIES = ("bsdata/ball_screw_drive", "kolektorsdd/commutator", "magnetic_tile/magnetic_tile", "mvtec_3d_ad/tire")
 PER_CAT = "fewshot_runs"
+CONTROL = "per_category_control"  # the unified row's control (run_control): never a quality.json row
 
 
 def _cfg(**kw: Any) -> TrainConfig:
@@ -99,6 +100,53 @@ def run_unified(root: Path, seed: int, out_dir: Path) -> None:
               flush=True)
 
 
+def run_control(root: Path, seed: int, out_dir: Path) -> None:
+    """The unified row's control: one default model per category, trained, calibrated and scored by this
+    script's own path (``_cfg``, ``train``, ``_score``) on the same split and seed as the unified model. Its
+    numbers must match quality.json's ``inp_former`` row of that seed; if they do, a gap between the unified
+    model and them is the model's, not this script's scoring. Written as ``control__*`` files, which
+    :func:`merge` leaves out of quality.json."""
+    for cat in CATEGORIES:
+        path = out_dir / f"control__{cat.replace('/', '__')}__s{seed}.json"
+        if path.exists():
+            continue
+        fit, held = _split(root, cat)
+        mdir = WORK / "fewshot_models" / f"control_{cat.replace('/', '__')}_s{seed}"
+        t0 = time.perf_counter()
+        train(fit, _cfg(categories=[cat]), mdir, seed=seed, resume=False, calibration_images=held, progress=False)
+        res: dict[str, Any] = {"method": CONTROL, "category": cat, "seed": seed,
+                               "train_s": round(time.perf_counter() - t0, 1), "metrics": _score(mdir, root, cat),
+                               "machine": machine()}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=1))
+        print(f"control {cat} " + " ".join(f"{m}={res['metrics'][m]:.3f}" for m in ("image_auroc", "pixel_auroc", "aupro")),
+              flush=True)
+
+
+def control_summary(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
+    """Per category and seed: the unified model, this script's per-category control, and quality.json's
+    ``inp_former`` of that seed (``per_seed_per_category`` is not stored there, so the control is compared
+    with the category's mean over quality.json's seeds and, for the mean of 4, with the seed's own mean)."""
+    from benchmarks.bench_memory import KEYS
+
+    runs = [json.loads(p.read_text()) for p in sorted(in_dir.glob("*.json"))]
+    by = {(r["method"], r["category"], r["seed"]): r["metrics"] for r in runs}
+    out: dict[str, Any] = {"seeds": {}}
+    for seed in sorted({r["seed"] for r in runs if r["method"] == CONTROL}):
+        if not all((m, c, seed) in by for m in (CONTROL, "inp_former_unified") for c in CATEGORIES):
+            continue
+        rows = {c: {"unified": {k: by[("inp_former_unified", c, seed)][k] for k in KEYS},
+                    "control": {k: by[(CONTROL, c, seed)][k] for k in KEYS},
+                    "quality_json_inp_former_mean_over_seeds": {k: quality["per_category"][c]["inp_former"][k]
+                                                                for k in KEYS}} for c in CATEGORIES}
+        mean = {w: {k: float(np.mean([rows[c][w][k] for c in CATEGORIES])) for k in KEYS} for w in ("unified", "control")}
+        idx = quality["seeds"].index(seed) if seed in quality["seeds"] else None
+        mean["quality_json_inp_former_this_seed"] = (
+            {k: quality["per_seed_mean"]["inp_former"][k][idx] for k in KEYS} if idx is not None else None)
+        out["seeds"][str(seed)] = {"per_category": rows, "mean_of_4": mean}
+    return out
+
+
 def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
     """Add the rows (mean over the 4 categories per seed, then mean and spread over the seeds that cover
     all 4) to quality.json; a row's seeds go into ``seeds_by_method`` when they are not quality.json's."""
@@ -109,7 +157,7 @@ def merge(in_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
     by = {(r["method"], r["category"], r["seed"]): r for r in runs}
     quality.setdefault("seeds_by_method", {})
     quality.setdefault("train_s_by_method", {})
-    for m in sorted({r["method"] for r in runs}):
+    for m in sorted({r["method"] for r in runs} - {CONTROL}):
         seeds = sorted(s for s in {r["seed"] for r in runs if r["method"] == m} if all((m, c, s) in by for c in cats))
         if not seeds:
             continue
@@ -130,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--category", action="append")
     ap.add_argument("--few-shot", type=int, nargs="+", default=[])
     ap.add_argument("--unified", action="store_true")
+    ap.add_argument("--control", action="store_true",
+                    help="with --unified: also train this script's per-category control, and write "
+                         "results/unified_control.json comparing the three")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=WORK / PER_CAT)
     ap.add_argument("--merge", action="store_true")
@@ -150,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
             run_few_shot(root, cat, a.few_shot, seed, a.out, a.device, a.iters)
         if a.unified:
             run_unified(root, seed, a.out)
+            if a.control:
+                run_control(root, seed, a.out)
+    if a.unified and a.control:
+        summary = control_summary(a.out, json.loads((RESULTS_DIR / "quality.json").read_text()))
+        summary["machine"] = machine()
+        (RESULTS_DIR / "unified_control.json").write_text(json.dumps(summary, indent=1))
+        print(json.dumps({s: v["mean_of_4"] for s, v in summary["seeds"].items()}, indent=1))
     return 0
 
 

@@ -3,7 +3,7 @@
 # machine. Each script replaces only its own <!-- name:begin --> ... <!-- name:end --> section.
 #
 #   bash benchmarks/run_all.sh system    # engines, pipeline, camera frames, tiling, drift, families (~1-1.5 h on 2 cores)
-#   bash benchmarks/run_all.sh quality   # the three-seed quality run behind issue 13's table (~4-6 h on 2 cores)
+#   bash benchmarks/run_all.sh quality   # the three-seed quality run behind the README's table (~4-6 h on 2 cores)
 #   bash benchmarks/run_all.sh zero-shot # GRNR and INP-distance on every category (~1 h: GRNR runs at ~0.5 img/s)
 #   bash benchmarks/run_all.sh all       # the three above, in that order
 #
@@ -55,6 +55,8 @@ quality() {
   local b=$!
   wait "$a" || { echo "quality: first half failed, see $out/half_a.log" >&2; exit 1; }
   wait "$b" || { echo "quality: second half failed, see $out/half_b.log" >&2; exit 1; }
+  # one model for all 4 categories, with this script's per-category control (-> unified_control.json)
+  python benchmarks/bench_fewshot.py --unified --control --seeds 0 --out "$out/fewshot_runs"
   python benchmarks/bench_memory.py --speed --rounds 5    # ORT batch 8 vs the encoder alone -> quality_speed.json
   python benchmarks/bench_memory.py --aggregate --from "$out"   # quality.json, RESULTS.md, README's table
   python benchmarks/bench_coreset_draws.py                # the winners' margins over 3 seeds x 5 coreset draws
