@@ -38,15 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_publish(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.bus import open_publisher
-    from ingest.publisher import FramePublisher
+    from ingest.publisher import FramePublisher, check_options
     from ingest.sources import Pacer, open_source
 
     if args.count is not None and args.count <= 0:
         raise ConfigError(f"--count must be > 0 (got {args.count})")
-    if args.fps < 0:
-        raise ConfigError(f"--fps must be >= 0, 0 = as fast as possible (got {args.fps:g})")
-    if args.encoding == "jpeg" and not 1 <= args.quality <= 100:
-        raise ConfigError(f"--quality must be within 1..100 (got {args.quality})")
+    try:  # the publisher's and the pacer's own checks, before the source and the bus are opened
+        check_options(args.encoding, args.quality, args.first_frame_id)
+        pacer = Pacer(args.fps)
+    except ValueError as exc:  # each message starts with the option's name
+        raise ConfigError(f"--{exc}") from None
     settings = settings.with_overrides(bus_url=args.bus, topic_frames=args.topic)
     source = open_source(args.source, loop=args.loop, count=args.count)
     pub = FramePublisher(settings, args.product, args.line, args.camera, open_publisher(settings),
@@ -57,7 +58,6 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
         stop["flag"] = True
 
     old = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    pacer = Pacer(args.fps)
     t0 = time.monotonic()
     first = pub.next_frame_id
     try:

@@ -25,6 +25,18 @@ def time_based_frame_id(now: float | None = None) -> int:
     return int((time.time() if now is None else now) * 1000)
 
 
+def check_options(encoding: str, quality: int, first_frame_id: int | None = None) -> None:
+    """The encoding options a :class:`FramePublisher` accepts (ValueError, its message starting with the
+    option's name as ``lineinspect publish`` spells it); callable before a bus is opened, so a command can
+    refuse them first."""
+    if encoding not in ("jpeg", "png"):
+        raise ValueError(f"encoding must be jpeg or png (got {encoding!r})")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be within 1..100 (got {quality})")
+    if first_frame_id is not None and int(first_frame_id) < 0:
+        raise ValueError(f"first-frame-id must be >= 0 (got {first_frame_id})")
+
+
 class FramePublisher:
     """Publishes one camera's frames of one product on one line."""
 
@@ -32,13 +44,8 @@ class FramePublisher:
                  first_frame_id: int | None = None, encoding: Encoding = "jpeg", quality: int = 92) -> None:
         for kind, v in (("product", product), ("line", line), ("camera", camera)):
             check_name(kind, v)  # the consumer would dead-letter every frame: refuse at the camera
-        if encoding not in ("jpeg", "png"):
-            raise ValueError(f"encoding must be jpeg or png, got {encoding!r}")
-        if not 1 <= quality <= 100:
-            raise ValueError("JPEG quality must be within 1..100")
+        check_options(encoding, quality, first_frame_id)
         start = time_based_frame_id() if first_frame_id is None else int(first_frame_id)
-        if start < 0:
-            raise ValueError("first_frame_id must be >= 0")
         self.settings = settings
         self.product, self.line, self.camera = product, line, camera
         self.publisher = publisher

@@ -43,7 +43,7 @@ class Pacer:
     def __init__(self, fps: float, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         if fps < 0:
-            raise ValueError("fps must be >= 0")
+            raise ValueError(f"fps must be >= 0, 0 = as fast as possible (got {fps:g})")
         self.period = 1.0 / fps if fps > 0 else 0.0
         self._clock = clock
         self._sleep = sleep
